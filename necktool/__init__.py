@@ -1,0 +1,75 @@
+"""necktool: build, profile, export and budget the feature-pyramid necks of face detectors.
+
+The public API is importable from here; torch-backed names load on first use so that
+``import necktool`` (and the CLI's ``--help`` and ``list``) stay instant.
+
+Example:
+    >>> import necktool
+    >>> result = necktool.profile("scrfd_2.5g")
+    >>> result.flops > 0, result.unit
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import (
+    CheckFailed,
+    ConfigError,
+    ExitCode,
+    InputError,
+    NecktoolError,
+    SpecError,
+    UnknownNeckError,
+)
+from necktool.registry import PRESETS, get_spec, list_necks, register_neck
+from necktool.specs import Activation, Family, NeckSpec, Norm, parse_channels, parse_size
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_neck": "necktool.build",
+    "make_inputs": "necktool.build",
+    "resolve_spec": "necktool.build",
+    "profile": "necktool.profiling",
+    "ProfileResult": "necktool.profiling",
+}
+
+if TYPE_CHECKING:
+    from necktool.build import build_neck, make_inputs, resolve_spec
+    from necktool.profiling import ProfileResult, profile
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'necktool' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "PRESETS",
+    "Activation",
+    "CheckFailed",
+    "ConfigError",
+    "ExitCode",
+    "Family",
+    "InputError",
+    "NeckSpec",
+    "NecktoolError",
+    "Norm",
+    "ProfileResult",
+    "SpecError",
+    "UnknownNeckError",
+    "__version__",
+    "build_neck",
+    "get_spec",
+    "list_necks",
+    "make_inputs",
+    "parse_channels",
+    "parse_size",
+    "profile",
+    "register_neck",
+    "resolve_spec",
+]

@@ -1,0 +1,3 @@
+from necktool.cli import main
+
+main()

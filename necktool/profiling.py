@@ -1,0 +1,336 @@
+"""Per-level FLOPs and parameters through fvcore.
+
+Unit: fvcore counts one fused multiply-add as one flop (i.e. MACs), the convention of
+the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
+
+* ``aten::add`` / ``aten::add_``: one flop per output element. These are the top-down
+  and bottom-up fusions; fvcore would otherwise skip them with a warning.
+* ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
+  ``aten::relu`` (activations are free in its convention).
+
+Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
+
+Per-level attribution: every counted op belongs to the level whose spatial size its
+output has, so a bottom-up stride-2 conv from P3 counts towards P4, and an upsample
+towards the finer level it feeds. Parameters follow the module that owns them the same
+way. With the shipped necks every op lands on a level, so the levels sum exactly to the
+total; anything that matches no level is reported as ``unattributed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from necktool.build import build_neck, make_inputs, resolve_spec
+from necktool.errors import InputError
+from necktool.specs import NeckSpec, check_input_size
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+UNIT = "flops"
+UNIT_NOTE = "fvcore convention: 1 fused multiply-add = 1 flop (MACs), as in SCRFD's GFLOPs"
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelProfile:
+    """One output level: where it is, what it outputs, and what it costs."""
+
+    name: str
+    stride: int
+    shape: tuple[int, ...]
+    flops: int
+    params: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "stride": self.stride, "shape": list(self.shape),
+                "flops": self.flops, "params": self.params}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    """FLOPs (fvcore units) and parameters of one neck at one input size."""
+
+    neck: str
+    spec: NeckSpec
+    input_size: tuple[int, int]
+    batch: int
+    levels: tuple[LevelProfile, ...]
+    stages: dict[str, int]
+    stage_params: dict[str, int]
+    operators: dict[str, int]
+    unsupported_ops: dict[str, int]
+    unattributed_flops: int = 0
+    unattributed_params: int = 0
+
+    @property
+    def flops(self) -> int:
+        return sum(self.operators.values())
+
+    @property
+    def params(self) -> int:
+        return sum(lv.params for lv in self.levels) + self.unattributed_params
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def unit(self) -> str:
+        return UNIT
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable, JSON-ready dict; every count is an exact integer."""
+        return {
+            "neck": self.neck,
+            "family": self.spec.family.value,
+            "config": self.spec.to_dict(),
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "unit": UNIT,
+            "unit_note": UNIT_NOTE,
+            "flops": self.flops,
+            "params": self.params,
+            "levels": [lv.to_dict() for lv in self.levels],
+            "stages": dict(self.stages),
+            "stage_params": dict(self.stage_params),
+            "operators": dict(self.operators),
+            "unsupported_ops": dict(self.unsupported_ops),
+            "unattributed": {"flops": self.unattributed_flops, "params": self.unattributed_params},
+        }
+
+    # -- rendering ----------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        h, w = self.input_size
+        return f"{self.neck} ({self.spec.family.value}) at {h}x{w}, batch {self.batch}"
+
+    def tables(self) -> list[Table]:
+        """Per-level, per-stage and per-operator tables (FLOPs in fvcore units)."""
+        from rich.table import Table
+
+        flops, params = self.flops, self.params
+        levels = Table(title=self.title, caption=f"FLOPs: {UNIT_NOTE}", caption_justify="left",
+                       show_footer=True)
+        levels.add_column("level", footer="total")
+        levels.add_column("stride", justify="right")
+        levels.add_column("output (N, C, H, W)", justify="right")
+        levels.add_column("FLOPs", justify="right", footer=f"{flops:,}")
+        levels.add_column("GFLOPs", justify="right", footer=f"{flops / 1e9:.4f}")
+        levels.add_column("params", justify="right", footer=f"{params:,}")
+        for lv in self.levels:
+            levels.add_row(lv.name, str(lv.stride), str(tuple(lv.shape)), f"{lv.flops:,}",
+                           f"{lv.flops / 1e9:.4f}", f"{lv.params:,}")
+        if self.unattributed_flops or self.unattributed_params:
+            levels.add_row("unattributed", "", "", f"{self.unattributed_flops:,}",
+                           f"{self.unattributed_flops / 1e9:.4f}",
+                           f"{self.unattributed_params:,}")
+
+        stages = Table(title="by stage")
+        for col in ("stage", "FLOPs", "share", "params"):
+            stages.add_column(col, justify="left" if col == "stage" else "right")
+        for name, value in self.stages.items():
+            stages.add_row(name, f"{value:,}", _share(value, flops),
+                           f"{self.stage_params.get(name, 0):,}")
+
+        ops = Table(title="by operator")
+        for col in ("operator", "FLOPs", "share"):
+            ops.add_column(col, justify="left" if col == "operator" else "right")
+        for name, value in self.operators.items():
+            ops.add_row(name, f"{value:,}", _share(value, flops))
+        if self.unsupported_ops:
+            ops.caption = "not counted (no fvcore handle): " + ", ".join(
+                f"{op} x{n}" for op, n in self.unsupported_ops.items())
+        return [levels, stages, ops]
+
+
+def _share(value: int, total: int) -> str:
+    return f"{100 * value / total:.1f}%" if total else "-"
+
+
+def comparison_table(results: Sequence[ProfileResult]) -> Table:
+    """One row per neck, for ``profile`` with several names."""
+    from rich.table import Table
+
+    table = Table(title="comparison", caption=f"FLOPs: {UNIT_NOTE}", caption_justify="left")
+    for col in ("neck", "family", "in -> out", "input", "GFLOPs", "FLOPs", "params"):
+        table.add_column(col, justify="right" if col in {"GFLOPs", "FLOPs", "params"} else "left")
+    for r in results:
+        chans = f"{','.join(map(str, r.spec.in_channels))} -> {r.spec.out_channels}"
+        table.add_row(r.neck, r.spec.family.value, chans, "x".join(map(str, r.input_size)),
+                      f"{r.gflops:.4f}", f"{r.flops:,}", f"{r.params:,}")
+    return table
+
+
+# -- fvcore --------------------------------------------------------------------------
+def _add_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """One flop per output element of an elementwise add."""
+    from fvcore.nn.jit_handles import get_shape
+
+    numel = 1
+    for dim in get_shape(outputs[0]) or []:
+        numel *= dim
+    return Counter({"add": numel})
+
+
+Handle = Callable[[list[Any], list[Any]], Any]
+
+
+def _extra_handles() -> dict[str, Handle | None]:
+    return {
+        "aten::add": _add_flop_jit,
+        "aten::add_": _add_flop_jit,
+        "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
+        "aten::leaky_relu_": None,
+    }
+
+
+def _recording(handle: Handle, events: list[tuple[tuple[int, ...], int]]) -> Handle:
+    """Wrap an fvcore handle to also record (output shape, count) for level attribution."""
+    from fvcore.nn.jit_handles import get_shape
+
+    def wrapped(inputs: list[Any], outputs: list[Any]) -> Any:
+        count = handle(inputs, outputs)
+        total = sum(count.values()) if isinstance(count, Counter) else count
+        events.append((tuple(get_shape(outputs[0]) or ()), int(total)))
+        return count
+
+    return wrapped
+
+
+def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
+        Any, list[tuple[tuple[int, ...], int]]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import-time DeprecationWarnings
+        from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS  # fvcore is frozen (2022)
+
+    events: list[tuple[tuple[int, ...], int]] = []
+    handles: dict[str, Handle | None] = {**_DEFAULT_SUPPORTED_OPS, **_extra_handles()}
+    analysis = FlopCountAnalysis(model, (tuple(inputs),))
+    analysis.set_op_handle(**{op: None if h is None else _recording(h, events)
+                              for op, h in handles.items()})
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    with warnings.catch_warnings():
+        # TorchScript tracing is deprecated in current PyTorch and says so on every trace.
+        warnings.simplefilter("ignore")
+        analysis.total()  # trace once; every query below reads the cached statistics
+    return analysis, events
+
+
+def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch: int,
+            neck: str) -> ProfileResult:
+    """Profile an already built ``model`` described by ``spec`` (one trace, one forward)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    check_input_size(input_size, spec.num_levels)
+    inputs = make_inputs(spec, input_size, batch, seed=None)
+    level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
+
+    # One eager forward: the output shapes, and which level each parameter serves.
+    owner_level: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                if isinstance(out, torch.Tensor) and out.dim() == 4:
+                    owner_level.setdefault(name, level_of.get(tuple(out.shape[-2:]), -1))
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            outputs = model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels:
+        raise InputError(f"{neck}: forward must return one tensor per level "
+                         f"({spec.num_levels}), got {type(outputs).__name__}")
+
+    level_params = [0] * spec.num_levels
+    unattributed_params = 0
+    for name, module in model.named_modules():
+        n = sum(p.numel() for p in module.parameters(recurse=False))
+        lvl = owner_level.get(name, -1)
+        if lvl >= 0:
+            level_params[lvl] += n
+        else:
+            unattributed_params += n
+
+    analysis, events = _fvcore_analysis(model, inputs)
+    level_flops = [0] * spec.num_levels
+    unattributed_flops = 0
+    for shape, count in events:
+        lvl = level_of.get(tuple(shape[-2:]), -1) if len(shape) == 4 else -1
+        if lvl >= 0:
+            level_flops[lvl] += count
+        else:
+            unattributed_flops += count
+
+    by_module = analysis.by_module()
+    stages: Counter[str] = Counter()
+    stage_params: Counter[str] = Counter()
+    stage_of = getattr(model, "stage_of", lambda child: child)
+    for child_name, child in model.named_children():
+        stage = stage_of(child_name)
+        stages[stage] += by_module.get(child_name, 0)
+        stage_params[stage] += sum(p.numel() for p in child.parameters())
+    root_only = by_module.get("", 0) - sum(stages.values())
+    if root_only:
+        stages["(in forward)"] += root_only
+
+    levels = tuple(
+        LevelProfile(name, stride, tuple(out.shape), level_flops[i], level_params[i])
+        for i, (name, stride, out) in enumerate(zip(spec.level_names, spec.strides, outputs,
+                                                    strict=True))
+    )
+    return ProfileResult(
+        neck=neck,
+        spec=spec,
+        input_size=(int(input_size[0]), int(input_size[1])),
+        batch=batch,
+        levels=levels,
+        stages=dict(stages),
+        stage_params=dict(stage_params),
+        operators={op: int(n) for op, n in analysis.by_operator().items()},
+        unsupported_ops={op: int(n) for op, n in analysis.unsupported_ops().items()},
+        unattributed_flops=unattributed_flops,
+        unattributed_params=unattributed_params,
+    )
+
+
+def profile(
+    neck: str | NeckSpec,
+    *,
+    input_size: tuple[int, int] | None = None,
+    batch: int = 1,
+    **overrides: Any,
+) -> ProfileResult:
+    """Profile a preset or spec: per-level shapes, FLOPs (fvcore units) and parameters.
+
+    Args:
+        neck: A preset name or a :class:`NeckSpec`.
+        input_size: Image ``(H, W)``; defaults to the spec's ``input_size``.
+        batch: Batch size (FLOPs scale linearly with it; parameters do not).
+        **overrides: Spec fields to change; ``None`` values are ignored.
+
+    Example:
+        >>> r = profile("scrfd_2.5g", input_size=(640, 480))
+        >>> r.flops == sum(level.flops for level in r.levels)
+        True
+    """
+    spec = resolve_spec(neck, input_size=input_size, **overrides)
+    name = neck if isinstance(neck, str) else (spec.name or spec.family.value)
+    return analyze(build_neck(spec), spec, spec.input_size, batch, name)
