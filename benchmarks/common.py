@@ -1,0 +1,49 @@
+"""Timing helpers shared by the benchmark sections.
+
+Machines here are shared and noisy, so every figure is quoted next to a floor measured
+in the same run, and each command is timed as the median of several fresh processes.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+PY = sys.executable
+NECKTOOL = [PY, "-m", "necktool"]
+TORCH_FVCORE_FLOOR = [PY, "-W", "ignore", "-c", "import torch, fvcore.nn"]
+
+
+def wall(cmd: Sequence[str], repeat: int = 5, cwd: str | None = None) -> float:
+    """Median wall time in seconds of ``cmd`` run ``repeat`` times as a fresh process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, cwd=cwd, env=env, check=False)
+        times.append(time.perf_counter() - start)
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: "
+                               f"{proc.stderr.decode()[-500:]}")
+    return statistics.median(times)
+
+
+def imports_torch(cmd: Sequence[str]) -> bool:
+    """Whether running ``cmd`` (a ``python -m necktool ...`` line) imports torch."""
+    probe = ("import runpy, sys; sys.argv = ['necktool', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('necktool', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "sys.stderr.write('TORCH=%s' % ('torch' in sys.modules))")
+    proc = subprocess.run([PY, "-c", probe, *cmd[3:]], capture_output=True, text=True,
+                          check=False)
+    return "TORCH=True" in proc.stderr
+
+
+def row(label: str, seconds: float, floor: float | None = None, target: str = "") -> str:
+    extra = f"  floor {floor:.3f} s  delta {seconds - floor:+.3f} s  ratio {seconds / floor:.2f}x" \
+        if floor else ""
+    return f"{label:<48} {seconds:7.3f} s{extra}  {target}".rstrip()
