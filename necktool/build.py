@@ -8,7 +8,7 @@ import torch
 
 from necktool.necks import FAMILIES, Neck
 from necktool.registry import get_spec
-from necktool.specs import NeckSpec, check_input_size
+from necktool.specs import NeckSpec
 
 
 def resolve_spec(neck: str | NeckSpec, **overrides: Any) -> NeckSpec:
@@ -50,7 +50,7 @@ def make_inputs(
     ``seed=None`` gives zeros (enough for counting); otherwise seeded normal values.
     """
     size = input_size or spec.input_size
-    check_input_size(size, spec.num_levels)
+    spec.check_size(size)
     shapes = [(batch, c, h, w) for c, (h, w) in zip(spec.in_channels, spec.level_sizes(size),
                                                     strict=True)]
     if seed is None:

@@ -14,6 +14,7 @@ and return a tuple of output levels.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ class Neck(nn.Module):
     """Common base: the spec, and the stage each top-level child belongs to."""
 
     #: top-level child name (without index) -> stage shown in profiles
-    STAGES: dict[str, str] = {}
+    STAGES: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, spec: NeckSpec) -> None:
         super().__init__()
@@ -64,7 +65,7 @@ class RetinaFaceFPN(Neck):
     The coarsest level gets no merge conv, as in the original.
     """
 
-    STAGES = {"output": "lateral", "fuse": "merge", "merge": "merge"}
+    STAGES: ClassVar[Mapping[str, str]] = {"output": "lateral", "fuse": "merge", "merge": "merge"}
 
     def __init__(self, spec: NeckSpec) -> None:
         super().__init__(spec)
@@ -88,7 +89,7 @@ class PAFPN(Neck):
     stride-2 3x3 add -> 3x3 output conv per level.
     """
 
-    STAGES = {
+    STAGES: ClassVar[Mapping[str, str]] = {
         "lateral_convs": "lateral",
         "td_fuse": "top-down",
         "td_convs": "top-down",

@@ -30,7 +30,7 @@ from torch import nn
 
 from necktool.build import build_neck, make_inputs, resolve_spec
 from necktool.errors import InputError
-from necktool.specs import NeckSpec, check_input_size
+from necktool.specs import NeckSpec
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -236,7 +236,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
     """Profile an already built ``model`` described by ``spec`` (one trace, one forward)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch!r}")
-    check_input_size(input_size, spec.num_levels)
+    spec.check_size(input_size)
     inputs = make_inputs(spec, input_size, batch, seed=None)
     level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
 
@@ -247,7 +247,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
         if next(module.parameters(recurse=False), None) is not None:
             def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
                 if isinstance(out, torch.Tensor) and out.dim() == 4:
-                    owner_level.setdefault(name, level_of.get(tuple(out.shape[-2:]), -1))
+                    owner_level.setdefault(name, level_of.get((out.shape[-2], out.shape[-1]), -1))
             hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -273,7 +273,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
     level_flops = [0] * spec.num_levels
     unattributed_flops = 0
     for shape, count in events:
-        lvl = level_of.get(tuple(shape[-2:]), -1) if len(shape) == 4 else -1
+        lvl = level_of.get((shape[-2], shape[-1]), -1) if len(shape) == 4 else -1
         if lvl >= 0:
             level_flops[lvl] += count
         else:

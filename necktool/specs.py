@@ -19,6 +19,7 @@ from necktool.errors import InputError, SpecError
 BASE_STRIDE = 8  # level 0 (P3) has stride 8; level i has stride 8 * 2**i
 MIN_LEVELS = 2
 MAX_LEVELS = 6  # P3..P8; deeper pyramids are not used by face detectors
+MAX_INPUT_SIDE = 8192  # beyond this the feature maps alone need tens of GiB
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
 
 
@@ -131,7 +132,20 @@ class NeckSpec:
                 )
         if len(self.input_size) != 2:
             raise SpecError(f"input_size must be (H, W), got {list(self.input_size)}")
-        check_input_size(self.input_size, self.num_levels)
+        self.check_size(self.input_size)
+
+    def check_size(self, input_size: Iterable[int]) -> None:
+        """Raise :class:`SpecError` unless this neck can run at ``input_size``."""
+        check_input_size(input_size, self.num_levels)
+        h, w = self.level_sizes(tuple(input_size))[-1]  # type: ignore[arg-type]
+        if self.norm is Norm.GN and h * w * self.out_channels // self.resolved_gn_groups == 1:
+            # GroupNorm cannot normalise a single value (PyTorch raises at run time).
+            raise SpecError(
+                f"input size {'x'.join(map(str, input_size))} leaves one value per GroupNorm "
+                f"group at level {self.level_names[-1]} (1x1, "
+                f"{self.out_channels // self.resolved_gn_groups} channel per group); use a "
+                f"larger size or fewer --gn-groups"
+            )
 
     # -- derived facts --------------------------------------------------------------
     @property
@@ -203,6 +217,11 @@ def check_input_size(input_size: Iterable[int], num_levels: int) -> None:
     """Raise :class:`SpecError` unless every side reaches the coarsest stride."""
     size = list(input_size)
     coarsest = BASE_STRIDE * 2 ** (num_levels - 1)
+    if any(s > MAX_INPUT_SIDE for s in size):
+        raise SpecError(
+            f"input size {'x'.join(map(str, size))} is too large; each side must be at most "
+            f"{MAX_INPUT_SIDE}"
+        )
     if any(s < coarsest for s in size):
         raise SpecError(
             f"input size {'x'.join(map(str, size))} is smaller than the coarsest stride "

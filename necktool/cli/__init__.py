@@ -26,10 +26,11 @@ class _Group(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
+             windows_expand_args: bool = True, **extra: Any) -> Any:
         try:
             rv = super().main(args=args, prog_name=prog_name or "necktool",
-                              complete_var=complete_var, standalone_mode=False, **extra)
+                              complete_var=complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
             code = rv if isinstance(rv, int) else ExitCode.OK
         except typer.TyperException as exc:  # Typer's (vendored click) usage errors
             code = exc.exit_code
@@ -81,11 +82,13 @@ def _root(
 
 
 def _register() -> None:
+    from necktool.cli.check_cmd import check_command
     from necktool.cli.list_cmd import list_command
     from necktool.cli.profile_cmd import profile_command
 
     app.command("list")(list_command)
     app.command("profile")(profile_command)
+    app.command("check")(check_command)
 
 
 _register()

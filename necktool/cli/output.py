@@ -35,12 +35,14 @@ def progress(total: int, description: str) -> Iterator[Any]:
 
     Yields a callable ``advance(label)`` to call as each item finishes.
     """
+    console = stderr()
+    if not console.is_terminal:  # nothing to animate: skip importing rich.progress at all
+        yield lambda label="": None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-    console = stderr()
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), console=console, transient=True,
-                   disable=not console.is_terminal)
+                   MofNCompleteColumn(), console=console, transient=True)
     with bar:
         task = bar.add_task(description, total=total)
 

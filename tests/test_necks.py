@@ -1,0 +1,135 @@
+"""The two families against independent re-implementations and the seeds' key names."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from _analytic import reference_fpn, reference_pafpn
+from conftest import randomize_norms
+from hypothesis import given
+from hypothesis import strategies as st
+
+from necktool import InputError, NeckSpec, build_neck, make_inputs
+from necktool.registry import PRESETS
+from necktool.specs import seed_gn_groups
+
+CASES = [
+    # family, in_channels, out, norm, act, slope, size
+    ("fpn", (64, 128, 256), 64, "bn", "leaky_relu", 0.1, (96, 96)),
+    ("fpn", (32, 64, 128, 256), 48, "gn", "relu", 0.0, (160, 120)),
+    ("fpn", (16, 24), 8, "none", "none", 0.0, (48, 40)),
+    ("pafpn", (48, 48, 80), 40, "gn", "relu", 0.0, (96, 72)),
+    ("pafpn", (24, 40), 24, "bn", "leaky_relu", 0.2, (72, 104)),
+    ("pafpn", (8, 16, 24, 32), 16, "none", "relu", 0.0, (200, 136)),
+]
+
+
+@pytest.mark.parametrize(("family", "cin", "out", "norm", "act", "slope", "size"), CASES)
+def test_matches_independent_functional_forward(family: str, cin: tuple[int, ...], out: int,
+                                                norm: str, act: str, slope: float,
+                                                size: tuple[int, int]) -> None:
+    spec = NeckSpec(family, cin, out, norm, act, leaky_slope=slope, input_size=size)  # type: ignore[arg-type]
+    neck = build_neck(spec, seed=3)
+    randomize_norms(neck)
+    feats = make_inputs(spec, batch=2, seed=5)
+    ref = reference_fpn if family == "fpn" else reference_pafpn
+    expected = ref(neck.state_dict(), feats, norm=norm, act=act, slope=slope,
+                   groups=seed_gn_groups(out))
+    with torch.no_grad():
+        got = neck(feats)
+    assert isinstance(got, tuple) and len(got) == len(cin)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        assert g.abs().max() > 0.1  # not a degenerate all-zero comparison
+
+
+def test_mapping_input_uses_values_in_order() -> None:
+    neck = build_neck("retinaface_mnet")
+    feats = make_inputs(neck.spec, (64, 64))
+    with torch.no_grad():
+        from_list = neck(feats)
+        from_dict = neck(OrderedDict(zip(("stage1", "stage2", "stage3"), feats, strict=True)))
+    for a, b in zip(from_list, from_dict, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_wrong_number_of_levels_is_a_typed_error() -> None:
+    neck = build_neck("scrfd_2.5g")
+    with pytest.raises(InputError, match="expected 3 level tensors"):
+        neck(make_inputs(neck.spec, (64, 64))[:2])
+
+
+def _retinaface_checkpoint() -> dict[str, torch.Tensor]:
+    """Keys and shapes of Pytorch_Retinaface mobilenet0.25_Final.pth's ``fpn`` part,
+    written out from the seed's printed architecture (DataParallel ``module.`` prefix)."""
+    sd: dict[str, torch.Tensor] = {}
+    convs = {"output1": (64, 64, 1), "output2": (64, 128, 1), "output3": (64, 256, 1),
+             "merge1": (64, 64, 3), "merge2": (64, 64, 3)}
+    for name, (cout, cin, k) in convs.items():
+        p = f"module.fpn.{name}"
+        sd[f"{p}.0.weight"] = torch.randn(cout, cin, k, k)
+        for stat in ("weight", "bias", "running_mean"):
+            sd[f"{p}.1.{stat}"] = torch.randn(cout)
+        sd[f"{p}.1.running_var"] = torch.rand(cout) + 0.5
+        sd[f"{p}.1.num_batches_tracked"] = torch.tensor(100)
+    return sd
+
+
+def test_retinaface_checkpoint_keys_load_strictly() -> None:
+    ckpt = _retinaface_checkpoint()
+    neck = build_neck("retinaface_mnet")
+    stripped = {k.removeprefix("module.fpn."): v for k, v in ckpt.items()}
+    neck.load_state_dict(stripped, strict=True)
+    assert torch.equal(neck.state_dict()["merge2.0.weight"], ckpt["module.fpn.merge2.0.weight"])
+    assert neck.output1[2].negative_slope == 0.1
+    assert build_neck("retinaface_r50").output1[2].negative_slope == 0.0
+
+
+def test_pafpn_keeps_seed_submodule_names() -> None:
+    gn = set(build_neck("scrfd_2.5g").state_dict())
+    assert {"lateral_convs.0.conv.weight", "lateral_convs.0.gn.weight", "td_convs.2.gn.bias",
+            "bu_convs.1.conv.weight", "bu_out_convs.2.conv.weight"} <= gn
+    assert not any(k.startswith(("td_fuse", "bu_fuse")) for k in gn)  # parameter-free
+    bn = set(build_neck("scrfd_2.5g", norm="bn").state_dict())
+    assert {"lateral_convs.0.0.weight", "lateral_convs.0.1.running_mean",
+            "bu_out_convs.2.1.running_var"} <= bn
+
+
+@pytest.mark.parametrize(("name", "groups"), [("scrfd_34g", 16), ("scrfd_10g", 14),
+                                              ("scrfd_2.5g", 10), ("scrfd_0.5g", 16)])
+def test_scrfd_tiers_use_the_seed_group_rule(name: str, groups: int) -> None:
+    neck = build_neck(name)
+    assert neck.lateral_convs[0].gn.num_groups == groups
+
+
+@given(st.integers(min_value=1, max_value=4096))
+def test_seed_group_rule_is_largest_divisor_up_to_16(out: int) -> None:
+    g = seed_gn_groups(out)
+    assert out % g == 0
+    assert g == max(d for d in range(1, min(16, out) + 1) if out % d == 0)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_and_runs(name: str) -> None:
+    neck = build_neck(name)
+    spec = neck.spec
+    small = (8 * 2 ** (spec.num_levels - 1) * 3,) * 2
+    with torch.no_grad():
+        outs = neck(make_inputs(spec, small))
+    assert [tuple(o.shape) for o in outs] == [(1, spec.out_channels, h, w)
+                                              for h, w in spec.level_sizes(small)]
+
+
+def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_neck("scrfd_0.5g", seed=7)
+    assert torch.equal(torch.rand(1), before)
+    b = build_neck("scrfd_0.5g", seed=7)
+    c = build_neck("scrfd_0.5g", seed=8)
+    wa, wb, wc = (m.state_dict()["td_convs.0.conv.weight"] for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
