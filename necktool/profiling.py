@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 UNIT = "flops"
 UNIT_NOTE = "fvcore convention: 1 fused multiply-add = 1 flop (MACs), as in SCRFD's GFLOPs"
+UNIT_CAPTION = "FLOPs in fvcore units: 1 fused multiply-add = 1 flop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,7 @@ class ProfileResult:
         from rich.table import Table
 
         flops, params = self.flops, self.params
-        levels = Table(title=self.title, caption=f"FLOPs: {UNIT_NOTE}", caption_justify="left",
+        levels = Table(title=self.title, caption=UNIT_CAPTION, caption_justify="left",
                        show_footer=True)
         levels.add_column("level", footer="total")
         levels.add_column("stride", justify="right")
@@ -163,13 +164,13 @@ def comparison_table(results: Sequence[ProfileResult]) -> Table:
     """One row per neck, for ``profile`` with several names."""
     from rich.table import Table
 
-    table = Table(title="comparison", caption=f"FLOPs: {UNIT_NOTE}", caption_justify="left")
-    for col in ("neck", "family", "in -> out", "input", "GFLOPs", "FLOPs", "params"):
-        table.add_column(col, justify="right" if col in {"GFLOPs", "FLOPs", "params"} else "left")
+    table = Table(title="comparison", caption=UNIT_CAPTION, caption_justify="left")
+    for col in ("neck", "out", "input", "GFLOPs", "FLOPs", "params"):
+        table.add_column(col, no_wrap=True, justify="left" if col in {"neck", "input"} else "right")
     for r in results:
-        chans = f"{','.join(map(str, r.spec.in_channels))} -> {r.spec.out_channels}"
-        table.add_row(r.neck, r.spec.family.value, chans, "x".join(map(str, r.input_size)),
-                      f"{r.gflops:.4f}", f"{r.flops:,}", f"{r.params:,}")
+        table.add_row(r.neck, str(r.spec.out_channels),
+                      "x".join(map(str, r.input_size)), f"{r.gflops:.4f}", f"{r.flops:,}",
+                      f"{r.params:,}")
     return table
 
 

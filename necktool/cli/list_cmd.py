@@ -26,12 +26,11 @@ def list_command(
         return
     from rich.table import Table
 
-    table = Table(title="necktool presets")
-    for col in ("name", "family", "in -> out", "norm", "act", "input", "description"):
-        table.add_column(col)
+    table = Table(title="necktool presets (details: --json)")
+    for col in ("name", "family", "in_channels", "out", "norm", "act", "input"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "out" else "left")
     for p, s in rows:
-        act = s.act.value + (f"({s.leaky_slope:g})" if s.act.value == "leaky_relu" else "")
-        table.add_row(p.name, s.family.value,
-                      f"{','.join(map(str, s.in_channels))} -> {s.out_channels}",
-                      s.norm.value, act, "x".join(map(str, s.input_size)), p.description)
+        act = f"leaky({s.leaky_slope:g})" if s.act.value == "leaky_relu" else s.act.value
+        table.add_row(p.name, s.family.value, ",".join(map(str, s.in_channels)),
+                      str(s.out_channels), s.norm.value, act, "x".join(map(str, s.input_size)))
     stdout().print(table)
