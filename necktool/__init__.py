@@ -34,9 +34,23 @@ _LAZY = {
     "resolve_spec": "necktool.build",
     "profile": "necktool.profiling",
     "ProfileResult": "necktool.profiling",
+    "BudgetConfig": "necktool.budgets",
+    "CheckReport": "necktool.budgets",
+    "check_budgets": "necktool.budgets",
+    "load_baseline": "necktool.budgets",
+    "load_config": "necktool.budgets",
+    "save_baseline": "necktool.budgets",
 }
 
 if TYPE_CHECKING:
+    from necktool.budgets import (
+        BudgetConfig,
+        CheckReport,
+        check_budgets,
+        load_baseline,
+        load_config,
+        save_baseline,
+    )
     from necktool.build import build_neck, make_inputs, resolve_spec
     from necktool.profiling import ProfileResult, profile
 
@@ -51,7 +65,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "PRESETS",
     "Activation",
+    "BudgetConfig",
     "CheckFailed",
+    "CheckReport",
     "ConfigError",
     "ExitCode",
     "Family",
@@ -64,12 +80,16 @@ __all__ = [
     "UnknownNeckError",
     "__version__",
     "build_neck",
+    "check_budgets",
     "get_spec",
     "list_necks",
+    "load_baseline",
+    "load_config",
     "make_inputs",
     "parse_channels",
     "parse_size",
     "profile",
     "register_neck",
     "resolve_spec",
+    "save_baseline",
 ]
