@@ -294,10 +294,11 @@ def resolve_budget_spec(neck: str, **overrides: Any) -> NeckSpec:
 
 
 def _display(path: Path, cwd: Path) -> str:
-    try:
-        return path.resolve().relative_to(cwd.resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    """``path`` relative to ``cwd`` when below it or in one of its parents, else absolute."""
+    full, here = path.resolve(), cwd.resolve()
+    if full.is_relative_to(here) or here.is_relative_to(full.parent):
+        return Path(os.path.relpath(full, here)).as_posix()
+    return str(full)
 
 
 def _read_toml(path: Path, display: str) -> dict[str, Any]:
@@ -610,6 +611,13 @@ def save_baseline(report: CheckReport, path: Path) -> None:
 
 
 # -- results --------------------------------------------------------------------------
+def _pct(value: float, sign: str = "") -> str:
+    """A percentage with two decimals, or two significant digits when smaller than that."""
+    if math.isinf(value):
+        return f"{sign}inf%"
+    return f"{value:{sign}.2f}%" if abs(value) >= 0.01 or value == 0 else f"{value:{sign}.2g}%"
+
+
 def _exact(value: float) -> Fraction:
     # repr() round-trips the decimal the user wrote, so 0.3 compares as 3/10 exactly.
     return Fraction(repr(value))
@@ -648,7 +656,7 @@ class LimitCheck:
         what = f"level {self.level} {unit}" if self.level else unit
         over = self.actual - self.limit
         return (f"{name}: {what} {actual} exceeds the budget {limit} by {over:.4g} {unit} "
-                f"({-self.headroom_pct:.1f}% over); {HINT_LIMIT}")
+                f"({_pct(-self.headroom_pct)} over); {HINT_LIMIT}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "level": self.level, "limit": self.limit,
@@ -678,7 +686,7 @@ class BaselineCheck:
 
     def message(self, name: str) -> str:
         what = "FLOPs" if self.metric == "flops" else "params"
-        return (f"{name}: {what} grew {self.change_pct:+.2f}% against the baseline "
+        return (f"{name}: {what} grew {_pct(self.change_pct, '+')} against the baseline "
                 f"({self.baseline:,} -> {self.count:,}), more than the allowed "
                 f"{self.max_increase:g}%; {HINT_BASELINE}")
 
@@ -776,7 +784,7 @@ def _change(check: BaselineCheck | None, in_baseline: bool | None) -> str:
         return ""
     if check is None:
         return "new"
-    return "+inf%" if math.isinf(check.change_pct) else f"{check.change_pct:+.2f}%"
+    return _pct(check.change_pct, "+")
 
 
 def _rows(entry: EntryResult) -> list[_Row]:
