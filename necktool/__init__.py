@@ -40,6 +40,9 @@ _LAZY = {
     "load_baseline": "necktool.budgets",
     "load_config": "necktool.budgets",
     "save_baseline": "necktool.budgets",
+    "sweep": "necktool.sweep",
+    "parse_sizes": "necktool.sweep",
+    "SweepResult": "necktool.sweep",
 }
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     )
     from necktool.build import build_neck, make_inputs, resolve_spec
     from necktool.profiling import ProfileResult, profile
+    from necktool.sweep import SweepResult, parse_sizes, sweep
 
 
 def __getattr__(name: str) -> Any:
@@ -77,6 +81,7 @@ __all__ = [
     "Norm",
     "ProfileResult",
     "SpecError",
+    "SweepResult",
     "UnknownNeckError",
     "__version__",
     "build_neck",
@@ -88,8 +93,10 @@ __all__ = [
     "make_inputs",
     "parse_channels",
     "parse_size",
+    "parse_sizes",
     "profile",
     "register_neck",
     "resolve_spec",
     "save_baseline",
+    "sweep",
 ]

@@ -85,10 +85,12 @@ def _register() -> None:
     from necktool.cli.check_cmd import check_command
     from necktool.cli.list_cmd import list_command
     from necktool.cli.profile_cmd import profile_command
+    from necktool.cli.sweep_cmd import sweep_command
 
     app.command("list")(list_command)
     app.command("profile")(profile_command)
     app.command("check")(check_command)
+    app.command("sweep")(sweep_command)
 
 
 _register()

@@ -1,0 +1,342 @@
+"""FLOPs and parameters of one or more necks over a range of input sizes.
+
+Each neck is built once and traced once per size (:func:`necktool.profiling.analyze`),
+so the cost grows linearly with the number of sizes. FLOPs follow fvcore: one fused
+multiply-add counts as one flop.
+
+The plot (:meth:`SweepResult.plot`) draws GFLOPs against input size, one line per neck.
+Its x axis is the side in pixels when every size is square, and megapixels (H*W / 1e6)
+otherwise, with the ticks labelled ``HxW``: FLOPs grow with the pixel count, so
+megapixels keep non-square sizes on one straight-ish line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import InputError
+from necktool.specs import NeckSpec, parse_size
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+MAX_SIZES = 64  # one trace per size and neck: more than this is a typo, not a sweep
+PLOT_SUFFIXES = (".png", ".svg")
+SIZES_FORMS = ("valid forms: a comma-separated list of sizes, each HxW or one number for a "
+               "square (320,480,640 or 640x480,1280x720), and/or inclusive ranges "
+               "START:STOP:STEP of square sizes (320:1280:160)")
+MATPLOTLIB_MISSING = "--plot needs matplotlib; install it with: pip install 'necktool[plot]'"
+Y_LABEL = "GFLOPs (fvcore: 1 multiply-add = 1 flop)"
+
+
+# -- parsing -------------------------------------------------------------------------------
+def parse_sizes(text: str, max_sizes: int = MAX_SIZES) -> list[tuple[int, int]]:
+    """Parse a size list and/or ranges into ``(H, W)`` pairs, in order, without repeats.
+
+    ``START:STOP:STEP`` is a range of square sizes that includes ``STOP`` when it lands
+    on the grid. Items may be mixed: ``"256,320:640:160"``.
+
+    Raises:
+        InputError: empty or malformed text, a zero or negative step, a range that runs
+            backwards, or more than ``max_sizes`` sizes.
+
+    Example:
+        >>> parse_sizes("320:640:160")
+        [(320, 320), (480, 480), (640, 640)]
+        >>> parse_sizes("640x480, 320, 640x480")
+        [(640, 480), (320, 320)]
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise InputError(f"empty size in --sizes {text!r}; {SIZES_FORMS}")
+    sizes: list[tuple[int, int]] = []
+    for item in items:
+        if ":" in item:
+            start, stop, step = _parse_range(item)
+            # Count before materialising, so '1:999999999:1' fails fast instead of filling memory.
+            if len(sizes) + (stop - start) // step + 1 > max_sizes:
+                raise _too_many(text, max_sizes)
+            new = [(s, s) for s in range(start, stop + 1, step)]
+        else:
+            try:
+                new = [parse_size(item)]
+            except InputError:
+                raise InputError(f"malformed size {item!r} in --sizes; {SIZES_FORMS}") from None
+        sizes.extend(s for s in new if s not in sizes)
+        if len(sizes) > max_sizes:
+            raise _too_many(text, max_sizes)
+    return sizes
+
+
+def _parse_range(item: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in item.split(":")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise InputError(f"malformed range {item!r} in --sizes; a range is START:STOP:STEP of "
+                         f"positive integers like 320:1280:160; {SIZES_FORMS}")
+    start, stop, step = (int(p) for p in parts)
+    if step == 0:
+        raise InputError(f"range {item!r} has step 0; use a positive step like 320:1280:160")
+    if start <= 0:
+        raise InputError(f"range {item!r} must start at a positive size, e.g. 320:1280:160")
+    if stop < start:
+        raise InputError(f"range {item!r} runs backwards (stop {stop} < start {start}); "
+                         f"write it as {stop}:{start}:{step}")
+    return start, stop, step
+
+
+def _too_many(text: str, max_sizes: int) -> InputError:
+    return InputError(f"--sizes {text!r} gives more than {max_sizes} sizes; use a larger step "
+                      f"or fewer items")
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> pathlib.Path:
+    """Validate a plot destination before any work: suffix, directory, writability.
+
+    Raises:
+        InputError: the suffix is not ``.png``/``.svg``, or the file cannot be written.
+    """
+    dest = pathlib.Path(path)
+    if dest.suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(f"cannot plot to {str(dest)!r}: the file name must end in "
+                         f"{' or '.join(PLOT_SUFFIXES)}")
+    if dest.is_dir():
+        raise InputError(f"cannot plot to {str(dest)!r}: it is a directory")
+    parent = dest.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot plot to {str(dest)!r}: directory {str(parent)!r} does not "
+                         "exist")
+    # Probe by creating the temporary file the write will use: os.access lies under root.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", dir=parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {str(dest)!r}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return dest
+
+
+def check_matplotlib() -> None:
+    """Raise :class:`InputError` with the install hint unless matplotlib imports."""
+    _import_matplotlib()
+
+
+def _import_matplotlib() -> Any:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import matplotlib.figure
+    except ImportError:
+        raise InputError(MATPLOTLIB_MISSING) from None
+    return matplotlib.figure
+
+
+# -- result --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level."""
+
+    input_size: tuple[int, int]
+    flops: int
+    params: int
+    level_flops: dict[str, int]
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    @property
+    def megapixels(self) -> float:
+        return self.input_size[0] * self.input_size[1] / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_size": list(self.input_size), "flops": self.flops, "params": self.params,
+                "level_flops": dict(self.level_flops)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NeckSweep:
+    """Every size of one neck, in the order the sizes were given."""
+
+    neck: str
+    spec: NeckSpec
+    points: tuple[SweepPoint, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"neck": self.neck, "family": self.spec.family.value,
+                "config": self.spec.to_dict(), "points": [p.to_dict() for p in self.points]}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """FLOPs and parameters per neck and input size (fvcore: 1 multiply-add = 1 flop)."""
+
+    sizes: tuple[tuple[int, int], ...]
+    batch: int
+    necks: tuple[NeckSweep, ...]
+
+    @property
+    def square(self) -> bool:
+        return all(h == w for h, w in self.sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable, JSON-ready dict; every count is an exact integer."""
+        from necktool.profiling import UNIT, UNIT_NOTE
+
+        return {
+            "sizes": [list(s) for s in self.sizes],
+            "batch": self.batch,
+            "unit": UNIT,
+            "unit_note": UNIT_NOTE,
+            "necks": [n.to_dict() for n in self.necks],
+        }
+
+    def table(self) -> Table:
+        """One row per neck and size, necks separated by a rule."""
+        from rich.table import Table
+
+        from necktool.profiling import UNIT_CAPTION
+
+        table = Table(title=f"FLOPs by input size, batch {self.batch}",
+                      caption=f"{UNIT_CAPTION}; per-level FLOPs with --json",
+                      caption_justify="left")
+        for col in ("neck", "input", "GFLOPs", "FLOPs", "params", "x first"):
+            table.add_column(col, no_wrap=True,
+                             justify="left" if col in {"neck", "input"} else "right")
+        for sweep in self.necks:
+            first = sweep.points[0].flops
+            for i, p in enumerate(sweep.points):
+                table.add_row(sweep.neck if i == 0 else "", "x".join(map(str, p.input_size)),
+                              f"{p.gflops:.4f}", f"{p.flops:,}", f"{p.params:,}",
+                              f"{p.flops / first:.2f}" if first else "-",
+                              end_section=i == len(sweep.points) - 1)
+        return table
+
+    def plot(self, path: str | os.PathLike[str]) -> pathlib.Path:
+        """Draw GFLOPs against input size, one line per neck, to a ``.png`` or ``.svg``.
+
+        The file is written to a temporary file beside ``path`` and moved into place, so
+        a failed write never leaves a truncated image. matplotlib's object API is used
+        without pyplot, so no GUI backend is chosen and the caller's state is untouched.
+
+        Raises:
+            InputError: bad suffix or unwritable path, or matplotlib is not installed.
+        """
+        dest = check_plot_path(path)
+        mpl_figure = _import_matplotlib()
+        fig = mpl_figure.Figure(figsize=(7, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        order = sorted(range(len(self.sizes)), key=lambda i: self._x(self.sizes[i]))
+        for sweep in self.necks:
+            pts = [sweep.points[i] for i in order]
+            ax.plot([self._x(p.input_size) for p in pts], [p.gflops for p in pts],
+                    marker="o", label=sweep.neck)
+        xs = [self._x(self.sizes[i]) for i in order]
+        if len(xs) <= 12:  # beyond that the labels overlap; keep matplotlib's own ticks
+            ax.set_xticks(xs, ["x".join(map(str, self.sizes[i])) if not self.square
+                               else str(self.sizes[i][0]) for i in order])
+            if not self.square:  # HxW labels are long: slant them, anchored at the tick
+                for label in ax.get_xticklabels():
+                    label.set_rotation(30)
+                    label.set_horizontalalignment("right")
+        ax.set_xlabel("input size (square side, px)" if self.square
+                      else "input size (megapixels = H x W / 1e6; ticks H x W)")
+        ax.set_ylabel(Y_LABEL)
+        batch = f", batch {self.batch}" if self.batch != 1 else ""
+        ax.set_title(f"Neck FLOPs by input size{batch}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix,
+                                        dir=dest.parent)
+        os.close(fd)
+        tmp = pathlib.Path(tmp_name)
+        try:
+            # metadata=None keeps matplotlib's defaults; the format follows the suffix.
+            fig.savefig(tmp, format=dest.suffix.lower().lstrip("."))
+            umask = os.umask(0)  # mkstemp makes 0600 files; give the plot a plain open()'s mode
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return dest
+
+    def _x(self, size: tuple[int, int]) -> float:
+        return float(size[0]) if self.square else size[0] * size[1] / 1e6
+
+
+# -- the sweep -----------------------------------------------------------------------------
+def sweep(
+    necks: Sequence[str | NeckSpec],
+    sizes: Sequence[tuple[int, int]],
+    batch: int = 1,
+    *,
+    on_point: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> SweepResult:
+    """Profile each neck at each size: one build per neck, one fvcore trace per size.
+
+    Args:
+        necks: Preset names (shell patterns allowed) or specs.
+        sizes: Input sizes ``(H, W)``; repeats are dropped, the order is kept.
+        batch: Batch size (FLOPs scale linearly with it).
+        on_point: Called with ``"<neck> HxW"`` after each point (for a progress bar).
+        **overrides: Spec fields applied to every neck; ``None`` values are ignored.
+
+    Raises:
+        InputError: no sizes, too many, or a bad batch.
+        SpecError: a size is below a neck's coarsest stride (checked before any tracing).
+
+    Example:
+        >>> r = sweep(["scrfd_2.5g"], [(320, 320), (640, 640)])
+        >>> r.necks[0].points[1].flops == 4 * r.necks[0].points[0].flops
+        True
+    """
+    from necktool.build import build_neck, resolve_spec
+    from necktool.profiling import analyze
+    from necktool.registry import expand_names
+
+    unique = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
+    if not unique:
+        raise InputError(f"no input sizes to sweep; {SIZES_FORMS}")
+    if len(unique) > MAX_SIZES:
+        raise InputError(f"{len(unique)} sizes to sweep; at most {MAX_SIZES}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    names: list[str | NeckSpec] = []
+    for neck in necks:
+        for item in expand_names([neck]) if isinstance(neck, str) else [neck]:
+            if item not in names:  # 'scrfd_*' and 'scrfd_2.5g' together: one sweep each
+                names.append(item)
+    if not names:
+        raise InputError("no neck to sweep; give a preset name or pattern")
+
+    # Every spec and size is checked before the first (slow) trace.
+    specs = []
+    for neck in names:
+        spec = resolve_spec(neck, **overrides)
+        for size in unique:
+            spec.check_size(size)
+        label = neck if isinstance(neck, str) else (spec.name or spec.family.value)
+        specs.append((label, spec))
+
+    step = on_point or (lambda _label: None)
+    results = []
+    for label, spec in specs:
+        model = build_neck(spec)
+        points = []
+        for size in unique:
+            r = analyze(model, spec, size, batch, label)
+            points.append(SweepPoint(r.input_size, r.flops, r.params,
+                                     {lv.name: lv.flops for lv in r.levels}))
+            step(f"{label} {size[0]}x{size[1]}")
+        results.append(NeckSweep(label, spec, tuple(points)))
+    return SweepResult(tuple(unique), batch, tuple(results))
