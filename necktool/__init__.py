@@ -40,6 +40,11 @@ _LAZY = {
     "load_baseline": "necktool.budgets",
     "load_config": "necktool.budgets",
     "save_baseline": "necktool.budgets",
+    "export_onnx": "necktool.export",
+    "ExportResult": "necktool.export",
+    "verify_onnx": "necktool.verify",
+    "VerificationResult": "necktool.verify",
+    "load_weights": "necktool.weights",
     "sweep": "necktool.sweep",
     "parse_sizes": "necktool.sweep",
     "SweepResult": "necktool.sweep",
@@ -55,8 +60,11 @@ if TYPE_CHECKING:
         save_baseline,
     )
     from necktool.build import build_neck, make_inputs, resolve_spec
+    from necktool.export import ExportResult, export_onnx
     from necktool.profiling import ProfileResult, profile
     from necktool.sweep import SweepResult, parse_sizes, sweep
+    from necktool.verify import VerificationResult, verify_onnx
+    from necktool.weights import load_weights
 
 
 def __getattr__(name: str) -> Any:
@@ -74,6 +82,7 @@ __all__ = [
     "CheckReport",
     "ConfigError",
     "ExitCode",
+    "ExportResult",
     "Family",
     "InputError",
     "NeckSpec",
@@ -83,13 +92,16 @@ __all__ = [
     "SpecError",
     "SweepResult",
     "UnknownNeckError",
+    "VerificationResult",
     "__version__",
     "build_neck",
     "check_budgets",
+    "export_onnx",
     "get_spec",
     "list_necks",
     "load_baseline",
     "load_config",
+    "load_weights",
     "make_inputs",
     "parse_channels",
     "parse_size",
@@ -99,4 +111,5 @@ __all__ = [
     "resolve_spec",
     "save_baseline",
     "sweep",
+    "verify_onnx",
 ]

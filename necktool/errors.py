@@ -47,3 +47,31 @@ class CheckFailed(NecktoolError):
     """A check ran and did not pass (verification, budgets)."""
 
     exit_code = ExitCode.CHECK_FAILED
+
+
+class WeightsError(NecktoolError, ValueError):
+    """A weights file that cannot be read or does not fit the neck.
+
+    ``report`` holds the key-by-key comparison when there is one
+    (a :class:`necktool.weights.WeightsReport`), so callers can show or test it.
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ExportError(CheckFailed):
+    """The ONNX exporter, or a check of the file it wrote, failed; nothing was written."""
+
+
+class VerificationFailed(CheckFailed):
+    """ONNX Runtime's outputs differ from PyTorch's beyond tolerance; nothing was written.
+
+    ``result`` is the full result (an :class:`necktool.export.ExportResult` or a
+    :class:`necktool.verify.VerificationResult`) so the CLI can print the report.
+    """
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result

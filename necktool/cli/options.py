@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Annotated, Any
 
 import typer
 
 from necktool.specs import Activation, Norm, parse_channels, parse_size
+from necktool.verify import TOLERANCE_NOTE
 
 BUILD = "Build flags (override the preset; unset flags leave it alone)"
 
@@ -59,3 +61,33 @@ class BuildFlags:
             "leaky_slope": self.leaky_slope,
             "input_size": parse_size(self.input_size) if self.input_size else None,
         }
+
+
+# -- weights and ONNX verification (export, verify) -----------------------------------
+WEIGHTS = "Weights"
+VERIFY = "Verification (ONNX Runtime vs PyTorch)"
+
+Seed = Annotated[int | None, typer.Option(
+    "--seed", rich_help_panel=WEIGHTS,
+    help="Seed of the weight init when --weights is not given (conv weights, norm scales "
+    "and shifts, BN running statistics and conv biases are all drawn from it).")]
+WeightsFile = Annotated[pathlib.Path | None, typer.Option(
+    "--weights", metavar="FILE", rich_help_panel=WEIGHTS, dir_okay=False,
+    help="A .pt/.pth state dict, loaded with torch.load(weights_only=True) and strict "
+    "key matching.")]
+Prefix = Annotated[str | None, typer.Option(
+    "--prefix", rich_help_panel=WEIGHTS,
+    help="Key prefix of the neck inside --weights, e.g. 'fpn.' for a RetinaFace "
+    "checkpoint; a 'module.' prefix (DataParallel) is stripped automatically.")]
+Provider = Annotated[str, typer.Option(
+    "--provider", rich_help_panel=VERIFY,
+    help="ONNX Runtime execution provider: cpu, cuda, ... or a full name.")]
+Atol = Annotated[float, typer.Option(
+    "--atol", min=0.0, rich_help_panel=VERIFY,
+    help=f"Absolute tolerance ({TOLERANCE_NOTE}).")]
+Rtol = Annotated[float, typer.Option(
+    "--rtol", min=0.0, rich_help_panel=VERIFY, help="Relative tolerance (fp32 default).")]
+Trials = Annotated[int, typer.Option(
+    "--trials", min=1, rich_help_panel=VERIFY,
+    help="Seeded random inputs per case (export size; for a dynamic file also a "
+    "non-square size and batch 2).")]

@@ -1,0 +1,492 @@
+"""Compare an ONNX file, run by ONNX Runtime, with the PyTorch neck it came from.
+
+The comparison follows Polygraphy's: an element fails only when
+``|ort - torch| > atol + rtol * |torch|``; per output and case it reports the max and
+mean absolute error, the max relative error (over elements where PyTorch is non-zero),
+the smallest ``atol`` that would have passed at the given ``rtol``, and non-finite
+values on either side. Each case runs ``trials`` seeded random inputs; the statistics
+are aggregated over them (max of maxima, mean over all elements).
+
+For a dynamic file the cases are the export size plus a smaller non-square size and a
+batch-2 size, all multiples of the coarsest stride.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import InputError
+from necktool.specs import NeckSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from rich.table import Table
+    from torch import nn
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+DEFAULT_TRIALS = 3
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+TOLERANCE_NOTE = ("fp32 defaults; an element fails only when "
+                  "|ort - torch| > atol + rtol * |torch|")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One input shape to compare at."""
+
+    input_size: tuple[int, int]
+    batch: int
+    label: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.input_size[0]}x{self.input_size[1]} b{self.batch}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputComparison:
+    """ONNX Runtime vs PyTorch for one output level over a case's trials."""
+
+    name: str
+    shape: tuple[int, ...]
+    atol: float
+    rtol: float
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    min_atol: float  # smallest atol that passes at ``rtol``; inf if none can
+    failed: int  # elements over tolerance (non-finite ones included)
+    elements: int
+    nonfinite_ort: int
+    nonfinite_torch: int
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.failed == 0 and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
+            and not self.note
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def merge(self, other: OutputComparison) -> OutputComparison:
+        """Aggregate two trials of the same output."""
+        n = self.elements + other.elements
+        return dataclasses.replace(
+            self,
+            max_abs=max(self.max_abs, other.max_abs),
+            mean_abs=(self.mean_abs * self.elements + other.mean_abs * other.elements) / n
+            if n else 0.0,
+            max_rel=max(self.max_rel, other.max_rel),
+            min_atol=max(self.min_atol, other.min_atol),
+            failed=self.failed + other.failed,
+            elements=n,
+            nonfinite_ort=self.nonfinite_ort + other.nonfinite_ort,
+            nonfinite_torch=self.nonfinite_torch + other.nonfinite_torch,
+            note=self.note or other.note,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "passed": self.passed,
+            "max_abs": _finite(self.max_abs),
+            "mean_abs": _finite(self.mean_abs),
+            "max_rel": _finite(self.max_rel),
+            "min_atol": _finite(self.min_atol),
+            "failed_elements": self.failed,
+            "elements": self.elements,
+            "nonfinite_ort": self.nonfinite_ort,
+            "nonfinite_torch": self.nonfinite_torch,
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseComparison:
+    """Every output at one input shape."""
+
+    case: Case
+    seeds: tuple[int, ...]
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.case.label,
+            "input_size": list(self.case.input_size),
+            "batch": self.case.batch,
+            "seeds": list(self.seeds),
+            "passed": self.passed,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class VerificationResult:
+    """The whole comparison; true when every output of every case passed."""
+
+    path: str
+    neck: str
+    provider: str
+    atol: float
+    rtol: float
+    trials: int
+    dynamic: bool
+    weights: str
+    cases: tuple[CaseComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.passed for c in self.cases)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def checks(self) -> list[tuple[Case, OutputComparison]]:
+        return [(c.case, o) for c in self.cases for o in c.outputs]
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for _, o in self.checks), default=0.0)
+
+    @property
+    def min_atol(self) -> float:
+        return max((o.min_atol for _, o in self.checks), default=0.0)
+
+    def summary(self) -> str:
+        """One line: verdict, how many checks, and how close it came."""
+        checks = self.checks
+        tol = f"atol={self.atol:g}, rtol={self.rtol:g}"
+        if self.passed:
+            return (f"PASS: {len(checks)} output checks in {len(self.cases)} case(s) within "
+                    f"{tol} (largest |ort - torch| {self.max_abs:.2e}; smallest passing "
+                    f"atol {self.min_atol:.2e})")
+        bad = [(c, o) for c, o in checks if not o.passed]
+        case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed))
+        detail = worst.note or (f"{worst.failed} of {worst.elements} elements over tolerance, "
+                                f"max |ort - torch| {worst.max_abs:.3g}")
+        return (f"FAIL: {len(bad)} of {len(checks)} output checks over {tol}; worst "
+                f"{worst.name} at {case.title}: {detail}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "path": self.path,
+            "neck": self.neck,
+            "provider": self.provider,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "trials": self.trials,
+            "dynamic": self.dynamic,
+            "weights": self.weights,
+            "max_abs": _finite(self.max_abs),
+            "min_atol": _finite(self.min_atol),
+            "summary": self.summary(),
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    def table(self) -> Table:
+        """One row per case and output (shapes are in the export summary)."""
+        from rich import box
+        from rich.table import Table
+
+        table = Table(
+            title=f"ONNX Runtime ({self.provider}) vs PyTorch: {self.neck}",
+            caption=f"{self.trials} seeded trial(s) per case; an element fails when "
+                    f"|ort - torch| > atol + rtol * |torch| (atol={self.atol:g}, "
+                    f"rtol={self.rtol:g}); max rel over elements where torch != 0; weights: "
+                    f"{self.weights}\n{self.summary()}",
+            caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+        )
+        for col in ("case", "out", "max abs", "mean abs", "max rel", "min atol", "NaN/Inf",
+                    "result"):
+            table.add_column(col, justify="left" if col in {"case", "out", "result"}
+                             else "right", no_wrap=True)
+        for cmp in self.cases:
+            for i, out in enumerate(cmp.outputs):
+                verdict = "[green]PASS[/]" if out.passed else \
+                    f"[bold red]FAIL[/] {out.failed:,} el." + (f" {out.note}" if out.note else "")
+                table.add_row(
+                    cmp.case.title if i == 0 else "",
+                    out.name, f"{out.max_abs:.1e}", f"{out.mean_abs:.1e}", f"{out.max_rel:.1e}",
+                    f"{out.min_atol:.1e}", str(out.nonfinite_ort + out.nonfinite_torch),
+                    verdict, end_section=i == len(cmp.outputs) - 1,
+                )
+        return table
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf/NaN: those become null."""
+    return float(value) if math.isfinite(value) else None
+
+
+# -- cases -----------------------------------------------------------------------------
+def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
+                  dynamic: bool) -> list[Case]:
+    """The export size; for a dynamic file also a smaller non-square size and batch 2.
+
+    The extra sizes are multiples of the coarsest stride (what a dynamic file accepts),
+    about half the export size so verification stays cheap.
+    """
+    cases = [Case((int(input_size[0]), int(input_size[1])), batch, "export size")]
+    if dynamic:
+        stride = spec.strides[-1]
+        # At least 2x2 at the coarsest level: a 1-pixel map makes GroupNorm statistics
+        # ill-conditioned (groups of 1-2 elements), which tests fp32, not the export.
+        half = max(2, min(input_size) // stride // 2)
+        tall = (stride * (half + 1), stride * half)
+        wide = (stride * half, stride * (half + 1))
+        cases.append(Case(wide, 1, "non-square"))
+        cases.append(Case(tall, 2, "batch 2"))
+    return cases
+
+
+# -- running ---------------------------------------------------------------------------
+def resolve_provider(name: str) -> str:
+    """Full ONNX Runtime provider name from ``cpu``/``cuda``/``CPUExecutionProvider``."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = name if name.endswith("ExecutionProvider") else f"{name}ExecutionProvider"
+    for provider in available:
+        if provider.lower() == wanted.lower():
+            return str(provider)
+    raise InputError(f"ONNX Runtime provider {name!r} is not available here; "
+                     f"available: {', '.join(available)}")
+
+
+def open_session(path: str | pathlib.Path, provider: str) -> Any:
+    """An ONNX Runtime session on ``provider`` only, with ORT's own logging quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from None
+
+
+def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        outs = model(list(inputs))
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True)}
+    return list(session.run(None, feeds))
+
+
+def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
+                   rtol: float) -> OutputComparison:
+    """Statistics for one output of one trial (see the module docstring)."""
+    import numpy as np
+
+    shape = tuple(int(d) for d in torch_out.shape)
+    if tuple(ort_out.shape) != shape:
+        return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
+                                int(np.prod(shape)), int(np.prod(shape)), 0, 0,
+                                note=f"shape {tuple(ort_out.shape)} != torch {shape}")
+    got = ort_out.astype(np.float64)
+    ref = torch_out.astype(np.float64)
+    nonfinite_ort = int((~np.isfinite(got)).sum())
+    nonfinite_torch = int((~np.isfinite(ref)).sum())
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - ref)
+        allowed = atol + rtol * np.abs(ref)
+        ok = diff <= allowed  # NaN compares false, so a NaN element fails
+    finite = np.isfinite(diff)
+    fdiff = diff[finite]
+    max_abs = float(fdiff.max()) if fdiff.size else 0.0
+    mean_abs = float(fdiff.mean()) if fdiff.size else 0.0
+    nonzero = finite & (ref != 0)
+    max_rel = float((diff[nonzero] / np.abs(ref[nonzero])).max()) if nonzero.any() else 0.0
+    if finite.all():
+        need = diff - rtol * np.abs(ref)
+        min_atol = max(0.0, float(need.max())) if need.size else 0.0
+    else:
+        min_atol = math.inf
+    return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
+                            int((~ok).sum()), int(diff.size), nonfinite_ort, nonfinite_torch)
+
+
+def compare_onnx(
+    path: str | pathlib.Path,
+    model: nn.Module,
+    spec: NeckSpec,
+    *,
+    cases: Sequence[Case],
+    neck: str = "",
+    weights: str = "",
+    dynamic: bool = False,
+    provider: str = DEFAULT_PROVIDER,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    trials: int = DEFAULT_TRIALS,
+    seed: int = 1234,
+) -> VerificationResult:
+    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
+
+    Args:
+        path: The ONNX file.
+        model: The PyTorch neck it should match (eval mode).
+        spec: The neck's spec (channels and strides make the inputs).
+        cases: Input shapes to compare at (see :func:`default_cases`).
+        trials: Seeded random inputs per case.
+        seed: Base seed of the inputs; trial ``t`` of case ``c`` uses ``seed + 100*c + t``.
+    """
+    from necktool.build import make_inputs
+
+    check_tolerances(atol, rtol, trials)
+    session = open_session(path, resolve_provider(provider))
+    n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
+    if n_in != spec.num_levels or n_out != spec.num_levels:
+        raise InputError(f"{str(path)!r} has {n_in} input(s) and {n_out} output(s); the neck "
+                         f"has {spec.num_levels} levels ({', '.join(spec.input_names)})")
+    out_names = [o.name for o in session.get_outputs()]
+    results = []
+    for c, case in enumerate(cases):
+        seeds = tuple(seed + 100 * c + t for t in range(trials))
+        merged: list[OutputComparison] = []
+        for s in seeds:
+            inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
+            _check_static_shapes(session, inputs, path)
+            ref = _run_torch(model, inputs)
+            got = _run_ort(session, inputs)
+            trial = [compare_arrays(n, g, r, atol, rtol)
+                     for n, g, r in zip(out_names, got, ref, strict=True)]
+            merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
+                                                                           strict=True)]
+        results.append(CaseComparison(case, seeds, tuple(merged)))
+    return VerificationResult(str(path), neck or spec.name or spec.family.value,
+                              resolve_provider(provider), float(atol), float(rtol), trials,
+                              dynamic, weights, tuple(results))
+
+
+def check_tolerances(atol: float, rtol: float, trials: int) -> None:
+    if not (math.isfinite(atol) and atol >= 0 and math.isfinite(rtol) and rtol >= 0):
+        raise InputError(f"tolerances must be finite and >= 0, got atol={atol}, rtol={rtol}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise InputError(f"trials must be a positive integer, got {trials!r}")
+
+
+def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
+                         path: str | pathlib.Path) -> None:
+    """A clear error instead of ORT's when a static file expects other input shapes."""
+    for meta, tensor in zip(session.get_inputs(), inputs, strict=True):
+        want = list(meta.shape)
+        got = list(tensor.shape)
+        if len(want) != len(got) or any(isinstance(w, int) and w != g
+                                         for w, g in zip(want, got, strict=True)):
+            raise InputError(f"{str(path)!r} expects input {meta.name} of shape {want}, but the "
+                             f"neck at this size gives {got}; check --input-size, --batch and "
+                             "the build flags")
+
+
+def is_dynamic(model_proto: Any) -> bool:
+    """Whether any input dimension of the ONNX graph is symbolic or unknown."""
+    for value in model_proto.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                return True
+    return False
+
+
+# -- verify an existing file -------------------------------------------------------------
+def verify_onnx(
+    path: str | pathlib.Path,
+    *,
+    neck: str | NeckSpec | None = None,
+    seed: int | None = None,
+    weights: str | pathlib.Path | None = None,
+    prefix: str | None = None,
+    batch: int | None = None,
+    provider: str = DEFAULT_PROVIDER,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    trials: int = DEFAULT_TRIALS,
+    **overrides: Any,
+) -> VerificationResult:
+    """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
+
+    Args:
+        path: An ONNX file, normally written by :func:`necktool.export_onnx`.
+        neck: Which neck the file holds; needed when the file has no necktool metadata.
+        seed, weights, prefix: Override how the weights are made (default: as recorded).
+        batch: Batch of the export-size case (default: as recorded, else 1).
+        **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
+
+    Returns:
+        The comparison; ``bool(result)`` is whether it passed.
+
+    Raises:
+        InputError: no such file, not ONNX, or no metadata and no ``neck``.
+        WeightsError: the recorded or given weights cannot be loaded.
+
+    Example:
+        >>> result = verify_onnx("scrfd_2.5g.onnx")  # doctest: +SKIP
+        >>> bool(result), result.summary()  # doctest: +SKIP
+    """
+    import onnx
+
+    from necktool.build import resolve_spec
+    from necktool.export import read_metadata
+    from necktool.weights import WeightSource, make_model, sha256_of
+
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
+    check_tolerances(atol, rtol, trials)
+    provider = resolve_provider(provider)
+    try:
+        proto = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{str(file)!r} is not an ONNX model: {type(exc).__name__}") from None
+    meta = read_metadata(proto)
+    if neck is not None:
+        spec = resolve_spec(neck, **overrides)
+        name = neck if isinstance(neck, str) else (spec.name or spec.family.value)
+        source = WeightSource("seed", seed=seed or 0)
+    elif meta is not None:
+        spec = meta.spec.replace(**overrides)
+        name = meta.neck
+        source = meta.weights
+    else:
+        raise InputError(
+            f"{str(file)!r} carries no necktool metadata (it was not written by 'necktool "
+            "export'); pass --neck NAME and the build flags that describe the neck it holds")
+    if seed is not None:
+        source = WeightSource("seed", seed=seed)
+    if weights is not None:
+        source = WeightSource("file", path=str(weights), prefix=prefix)
+    elif source.source == "file":
+        recorded = pathlib.Path(source.path or "")
+        if not recorded.is_file() or sha256_of(recorded) != source.sha256:
+            raise InputError(f"{str(file)!r} was exported from weights file {source.path!r} "
+                             f"(sha256 {str(source.sha256)[:12]}...), which is not there or "
+                             "has changed; pass --weights FILE (and --prefix)")
+    model, source = make_model(spec, seed=source.seed or 0, weights=source.path,
+                               prefix=source.prefix if source.source == "file" else None)
+    dynamic = is_dynamic(proto)
+    if batch is None:
+        batch = meta.batch if meta is not None and neck is None else 1
+    cases = default_cases(spec, spec.input_size, batch, dynamic)
+    return compare_onnx(file, model, spec, cases=cases, neck=name, weights=source.describe(),
+                        dynamic=dynamic, provider=provider, atol=atol, rtol=rtol, trials=trials)
