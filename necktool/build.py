@@ -5,36 +5,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
-from necktool.necks import FAMILIES, Neck
+from necktool.custom import custom_spec, is_import_path, load_custom
+from necktool.necks import FAMILIES
 from necktool.registry import get_spec
-from necktool.specs import NeckSpec
+from necktool.specs import Family, NeckSpec
 
 
 def resolve_spec(neck: str | NeckSpec, **overrides: Any) -> NeckSpec:
-    """A preset name or a spec, with ``overrides`` applied (``None`` values ignored)."""
+    """A preset name, an import path (``pkg.module:factory``) or a spec, with ``overrides``
+    applied (``None`` values ignored)."""
     if isinstance(neck, NeckSpec):
+        if neck.family is Family.CUSTOM:  # re-validate through the custom rules
+            return custom_spec(neck.factory or "", in_channels=neck.in_channels,
+                               out_channels=neck.out_channels, input_size=neck.input_size,
+                               **overrides)
         return neck.replace(**overrides)
+    if is_import_path(neck):
+        return custom_spec(neck, **overrides)
     return get_spec(neck, **overrides)
 
 
-def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> Neck:
+def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.Module:
     """Build a neck in eval mode, its weights drawn deterministically from ``seed``.
 
     Args:
-        neck: A preset name (``necktool list``) or a :class:`NeckSpec`.
+        neck: A preset name (``necktool list``), an import path ``pkg.module:factory``
+            (see :mod:`necktool.custom`) or a :class:`NeckSpec`.
         seed: Seed for the weight init; the global RNG state is left untouched.
         **overrides: Spec fields to change (``out_channels=32``...); ``None`` is ignored.
 
     Example:
         >>> neck = build_neck("scrfd_2.5g", out_channels=32)
-        >>> [tuple(p.shape) for p in neck(make_inputs(neck.spec))]
+        >>> [tuple(p.shape) for p in neck(make_inputs(get_spec("scrfd_2.5g")))]
         [(1, 32, 80, 80), (1, 32, 40, 40), (1, 32, 20, 20)]
     """
     spec = resolve_spec(neck, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FAMILIES[spec.family](spec)
+        model = load_custom(spec) if spec.family is Family.CUSTOM else FAMILIES[spec.family](spec)
     return model.eval()
 
 

@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 from necktool.build import build_neck, make_inputs, resolve_spec
+from necktool.custom import CustomNeckError, check_outputs
 from necktool.errors import InputError
-from necktool.specs import NeckSpec
+from necktool.specs import Family, NeckSpec
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
     from rich.table import Table
 
 UNIT = "flops"
@@ -117,9 +119,11 @@ class ProfileResult:
         h, w = self.input_size
         return f"{self.neck} ({self.spec.family.value}) at {h}x{w}, batch {self.batch}"
 
-    def tables(self) -> list[Table]:
-        """Per-level, per-stage and per-operator tables (FLOPs in fvcore units)."""
+    def tables(self) -> list[RenderableType]:
+        """Per-level, per-stage and per-operator tables (FLOPs in fvcore units), and a line
+        naming the operators fvcore could not count, if any."""
         from rich.table import Table
+        from rich.text import Text
 
         flops, params = self.flops, self.params
         levels = Table(title=self.title, caption=UNIT_CAPTION, caption_justify="left",
@@ -150,10 +154,11 @@ class ProfileResult:
             ops.add_column(col, justify="left" if col == "operator" else "right")
         for name, value in self.operators.items():
             ops.add_row(name, f"{value:,}", _share(value, flops))
+        out: list[RenderableType] = [levels, stages, ops]
         if self.unsupported_ops:
-            ops.caption = "not counted (no fvcore handle): " + ", ".join(
-                f"{op} x{n}" for op, n in self.unsupported_ops.items())
-        return [levels, stages, ops]
+            out.append(Text("not counted (no fvcore handle): " + ", ".join(
+                f"{op} x{n}" for op, n in self.unsupported_ops.items())))
+        return out
 
 
 def _share(value: int, total: int) -> str:
@@ -250,15 +255,20 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
                 if isinstance(out, torch.Tensor) and out.dim() == 4:
                     owner_level.setdefault(name, level_of.get((out.shape[-2], out.shape[-1]), -1))
             hooks.append(module.register_forward_hook(hook))
+    custom = spec.family is Family.CUSTOM
     try:
         with torch.no_grad():
             outputs = model(inputs)
+    except Exception as exc:
+        if not custom:
+            raise
+        raise CustomNeckError(f"{neck}: forward failed on inputs "
+                              f"{[tuple(x.shape) for x in inputs]}: {type(exc).__name__}: "
+                              f"{exc}") from None
     finally:
         for h in hooks:
             h.remove()
-    if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels:
-        raise InputError(f"{neck}: forward must return one tensor per level "
-                         f"({spec.num_levels}), got {type(outputs).__name__}")
+    check_outputs(spec, outputs, batch, input_size)
 
     level_params = [0] * spec.num_levels
     unattributed_params = 0
@@ -270,7 +280,13 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
         else:
             unattributed_params += n
 
-    analysis, events = _fvcore_analysis(model, inputs)
+    try:
+        analysis, events = _fvcore_analysis(model, inputs)
+    except Exception as exc:
+        if not custom:
+            raise
+        raise CustomNeckError(f"{neck}: fvcore could not trace the forward "
+                              f"(TorchScript tracing): {type(exc).__name__}: {exc}") from None
     level_flops = [0] * spec.num_levels
     unattributed_flops = 0
     for shape, count in events:

@@ -28,6 +28,7 @@ class Family(str, enum.Enum):
 
     FPN = "fpn"  # RetinaFace's FPN
     PAFPN = "pafpn"  # SCRFD's path-aggregation FPN
+    CUSTOM = "custom"  # a user's module, named by an import path (see necktool.custom)
 
 
 class Norm(str, enum.Enum):
@@ -78,6 +79,7 @@ class NeckSpec:
             (:func:`seed_gn_groups`). An explicit value must divide ``out_channels``.
         input_size: Default image size ``(H, W)`` the neck is profiled at.
         name: The preset this spec came from, if any.
+        factory: For ``family=custom``: the import path ``package.module:factory``.
 
     Example:
         >>> spec = NeckSpec(Family.PAFPN, (48, 48, 80), 40, Norm.GN, Activation.RELU)
@@ -94,6 +96,7 @@ class NeckSpec:
     gn_groups: int | None = None
     input_size: tuple[int, int] = (640, 640)
     name: str | None = None
+    factory: str | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings and lists (from flags, TOML, JSON) and normalise them.
@@ -102,13 +105,17 @@ class NeckSpec:
             object.__setattr__(self, "norm", Norm(self.norm))
             object.__setattr__(self, "act", Activation(self.act))
         except ValueError as exc:
-            raise SpecError(f"{exc}; valid families: fpn, pafpn; norms: gn, bn, none; "
+            raise SpecError(f"{exc}; valid families: fpn, pafpn, custom; norms: gn, bn, none; "
                             "activations: relu, leaky_relu, none") from None
         object.__setattr__(self, "in_channels", _int_tuple(self.in_channels, "in_channels"))
         object.__setattr__(self, "input_size", _int_tuple(self.input_size, "input_size"))
         self._validate()
 
     def _validate(self) -> None:
+        if (self.family is Family.CUSTOM) != (self.factory is not None):
+            raise SpecError("a custom neck needs an import path (factory='package.module:attr') "
+                            f"and only a custom neck takes one; got family={self.family.value}, "
+                            f"factory={self.factory!r}")
         chans = list(self.in_channels)
         if not MIN_LEVELS <= len(chans) <= MAX_LEVELS:
             raise SpecError(
@@ -188,6 +195,15 @@ class NeckSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved spec as JSON-ready values (GN groups made explicit)."""
+        if self.family is Family.CUSTOM:  # the factory decides norms and activations
+            return {
+                "family": self.family.value,
+                "factory": self.factory,
+                "in_channels": list(self.in_channels),
+                "out_channels": self.out_channels,
+                "input_size": list(self.input_size),
+                "strides": self.strides,
+            }
         return {
             "family": self.family.value,
             "in_channels": list(self.in_channels),
@@ -205,6 +221,9 @@ class NeckSpec:
         """Inverse of :meth:`to_dict` (derived keys such as ``strides`` are ignored)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields}
+        if kwargs.get("family") == Family.CUSTOM.value:
+            kwargs.setdefault("norm", Norm.NONE)
+            kwargs.setdefault("act", Activation.NONE)
         if name is not None:
             kwargs["name"] = name
         try:
