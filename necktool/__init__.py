@@ -51,6 +51,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from necktool.bench import BenchResult, bench
     from necktool.budgets import (
         BudgetConfig,
         CheckReport,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from necktool.build import build_neck, make_inputs, resolve_spec
     from necktool.export import ExportResult, export_onnx
     from necktool.profiling import ProfileResult, profile
+    from necktool.sweep import SweepResult, parse_sizes, sweep
     from necktool.sweep import SweepResult, parse_sizes, sweep
     from necktool.verify import VerificationResult, verify_onnx
     from necktool.weights import load_weights
@@ -77,6 +79,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "PRESETS",
     "Activation",
+    "BenchResult",
     "BudgetConfig",
     "CheckFailed",
     "CheckReport",
@@ -91,9 +94,11 @@ __all__ = [
     "ProfileResult",
     "SpecError",
     "SweepResult",
+    "SweepResult",
     "UnknownNeckError",
     "VerificationResult",
     "__version__",
+    "bench",
     "build_neck",
     "check_budgets",
     "export_onnx",
@@ -105,6 +110,7 @@ __all__ = [
     "make_inputs",
     "parse_channels",
     "parse_size",
+    "parse_sizes",
     "parse_sizes",
     "profile",
     "register_neck",

@@ -82,10 +82,12 @@ def _root(
 
 
 def _register() -> None:
+    from necktool.cli.bench_cmd import bench_command
     from necktool.cli.check_cmd import check_command
     from necktool.cli.export_cmd import export_command
     from necktool.cli.list_cmd import list_command
     from necktool.cli.profile_cmd import profile_command
+    from necktool.cli.sweep_cmd import sweep_command
     from necktool.cli.sweep_cmd import sweep_command
     from necktool.cli.verify_cmd import verify_command
 
@@ -94,6 +96,8 @@ def _register() -> None:
     app.command("export")(export_command)
     app.command("verify")(verify_command)
     app.command("check")(check_command)
+    app.command("sweep")(sweep_command)
+    app.command("bench")(bench_command)
     app.command("sweep")(sweep_command)
 
 
