@@ -48,6 +48,8 @@ _LAZY = {
     "sweep": "necktool.sweep",
     "parse_sizes": "necktool.sweep",
     "SweepResult": "necktool.sweep",
+    "bench": "necktool.bench",
+    "BenchResult": "necktool.bench",
 }
 
 if TYPE_CHECKING:
@@ -63,7 +65,6 @@ if TYPE_CHECKING:
     from necktool.build import build_neck, make_inputs, resolve_spec
     from necktool.export import ExportResult, export_onnx
     from necktool.profiling import ProfileResult, profile
-    from necktool.sweep import SweepResult, parse_sizes, sweep
     from necktool.sweep import SweepResult, parse_sizes, sweep
     from necktool.verify import VerificationResult, verify_onnx
     from necktool.weights import load_weights
@@ -94,7 +95,6 @@ __all__ = [
     "ProfileResult",
     "SpecError",
     "SweepResult",
-    "SweepResult",
     "UnknownNeckError",
     "VerificationResult",
     "__version__",
@@ -110,7 +110,6 @@ __all__ = [
     "make_inputs",
     "parse_channels",
     "parse_size",
-    "parse_sizes",
     "parse_sizes",
     "profile",
     "register_neck",

@@ -88,7 +88,6 @@ def _register() -> None:
     from necktool.cli.list_cmd import list_command
     from necktool.cli.profile_cmd import profile_command
     from necktool.cli.sweep_cmd import sweep_command
-    from necktool.cli.sweep_cmd import sweep_command
     from necktool.cli.verify_cmd import verify_command
 
     app.command("list")(list_command)
@@ -98,7 +97,6 @@ def _register() -> None:
     app.command("check")(check_command)
     app.command("sweep")(sweep_command)
     app.command("bench")(bench_command)
-    app.command("sweep")(sweep_command)
 
 
 _register()
