@@ -35,7 +35,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from necktool.errors import ConfigError, InputError, SpecError, UnknownNeckError
+from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckError
 from necktool.specs import Activation, NeckSpec, Norm, parse_size
 
 if sys.version_info >= (3, 11):
@@ -286,7 +286,7 @@ def resolve_budget_spec(neck: str, **overrides: Any) -> NeckSpec:
 
     Raises:
         UnknownNeckError: ``neck`` is not a preset or family.
-        SpecError: an override makes the neck invalid.
+        NecktoolError: an override makes the neck invalid (``SpecError``...).
     """
     from necktool.build import resolve_spec
 
@@ -514,7 +514,7 @@ def _parse_entry(entry: Any, where: _Where, defaults: dict[str, Any],
         spec = resolve_budget_spec(neck, **settings)
     except UnknownNeckError as exc:
         raise where.key("neck").error(str(exc)) from None
-    except (SpecError, InputError) as exc:
+    except NecktoolError as exc:  # SpecError, InputError, or whatever a neck kind raises
         raise where.error(f"invalid neck {neck!r}: {exc}") from None
 
     for level in level_limits:
@@ -1031,7 +1031,10 @@ def check_budgets(
         # Entries that differ only in name (e.g. 'fpn' and 'retinaface_mnet') share one trace.
         key = (dataclasses.replace(budget.spec, name=None), budget.batch)
         if key not in cache:
-            cache[key] = profile(budget.spec, batch=budget.batch)
+            try:
+                cache[key] = profile(budget.spec, batch=budget.batch)
+            except NecktoolError as exc:  # e.g. a custom neck that fails to build: name it
+                raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
         result = cache[key]
         entries.append(_check_entry(budget, result, config, baseline, max_increase))
         if on_progress is not None:
