@@ -239,35 +239,39 @@ def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
 
 def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch: int,
             neck: str) -> ProfileResult:
-    """Profile an already built ``model`` described by ``spec`` (one trace, one forward)."""
+    """Profile an already built ``model`` described by ``spec``: one trace, one execution."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch!r}")
     spec.check_size(input_size)
     inputs = make_inputs(spec, input_size, batch, seed=None)
     level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
 
-    # One eager forward: the output shapes, and which level each parameter serves.
+    # Hooks ride along fvcore's trace, so the model runs once: the neck's outputs, and the
+    # level each parameter serves (by the spatial size of its module's output).
     owner_level: dict[str, int] = {}
-    hooks = []
+    captured: list[Any] = []
+    hooks = [model.register_forward_hook(lambda mod, args, out: captured.append(out))]
     for name, module in model.named_modules():
         if next(module.parameters(recurse=False), None) is not None:
             def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
                 if isinstance(out, torch.Tensor) and out.dim() == 4:
-                    owner_level.setdefault(name, level_of.get((out.shape[-2], out.shape[-1]), -1))
+                    # tuple() first: under the tracer, indexing .shape yields traced tensors
+                    h, w = tuple(out.shape)[-2:]
+                    owner_level.setdefault(name, level_of.get((int(h), int(w)), -1))
             hooks.append(module.register_forward_hook(hook))
     custom = spec.family is Family.CUSTOM
     try:
-        with torch.no_grad():
-            outputs = model(inputs)
+        analysis, events = _fvcore_analysis(model, inputs)
     except Exception as exc:
         if not custom:
             raise
-        raise CustomNeckError(f"{neck}: forward failed on inputs "
+        raise CustomNeckError(f"{neck}: forward failed under fvcore's trace on inputs "
                               f"{[tuple(x.shape) for x in inputs]}: {type(exc).__name__}: "
                               f"{exc}") from None
     finally:
         for h in hooks:
             h.remove()
+    outputs = captured[0] if captured else None
     check_outputs(spec, outputs, batch, input_size)
 
     level_params = [0] * spec.num_levels
@@ -280,13 +284,6 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
         else:
             unattributed_params += n
 
-    try:
-        analysis, events = _fvcore_analysis(model, inputs)
-    except Exception as exc:
-        if not custom:
-            raise
-        raise CustomNeckError(f"{neck}: fvcore could not trace the forward "
-                              f"(TorchScript tracing): {type(exc).__name__}: {exc}") from None
     level_flops = [0] * spec.num_levels
     unattributed_flops = 0
     for shape, count in events:
