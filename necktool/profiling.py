@@ -271,7 +271,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
     finally:
         for h in hooks:
             h.remove()
-    outputs = captured[0] if captured else None
+    outputs: Any = captured[0] if captured else None
     check_outputs(spec, outputs, batch, input_size)
 
     level_params = [0] * spec.num_levels
