@@ -463,3 +463,15 @@ def test_example_config_passes_with_honest_headroom() -> None:
     for result in report.entries:
         for check in result.limits:
             assert 0 < check.headroom_pct < 10, (result.budget.name, check.label)
+
+
+def test_check_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom necktool.cli import app\n"
+            "try:\n    app(['check', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
