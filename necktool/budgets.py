@@ -1025,6 +1025,11 @@ def check_budgets(
 
     if max_increase is not None and baseline is None:
         raise ConfigError("max_increase needs a baseline to compare against (--baseline FILE)")
+    if max_increase is not None:
+        try:
+            max_increase = parse_percent(max_increase, "max_increase")
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
     cache: dict[tuple[NeckSpec, int], ProfileResult] = {}
     entries = []
     for budget in config.budgets:
