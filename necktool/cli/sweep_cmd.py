@@ -30,7 +30,7 @@ Sizes = Annotated[str, typer.Option(
 Plot = Annotated[pathlib.Path | None, typer.Option(
     "--plot", metavar="FILE", dir_okay=False,
     help="Also draw GFLOPs against input size to FILE (.png or .svg); needs "
-    "necktool[plot] (matplotlib).")]
+    "necktool\\[plot] (matplotlib).")]
 
 
 def sweep_command(
