@@ -101,14 +101,15 @@ class RuntimeTiming:
             "warmup": self.warmup,
             "repeat": self.repeat,
             "threads": self.threads,
-            "median_ms": self.median_ms,
-            "p10_ms": self.p10_ms,
-            "p90_ms": self.p90_ms,
-            "min_ms": self.min_ms,
-            "max_ms": self.max_ms,
-            "spread": self.spread,
-            "gflops_per_s": self.gflops_per_s(flops),
-            "times_ms": list(self.times_ms),
+            # Rounded to 0.1 us: perf_counter_ns resolution is finer than any real signal.
+            "median_ms": round(self.median_ms, 4),
+            "p10_ms": round(self.p10_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "min_ms": round(self.min_ms, 4),
+            "max_ms": round(self.max_ms, 4),
+            "spread": round(self.spread, 4),
+            "gflops_per_s": round(self.gflops_per_s(flops), 3),
+            "times_ms": [round(t, 4) for t in self.times_ms],
         }
 
 
