@@ -28,8 +28,8 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -37,11 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckError
 from necktool.specs import Activation, NeckSpec, Norm, parse_size
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - requires-python says 3.10; tomllib is stdlib from 3.11
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from rich.table import Table
