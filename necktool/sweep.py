@@ -141,7 +141,11 @@ def _import_matplotlib() -> Any:
 # -- result --------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
-    """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level."""
+    """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level.
+
+    ``level_flops`` sums to ``flops``; an ``unattributed`` entry appears only when some
+    ops matched no level (possible with custom necks, never with the presets).
+    """
 
     input_size: tuple[int, int]
     flops: int
@@ -335,8 +339,10 @@ def sweep(
         points = []
         for size in unique:
             r = analyze(model, spec, size, batch, label)
-            points.append(SweepPoint(r.input_size, r.flops, r.params,
-                                     {lv.name: lv.flops for lv in r.levels}))
+            level_flops = {lv.name: lv.flops for lv in r.levels}
+            if r.unattributed_flops:  # custom necks: keep the levels summing to the total
+                level_flops["unattributed"] = r.unattributed_flops
+            points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops))
             step(f"{label} {size[0]}x{size[1]}")
         results.append(NeckSweep(label, spec, tuple(points)))
     return SweepResult(tuple(unique), batch, tuple(results))
