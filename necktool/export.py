@@ -212,7 +212,8 @@ class ExportResult:
             "checks": dict(self.checks),
             "exporter": m.exporter,
             "metadata": m.to_props(),
-            "verification": self.verification.to_dict() if self.verification else None,
+            "verification": self.verification.to_dict() if self.verification is not None
+            else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -242,7 +243,8 @@ class ExportResult:
         table.add_row("weights", m.weights.describe())
         table.add_row("checks", ", ".join(f"{k} {'ok' if v else 'FAILED'}"
                                           for k, v in self.checks.items()))
-        table.add_row("verification", self.verification.summary() if self.verification
+        table.add_row("verification", self.verification.summary()
+                      if self.verification is not None
                       else "skipped (--no-verify)")
         tables = [table]
         if self.verification is not None:

@@ -246,6 +246,9 @@ def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
         # At least 2x2 at the coarsest level: a 1-pixel map makes GroupNorm statistics
         # ill-conditioned (groups of 1-2 elements), which tests fp32, not the export.
         half = max(2, min(input_size) // stride // 2)
+        while cases[0].input_size in {(stride * half, stride * (half + 1)),
+                                      (stride * (half + 1), stride * half)}:
+            half += 1  # the extra sizes must differ from the export size
         tall = (stride * (half + 1), stride * half)
         wide = (stride * half, stride * (half + 1))
         cases.append(Case(wide, 1, "non-square"))

@@ -1,0 +1,344 @@
+"""necktool export: every preset, checks, metadata, weights, and nothing lost on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import necktool.cli
+from necktool.errors import ExportError, VerificationFailed, WeightsError
+from necktool.export import conv_macs, export_onnx, read_metadata
+from necktool.registry import PRESETS, get_spec
+from necktool.verify import open_session
+from necktool.weights import WeightsReport, load_weights, seeded_model
+
+SMALL = (96, 128)  # multiples of 32: a dynamic export; the extra cases are 64x96 and 96x64 b2
+EXPORTER_NOISE = ("[torch.onnx]", "Warning", "torchvision", "W11", "✅", "Obtain model graph")
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(necktool.cli.app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_quiet(stderr: str) -> None:
+    for noise in EXPORTER_NOISE:
+        assert noise not in stderr, f"exporter chatter on stderr: {stderr[:300]!r}"
+
+
+def leftovers(directory: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+# -- every preset ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / f"{name}.onnx"
+    result = export_onnx(name, path, input_size=SMALL, trials=1)
+    spec = get_spec(name)
+    assert result.written and path.is_file()
+    assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_levels)]
+    assert [t.name for t in result.outputs] == [f"p{3 + i}" for i in range(spec.num_levels)]
+    assert result.inputs[-1].shape == ("batch", spec.in_channels[-1], "H_div32", "W_div32")
+    assert result.inputs[0].shape[2] == "4*H_div32"
+    # The graph's own conv count equals fvcore's, and both equal the hand count.
+    assert result.conv_macs_onnx == result.conv_macs_fvcore > 0
+    assert result.checks == {"onnx.checker": True, "shape_inference": True,
+                             "conv_macs_match": True}
+    # Verified at the export size and two more: non-square, and batch 2.
+    v = result.verification
+    assert v is not None and v.passed and bool(v)
+    assert [(c.case.input_size, c.case.batch) for c in v.cases] == [
+        (SMALL, 1), ((64, 96), 1), ((96, 64), 2)]
+    for _, out in v.checks:
+        assert 0 < out.max_abs < 1e-4  # real float noise, far below the tolerance
+        assert out.failed == 0 and out.nonfinite_ort == 0
+    meta = read_metadata(path)
+    assert meta is not None and meta.neck == name and meta.dynamic
+    assert meta.spec.to_dict() == spec.replace(input_size=SMALL).to_dict()
+    assert meta.flops > 0 and meta.params == sum(p.numel() for p in
+                                                 seeded_model(spec).parameters())
+
+
+def test_conv_macs_from_graph_by_hand() -> None:
+    # Grouped, strided conv: out 1x6x4x4, weight 6x2x3x3 (groups 2) -> 6*4*4 * 2*3*3 = 1728.
+    weight = numpy_helper.from_array(np.zeros((6, 2, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, strides=[2, 2],
+                            pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert conv_macs(model, {"x": [1, 4, 8, 8]}) == 1728
+    assert conv_macs(model, {"x": [3, 4, 16, 8]}) == 3 * 6 * 8 * 4 * 18
+
+
+# -- CLI, variants, static ---------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["pafpn", "--norm", "bn", "--out-channels", "24"],
+    ["fpn", "--norm", "gn", "--gn-groups", "8", "--act", "relu"],
+])
+def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "v.onnx"
+    code, stdout, stderr = invoke("export", *args, "--onnx", "-o", str(out), "--input-size",
+                                  "64x96", "--trials", "2", "--json")
+    assert code == 0, stderr
+    assert_quiet(stderr)
+    data = json.loads(stdout)
+    assert data["path"] == str(out) and data["written"] and data["dynamic"] is True
+    assert data["opset"] == 18
+    assert data["spec"]["norm"] == args[2]
+    assert data["conv_macs"]["fvcore"] == data["conv_macs"]["onnx"]
+    ver = data["verification"]
+    assert ver["passed"] is True and len(ver["cases"]) == 3
+    assert {c["batch"] for c in ver["cases"]} == {1, 2}
+    for case in ver["cases"]:
+        assert case["seeds"] and len(case["seeds"]) == 2
+        for o in case["outputs"]:
+            assert o["passed"] and 0 < o["max_abs"] < 1e-4 and o["min_atol"] <= o["max_abs"]
+    # The norm really is in the graph (a broken BN/GN export could not hide).
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ("InstanceNormalization" in ops) == (args[2] == "gn")
+
+
+def test_static_export_of_a_size_that_is_no_stride_multiple(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "s.onnx"
+    code, stdout, stderr = invoke("export", "retinaface_mnet", "--static", "--input-size",
+                                  "72x100", "--batch", "2", "-o", str(out), "--opset", "20",
+                                  "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["dynamic"] is False and data["opset"] == 20
+    # ceil(72/8)=9, ceil(100/8)=13; ceil(72/32)=3, ceil(100/32)=4
+    assert data["inputs"][0]["shape"] == [2, 64, 9, 13]
+    assert data["outputs"][2]["shape"] == [2, 64, 3, 4]
+    assert [c["input_size"] for c in data["verification"]["cases"]] == [[72, 100]]
+    assert data["verification"]["cases"][0]["batch"] == 2
+    assert onnx.load(str(out)).opset_import[0].version == 20
+
+
+def test_tables_on_stdout_and_nothing_on_stderr(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "t.onnx"
+    code, stdout, stderr = invoke("export", "scrfd_0.5g", "--input-size", "64", "-o", str(out),
+                                  "--trials", "1")
+    assert code == 0
+    assert stderr == ""
+    assert "conv MACs" in stdout and "equal" in stdout and "PASS" in stdout
+    assert "H_div32" in stdout and "written" in stdout
+
+
+def test_dynamic_export_needs_a_stride_multiple() -> None:
+    code, stdout, stderr = invoke("export", "retinaface_r50")  # default 840x840
+    assert code == 2 and stdout == ""
+    assert "832x832 or 864x864" in stderr and "--static" in stderr
+
+
+def test_bad_opset_and_provider(tmp_path: pathlib.Path) -> None:
+    code, _, stderr = invoke("export", "fpn", "--opset", "11", "-o", str(tmp_path / "a.onnx"))
+    assert code == 2 and "--opset" in stderr
+    code, _, stderr = invoke("export", "fpn", "--provider", "nosuch", "-o",
+                             str(tmp_path / "a.onnx"))
+    assert code == 2 and "provider 'nosuch' is not available" in stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_does_not_import_torch() -> None:
+    probe = ("import sys\nfrom typer.testing import CliRunner\nimport necktool.cli\n"
+             "r = CliRunner().invoke(necktool.cli.app, ['export', '--help'])\n"
+             "print(r.exit_code, 'torch' in sys.modules, '0.0001' in r.stdout)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"}).stdout.split()
+    assert out == ["0", "False", "True"]
+
+
+# -- weights -------------------------------------------------------------------------------
+def _checkpoint(tmp_path: pathlib.Path, state: dict[str, torch.Tensor], name: str) -> str:
+    path = tmp_path / name
+    torch.save(state, path)
+    return str(path)
+
+
+def test_weights_round_trip_with_prefix(tmp_path: pathlib.Path) -> None:
+    spec = get_spec("retinaface_mnet")
+    trained = seeded_model(spec, seed=7)  # differs from the default seed 0
+    # A Pytorch_Retinaface-style checkpoint: DataParallel 'module.', neck under 'fpn.'.
+    state = {f"module.fpn.{k}": v for k, v in trained.state_dict().items()}
+    state["module.body.conv1.weight"] = torch.zeros(8, 3, 3, 3)
+    state["module.ClassHead.0.conv1x1.bias"] = torch.zeros(4)
+    ckpt = _checkpoint(tmp_path, state, "mobilenet0.25_Final.pth")
+    out = tmp_path / "w.onnx"
+    code, stdout, stderr = invoke("export", "retinaface_mnet", "--weights", ckpt, "--prefix",
+                                  "fpn.", "--input-size", "64", "-o", str(out), "--trials", "1",
+                                  "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["weights"]["source"] == "file"
+    assert data["weights"]["stripped"] == ["module.", "fpn."]
+    assert len(data["weights"]["sha256"]) == 64
+    # The file computes the checkpoint's network, not the seed-0 one.
+    x = [torch.randn(1, c, s, s) for c, s in zip(spec.in_channels, (8, 4, 2), strict=True)]
+    got = open_session(out, "CPUExecutionProvider").run(
+        None, {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)})
+    with torch.no_grad():
+        want = trained(x)
+        other = seeded_model(spec, seed=0)(x)
+    np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-4, rtol=1e-4)
+    assert float((want[0] - other[0]).abs().max()) > 0.1
+    # verify rebuilds the neck from the recorded checkpoint path and hash.
+    code, stdout, stderr = invoke("verify", str(out), "--trials", "1")
+    assert code == 0, stderr
+    assert "file " in stdout and "PASS" in stdout
+
+
+def test_load_weights_strips_module_prefix_alone(tmp_path: pathlib.Path) -> None:
+    spec = get_spec("scrfd_0.5g")
+    trained = seeded_model(spec, seed=3)
+    ckpt = _checkpoint(tmp_path, {f"module.{k}": v for k, v in trained.state_dict().items()},
+                       "m.pt")
+    model = seeded_model(spec, seed=0)
+    source = load_weights(model, ckpt)
+    assert source.stripped == ("module.",) and source.prefix is None
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def _bad_states() -> list[tuple[str, object]]:
+    return [("missing", "output1.0.weight"), ("unexpected", "output9.0.weight"),
+            ("shape", "merge1.0.weight")]
+
+
+@pytest.mark.parametrize(("kind", "key"), _bad_states())
+def test_bad_weights_give_a_report_and_exit_2(kind: str, key: str,
+                                              tmp_path: pathlib.Path) -> None:
+    state = {f"fpn.{k}": v for k, v in seeded_model(get_spec("fpn")).state_dict().items()}
+    if kind == "missing":
+        del state[f"fpn.{key}"]
+    elif kind == "unexpected":
+        state[f"fpn.{key}"] = torch.zeros(1)
+    else:
+        state[f"fpn.{key}"] = torch.zeros(64, 32, 3, 3)
+    ckpt = _checkpoint(tmp_path, state, "bad.pth")
+    out = tmp_path / "x.onnx"
+    code, stdout, stderr = invoke("export", "fpn", "--weights", ckpt, "--prefix", "fpn.",
+                                  "-o", str(out))
+    assert code == 2 and stdout == ""
+    assert key in stderr and "does not fit the neck" in stderr
+    expected = {"missing": "missing keys (in the neck, not in the file): 1",
+                "unexpected": "unexpected keys (in the file, not in the neck): 1",
+                "shape": "merge1.0.weight: file (64, 32, 3, 3) vs neck (64, 64, 3, 3)"}[kind]
+    assert expected in stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+    with pytest.raises(WeightsError) as info:
+        load_weights(seeded_model(get_spec("fpn")), ckpt, prefix="fpn.")
+    report = info.value.report
+    assert isinstance(report, WeightsReport) and not report.ok
+    counts = (len(report.missing), len(report.unexpected), len(report.mismatched))
+    assert counts == {"missing": (1, 0, 0), "unexpected": (0, 1, 0), "shape": (0, 0, 1)}[kind]
+
+
+def test_unreadable_weights_and_prefix_hint(tmp_path: pathlib.Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    code, _, stderr = invoke("export", "fpn", "--weights", str(junk), "-o",
+                             str(tmp_path / "a.onnx"))
+    assert code == 2 and "cannot read weights file" in stderr
+    code, _, stderr = invoke("export", "fpn", "--weights", str(tmp_path / "w.safetensors"),
+                             "-o", str(tmp_path / "a.onnx"))
+    assert code == 2 and "supported: .pt, .pth" in stderr
+    state = {f"fpn.{k}": v for k, v in seeded_model(get_spec("fpn")).state_dict().items()}
+    ckpt = _checkpoint(tmp_path, state, "noprefix.pth")
+    code, _, stderr = invoke("export", "fpn", "--weights", ckpt, "-o", str(tmp_path / "a.onnx"))
+    assert code == 2 and "try --prefix fpn." in stderr
+
+
+# -- nothing lost ----------------------------------------------------------------------------
+def test_unwritable_destinations_fail_before_work(tmp_path: pathlib.Path) -> None:
+    code, stdout, stderr = invoke("export", "fpn", "-o", str(tmp_path / "nodir" / "a.onnx"))
+    assert code == 2 and stdout == "" and "does not exist" in stderr
+    code, _, stderr = invoke("export", "fpn", "-o", str(tmp_path))
+    assert code == 2 and "is a directory" in stderr
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root ignores directory permissions")
+def test_no_permission(tmp_path: pathlib.Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        code, _, stderr = invoke("export", "fpn", "-o", str(locked / "a.onnx"))
+        assert code == 2 and "cannot write" in stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_failed_verification_leaves_existing_file_untouched(tmp_path: pathlib.Path) -> None:
+    dest = tmp_path / "keep.onnx"
+    dest.write_bytes(b"previous good export")
+    # atol = rtol = 0 cannot pass: fp32 kernels differ by ~1e-6.
+    code, stdout, stderr = invoke("export", "scrfd_0.5g", "--input-size", "64", "-o", str(dest),
+                                  "--atol", "0", "--rtol", "0", "--trials", "1", "--json")
+    assert code == 1
+    data = json.loads(stdout)
+    assert data["verification"]["passed"] is False and data["written"] is False
+    assert all(o["min_atol"] > 0 for c in data["verification"]["cases"] for o in c["outputs"])
+    assert "verification failed" in stderr and "left untouched" in stderr
+    assert_quiet(stderr)
+    assert dest.read_bytes() == b"previous good export"
+    assert leftovers(tmp_path) == []
+
+
+def test_broken_model_fails_verification(tmp_path: pathlib.Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.verify as verify_mod
+
+    real = verify_mod._run_torch
+
+    def off_by_half(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+        return [o + 0.5 for o in real(model, inputs)]  # a model that disagrees with its export
+
+    monkeypatch.setattr(verify_mod, "_run_torch", off_by_half)
+    dest = tmp_path / "b.onnx"
+    with pytest.raises(VerificationFailed) as info:
+        export_onnx("fpn", dest, input_size=(64, 64), trials=1)
+    result = info.value.result
+    v = result.verification  # type: ignore[attr-defined]
+    assert not v and not v.passed
+    for _, out in v.checks:
+        assert out.max_abs == pytest.approx(0.5, abs=1e-4)
+        assert out.failed == out.elements
+        assert out.min_atol == pytest.approx(0.5 - 1e-4 * 0.5, abs=2e-3)
+    assert "FAIL: 9 of 9" in v.summary()
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_exporter_failure_is_one_line_and_leaves_nothing(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.onnx
+
+    def boom(*args: object, **kwargs: object) -> None:
+        print("[torch.onnx] chatter that must not leak")
+        raise RuntimeError("unsupported operator aten::frobnicate\nlong traceback text")
+
+    monkeypatch.setattr(torch.onnx, "export", boom)
+    dest = tmp_path / "e.onnx"
+    dest.write_bytes(b"old")
+    with pytest.raises(ExportError, match="aten::frobnicate"):
+        export_onnx("fpn", dest, input_size=(64, 64))
+    code, stdout, stderr = invoke("export", "fpn", "--input-size", "64", "-o", str(dest))
+    # One line on stderr: the error, quoting the exporter's last words; nothing on stdout.
+    assert code == 1 and stdout == ""
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("necktool: error: the ONNX exporter failed: RuntimeError: "
+                             "unsupported operator aten::frobnicate")
+    assert "long traceback text" not in stderr
+    assert dest.read_bytes() == b"old" and leftovers(tmp_path) == []
