@@ -41,7 +41,7 @@ DEFAULT_REPEAT = 30
 MAX_RUNS = 100_000  # a guard against a typo such as --repeat 3000000
 
 
-class Runtime(str, enum.Enum):
+class Runtime(enum.StrEnum):
     """What runs the neck."""
 
     TORCH = "torch"

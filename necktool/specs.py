@@ -23,7 +23,7 @@ MAX_INPUT_SIDE = 8192  # beyond this the feature maps alone need tens of GiB
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
 
 
-class Family(str, enum.Enum):
+class Family(enum.StrEnum):
     """The two neck families described by the seeds."""
 
     FPN = "fpn"  # RetinaFace's FPN
@@ -31,7 +31,7 @@ class Family(str, enum.Enum):
     CUSTOM = "custom"  # a user's module, named by an import path (see necktool.custom)
 
 
-class Norm(str, enum.Enum):
+class Norm(enum.StrEnum):
     """Normalisation after each conv. ``none`` gives the conv a bias instead."""
 
     GN = "gn"
@@ -39,7 +39,7 @@ class Norm(str, enum.Enum):
     NONE = "none"
 
 
-class Activation(str, enum.Enum):
+class Activation(enum.StrEnum):
     """Activation after each norm."""
 
     RELU = "relu"

@@ -17,7 +17,7 @@ from necktool.errors import ExitCode, InputError
 BASELINE = "Baseline (growth gate)"
 
 
-class OutputFormat(str, enum.Enum):
+class OutputFormat(enum.StrEnum):
     """How results are printed on stdout."""
 
     TABLE = "table"
