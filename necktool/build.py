@@ -18,9 +18,10 @@ def resolve_spec(neck: str | NeckSpec, **overrides: Any) -> NeckSpec:
     applied (``None`` values ignored)."""
     if isinstance(neck, NeckSpec):
         if neck.family is Family.CUSTOM:  # re-validate through the custom rules
-            return custom_spec(neck.factory or "", in_channels=neck.in_channels,
-                               out_channels=neck.out_channels, input_size=neck.input_size,
-                               **overrides)
+            fields = {"in_channels": neck.in_channels, "out_channels": neck.out_channels,
+                      "input_size": neck.input_size}
+            fields.update({k: v for k, v in overrides.items() if v is not None})
+            return custom_spec(neck.factory or "", **fields)
         return neck.replace(**overrides)
     if is_import_path(neck):
         return custom_spec(neck, **overrides)

@@ -319,6 +319,19 @@ def _tensor_infos(values: Any) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
+def describe_file(path: str | pathlib.Path) -> dict[str, Any]:
+    """The default-domain opset and the graph's inputs and outputs of an ONNX file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "opset": opset,
+        "inputs": [t.to_dict() for t in _tensor_infos(proto.graph.input)],
+        "outputs": [t.to_dict() for t in _tensor_infos(proto.graph.output)],
+    }
+
+
 def conv_macs(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]) -> int:
     """Conv multiply-adds of the graph at the given input shapes, from shape inference.
 

@@ -124,3 +124,39 @@ def test_wrong_output_channels_are_rejected(user_module: str, tmp_path: Path) ->
     code, _, err = run("profile", "torch.nn:Identity", "--in-channels", "8,16")
     assert code == 2
     assert "output P3 has shape (1, 8, 80, 80); expected (1, 64, 80, 80)" in err
+
+
+def test_custom_neck_exports_verifies_and_rebuilds_from_metadata(user_module: str,
+                                                                 tmp_path: Path) -> None:
+    target = f"{user_module}:Lateral"
+    out_path = tmp_path / "lateral.onnx"
+    code, out, err = run("export", target, "--in-channels", "8,16", "--out-channels", "4",
+                         "--input-size", "64", "--onnx", "-o", str(out_path), "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["verification"]["passed"] is True
+    assert out_path.exists()
+    # `verify` rebuilds the custom neck from the file's metadata alone
+    code, out, err = run("verify", str(out_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["verification"]["passed"] is True
+
+
+def test_custom_neck_in_a_budget_entry(user_module: str, tmp_path: Path) -> None:
+    flops = conv_macs(4, 8, 8, 8, 1) + conv_macs(4, 4, 4, 16, 1)  # 64x64: P3 8x8, P4 4x4
+    (tmp_path / "necktool.toml").write_text(textwrap.dedent(f'''
+        [[budget]]
+        neck = "{user_module}:Lateral"
+        in-channels = [8, 16]
+        out-channels = 4
+        input-size = "64x64"
+        max-gflops = {flops / 1e9!r}
+        '''))
+    code, out, err = run("check", "--json")
+    assert code == 0, err
+    (tmp_path / "necktool.toml").write_text(
+        (tmp_path / "necktool.toml").read_text().replace(repr(flops / 1e9),
+                                                         repr((flops - 1) / 1e9)))
+    code, out, err = run("check")
+    assert code == 1
+    assert "FAIL" in out

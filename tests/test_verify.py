@@ -55,7 +55,11 @@ def test_verify_passes_with_statistics(exported: pathlib.Path) -> None:
     code, stdout, stderr = invoke("verify", str(exported), "--json", "--trials", "2")
     assert code == 0, stderr
     assert stderr == ""
-    data = json.loads(stdout)
+    top = json.loads(stdout)
+    assert top["opset"] == 18 and top["dynamic"] is True
+    assert [t["name"] for t in top["inputs"]] == ["c3", "c4", "c5"]
+    assert [t["name"] for t in top["outputs"]] == ["p3", "p4", "p5"]
+    data = top["verification"]
     assert data["passed"] is True and data["dynamic"] is True and data["neck"] == NECK
     assert data["weights"].startswith("seed 0")
     assert [(c["input_size"], c["batch"]) for c in data["cases"]] == [
@@ -86,7 +90,7 @@ def test_perturbed_weight_fails_verify(exported: pathlib.Path, tmp_path: pathlib
     onnx.save(model, str(tampered))
     code, stdout, stderr = invoke("verify", str(tampered), "--json", "--trials", "1")
     assert code == 1
-    data = json.loads(stdout)
+    data = json.loads(stdout)["verification"]
     assert data["passed"] is False
     worst = max(o["max_abs"] for c in data["cases"] for o in c["outputs"])
     assert worst > 1e-3

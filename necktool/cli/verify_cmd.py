@@ -77,7 +77,12 @@ def verify_command(
                              trials=trials, **overrides)
         advance(str(model))
     if json_out:
-        print_json(result.to_dict())
+        from necktool.export import describe_file
+
+        graph = describe_file(model)  # the same top-level keys as `export --json`
+        print_json({"path": str(model), "opset": graph["opset"], "dynamic": result.dynamic,
+                    "inputs": graph["inputs"], "outputs": graph["outputs"],
+                    "verification": result.to_dict()})
     else:
         stdout().print(result.table())
     if not result:
