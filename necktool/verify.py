@@ -208,12 +208,13 @@ class VerificationResult:
                     f"|ort - torch| > atol + rtol * |torch| (atol={self.atol:g}, "
                     f"rtol={self.rtol:g}); max rel over elements where torch != 0; weights: "
                     f"{self.weights}\n{self.summary()}",
-            caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+            caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
         )
         for col in ("case", "out", "max abs", "mean abs", "max rel", "min atol", "NaN/Inf",
                     "result"):
+            # the verdict may wrap (a FAIL names its element count); numbers never do
             table.add_column(col, justify="left" if col in {"case", "out", "result"}
-                             else "right", no_wrap=True)
+                             else "right", no_wrap=col != "result", min_width=6)
         for cmp in self.cases:
             for i, out in enumerate(cmp.outputs):
                 verdict = "[green]PASS[/]" if out.passed else \
