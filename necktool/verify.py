@@ -214,7 +214,8 @@ class VerificationResult:
                     "result"):
             # the verdict may wrap (a FAIL names its element count); numbers never do
             table.add_column(col, justify="left" if col in {"case", "out", "result"}
-                             else "right", no_wrap=col != "result", min_width=6)
+                             else "right", no_wrap=col != "result",
+                             min_width=6 if col == "result" else None)
         for cmp in self.cases:
             for i, out in enumerate(cmp.outputs):
                 verdict = "[green]PASS[/]" if out.passed else \
