@@ -20,7 +20,7 @@ from necktool.cli.options import (
     NormOpt,
     OutChannels,
 )
-from necktool.cli.output import print_json, progress, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stdout
 
 TIMING = "Timing"
 
@@ -62,6 +62,7 @@ def bench_command(
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
                            input_size).overrides()
     chosen = list(dict.fromkeys(runtime)) if runtime else list(ALL_RUNTIMES)
+    load_heavy()  # before the work: see cli.output.load_heavy
     with progress(repeat * len(chosen), "timing") as advance:
         result = bench(neck, batch=batch, warmup=warmup, repeat=repeat, threads=threads,
                        runtimes=chosen, on_run=advance, **overrides)

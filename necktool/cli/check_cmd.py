@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from necktool.cli.options import Json
-from necktool.cli.output import print_json, progress, stderr, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stderr, stdout
 from necktool.errors import ExitCode, InputError
 
 BASELINE = "Baseline (growth gate)"
@@ -76,6 +76,7 @@ def check_command(
         budgets.check_writable(save_baseline)
 
     _single_thread()
+    load_heavy()  # before the work: see cli.output.load_heavy
     with progress(len(cfg.budgets), "checking budgets") as advance:
         report = budgets.check_budgets(cfg, base, allowed, on_progress=advance)
 

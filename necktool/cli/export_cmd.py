@@ -27,7 +27,7 @@ from necktool.cli.options import (
     Trials,
     WeightsFile,
 )
-from necktool.cli.output import print_json, progress, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stdout
 from necktool.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # torch-free at import
 from necktool.verify import DEFAULT_ATOL, DEFAULT_PROVIDER, DEFAULT_RTOL, DEFAULT_TRIALS
 
@@ -86,6 +86,7 @@ def export_command(
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
                            input_size).overrides()
     steps = len(STEPS) - (0 if verify else 1)
+    load_heavy()  # before the work: see cli.output.load_heavy
     try:
         with progress(steps, "export") as advance:
             result = export_onnx(

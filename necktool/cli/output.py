@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import sys
+import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rich.console import Console
+# Imported before torch on purpose: building rich's style tables after torch's hundreds of
+# thousands of objects exist costs ~60 ms more, in garbage-collector passes.
+from rich.console import Console
+from rich.table import Table as Table
+
+
+def load_heavy() -> None:
+    """Import torch and fvcore, then freeze what exists so far out of the collector's view.
+
+    Every command that counts or runs a neck calls this first. Later collections then skip
+    torch's long-lived objects, which saves ~70 ms per command on these machines.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import-time DeprecationWarnings
+        import fvcore.nn  # noqa: F401
+        import torch  # noqa: F401
+    gc.freeze()
 
 
 def stdout() -> Console:
-    from rich.console import Console
-
     return Console(soft_wrap=False)
 
 
 def stderr() -> Console:
-    from rich.console import Console
-
     return Console(stderr=True)
 
 

@@ -15,7 +15,7 @@ from necktool.cli.options import (
     NormOpt,
     OutChannels,
 )
-from necktool.cli.output import print_json, progress, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stdout
 
 
 def profile_command(
@@ -43,6 +43,7 @@ def profile_command(
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
                            input_size).overrides()
     results = []
+    load_heavy()  # before the work: see cli.output.load_heavy
     with progress(len(names), "profiling") as advance:
         for name in names:
             results.append(profile(name, batch=batch, **overrides))

@@ -19,7 +19,7 @@ from necktool.cli.options import (
     NormOpt,
     OutChannels,
 )
-from necktool.cli.output import print_json, progress, stderr, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stderr, stdout
 
 DEFAULT_SIZES = "320,480,640,960,1280"
 
@@ -61,6 +61,7 @@ def sweep_command(
         check_matplotlib()
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act,
                            leaky_slope).overrides()
+    load_heavy()  # before the work: see cli.output.load_heavy
     with progress(len(names) * len(size_list), "sweeping") as advance:
         result = sweep(names, size_list, batch=batch, on_point=advance, **overrides)
     if plot is not None:

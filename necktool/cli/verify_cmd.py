@@ -25,7 +25,7 @@ from necktool.cli.options import (
     Trials,
     WeightsFile,
 )
-from necktool.cli.output import print_json, progress, stdout
+from necktool.cli.output import load_heavy, print_json, progress, stdout
 from necktool.verify import DEFAULT_ATOL, DEFAULT_PROVIDER, DEFAULT_RTOL, DEFAULT_TRIALS
 
 ModelArg = Annotated[pathlib.Path, typer.Argument(
@@ -71,6 +71,7 @@ def verify_command(
 
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
                            input_size).overrides()
+    load_heavy()  # before the work: see cli.output.load_heavy
     with progress(1, "verify") as advance:
         result = verify_onnx(model, neck=neck, seed=seed, weights=weights, prefix=prefix,
                              batch=batch, provider=provider, atol=atol, rtol=rtol,
