@@ -151,17 +151,11 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict (times in milliseconds)."""
-        from necktool.profiling import UNIT, UNIT_NOTE
+        from necktool.profiling import result_header
 
         return {
-            "neck": self.neck,
-            "family": self.spec.family.value,
-            "config": self.spec.to_dict(),
-            "input_size": list(self.input_size),
-            "batch": self.batch,
+            **result_header(self.neck, self.spec, self.input_size, self.batch),
             "flops": self.flops,
-            "unit": UNIT,
-            "unit_note": UNIT_NOTE,
             "params": self.params,
             "threads": self.threads,
             "runtimes": [t.to_dict(self.flops) for t in self.timings],

@@ -96,13 +96,7 @@ class ProfileResult:
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict; every count is an exact integer."""
         return {
-            "neck": self.neck,
-            "family": self.spec.family.value,
-            "config": self.spec.to_dict(),
-            "input_size": list(self.input_size),
-            "batch": self.batch,
-            "unit": UNIT,
-            "unit_note": UNIT_NOTE,
+            **result_header(self.neck, self.spec, self.input_size, self.batch),
             "flops": self.flops,
             "params": self.params,
             "levels": [lv.to_dict() for lv in self.levels],
@@ -159,6 +153,20 @@ class ProfileResult:
             out.append(Text("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
         return out
+
+
+def result_header(neck: str, spec: NeckSpec, input_size: tuple[int, int],
+                  batch: int) -> dict[str, Any]:
+    """The keys every per-neck JSON result starts with (profile, bench), in one order."""
+    return {
+        "neck": neck,
+        "family": spec.family.value,
+        "config": spec.to_dict(),
+        "input_size": list(input_size),
+        "batch": batch,
+        "unit": UNIT,
+        "unit_note": UNIT_NOTE,
+    }
 
 
 def _share(value: int, total: int) -> str:
