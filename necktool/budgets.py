@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckError
+from necktool.files import replace_on_success
 from necktool.specs import Activation, NeckSpec, Norm, parse_size
 
 if TYPE_CHECKING:
@@ -273,21 +273,6 @@ class BudgetConfig:
     max_increase: float | None = None
 
 
-def resolve_budget_spec(neck: str, **overrides: Any) -> NeckSpec:
-    """The spec a budget entry's ``neck`` names, with build overrides applied.
-
-    The single place budget necks are resolved, so that new kinds of neck reference
-    (e.g. ``package.module:factory``) can be added here once.
-
-    Raises:
-        UnknownNeckError: ``neck`` is not a preset or family.
-        NecktoolError: an override makes the neck invalid (``SpecError``...).
-    """
-    from necktool.build import resolve_spec
-
-    return resolve_spec(neck, **overrides)
-
-
 def _display(path: Path, cwd: Path) -> str:
     """``path`` relative to ``cwd`` when below it or in one of its parents, else absolute."""
     full, here = path.resolve(), cwd.resolve()
@@ -505,8 +490,10 @@ def _parse_entry(entry: Any, where: _Where, defaults: dict[str, Any],
         raise where.error("no limit; set max-gflops, max-mparams or levels.<P3...>, "
                           "or the entry gates nothing")
 
+    from necktool.build import resolve_spec  # presets, families and import paths alike
+
     try:
-        spec = resolve_budget_spec(neck, **settings)
+        spec = resolve_spec(neck, **settings)
     except UnknownNeckError as exc:
         raise where.key("neck").error(str(exc)) from None
     except NecktoolError as exc:  # SpecError, InputError, or whatever a neck kind raises
@@ -572,37 +559,14 @@ def load_baseline(path: Path) -> Baseline:
     return Baseline(path=where, entries=figures)
 
 
-def check_writable(path: Path) -> None:
-    """Raise :class:`ConfigError` now, before profiling, if ``path`` cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; give a file name for the baseline")
-    if not parent.is_dir():
-        raise ConfigError(f"{path}: cannot write baseline: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"{path}: cannot write baseline: permission denied")
-
-
 def save_baseline(report: CheckReport, path: Path) -> None:
     """Write the report's figures as a JSON baseline, atomically (temp file + rename).
 
     Raises:
         ConfigError: the file cannot be written.
     """
-    check_writable(path)
-    text = json.dumps(report.baseline_dict(), indent=2) + "\n"
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write baseline: {exc.strerror or exc}") from None
+    with replace_on_success(path, "baseline", ConfigError) as tmp:
+        tmp.write_text(json.dumps(report.baseline_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 # -- results --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from necktool.errors import ExportError, InputError, VerificationFailed
+from necktool.files import check_writable, replace_on_success
 from necktool.specs import NeckSpec
 from necktool.verify import (
     DEFAULT_ATOL,
@@ -378,64 +379,24 @@ def conv_macs(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]) -> 
     return total
 
 
-def _check_model(path: pathlib.Path) -> onnx.ModelProto:
-    """``onnx.checker`` (full) and strict shape inference; raises :class:`ExportError`."""
+def _check_model(path: pathlib.Path) -> None:
+    """``onnx.checker`` full check, which includes strict, type-checked shape inference.
+
+    Raises:
+        ExportError: the checker or its shape inference rejected the graph.
+    """
     import onnx
-    from onnx import shape_inference
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # checker raises ValidationError or InferenceError
-        raise ExportError(f"onnx.checker rejected the exported graph: {_first_line(exc)}") \
-            from None
-    model = onnx.load(str(path))
-    try:
-        shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise ExportError(f"ONNX shape inference failed on the exported graph: "
-                          f"{_first_line(exc)}") from None
-    return model
+        raise ExportError(f"onnx.checker (full check, strict shape inference) rejected the "
+                          f"exported graph: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def prepare_destination(output: str | os.PathLike[str]) -> tuple[pathlib.Path, pathlib.Path]:
-    """Validate ``output`` and create the temporary file beside it, before any work.
-
-    Returns:
-        ``(destination, temporary file)``; the caller moves or removes the latter.
-
-    Raises:
-        InputError: the directory is missing, not writable, or the path is a directory.
-    """
-    dest = pathlib.Path(output)
-    if dest.is_dir():
-        raise InputError(f"destination {str(dest)!r} is a directory; give a file path such "
-                         f"as {str(dest / 'neck.onnx')!r}")
-    parent = dest.parent
-    if not parent.exists():
-        raise InputError(f"cannot write {str(dest)!r}: directory {str(parent)!r} does not "
-                         "exist")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {str(dest)!r}: {str(parent)!r} is not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise InputError(f"cannot write {str(dest)!r}: {exc.strerror or exc} in "
-                         f"{str(parent)!r}") from None
-    os.close(fd)
-    return dest, pathlib.Path(tmp)
-
-
-def _publish(tmp: pathlib.Path, dest: pathlib.Path) -> None:
-    # mkstemp makes 0600 files; give the result the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
 
 
 def _exporter_name() -> str:
@@ -564,9 +525,9 @@ def export_onnx(
     if verify:
         check_tolerances(atol, rtol, trials)
         provider = resolve_provider(provider)
-    dest, tmp = prepare_destination(output if output is not None else f"{name}.onnx")
+    dest = check_writable(output if output is not None else f"{name}.onnx", "the ONNX file")
 
-    try:
+    with replace_on_success(dest, "the ONNX file") as tmp:
         model, source = make_model(spec, seed=seed, prefix=prefix,
                                    weights=None if weights is None else pathlib.Path(weights))
         done("build")
@@ -591,11 +552,11 @@ def export_onnx(
         import onnx
 
         onnx.save_model(proto, str(tmp))
-        checked = _check_model(tmp)
-        checks = {"onnx.checker": True, "shape_inference": True,
+        _check_model(tmp)
+        checks = {"onnx.checker": True, "shape_inference": True,  # both from the full check
                   "conv_macs_match": onnx_macs == fvcore_macs}
-        result = ExportResult(dest, meta, _tensor_infos(checked.graph.input),
-                              _tensor_infos(checked.graph.output), onnx_macs, fvcore_macs,
+        result = ExportResult(dest, meta, _tensor_infos(proto.graph.input),
+                              _tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
                               checks, None, False, seconds)
         if onnx_macs != fvcore_macs:
             raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
@@ -614,9 +575,5 @@ def export_onnx(
                 existing = "left untouched" if dest.exists() else "not written"
                 raise VerificationFailed(f"verification failed, {str(dest)!r} {existing}: "
                                          f"{verification.summary()}", result)
-        _publish(tmp, dest)
-        done("write")
-        return dataclasses.replace(result, written=True)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    done("write")
+    return dataclasses.replace(result, written=True)

@@ -12,15 +12,14 @@ megapixels keep non-square sizes on one straight-ish line.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool.errors import InputError
+from necktool.files import check_writable, replace_on_success
 from necktool.specs import NeckSpec, parse_size
 
 if TYPE_CHECKING:
@@ -105,20 +104,7 @@ def check_plot_path(path: str | os.PathLike[str]) -> pathlib.Path:
     if dest.suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"cannot plot to {str(dest)!r}: the file name must end in "
                          f"{' or '.join(PLOT_SUFFIXES)}")
-    if dest.is_dir():
-        raise InputError(f"cannot plot to {str(dest)!r}: it is a directory")
-    parent = dest.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot plot to {str(dest)!r}: directory {str(parent)!r} does not "
-                         "exist")
-    # Probe by creating the temporary file the write will use: os.access lies under root.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", dir=parent)
-    except OSError as exc:
-        raise InputError(f"cannot write {str(dest)!r}: {exc.strerror or exc}") from None
-    os.close(fd)
-    os.unlink(probe)
-    return dest
+    return check_writable(dest, "the plot")
 
 
 def check_matplotlib() -> None:
@@ -257,20 +243,9 @@ class SweepResult:
         ax.set_title(f"Neck FLOPs by input size{batch}")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix,
-                                        dir=dest.parent)
-        os.close(fd)
-        tmp = pathlib.Path(tmp_name)
-        try:
-            # metadata=None keeps matplotlib's defaults; the format follows the suffix.
+        with replace_on_success(dest, "the plot") as tmp:
+            # the temporary name ends in .tmp, so name the format explicitly
             fig.savefig(tmp, format=dest.suffix.lower().lstrip("."))
-            umask = os.umask(0)  # mkstemp makes 0600 files; give the plot a plain open()'s mode
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
         return dest
 
     def _x(self, size: tuple[int, int]) -> float:

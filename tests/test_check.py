@@ -6,11 +6,13 @@ and limits placed exactly at, just under or just over the measured counts.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-import os
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _analytic import pafpn_params
@@ -367,10 +369,15 @@ def test_unwritable_save_baseline_fails_before_profiling(
     pyproject(tmp_path, entry("max-gflops = 1.0"))
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access
-    # chmod does not bind root (the usual CI user in containers), so deny access directly.
-    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p).resolve() == locked
-                        else real_access(p, mode))
+    real_mkstemp = tempfile.mkstemp
+
+    def denied(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        if Path(kwargs.get("dir") or ".").resolve() == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*args, **kwargs)
+
+    # chmod does not bind root (the usual CI user in containers), so deny the write probe.
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
     monkeypatch.chdir(tmp_path)
     code, out, err = run("check", "--save-baseline", "locked/base.json")
     assert code == 2 and out == ""

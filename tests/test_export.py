@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
+from typing import Any
 
 import numpy as np
 import onnx
@@ -269,16 +272,29 @@ def test_unwritable_destinations_fail_before_work(tmp_path: pathlib.Path) -> Non
     assert code == 2 and "is a directory" in stderr
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="root ignores directory permissions")
-def test_no_permission(tmp_path: pathlib.Path) -> None:
+def test_no_permission_fails_before_work(tmp_path: pathlib.Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.profiling
+
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    try:
-        code, _, stderr = invoke("export", "fpn", "-o", str(locked / "a.onnx"))
-        assert code == 2 and "cannot write" in stderr
-    finally:
-        locked.chmod(0o700)
+    locked.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def denied(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        if pathlib.Path(kwargs.get("dir") or ".").resolve() == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*args, **kwargs)
+
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("counted the neck before checking the destination")
+
+    # chmod does not bind root (the usual CI user), so deny the write probe itself.
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(necktool.profiling, "analyze", no_work)
+    code, stdout, stderr = invoke("export", "fpn", "-o", str(locked / "a.onnx"))
+    assert code == 2 and stdout == ""
+    assert "a.onnx: cannot write the ONNX file: permission denied" in stderr
+    assert list(locked.iterdir()) == []
 
 
 def test_failed_verification_leaves_existing_file_untouched(tmp_path: pathlib.Path) -> None:

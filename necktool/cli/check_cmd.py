@@ -12,7 +12,8 @@ import typer
 
 from necktool.cli.options import Json
 from necktool.cli.output import load_heavy, print_json, progress, stderr, stdout
-from necktool.errors import ExitCode, InputError
+from necktool.errors import ConfigError, ExitCode, InputError
+from necktool.files import check_writable
 
 BASELINE = "Baseline (growth gate)"
 
@@ -73,7 +74,7 @@ def check_command(
     cfg = budgets.load_config(config, Path.cwd())
     base = budgets.load_baseline(baseline) if baseline is not None else None
     if save_baseline is not None:
-        budgets.check_writable(save_baseline)
+        check_writable(save_baseline, "baseline", ConfigError)
 
     _single_thread()
     load_heavy()  # before the work: see cli.output.load_heavy
