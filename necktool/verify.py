@@ -360,7 +360,8 @@ def compare_onnx(
     from necktool.build import make_inputs
 
     check_tolerances(atol, rtol, trials)
-    session = open_session(path, resolve_provider(provider))
+    provider = resolve_provider(provider)
+    session = open_session(path, provider)
     n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
     if n_in != spec.num_levels or n_out != spec.num_levels:
         raise InputError(f"{str(path)!r} has {n_in} input(s) and {n_out} output(s); the neck "
@@ -381,7 +382,7 @@ def compare_onnx(
                                                                            strict=True)]
         results.append(CaseComparison(case, seeds, tuple(merged)))
     return VerificationResult(str(path), neck or spec.name or spec.family.value,
-                              resolve_provider(provider), float(atol), float(rtol), trials,
+                              provider, float(atol), float(rtol), trials,
                               dynamic, weights, tuple(results))
 
 

@@ -146,9 +146,7 @@ def seeded_model(spec: NeckSpec, seed: int = 0) -> nn.Module:
     """A neck in eval mode whose weights, norms and BN statistics all come from ``seed``."""
     from necktool.build import build_neck
 
-    model = build_neck(spec, seed=seed)
-    randomize_norms(model, seed)
-    return model.eval()
+    return randomize_norms(build_neck(spec, seed=seed), seed)  # build_neck gives eval mode
 
 
 def make_model(spec: NeckSpec, *, seed: int = 0, weights: str | pathlib.Path | None = None,
@@ -163,8 +161,7 @@ def make_model(spec: NeckSpec, *, seed: int = 0, weights: str | pathlib.Path | N
     from necktool.build import build_neck
 
     model = build_neck(spec, seed=seed)
-    source = load_weights(model, weights, prefix)
-    return model.eval(), source
+    return model, load_weights(model, weights, prefix)
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
