@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
@@ -141,17 +141,24 @@ class NeckSpec:
             raise SpecError(f"input_size must be (H, W), got {list(self.input_size)}")
         self.check_size(self.input_size)
 
-    def check_size(self, input_size: Iterable[int]) -> None:
-        """Raise :class:`SpecError` unless this neck can run at ``input_size``."""
-        check_input_size(input_size, self.num_levels)
-        h, w = self.level_sizes(tuple(input_size))[-1]  # type: ignore[arg-type]
+    def check_size(self, input_size: Sequence[int]) -> None:
+        """Raise :class:`SpecError` unless this neck can run at ``input_size`` ``(H, W)``."""
+        text = "x".join(map(str, input_size))
+        if any(s > MAX_INPUT_SIDE for s in input_size):
+            raise SpecError(f"input size {text} is too large; each side must be at most "
+                            f"{MAX_INPUT_SIDE}")
+        coarsest = self.strides[-1]
+        if any(s < coarsest for s in input_size):
+            raise SpecError(f"input size {text} is smaller than the coarsest stride {coarsest} "
+                            f"(level {self.level_names[-1]}); use at least "
+                            f"{coarsest}x{coarsest}")
+        h, w = self.level_sizes((input_size[0], input_size[1]))[-1]
         if self.norm is Norm.GN and h * w * self.out_channels // self.resolved_gn_groups == 1:
             # GroupNorm cannot normalise a single value (PyTorch raises at run time).
             raise SpecError(
-                f"input size {'x'.join(map(str, input_size))} leaves one value per GroupNorm "
-                f"group at level {self.level_names[-1]} (1x1, "
-                f"{self.out_channels // self.resolved_gn_groups} channel per group); use a "
-                f"larger size or fewer --gn-groups"
+                f"input size {text} leaves one value per GroupNorm group at level "
+                f"{self.level_names[-1]} (1x1, {self.out_channels // self.resolved_gn_groups} "
+                "channel per group); use a larger size or fewer --gn-groups"
             )
 
     # -- derived facts --------------------------------------------------------------
@@ -230,22 +237,6 @@ class NeckSpec:
             return cls(**kwargs)
         except TypeError as exc:
             raise SpecError(f"incomplete neck spec: {exc}") from None
-
-
-def check_input_size(input_size: Iterable[int], num_levels: int) -> None:
-    """Raise :class:`SpecError` unless every side reaches the coarsest stride."""
-    size = list(input_size)
-    coarsest = BASE_STRIDE * 2 ** (num_levels - 1)
-    if any(s > MAX_INPUT_SIDE for s in size):
-        raise SpecError(
-            f"input size {'x'.join(map(str, size))} is too large; each side must be at most "
-            f"{MAX_INPUT_SIDE}"
-        )
-    if any(s < coarsest for s in size):
-        raise SpecError(
-            f"input size {'x'.join(map(str, size))} is smaller than the coarsest stride "
-            f"{coarsest} (level P{2 + num_levels}); use at least {coarsest}x{coarsest}"
-        )
 
 
 def _int_tuple(values: Any, what: str) -> tuple[int, ...]:

@@ -76,8 +76,7 @@ def check_command(
     if save_baseline is not None:
         check_writable(save_baseline, "baseline", ConfigError)
 
-    _single_thread()
-    load_heavy()  # before the work: see cli.output.load_heavy
+    load_heavy(counting=True)  # before the work: see cli.output.load_heavy
     with progress(len(cfg.budgets), "checking budgets") as advance:
         report = budgets.check_budgets(cfg, base, allowed, on_progress=advance)
 
@@ -106,20 +105,6 @@ def check_command(
     _append_step_summary(report.to_markdown())
     if not report:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
-
-
-def _single_thread() -> None:
-    """Run the forward passes on one intra-op thread unless the user chose a count.
-
-    The gate counts FLOPs; it does not need fast kernels. On a busy 2-core CI runner or a
-    pre-commit run beside other hooks, OpenMP threads spinning against each other made the
-    check several times slower, while one thread costs little on an idle machine.
-    """
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _append_step_summary(markdown: str) -> None:

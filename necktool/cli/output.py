@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -16,16 +17,25 @@ from rich.console import Console
 from rich.table import Table as Table
 
 
-def load_heavy() -> None:
+def load_heavy(*, counting: bool = False) -> None:
     """Import torch and fvcore, then freeze what exists so far out of the collector's view.
 
     Every command that counts or runs a neck calls this first. Later collections then skip
     torch's long-lived objects, which saves ~70 ms per command on these machines.
+
+    Args:
+        counting: The command only counts FLOPs (profile, check, sweep): run it on one
+            intra-op thread unless ``OMP_NUM_THREADS`` says otherwise. Counting needs no
+            fast kernels, and on a busy 2-core runner OpenMP threads spinning against each
+            other made it several times slower. Commands that time or compare kernels
+            (export's verification, bench) keep torch's default.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import-time DeprecationWarnings
         import fvcore.nn  # noqa: F401
-        import torch  # noqa: F401
+        import torch
+    if counting and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     gc.freeze()
 
 

@@ -43,7 +43,7 @@ def profile_command(
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
                            input_size).overrides()
     results = []
-    load_heavy()  # before the work: see cli.output.load_heavy
+    load_heavy(counting=True)  # before the work: see cli.output.load_heavy
     with progress(len(names), "profiling") as advance:
         for name in names:
             results.append(profile(name, batch=batch, **overrides))

@@ -61,7 +61,7 @@ def sweep_command(
         check_matplotlib()
     overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act,
                            leaky_slope).overrides()
-    load_heavy()  # before the work: see cli.output.load_heavy
+    load_heavy(counting=True)  # before the work: see cli.output.load_heavy
     with progress(len(names) * len(size_list), "sweeping") as advance:
         result = sweep(names, size_list, batch=batch, on_point=advance, **overrides)
     if plot is not None:
