@@ -17,21 +17,40 @@ from typing import TYPE_CHECKING, Any
 from necktool.errors import (
     CheckFailed,
     ConfigError,
+    CustomNeckError,
     ExitCode,
+    ExportError,
     InputError,
     NecktoolError,
     SpecError,
     UnknownNeckError,
+    VerificationFailed,
+    WeightsError,
 )
-from necktool.registry import PRESETS, get_spec, list_necks, register_neck
-from necktool.specs import Activation, Family, NeckSpec, Norm, parse_channels, parse_size
+from necktool.version import __version__
 
-__version__ = "0.1.0"
-
+# Everything else loads on first use: ``import necktool`` (and so the CLI's ``--help``)
+# pays only for what it touches.
 _LAZY = {
+    "FAMILIES": "necktool.families",
+    "Family": "necktool.families",
+    "FamilyInfo": "necktool.families",
+    "register_family": "necktool.families",
+    "Activation": "necktool.fields",
+    "Norm": "necktool.fields",
+    "PRESETS": "necktool.registry",
+    "get_spec": "necktool.registry",
+    "list_necks": "necktool.registry",
+    "register_neck": "necktool.registry",
+    "resolve_spec": "necktool.registry",
+    "NeckSpec": "necktool.specs",
+    "parse_channels": "necktool.specs",
+    "parse_size": "necktool.specs",
+    "ErrorStat": "necktool.tolerance",
+    "Tolerance": "necktool.tolerance",
+    "VerifyOptions": "necktool.tolerance",
     "build_neck": "necktool.build",
     "make_inputs": "necktool.build",
-    "resolve_spec": "necktool.build",
     "profile": "necktool.profiling",
     "ProfileResult": "necktool.profiling",
     "BudgetConfig": "necktool.budgets",
@@ -44,6 +63,7 @@ _LAZY = {
     "ExportResult": "necktool.export",
     "verify_onnx": "necktool.verify",
     "VerificationResult": "necktool.verify",
+    "VerifyReport": "necktool.verify",
     "load_weights": "necktool.weights",
     "sweep": "necktool.sweep",
     "parse_sizes": "necktool.sweep",
@@ -62,11 +82,16 @@ if TYPE_CHECKING:
         load_config,
         save_baseline,
     )
-    from necktool.build import build_neck, make_inputs, resolve_spec
+    from necktool.build import build_neck, make_inputs
     from necktool.export import ExportResult, export_onnx
+    from necktool.families import FAMILIES, Family, FamilyInfo, register_family
+    from necktool.fields import Activation, Norm
     from necktool.profiling import ProfileResult, profile
+    from necktool.registry import PRESETS, get_spec, list_necks, register_neck, resolve_spec
+    from necktool.specs import NeckSpec, parse_channels, parse_size
     from necktool.sweep import SweepResult, parse_sizes, sweep
-    from necktool.verify import VerificationResult, verify_onnx
+    from necktool.tolerance import ErrorStat, Tolerance, VerifyOptions
+    from necktool.verify import VerificationResult, VerifyReport, verify_onnx
     from necktool.weights import load_weights
 
 
@@ -78,6 +103,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
     "Activation",
     "BenchResult",
@@ -85,9 +111,13 @@ __all__ = [
     "CheckFailed",
     "CheckReport",
     "ConfigError",
+    "CustomNeckError",
+    "ErrorStat",
     "ExitCode",
+    "ExportError",
     "ExportResult",
     "Family",
+    "FamilyInfo",
     "InputError",
     "NeckSpec",
     "NecktoolError",
@@ -95,8 +125,13 @@ __all__ = [
     "ProfileResult",
     "SpecError",
     "SweepResult",
+    "Tolerance",
     "UnknownNeckError",
+    "VerificationFailed",
     "VerificationResult",
+    "VerifyOptions",
+    "VerifyReport",
+    "WeightsError",
     "__version__",
     "bench",
     "build_neck",
@@ -112,6 +147,7 @@ __all__ = [
     "parse_size",
     "parse_sizes",
     "profile",
+    "register_family",
     "register_neck",
     "resolve_spec",
     "save_baseline",

@@ -19,110 +19,35 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+
+from necktool.artifact import DEFAULT_OPSET
+from necktool.build import build_neck, make_inputs
 from necktool.errors import InputError
+from necktool.export import export_model
+from necktool.profiling import analyze
+from necktool.registry import resolve_spec
+from necktool.report import Block, neck_header, num, size_text, table
 from necktool.specs import NeckSpec
+from necktool.timing import (
+    ALL_RUNTIMES,
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    MAX_RUNS,
+    Runtime,
+    RuntimeTiming,
+    percentile,
+)
+from necktool.units import UNIT_SHORT
 
-if TYPE_CHECKING:
-    import torch
-    from rich.table import Table
-    from torch import nn
-
-DEFAULT_WARMUP = 5
-DEFAULT_REPEAT = 30
-MAX_RUNS = 100_000  # a guard against a typo such as --repeat 3000000
-
-
-class Runtime(enum.StrEnum):
-    """What runs the neck."""
-
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-
-
-ALL_RUNTIMES = (Runtime.TORCH, Runtime.ONNXRUNTIME)
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeTiming:
-    """The timed runs of one runtime (milliseconds per call) and their summary."""
-
-    runtime: Runtime
-    version: str
-    warmup: int
-    threads: int
-    times_ms: tuple[float, ...]
-
-    @property
-    def repeat(self) -> int:
-        return len(self.times_ms)
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.times_ms)
-
-    @property
-    def p10_ms(self) -> float:
-        return percentile(self.times_ms, 10)
-
-    @property
-    def p90_ms(self) -> float:
-        return percentile(self.times_ms, 90)
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.times_ms)
-
-    @property
-    def max_ms(self) -> float:
-        return max(self.times_ms)
-
-    @property
-    def spread(self) -> float:
-        """(p90 - p10) / median: the relative width of the middle 80% of runs."""
-        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else 0.0
-
-    def gflops_per_s(self, flops: int) -> float:
-        """fvcore GFLOP/s (multiply-adds per second / 1e9) at the median latency."""
-        return flops / (self.median_ms / 1e3) / 1e9 if self.median_ms > 0 else math.inf
-
-    def to_dict(self, flops: int) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime.value,
-            "version": self.version,
-            "warmup": self.warmup,
-            "repeat": self.repeat,
-            "threads": self.threads,
-            # Rounded to 0.1 us: perf_counter_ns resolution is finer than any real signal.
-            "median_ms": round(self.median_ms, 4),
-            "p10_ms": round(self.p10_ms, 4),
-            "p90_ms": round(self.p90_ms, 4),
-            "min_ms": round(self.min_ms, 4),
-            "max_ms": round(self.max_ms, 4),
-            "spread": round(self.spread, 4),
-            "gflops_per_s": round(self.gflops_per_s(flops), 3),
-            "times_ms": [round(t, 4) for t in self.times_ms],
-        }
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile with linear interpolation (numpy's default method)."""
-    data = sorted(values)
-    if not data:
-        raise ValueError("percentile of no values")
-    pos = (len(data) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
+__all__ = ["ALL_RUNTIMES", "BenchResult", "Runtime", "RuntimeTiming", "bench", "percentile"]
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
@@ -151,10 +76,8 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict (times in milliseconds)."""
-        from necktool.profiling import result_header
-
         return {
-            **result_header(self.neck, self.spec, self.input_size, self.batch),
+            **neck_header(self.spec, self.input_size, self.batch),
             "flops": self.flops,
             "params": self.params,
             "threads": self.threads,
@@ -164,26 +87,20 @@ class BenchResult:
                         "processor": platform.machine()},
         }
 
-    def table(self) -> Table:
-        from rich.table import Table
-
-        h, w = self.input_size
+    def blocks(self) -> list[Block]:
         speedup = self.ort_speedup
-        caption = (f"{self.flops:,} FLOPs (fvcore: 1 multiply-add = 1 flop), "
-                   f"{self.params:,} params; GFLOP/s = FLOPs / median; runs = warm-up + "
-                   "timed")
+        caption = (f"{self.flops:,} FLOPs ({UNIT_SHORT}), {self.params:,} params; "
+                   "GFLOP/s = FLOPs / median; runs = warm-up + timed")
         if speedup is not None:
             caption += f"\nONNX Runtime vs torch: {speedup:.2f}x " + \
                 ("faster" if speedup >= 1 else "slower") + " (median)"
-        table = Table(title=f"{self.neck} at {h}x{w}, batch {self.batch}, {self.threads} "
-                      f"thread(s)", caption=caption, caption_justify="left")
-        for col in ("runtime", "median ms", "p10-p90 ms", "min ms", "GFLOP/s", "runs"):
-            table.add_column(col, no_wrap=True, justify="left" if col == "runtime" else "right")
-        for t in self.timings:
-            table.add_row(t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
-                          _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}",
-                          f"{t.warmup}+{t.repeat}")
-        return table
+        rows = [(t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
+                 _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
+                for t in self.timings]
+        return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
+                      f"{self.threads} thread(s)",
+                      ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),
+                       num("GFLOP/s"), num("runs")], rows, caption=caption)]
 
 
 def _ms(value: float) -> str:
@@ -211,8 +128,6 @@ def _time_calls(call: Callable[[], Any], warmup: int, repeat: int,
 
 def _bench_torch(model: nn.Module, inputs: list[torch.Tensor], threads: int, warmup: int,
                  repeat: int, on_run: Callable[[str], None]) -> RuntimeTiming:
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -227,8 +142,6 @@ def ort_session(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor],
                 threads: int) -> Any:
     """A CPU ONNX Runtime session for ``model``, exported statically in memory."""
     import onnxruntime as ort
-
-    from necktool.export import DEFAULT_OPSET, export_model
 
     proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
     options = ort.SessionOptions()
@@ -289,11 +202,6 @@ def bench(
         >>> r.timing("onnxruntime").median_ms > 0
         True
     """
-    import torch
-
-    from necktool.build import build_neck, make_inputs, resolve_spec
-    from necktool.profiling import analyze
-
     _check_count(warmup, "warmup")
     _check_count(repeat, "repeat")
     if threads is None:
@@ -307,12 +215,11 @@ def bench(
     if not chosen:
         raise InputError("no runtime to time; valid: torch, onnxruntime")
     spec = resolve_spec(neck, input_size=input_size, **overrides)
-    name = neck if isinstance(neck, str) else (spec.name or spec.family.value)
     size = spec.input_size
 
     model = build_neck(spec, seed=seed)
     # fvcore's count at exactly this size and batch: the numerator of GFLOP/s.
-    counted = analyze(model, spec, size, batch, name)
+    counted = analyze(model, spec, size, batch)
     inputs = make_inputs(spec, size, batch, seed=seed)
     # Export before any timing, so an exporter failure costs no timed runs.
     session = ort_session(model, spec, inputs, threads) if Runtime.ONNXRUNTIME in chosen \
@@ -324,5 +231,5 @@ def bench(
             timings.append(_bench_torch(model, inputs, threads, warmup, repeat, step))
         else:
             timings.append(_bench_ort(session, inputs, threads, warmup, repeat, step))
-    return BenchResult(name, spec, size, batch, counted.flops, counted.params, threads,
+    return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
                        tuple(timings))

@@ -5,71 +5,29 @@ The factory is an ``nn.Module`` class or a function called as
 tensors (finest first, stride 8 * 2**i) and returns one tensor per level, like the
 shipped necks. The current directory is importable, as with ``python -m``, so
 ``necktool profile examples.custom_neck:BiFPN --in-channels 40,80,160`` works from a checkout.
+
+This module is the ``custom`` family's builder; its spec is made torch-free by
+:func:`necktool.registry.custom_spec`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from necktool.errors import NecktoolError, SpecError
-from necktool.specs import Activation, Family, NeckSpec, Norm
+import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from torch import nn
-
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-DEFAULT_OUT_CHANNELS = 64
-_NOT_FOR_CUSTOM = ("norm", "act", "gn_groups", "leaky_slope")
+from necktool.errors import CustomNeckError
+from necktool.specs import NeckSpec
 
 
-class CustomNeckError(NecktoolError):
-    """A custom neck that cannot be imported, built or run as a neck."""
-
-
-def is_import_path(name: str) -> bool:
-    """Whether ``name`` names a custom neck (``module:attribute``) rather than a preset."""
-    return ":" in name
-
-
-def custom_spec(target: str, **overrides: Any) -> NeckSpec:
-    """The spec of a custom neck; ``in_channels`` is required, the factory decides the rest."""
-    if not _IMPORT_PATH.match(target):
-        raise SpecError(f"malformed import path {target!r}; expected package.module:factory, "
-                        "e.g. examples.custom_neck:BiFPN")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    misplaced = [k for k in _NOT_FOR_CUSTOM if k in given]
-    if misplaced:
-        flags = ", ".join("--" + k.replace("_", "-") for k in misplaced)
-        raise SpecError(f"{flags} cannot apply to custom neck {target!r}: its factory takes "
-                        "only in_channels and out_channels")
-    if "in_channels" not in given:
-        raise SpecError(f"custom neck {target!r} needs --in-channels (one count per level, "
-                        "finest first), e.g. --in-channels 64,128,256")
-    unknown = set(given) - {"in_channels", "out_channels", "input_size", "name", "family",
-                            "factory"}
-    if unknown:
-        raise SpecError(f"unknown field(s) {sorted(unknown)} for custom neck {target!r}")
-    return NeckSpec(
-        Family.CUSTOM,
-        given["in_channels"],
-        given.get("out_channels", DEFAULT_OUT_CHANNELS),
-        Norm.NONE,
-        Activation.NONE,
-        input_size=given.get("input_size", (640, 640)),
-        name=target,
-        factory=target,
-    )
-
-
-def load_custom(spec: NeckSpec) -> nn.Module:
+def build_custom(spec: NeckSpec) -> nn.Module:
     """Import and call ``spec.factory``; every failure is a one-line :class:`CustomNeckError`."""
-    from torch import nn
-
-    assert spec.factory is not None  # guaranteed by NeckSpec validation
+    if spec.factory is None:
+        raise CustomNeckError(f"{spec.label}: a custom neck needs an import path")
     module_name, _, attr_path = spec.factory.partition(":")
     if os.getcwd() not in sys.path:  # like `python -m`: the working directory is importable
         sys.path.insert(0, os.getcwd())
@@ -103,9 +61,7 @@ def load_custom(spec: NeckSpec) -> nn.Module:
 def check_outputs(spec: NeckSpec, outputs: Any, batch: int,
                   input_size: tuple[int, int]) -> None:
     """Raise unless ``outputs`` is one ``(batch, out_channels, H_i, W_i)`` tensor per level."""
-    import torch
-
-    name = spec.factory or spec.name or spec.family.value
+    name = spec.label
     if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels or \
             not all(isinstance(o, torch.Tensor) for o in outputs):
         got = (f"{len(outputs)} item(s)" if isinstance(outputs, (tuple, list))

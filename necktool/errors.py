@@ -14,18 +14,28 @@ class ExitCode(enum.IntEnum):
     """Process exit codes, documented in the README."""
 
     OK = 0
-    CHECK_FAILED = 1  # a verification or a budget did not pass
+    CHECK_FAILED = 1  # a verification, a budget or a cross-check did not pass
     USAGE = 2  # bad usage or bad input: nothing was checked
+    INTERNAL = 70  # a bug in necktool (sysexits' EX_SOFTWARE); NECKTOOL_DEBUG=1 shows it
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
 class NecktoolError(Exception):
-    """Base class of every error necktool raises on purpose."""
+    """Base class of every error necktool raises on purpose.
+
+    ``details`` are a few indented lines shown under the one-line message (missing keys,
+    say); the message alone must already say what was wrong.
+    """
 
     exit_code: ExitCode = ExitCode.USAGE
 
+    def __init__(self, message: str, details: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.details = tuple(details)
+
 
 class UnknownNeckError(NecktoolError, KeyError):
-    """A neck name that is neither a preset nor a family."""
+    """A neck name that is neither a preset, a family nor an import path."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -43,12 +53,6 @@ class ConfigError(NecktoolError, ValueError):
     """A malformed or missing budget configuration."""
 
 
-class CheckFailed(NecktoolError):
-    """A check ran and did not pass (verification, budgets)."""
-
-    exit_code = ExitCode.CHECK_FAILED
-
-
 class WeightsError(NecktoolError, ValueError):
     """A weights file that cannot be read or does not fit the neck.
 
@@ -56,9 +60,20 @@ class WeightsError(NecktoolError, ValueError):
     (a :class:`necktool.weights.WeightsReport`), so callers can show or test it.
     """
 
-    def __init__(self, message: str, report: object | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, report: object | None = None,
+                 details: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message, details)
         self.report = report
+
+
+class CustomNeckError(NecktoolError):
+    """A custom neck that cannot be imported, built or run as a neck."""
+
+
+class CheckFailed(NecktoolError):
+    """A check ran and did not pass (verification, budgets, a count cross-check)."""
+
+    exit_code = ExitCode.CHECK_FAILED
 
 
 class ExportError(CheckFailed):
@@ -68,8 +83,8 @@ class ExportError(CheckFailed):
 class VerificationFailed(CheckFailed):
     """ONNX Runtime's outputs differ from PyTorch's beyond tolerance; nothing was written.
 
-    ``result`` is the full result (an :class:`necktool.export.ExportResult` or a
-    :class:`necktool.verify.VerificationResult`) so the CLI can print the report.
+    ``result`` is the full result (an :class:`necktool.export.ExportResult`) so a caller
+    can show the report; the CLI renders it like a passing one.
     """
 
     def __init__(self, message: str, result: object | None = None) -> None:

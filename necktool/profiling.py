@@ -23,23 +23,19 @@ import dataclasses
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from necktool.build import build_neck, make_inputs, resolve_spec
-from necktool.custom import CustomNeckError, check_outputs
-from necktool.errors import InputError
-from necktool.specs import Family, NeckSpec
-
-if TYPE_CHECKING:
-    from rich.console import RenderableType
-    from rich.table import Table
-
-UNIT = "flops"
-UNIT_NOTE = "fvcore convention: 1 fused multiply-add = 1 flop (MACs), as in SCRFD's GFLOPs"
-UNIT_CAPTION = "FLOPs in fvcore units: 1 fused multiply-add = 1 flop"
+from necktool.build import build_neck, make_inputs
+from necktool.custom import check_outputs
+from necktool.errors import CustomNeckError, InputError
+from necktool.fields import FIELD, BadValue
+from necktool.registry import resolve_spec
+from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
+from necktool.specs import NeckSpec
+from necktool.units import UNIT, UNIT_CAPTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +57,6 @@ class LevelProfile:
 class ProfileResult:
     """FLOPs (fvcore units) and parameters of one neck at one input size."""
 
-    neck: str
     spec: NeckSpec
     input_size: tuple[int, int]
     batch: int
@@ -72,6 +67,10 @@ class ProfileResult:
     unsupported_ops: dict[str, int]
     unattributed_flops: int = 0
     unattributed_params: int = 0
+
+    @property
+    def neck(self) -> str:
+        return self.spec.label
 
     @property
     def flops(self) -> int:
@@ -96,7 +95,7 @@ class ProfileResult:
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict; every count is an exact integer."""
         return {
-            **result_header(self.neck, self.spec, self.input_size, self.batch),
+            **neck_header(self.spec, self.input_size, self.batch),
             "flops": self.flops,
             "params": self.params,
             "levels": [lv.to_dict() for lv in self.levels],
@@ -107,84 +106,62 @@ class ProfileResult:
             "unattributed": {"flops": self.unattributed_flops, "params": self.unattributed_params},
         }
 
-    # -- rendering ----------------------------------------------------------------------
     @property
     def title(self) -> str:
-        h, w = self.input_size
-        return f"{self.neck} ({self.spec.family.value}) at {h}x{w}, batch {self.batch}"
+        return (f"{self.neck} ({self.spec.family}) at {size_text(self.input_size)}, "
+                f"batch {self.batch}")
 
-    def tables(self) -> list[RenderableType]:
+    def blocks(self) -> list[Block]:
         """Per-level, per-stage and per-operator tables (FLOPs in fvcore units), and a line
         naming the operators fvcore could not count, if any."""
-        from rich.table import Table
-        from rich.text import Text
-
         flops, params = self.flops, self.params
-        levels = Table(title=self.title, caption=UNIT_CAPTION, caption_justify="left",
-                       show_footer=True)
-        levels.add_column("level", footer="total")
-        levels.add_column("stride", justify="right")
-        levels.add_column("output (N, C, H, W)", justify="right")
-        levels.add_column("FLOPs", justify="right", footer=f"{flops:,}")
-        levels.add_column("GFLOPs", justify="right", footer=f"{flops / 1e9:.4f}")
-        levels.add_column("params", justify="right", footer=f"{params:,}")
-        for lv in self.levels:
-            levels.add_row(lv.name, str(lv.stride), str(tuple(lv.shape)), f"{lv.flops:,}",
-                           f"{lv.flops / 1e9:.4f}", f"{lv.params:,}")
+        rows = [(lv.name, str(lv.stride), str(tuple(lv.shape)), f"{lv.flops:,}",
+                 f"{lv.flops / 1e9:.4f}", f"{lv.params:,}") for lv in self.levels]
         if self.unattributed_flops or self.unattributed_params:
-            levels.add_row("unattributed", "", "", f"{self.unattributed_flops:,}",
-                           f"{self.unattributed_flops / 1e9:.4f}",
-                           f"{self.unattributed_params:,}")
-
-        stages = Table(title="by stage")
-        for col in ("stage", "FLOPs", "share", "params"):
-            stages.add_column(col, justify="left" if col == "stage" else "right")
-        for name, value in self.stages.items():
-            stages.add_row(name, f"{value:,}", _share(value, flops),
-                           f"{self.stage_params.get(name, 0):,}")
-
-        ops = Table(title="by operator")
-        for col in ("operator", "FLOPs", "share"):
-            ops.add_column(col, justify="left" if col == "operator" else "right")
-        for name, value in self.operators.items():
-            ops.add_row(name, f"{value:,}", _share(value, flops))
-        out: list[RenderableType] = [levels, stages, ops]
+            rows.append(("unattributed", "", "", f"{self.unattributed_flops:,}",
+                         f"{self.unattributed_flops / 1e9:.4f}",
+                         f"{self.unattributed_params:,}"))
+        out: list[Block] = [
+            table(self.title, ["level", num("stride"), num("output (N, C, H, W)"), num("FLOPs"),
+                               num("GFLOPs"), num("params")], rows,
+                  footer=("total", "", "", f"{flops:,}", f"{flops / 1e9:.4f}", f"{params:,}"),
+                  caption=UNIT_CAPTION),
+            table("by stage", ["stage", num("FLOPs"), num("share"), num("params")],
+                  [(name, f"{value:,}", share(value, flops),
+                    f"{self.stage_params.get(name, 0):,}")
+                   for name, value in self.stages.items()]),
+            table("by operator", ["operator", num("FLOPs"), num("share")],
+                  [(name, f"{value:,}", share(value, flops))
+                   for name, value in self.operators.items()]),
+        ]
         if self.unsupported_ops:
-            out.append(Text("not counted (no fvcore handle): " + ", ".join(
+            out.append(Note("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
         return out
 
 
-def result_header(neck: str, spec: NeckSpec, input_size: tuple[int, int],
-                  batch: int) -> dict[str, Any]:
-    """The keys every per-neck JSON result starts with (profile, bench), in one order."""
-    return {
-        "neck": neck,
-        "family": spec.family.value,
-        "config": spec.to_dict(),
-        "input_size": list(input_size),
-        "batch": batch,
-        "unit": UNIT,
-        "unit_note": UNIT_NOTE,
-    }
+@dataclasses.dataclass(frozen=True)
+class ProfileSet:
+    """Several profiles (``profile`` with several names): each, then a comparison."""
 
+    results: tuple[ProfileResult, ...]
 
-def _share(value: int, total: int) -> str:
-    return f"{100 * value / total:.1f}%" if total else "-"
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.results]
+
+    def blocks(self) -> list[Block]:
+        out = [b for r in self.results for b in r.blocks()]
+        out.append(comparison_table(self.results))
+        return out
 
 
 def comparison_table(results: Sequence[ProfileResult]) -> Table:
     """One row per neck, for ``profile`` with several names."""
-    from rich.table import Table
-
-    table = Table(title="comparison", caption=UNIT_CAPTION, caption_justify="left")
-    for col in ("neck", "out", "input", "GFLOPs", "FLOPs", "params"):
-        table.add_column(col, no_wrap=True, justify="left" if col in {"neck", "input"} else "right")
-    for r in results:
-        table.add_row(r.neck, str(r.spec.out_channels),
-                      "x".join(map(str, r.input_size)), f"{r.gflops:.4f}", f"{r.flops:,}",
-                      f"{r.params:,}")
-    return table
+    return table("comparison", ["neck", num("out"), "input", num("GFLOPs"), num("FLOPs"),
+                                num("params")],
+                 [(r.neck, str(r.spec.out_channels), size_text(r.input_size), f"{r.gflops:.4f}",
+                   f"{r.flops:,}", f"{r.params:,}") for r in results],
+                 caption=UNIT_CAPTION)
 
 
 # -- fvcore --------------------------------------------------------------------------
@@ -223,18 +200,41 @@ def _recording(handle: Handle, events: list[tuple[tuple[int, ...], int]]) -> Han
     return wrapped
 
 
+def fvcore_handles() -> dict[str, Handle | None]:
+    """fvcore's default handles, built from its public ``jit_handles`` functions, plus
+    necktool's (``add`` counted, ``leaky_relu`` ignored like ``relu``)."""
+    from fvcore.nn import jit_handles as jh
+
+    return {
+        "aten::addmm": jh.addmm_flop_jit,
+        "aten::bmm": jh.bmm_flop_jit,
+        "aten::_convolution": jh.conv_flop_jit,
+        "aten::einsum": jh.einsum_flop_jit,
+        "aten::matmul": jh.matmul_flop_jit,
+        "aten::mm": jh.matmul_flop_jit,
+        "aten::linear": jh.linear_flop_jit,
+        "aten::batch_norm": jh.batchnorm_flop_jit,
+        "aten::group_norm": jh.norm_flop_counter(2),
+        "aten::layer_norm": jh.norm_flop_counter(2),
+        "aten::instance_norm": jh.norm_flop_counter(1),
+        "aten::upsample_nearest2d": jh.elementwise_flop_counter(0, 1),
+        "aten::upsample_bilinear2d": jh.elementwise_flop_counter(0, 4),
+        "aten::adaptive_avg_pool2d": jh.elementwise_flop_counter(1, 0),
+        "aten::grid_sampler": jh.elementwise_flop_counter(0, 4),
+        **_extra_handles(),
+    }
+
+
 def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
         Any, list[tuple[tuple[int, ...], int]]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import-time DeprecationWarnings
         from fvcore.nn import FlopCountAnalysis
-        from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS  # fvcore is frozen (2022)
 
     events: list[tuple[tuple[int, ...], int]] = []
-    handles: dict[str, Handle | None] = {**_DEFAULT_SUPPORTED_OPS, **_extra_handles()}
     analysis = FlopCountAnalysis(model, (tuple(inputs),))
     analysis.set_op_handle(**{op: None if h is None else _recording(h, events)
-                              for op, h in handles.items()})
+                              for op, h in fvcore_handles().items()})
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -245,11 +245,18 @@ def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
     return analysis, events
 
 
-def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch: int,
-            neck: str) -> ProfileResult:
+def check_batch(batch: int) -> int:
+    """The batch size, range-checked like the ``--batch`` flag."""
+    try:
+        return int(FIELD["batch"].check(batch))
+    except BadValue as exc:
+        raise InputError(f"batch: {exc.message(repr(batch))}") from None
+
+
+def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
+            batch: int) -> ProfileResult:
     """Profile an already built ``model`` described by ``spec``: one trace, one execution."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    batch = check_batch(batch)
     spec.check_size(input_size)
     inputs = make_inputs(spec, input_size, batch, seed=None)
     level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
@@ -267,13 +274,13 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
                     h, w = tuple(out.shape)[-2:]
                     owner_level.setdefault(name, level_of.get((int(h), int(w)), -1))
             hooks.append(module.register_forward_hook(hook))
-    custom = spec.family is Family.CUSTOM
+    custom = spec.info.needs_factory
     try:
         analysis, events = _fvcore_analysis(model, inputs)
     except Exception as exc:
         if not custom:
             raise
-        raise CustomNeckError(f"{neck}: forward failed under fvcore's trace on inputs "
+        raise CustomNeckError(f"{spec.label}: forward failed under fvcore's trace on inputs "
                               f"{[tuple(x.shape) for x in inputs]}: {type(exc).__name__}: "
                               f"{exc}") from None
     finally:
@@ -319,7 +326,6 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int], batch
                                                     strict=True))
     )
     return ProfileResult(
-        neck=neck,
         spec=spec,
         input_size=(int(input_size[0]), int(input_size[1])),
         batch=batch,
@@ -354,5 +360,4 @@ def profile(
         True
     """
     spec = resolve_spec(neck, input_size=input_size, **overrides)
-    name = neck if isinstance(neck, str) else (spec.name or spec.family.value)
-    return analyze(build_neck(spec), spec, spec.input_size, batch, name)
+    return analyze(build_neck(spec), spec, spec.input_size, batch)

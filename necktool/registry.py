@@ -1,6 +1,9 @@
-"""The preset registry: a plain dict from name to :class:`NeckSpec` (timm-style).
+"""The preset registry and name resolution (torch-free, timm-style).
 
-Torch-free, so ``necktool list`` and ``--help`` stay instant.
+A plain dict from name to :class:`NeckSpec`. :func:`resolve_spec` turns anything a user
+can name (a preset, a family's bare preset, an import path ``package.module:factory``, a
+spec) into a validated spec without importing torch, so ``necktool list``, ``--help`` and
+budget-config errors stay instant.
 """
 
 from __future__ import annotations
@@ -8,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 from typing import Any
 
-from necktool.errors import UnknownNeckError
-from necktool.specs import (
-    Activation,
-    Family,
-    NeckSpec,
-    Norm,
-    retinaface_leaky_slope,
-)
+from necktool.errors import SpecError, UnknownNeckError
+from necktool.families import FAMILIES
+from necktool.fields import Activation, Norm
+from necktool.report import Block, num, size_text, table
+from necktool.specs import NeckSpec, retinaface_leaky_slope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {}
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+CUSTOM_FAMILY = next(f.name for f in FAMILIES.values() if f.needs_factory)
+CUSTOM_DEFAULTS: dict[str, Any] = {"out_channels": 64, "input_size": (640, 640)}
 
 
 def register_neck(name: str, spec: NeckSpec, description: str) -> Preset:
@@ -55,13 +59,21 @@ def is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` names a custom neck (``module:attribute``) rather than a preset."""
+    return ":" in name
+
+
+def bare_families() -> list[str]:
+    """Families that are also presets of the same name (usable as a NECK with flags)."""
+    return [f for f in FAMILIES if f in PRESETS]
+
+
 def unknown_neck(name: str) -> UnknownNeckError:
     """An error naming the closest preset, and the valid ones."""
     close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return UnknownNeckError(
-        f"unknown neck {name!r}; {hint}valid: {', '.join(PRESETS)}"
-    )
+    return UnknownNeckError(f"unknown neck {name!r}; {hint}valid: {', '.join(PRESETS)}")
 
 
 def get_spec(name: str, **overrides: Any) -> NeckSpec:
@@ -69,13 +81,42 @@ def get_spec(name: str, **overrides: Any) -> NeckSpec:
 
     Raises:
         UnknownNeckError: ``name`` is not registered (with a close-match suggestion).
-        SpecError: an override makes the neck invalid.
+        SpecError: an override makes the neck invalid, or the family does not take it.
     """
     try:
         preset = PRESETS[name]
     except KeyError:
         raise unknown_neck(name) from None
     return preset.spec.replace(**overrides)
+
+
+def custom_spec(target: str, **overrides: Any) -> NeckSpec:
+    """The spec of a custom neck; ``in_channels`` is required, the factory decides the rest."""
+    if not _IMPORT_PATH.match(target):
+        raise SpecError(f"malformed import path {target!r}; expected package.module:factory, "
+                        "e.g. examples.custom_neck:BiFPN")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "in_channels" not in given:
+        raise SpecError(f"custom neck {target!r} needs --in-channels (one count per level, "
+                        "finest first), e.g. --in-channels 64,128,256")
+    base = NeckSpec(CUSTOM_FAMILY, given.pop("in_channels"), CUSTOM_DEFAULTS["out_channels"],
+                    input_size=CUSTOM_DEFAULTS["input_size"], name=target, factory=target)
+    return base.replace(**given)
+
+
+def resolve_spec(neck: str | NeckSpec, **overrides: Any) -> NeckSpec:
+    """A preset name, an import path (``pkg.module:factory``) or a spec, with ``overrides``
+    applied (``None`` values ignored). Never imports torch or the factory's module.
+
+    Raises:
+        UnknownNeckError: not a preset (with a close-match suggestion).
+        SpecError: an override makes the neck invalid, or its family does not take it.
+    """
+    if isinstance(neck, NeckSpec):
+        return neck.replace(**overrides)
+    if is_import_path(neck):
+        return custom_spec(neck, **overrides)
+    return get_spec(neck, **overrides)
 
 
 def expand_names(names: list[str]) -> list[str]:
@@ -102,30 +143,65 @@ _SCRFD = {
 for _name, (_in, _out) in _SCRFD.items():
     register_neck(
         _name,
-        NeckSpec(Family.PAFPN, _in, _out, Norm.GN, Activation.RELU, input_size=(640, 640)),
+        NeckSpec("pafpn", _in, _out, Norm.GN, Activation.RELU, input_size=(640, 640)),
         f"SCRFD {_name.split('_')[1].upper()} tier: seed PAFPN, GroupNorm, width {_out}",
     )
 
 register_neck(
     "retinaface_mnet",
-    NeckSpec(Family.FPN, (64, 128, 256), 64, Norm.BN, Activation.LEAKY_RELU,
+    NeckSpec("fpn", (64, 128, 256), 64, Norm.BN, Activation.LEAKY_RELU,
              leaky_slope=retinaface_leaky_slope(64), input_size=(640, 640)),
     "RetinaFace MobileNet-0.25 FPN (Pytorch_Retinaface)",
 )
 register_neck(
     "retinaface_r50",
-    NeckSpec(Family.FPN, (512, 1024, 2048), 256, Norm.BN, Activation.LEAKY_RELU,
+    NeckSpec("fpn", (512, 1024, 2048), 256, Norm.BN, Activation.LEAKY_RELU,
              leaky_slope=retinaface_leaky_slope(256), input_size=(840, 840)),
     "RetinaFace ResNet-50 FPN (Pytorch_Retinaface)",
 )
 register_neck(
     "fpn",
-    NeckSpec(Family.FPN, (64, 128, 256), 64, Norm.BN, Activation.LEAKY_RELU,
+    NeckSpec("fpn", (64, 128, 256), 64, Norm.BN, Activation.LEAKY_RELU,
              leaky_slope=0.1, input_size=(640, 640)),
     "RetinaFace-style FPN family; build variants with flags",
 )
 register_neck(
     "pafpn",
-    NeckSpec(Family.PAFPN, (64, 128, 256), 64, Norm.GN, Activation.RELU, input_size=(640, 640)),
+    NeckSpec("pafpn", (64, 128, 256), 64, Norm.GN, Activation.RELU, input_size=(640, 640)),
     "SCRFD-style PAFPN family; build variants with flags",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class NeckList:
+    """``necktool list``'s result: the presets matching a pattern."""
+
+    presets: tuple[Preset, ...]
+
+    @classmethod
+    def matching(cls, pattern: str = "*") -> NeckList:
+        """The presets matching a shell wildcard.
+
+        Raises:
+            UnknownNeckError: nothing matches (as ``profile`` reports it).
+        """
+        names = list_necks(pattern)
+        if not names:
+            raise UnknownNeckError(f"pattern {pattern!r} matches no neck; valid: "
+                                   f"{', '.join(PRESETS)}")
+        return cls(tuple(PRESETS[n] for n in names))
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [{"neck": p.name, "family": p.spec.family, "description": p.description,
+                 "config": p.spec.to_dict()} for p in self.presets]
+
+    def blocks(self) -> list[Block]:
+        rows = []
+        for p in self.presets:
+            s = p.spec
+            act = f"leaky({s.leaky_slope:g})" if s.act is Activation.LEAKY_RELU else s.act.value
+            rows.append((p.name, s.family, ",".join(map(str, s.in_channels)),
+                         str(s.out_channels), s.norm.value, act, size_text(s.input_size)))
+        return [table("necktool presets (details: --format json)",
+                      ["name", "family", "in_channels", num("out"), "norm", "act", "input"],
+                      rows)]

@@ -1,50 +1,36 @@
-"""Typed neck specifications: every knob of a neck, validated in one place.
+"""Typed neck specifications: every knob of a neck, validated in one place (torch-free).
 
-A :class:`NeckSpec` is a frozen, torch-free description of a neck. Both families
-share it; ``family`` selects the module that :func:`necktool.build_neck` makes.
-Validation happens here, before any tensor exists, so a bad flag is reported as a
-one-line :class:`~necktool.errors.SpecError` instead of a shape error deep in torch.
+A :class:`NeckSpec` is a frozen description of a neck. ``family`` names a registered
+family (:mod:`necktool.families`), which says which fields it takes; the field kinds
+(:mod:`necktool.fields`) check each value's type and range. Validation happens here,
+before any tensor exists, so a bad value is a one-line :class:`~necktool.errors.SpecError`
+instead of a shape error deep in torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
+from necktool.families import FamilyInfo, families_taking, get_family
+from necktool.fields import (
+    BASE_STRIDE,
+    FIELD,
+    MAX_INPUT_SIDE,
+    MAX_LEVELS,
+    MIN_LEVELS,
+    Activation,
+    BadValue,
+    Norm,
+    describe_value,
+)
 
-BASE_STRIDE = 8  # level 0 (P3) has stride 8; level i has stride 8 * 2**i
-MIN_LEVELS = 2
-MAX_LEVELS = 6  # P3..P8; deeper pyramids are not used by face detectors
-MAX_INPUT_SIDE = 8192  # beyond this the feature maps alone need tens of GiB
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
+_SHOWN_DIVISORS = 12
 
-
-class Family(enum.StrEnum):
-    """The two neck families described by the seeds."""
-
-    FPN = "fpn"  # RetinaFace's FPN
-    PAFPN = "pafpn"  # SCRFD's path-aggregation FPN
-    CUSTOM = "custom"  # a user's module, named by an import path (see necktool.custom)
-
-
-class Norm(enum.StrEnum):
-    """Normalisation after each conv. ``none`` gives the conv a bias instead."""
-
-    GN = "gn"
-    BN = "bn"
-    NONE = "none"
-
-
-class Activation(enum.StrEnum):
-    """Activation after each norm."""
-
-    RELU = "relu"
-    LEAKY_RELU = "leaky_relu"
-    NONE = "none"
+__all__ = ["MAX_INPUT_SIDE", "Activation", "NeckSpec", "Norm", "parse_channels", "parse_size"]
 
 
 def retinaface_leaky_slope(out_channels: int) -> float:
@@ -60,8 +46,15 @@ def seed_gn_groups(out_channels: int, start: int = SEED_GN_GROUPS) -> int:
     return groups
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int) -> str:
+    """The first divisors of ``n``, in bounded time (n is at most MAX_CHANNELS here)."""
+    found: list[int] = []
+    for d in range(1, min(n, 1 << 16) + 1):
+        if n % d == 0:
+            found.append(d)
+            if len(found) > _SHOWN_DIVISORS:
+                return ", ".join(map(str, found[:_SHOWN_DIVISORS])) + ", ..."
+    return ", ".join(map(str, found))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +62,8 @@ class NeckSpec:
     """A complete, validated description of one neck.
 
     Attributes:
-        family: Which module to build.
-        in_channels: Backbone channels per level, finest (stride 8) first.
+        family: Which registered family builds it (``fpn``, ``pafpn``, ``custom``...).
+        in_channels: Backbone channels per input level, finest (stride 8) first.
         out_channels: Channels of every output level.
         norm: Normalisation after each conv.
         act: Activation after each norm.
@@ -79,19 +72,22 @@ class NeckSpec:
             (:func:`seed_gn_groups`). An explicit value must divide ``out_channels``.
         input_size: Default image size ``(H, W)`` the neck is profiled at.
         name: The preset this spec came from, if any.
-        factory: For ``family=custom``: the import path ``package.module:factory``.
+        factory: For the ``custom`` family: the import path ``package.module:factory``.
+
+    A field the family does not take must keep its default; giving one is an error
+    naming the families that take it.
 
     Example:
-        >>> spec = NeckSpec(Family.PAFPN, (48, 48, 80), 40, Norm.GN, Activation.RELU)
+        >>> spec = NeckSpec("pafpn", (48, 48, 80), 40, Norm.GN, Activation.RELU)
         >>> spec.level_sizes((640, 480))
         [(80, 60), (40, 30), (20, 15)]
     """
 
-    family: Family
+    family: str
     in_channels: tuple[int, ...]
     out_channels: int
-    norm: Norm
-    act: Activation
+    norm: Norm = Norm.NONE
+    act: Activation = Activation.NONE
     leaky_slope: float = 0.1
     gn_groups: int | None = None
     input_size: tuple[int, int] = (640, 640)
@@ -99,22 +95,26 @@ class NeckSpec:
     factory: str | None = None
 
     def __post_init__(self) -> None:
-        # Accept plain strings and lists (from flags, TOML, JSON) and normalise them.
-        try:
-            object.__setattr__(self, "family", Family(self.family))
-            object.__setattr__(self, "norm", Norm(self.norm))
-            object.__setattr__(self, "act", Activation(self.act))
-        except ValueError as exc:
-            raise SpecError(f"{exc}; valid families: fpn, pafpn, custom; norms: gn, bn, none; "
-                            "activations: relu, leaky_relu, none") from None
-        object.__setattr__(self, "in_channels", _int_tuple(self.in_channels, "in_channels"))
-        object.__setattr__(self, "input_size", _int_tuple(self.input_size, "input_size"))
-        self._validate()
+        info = get_family(self.family)
+        object.__setattr__(self, "family", info.name)
+        for field in dataclasses.fields(self):
+            desc = FIELD.get(field.name)
+            value = getattr(self, field.name)
+            if desc is None or value is None:
+                continue
+            try:
+                object.__setattr__(self, field.name, desc.check(value))
+            except BadValue as exc:
+                raise SpecError(f"{field.name}: {exc.message(describe_value(value))}") \
+                    from None
+            if not info.takes(field.name) and getattr(self, field.name) != field.default:
+                raise _not_taken(field.name, info, self.label)
+        self._validate(info)
 
-    def _validate(self) -> None:
-        if (self.family is Family.CUSTOM) != (self.factory is not None):
+    def _validate(self, info: FamilyInfo) -> None:
+        if info.needs_factory != (self.factory is not None):
             raise SpecError("a custom neck needs an import path (factory='package.module:attr') "
-                            f"and only a custom neck takes one; got family={self.family.value}, "
+                            f"and only a custom neck takes one; got family={self.family}, "
                             f"factory={self.factory!r}")
         chans = list(self.in_channels)
         if not MIN_LEVELS <= len(chans) <= MAX_LEVELS:
@@ -122,35 +122,26 @@ class NeckSpec:
                 f"in_channels has {len(chans)} level(s) {chans}; give {MIN_LEVELS} to "
                 f"{MAX_LEVELS} channel counts, finest level first, e.g. 64,128,256"
             )
-        if any(c <= 0 for c in chans):
-            raise SpecError(f"in_channels must all be positive integers, got {chans}")
-        if isinstance(self.out_channels, bool) or not isinstance(self.out_channels, int) \
-                or self.out_channels <= 0:
-            raise SpecError(f"out_channels must be a positive integer, got {self.out_channels!r}")
-        if not isinstance(self.leaky_slope, (int, float)) or not math.isfinite(self.leaky_slope):
-            raise SpecError(f"leaky_slope must be a finite number, got {self.leaky_slope!r}")
-        if self.gn_groups is not None and self.norm is Norm.GN:
-            g = self.gn_groups
-            if isinstance(g, bool) or not isinstance(g, int) or g <= 0 \
-                    or self.out_channels % g:
-                raise SpecError(
-                    f"gn_groups={g!r} does not divide out_channels={self.out_channels}; "
-                    f"valid: {', '.join(map(str, _divisors(self.out_channels)))}"
-                )
-        if len(self.input_size) != 2:
-            raise SpecError(f"input_size must be (H, W), got {list(self.input_size)}")
+        if self.gn_groups is not None and self.norm is Norm.GN \
+                and self.out_channels % self.gn_groups:
+            raise SpecError(
+                f"gn_groups={self.gn_groups} does not divide out_channels={self.out_channels}; "
+                f"valid: {_divisors(self.out_channels)}"
+            )
         self.check_size(self.input_size)
 
     def check_size(self, input_size: Sequence[int]) -> None:
         """Raise :class:`SpecError` unless this neck can run at ``input_size`` ``(H, W)``."""
         text = "x".join(map(str, input_size))
+        if len(input_size) != 2:
+            raise SpecError(f"input_size must be (H, W), got {list(input_size)}")
         if any(s > MAX_INPUT_SIDE for s in input_size):
             raise SpecError(f"input size {text} is too large; each side must be at most "
                             f"{MAX_INPUT_SIDE}")
-        coarsest = self.strides[-1]
+        coarsest = self.input_strides[-1]
         if any(s < coarsest for s in input_size):
             raise SpecError(f"input size {text} is smaller than the coarsest stride {coarsest} "
-                            f"(level {self.level_names[-1]}); use at least "
+                            f"(level {self.level_names[self.num_inputs - 1]}); use at least "
                             f"{coarsest}x{coarsest}")
         h, w = self.level_sizes((input_size[0], input_size[1]))[-1]
         if self.norm is Norm.GN and h * w * self.out_channels // self.resolved_gn_groups == 1:
@@ -163,12 +154,32 @@ class NeckSpec:
 
     # -- derived facts --------------------------------------------------------------
     @property
+    def info(self) -> FamilyInfo:
+        return get_family(self.family)
+
+    @property
+    def label(self) -> str:
+        """How messages and reports name this neck: the preset, import path or family."""
+        return self.name or self.factory or self.family
+
+    @property
+    def num_inputs(self) -> int:
+        """Backbone levels the neck takes (C3, C4, ...)."""
+        return len(self.in_channels)
+
+    @property
     def num_levels(self) -> int:
+        """Output levels (P3, P4, ...)."""
         return len(self.in_channels)
 
     @property
     def strides(self) -> list[int]:
+        """Stride of each output level."""
         return [BASE_STRIDE * 2**i for i in range(self.num_levels)]
+
+    @property
+    def input_strides(self) -> list[int]:
+        return [BASE_STRIDE * 2**i for i in range(self.num_inputs)]
 
     @property
     def level_names(self) -> list[str]:
@@ -177,76 +188,93 @@ class NeckSpec:
 
     @property
     def input_names(self) -> list[str]:
-        return [f"c{3 + i}" for i in range(self.num_levels)]
+        return [f"c{3 + i}" for i in range(self.num_inputs)]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n.lower() for n in self.level_names]
 
     @property
     def resolved_gn_groups(self) -> int:
         return self.gn_groups if self.gn_groups is not None else seed_gn_groups(self.out_channels)
 
     def level_sizes(self, input_size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
-        """Spatial size of each level: ``ceil(image / stride)``."""
-        h, w = input_size if input_size is not None else self.input_size
-        return [(-(-h // s), -(-w // s)) for s in self.strides]
+        """Spatial size of each output level: ``ceil(image / stride)``."""
+        return _sizes(input_size or self.input_size, self.strides)
+
+    def input_sizes(self, input_size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """Spatial size of each input level: ``ceil(image / stride)``."""
+        return _sizes(input_size or self.input_size, self.input_strides)
 
     def replace(self, **overrides: Any) -> NeckSpec:
         """Return a copy with ``overrides`` applied; ``None`` values are dropped.
 
-        Dropping ``None`` is what lets unset CLI flags leave preset fields alone.
+        Dropping ``None`` is what lets unset CLI flags leave preset fields alone. A field
+        the family does not take is an error naming the families that do.
         """
         changes = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
         if unknown:
-            raise SpecError(f"unknown neck field(s) {sorted(unknown)}; valid: "
-                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
+            raise SpecError(f"unknown neck field(s) {unknown}; valid: {', '.join(names)}")
+        info = self.info
+        for key in changes:
+            if key in FIELD and not info.takes(key):
+                raise _not_taken(key, info, self.label)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fully resolved spec as JSON-ready values (GN groups made explicit)."""
-        if self.family is Family.CUSTOM:  # the factory decides norms and activations
-            return {
-                "family": self.family.value,
-                "factory": self.factory,
-                "in_channels": list(self.in_channels),
-                "out_channels": self.out_channels,
-                "input_size": list(self.input_size),
-                "strides": self.strides,
-            }
-        return {
-            "family": self.family.value,
-            "in_channels": list(self.in_channels),
-            "out_channels": self.out_channels,
-            "norm": self.norm.value,
-            "gn_groups": self.resolved_gn_groups if self.norm is Norm.GN else None,
-            "act": self.act.value,
-            "leaky_slope": float(self.leaky_slope),
-            "input_size": list(self.input_size),
-            "strides": self.strides,
-        }
+        """The fully resolved spec as JSON-ready values (GN groups made explicit).
+
+        Holds the family, the factory of a custom neck, every field the family takes, and
+        the output strides.
+        """
+        out: dict[str, Any] = {"family": self.family}
+        if self.factory is not None:
+            out["factory"] = self.factory
+        for name in FIELD:
+            if self.info.takes(name):
+                value = getattr(self, name)
+                if name == "gn_groups":
+                    value = self.resolved_gn_groups if self.norm is Norm.GN else None
+                out[name] = None if value is None else FIELD[name].kind.to_json(value)
+        out["strides"] = self.strides
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> NeckSpec:
-        """Inverse of :meth:`to_dict` (derived keys such as ``strides`` are ignored)."""
+        """Inverse of :meth:`to_dict` (derived keys such as ``strides`` are ignored).
+
+        Raises:
+            SpecError: not a mapping, an unknown family, a missing or malformed field.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a neck spec must be a mapping, got {describe_value(data)}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in fields}
-        if kwargs.get("family") == Family.CUSTOM.value:
-            kwargs.setdefault("norm", Norm.NONE)
-            kwargs.setdefault("act", Activation.NONE)
+        kwargs = {k: v for k, v in data.items() if k in fields and v is not None}
         if name is not None:
             kwargs["name"] = name
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise SpecError(f"incomplete neck spec: {exc}") from None
+        for required in ("family", "in_channels", "out_channels"):
+            if required not in kwargs:
+                raise SpecError(f"incomplete neck spec: no {required!r}")
+        if not isinstance(kwargs["family"], str):
+            raise SpecError(f"family: expected a string, got {describe_value(kwargs['family'])}")
+        for key in ("name", "factory"):
+            if key in kwargs and not isinstance(kwargs[key], str):
+                raise SpecError(f"{key}: expected a string, got {describe_value(kwargs[key])}")
+        return cls(**kwargs)
 
 
-def _int_tuple(values: Any, what: str) -> tuple[int, ...]:
-    try:
-        items = list(values)
-    except TypeError:
-        raise SpecError(f"{what} must be a list of integers, got {values!r}") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise SpecError(f"{what} must be a list of integers, got {items!r}")
-    return tuple(items)
+def _sizes(size: tuple[int, int], strides: list[int]) -> list[tuple[int, int]]:
+    h, w = size
+    return [(-(-h // s), -(-w // s)) for s in strides]
+
+
+def _not_taken(field: str, info: FamilyInfo, label: str) -> SpecError:
+    takers = families_taking(field)
+    flag = FIELD[field].flag
+    return SpecError(f"{flag} does not apply to {label} (family {info.name}); the families "
+                     f"that take it: {', '.join(takers) or 'none'}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -256,27 +284,15 @@ def parse_size(text: str) -> tuple[int, int]:
         >>> parse_size("640x480")
         (640, 480)
     """
-    raw = text.strip().lower()
-    parts = raw.split("x")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise InputError(
-            f"malformed input size {text!r}; expected HxW like 640x480, or one number like 640"
-        )
-    h, w = (int(p) for p in parts)
-    if h <= 0 or w <= 0:
-        raise InputError(f"input size {text!r} must be positive, e.g. 640x480")
-    return h, w
+    try:
+        return FIELD["input_size"].kind.from_text(text)
+    except BadValue as exc:
+        raise InputError(f"malformed input size {text!r}; {exc.reason()}") from None
 
 
 def parse_channels(text: str) -> tuple[int, ...]:
     """Parse ``"64,128,256"`` into ``(64, 128, 256)``."""
-    parts = [p.strip() for p in text.split(",")]
     try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise InputError(
-            f"malformed channel list {text!r}; expected comma-separated integers like 64,128,256"
-        ) from None
-    return values
+        return FIELD["in_channels"].kind.from_text(text)
+    except BadValue as exc:
+        raise InputError(f"malformed channel list {text!r}; {exc.reason()}") from None

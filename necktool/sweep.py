@@ -16,14 +16,14 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from necktool.errors import InputError
 from necktool.files import check_writable, replace_on_success
+from necktool.registry import expand_names, resolve_spec
+from necktool.report import Block, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
-
-if TYPE_CHECKING:
-    from rich.table import Table
+from necktool.units import UNIT, UNIT_CAPTION, UNIT_NOTE
 
 MAX_SIZES = 64  # one trace per size and neck: more than this is a typo, not a sweep
 PLOT_SUFFIXES = (".png", ".svg")
@@ -160,7 +160,7 @@ class NeckSweep:
     points: tuple[SweepPoint, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"neck": self.neck, "family": self.spec.family.value,
+        return {"neck": self.neck, "family": self.spec.family,
                 "config": self.spec.to_dict(), "points": [p.to_dict() for p in self.points]}
 
 
@@ -178,8 +178,6 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict; every count is an exact integer."""
-        from necktool.profiling import UNIT, UNIT_NOTE
-
         return {
             "sizes": [list(s) for s in self.sizes],
             "batch": self.batch,
@@ -188,26 +186,20 @@ class SweepResult:
             "necks": [n.to_dict() for n in self.necks],
         }
 
-    def table(self) -> Table:
+    def blocks(self) -> list[Block]:
         """One row per neck and size, necks separated by a rule."""
-        from rich.table import Table
-
-        from necktool.profiling import UNIT_CAPTION
-
-        table = Table(title=f"FLOPs by input size, batch {self.batch}",
-                      caption=f"{UNIT_CAPTION}; per-level FLOPs with --json",
-                      caption_justify="left")
-        for col in ("neck", "input", "GFLOPs", "FLOPs", "params", "x first"):
-            table.add_column(col, no_wrap=True,
-                             justify="left" if col in {"neck", "input"} else "right")
+        rows, sections = [], []
         for sweep in self.necks:
             first = sweep.points[0].flops
             for i, p in enumerate(sweep.points):
-                table.add_row(sweep.neck if i == 0 else "", "x".join(map(str, p.input_size)),
-                              f"{p.gflops:.4f}", f"{p.flops:,}", f"{p.params:,}",
-                              f"{p.flops / first:.2f}" if first else "-",
-                              end_section=i == len(sweep.points) - 1)
-        return table
+                rows.append((sweep.neck if i == 0 else "", size_text(p.input_size),
+                             f"{p.gflops:.4f}", f"{p.flops:,}", f"{p.params:,}",
+                             f"{p.flops / first:.2f}" if first else "-"))
+            sections.append(len(rows) - 1)
+        return [table(f"FLOPs by input size, batch {self.batch}",
+                      ["neck", "input", num("GFLOPs"), num("FLOPs"), num("params"),
+                       num("x first")], rows, sections=tuple(sections),
+                      caption=f"{UNIT_CAPTION}; per-level FLOPs with --format json")]
 
     def plot(self, path: str | os.PathLike[str]) -> pathlib.Path:
         """Draw GFLOPs against input size, one line per neck, to a ``.png`` or ``.svg``.
@@ -279,17 +271,15 @@ def sweep(
         >>> r.necks[0].points[1].flops == 4 * r.necks[0].points[0].flops
         True
     """
-    from necktool.build import build_neck, resolve_spec
-    from necktool.profiling import analyze
-    from necktool.registry import expand_names
+    from necktool.build import build_neck  # torch: the sweep itself
+    from necktool.profiling import analyze, check_batch
 
     unique = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
     if not unique:
         raise InputError(f"no input sizes to sweep; {SIZES_FORMS}")
     if len(unique) > MAX_SIZES:
         raise InputError(f"{len(unique)} sizes to sweep; at most {MAX_SIZES}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    batch = check_batch(batch)
     names: list[str | NeckSpec] = []
     for neck in necks:
         for item in expand_names([neck]) if isinstance(neck, str) else [neck]:
@@ -304,20 +294,19 @@ def sweep(
         spec = resolve_spec(neck, **overrides)
         for size in unique:
             spec.check_size(size)
-        label = neck if isinstance(neck, str) else (spec.name or spec.family.value)
-        specs.append((label, spec))
+        specs.append(spec)
 
     step = on_point or (lambda _label: None)
     results = []
-    for label, spec in specs:
+    for spec in specs:
         model = build_neck(spec)
         points = []
         for size in unique:
-            r = analyze(model, spec, size, batch, label)
+            r = analyze(model, spec, size, batch)
             level_flops = {lv.name: lv.flops for lv in r.levels}
             if r.unattributed_flops:  # custom necks: keep the levels summing to the total
                 level_flops["unattributed"] = r.unattributed_flops
             points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops))
-            step(f"{label} {size[0]}x{size[1]}")
-        results.append(NeckSweep(label, spec, tuple(points)))
+            step(f"{spec.label} {size_text(size)}")
+        results.append(NeckSweep(spec.label, spec, tuple(points)))
     return SweepResult(tuple(unique), batch, tuple(results))

@@ -1,11 +1,14 @@
 """Compare an ONNX file, run by ONNX Runtime, with the PyTorch neck it came from.
 
-The comparison follows Polygraphy's: an element fails only when
-``|ort - torch| > atol + rtol * |torch|``; per output and case it reports the max and
-mean absolute error, the max relative error (over elements where PyTorch is non-zero),
-the smallest ``atol`` that would have passed at the given ``rtol``, and non-finite
-values on either side. Each case runs ``trials`` seeded random inputs; the statistics
-are aggregated over them (max of maxima, mean over all elements).
+The rule is :mod:`necktool.tolerance`'s: per output, with the element excess
+``e = |ort - torch| - rtol * |torch|``, the output passes when ``stat(e) <= atol``
+(``elemwise``: every element, i.e. ``numpy.isclose``'s rule; this is stricter than
+Polygraphy, which fails an element only when it breaks both tolerances). Per output and
+case it reports the max and mean absolute error, the max relative error (over elements
+where PyTorch is non-zero), the smallest ``atol`` that would have passed at the given
+``rtol``, and non-finite values on either side. Each case runs ``trials`` seeded random
+inputs; the statistics are aggregated over them (max of maxima, mean over all elements,
+the worst trial's ``mean``/``median`` excess).
 
 For a dynamic file the cases are the export size plus a smaller non-square size and a
 batch-2 size, all multiples of the coarsest stride.
@@ -16,24 +19,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from necktool.artifact import (
+    DamagedMetadata,
+    GraphInfo,
+    WeightSource,
+    describe,
+    load_model,
+    read_metadata,
+)
+from necktool.build import make_inputs
 from necktool.errors import InputError
+from necktool.registry import resolve_spec
+from necktool.report import Block, Note, Table, neck_header, num, size_text, table
 from necktool.specs import NeckSpec
+from necktool.tolerance import ErrorStat, VerifyOptions
+from necktool.weights import make_model, sha256_of
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    from rich.table import Table
-    from torch import nn
-
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
-DEFAULT_TRIALS = 3
-DEFAULT_PROVIDER = "CPUExecutionProvider"
-TOLERANCE_NOTE = ("fp32 defaults; an element fails only when "
-                  "|ort - torch| > atol + rtol * |torch|")
+INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +55,7 @@ class Case:
 
     @property
     def title(self) -> str:
-        return f"{self.input_size[0]}x{self.input_size[1]} b{self.batch}"
+        return f"{size_text(self.input_size)} b{self.batch}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +69,19 @@ class OutputComparison:
     max_abs: float
     mean_abs: float
     max_rel: float
-    min_atol: float  # smallest atol that passes at ``rtol``; inf if none can
+    min_atol: float  # the error statistic of the excess (>= 0): the smallest passing atol
     failed: int  # elements over tolerance (non-finite ones included)
     elements: int
     nonfinite_ort: int
     nonfinite_torch: int
+    error_stat: ErrorStat = ErrorStat.ELEMWISE
     note: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.failed == 0 and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
+        within = self.failed == 0 if self.error_stat is ErrorStat.ELEMWISE \
+            else self.min_atol <= self.atol
+        return within and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
             and not self.note
 
     def __bool__(self) -> bool:
@@ -97,6 +109,8 @@ class OutputComparison:
             "name": self.name,
             "shape": list(self.shape),
             "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
             "max_abs": _finite(self.max_abs),
             "mean_abs": _finite(self.mean_abs),
             "max_rel": _finite(self.max_rel),
@@ -138,10 +152,8 @@ class VerificationResult:
 
     path: str
     neck: str
-    provider: str
-    atol: float
-    rtol: float
-    trials: int
+    options: VerifyOptions
+    provider: str  # the resolved ONNX Runtime provider
     dynamic: bool
     weights: str
     cases: tuple[CaseComparison, ...]
@@ -165,10 +177,16 @@ class VerificationResult:
     def min_atol(self) -> float:
         return max((o.min_atol for _, o in self.checks), default=0.0)
 
+    @property
+    def tolerance_text(self) -> str:
+        o = self.options
+        stat = "" if o.error_stat is ErrorStat.ELEMWISE else f", {o.error_stat.value} error"
+        return f"atol={o.atol}, rtol={o.rtol}{stat}"
+
     def summary(self) -> str:
         """One line: verdict, how many checks, and how close it came."""
         checks = self.checks
-        tol = f"atol={self.atol:g}, rtol={self.rtol:g}"
+        tol = self.tolerance_text
         if self.passed:
             return (f"PASS: {len(checks)} output checks in {len(self.cases)} case(s) within "
                     f"{tol} (largest |ort - torch| {self.max_abs:.2e}; smallest passing "
@@ -185,10 +203,8 @@ class VerificationResult:
             "passed": self.passed,
             "path": self.path,
             "neck": self.neck,
+            **self.options.to_dict(),
             "provider": self.provider,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "trials": self.trials,
             "dynamic": self.dynamic,
             "weights": self.weights,
             "max_abs": _finite(self.max_abs),
@@ -199,39 +215,79 @@ class VerificationResult:
 
     def table(self) -> Table:
         """One row per case and output (shapes are in the export summary)."""
-        from rich import box
-        from rich.table import Table
-
-        table = Table(
-            title=f"ONNX Runtime ({self.provider}) vs PyTorch: {self.neck}",
-            caption=f"{self.trials} seeded trial(s) per case; an element fails when "
-                    f"|ort - torch| > atol + rtol * |torch| (atol={self.atol:g}, "
-                    f"rtol={self.rtol:g}); max rel over elements where torch != 0; weights: "
-                    f"{self.weights}\n{self.summary()}",
-            caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
-        )
-        for col in ("case", "out", "max abs", "mean abs", "max rel", "min atol", "NaN/Inf",
-                    "result"):
-            # the verdict may wrap (a FAIL names its element count); numbers never do
-            table.add_column(col, justify="left" if col in {"case", "out", "result"}
-                             else "right", no_wrap=col != "result",
-                             min_width=6 if col == "result" else None)
+        rows, sections = [], []
         for cmp in self.cases:
             for i, out in enumerate(cmp.outputs):
-                verdict = "[green]PASS[/]" if out.passed else \
-                    f"[bold red]FAIL[/] {out.failed:,} el." + (f" {out.note}" if out.note else "")
-                table.add_row(
-                    cmp.case.title if i == 0 else "",
-                    out.name, f"{out.max_abs:.1e}", f"{out.mean_abs:.1e}", f"{out.max_rel:.1e}",
-                    f"{out.min_atol:.1e}", str(out.nonfinite_ort + out.nonfinite_torch),
-                    verdict, end_section=i == len(cmp.outputs) - 1,
-                )
-        return table
+                verdict = "PASS" if out.passed else \
+                    f"FAIL {out.failed:,} el." + (f" {out.note}" if out.note else "")
+                rows.append((cmp.case.title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
+                             f"{out.mean_abs:.1e}", f"{out.max_rel:.1e}", f"{out.min_atol:.1e}",
+                             str(out.nonfinite_ort + out.nonfinite_torch), verdict))
+            sections.append(len(rows) - 1)
+        return table(
+            f"ONNX Runtime ({self.provider}) vs PyTorch: {self.neck}",
+            ["case", "out", num("max abs"), num("mean abs"), num("max rel"), num("min atol"),
+             num("NaN/Inf"), "result"], rows, sections=tuple(sections), verdict=7,
+            caption=f"{self.options.trials} seeded trial(s) per case; an output passes when "
+                    f"every element has |ort - torch| <= atol + rtol * |torch| "
+                    f"({self.tolerance_text}); max rel over elements where torch != 0; "
+                    f"weights: {self.weights}\n{self.summary()}")
+
+    def blocks(self) -> list[Block]:
+        return [self.table()]
 
 
 def _finite(value: float) -> float | None:
     """JSON has no inf/NaN: those become null."""
     return float(value) if math.isfinite(value) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """``verify_onnx``'s result: the file, the neck it was checked against, the comparison."""
+
+    path: str
+    spec: NeckSpec
+    batch: int
+    graph: GraphInfo
+    verification: VerificationResult
+
+    @property
+    def passed(self) -> bool:
+        return self.verification.passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def max_abs(self) -> float:
+        return self.verification.max_abs
+
+    def summary(self) -> str:
+        return self.verification.summary()
+
+    def failure(self) -> str | None:
+        return None if self.passed else \
+            f"verification of {self.path!r} failed: {self.summary()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same top-level keys as ``export --json`` (path, opset, dynamic, inputs,
+        outputs, verification), after the per-neck header."""
+        return {
+            **neck_header(self.spec, self.spec.input_size, self.batch),
+            "path": self.path,
+            "opset": self.graph.opset,
+            "dynamic": self.graph.dynamic,
+            "inputs": [t.to_dict() for t in self.graph.inputs],
+            "outputs": [t.to_dict() for t in self.graph.outputs],
+            "verification": self.verification.to_dict(),
+        }
+
+    def blocks(self) -> list[Block]:
+        out: list[Block] = [self.verification.table()]
+        if not self.passed:
+            out.append(Note(self.summary(), "fail"))
+        return out
 
 
 # -- cases -----------------------------------------------------------------------------
@@ -264,7 +320,7 @@ def resolve_provider(name: str) -> str:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    wanted = name if name.endswith("ExecutionProvider") else f"{name}ExecutionProvider"
+    wanted = name if name.lower().endswith("executionprovider") else f"{name}ExecutionProvider"
     for provider in available:
         if provider.lower() == wanted.lower():
             return str(provider)
@@ -286,8 +342,6 @@ def open_session(path: str | pathlib.Path, provider: str) -> Any:
 
 
 def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    import torch
-
     with torch.no_grad():
         outs = model(list(inputs))
     return [o.detach().cpu().numpy() for o in outs]
@@ -300,14 +354,13 @@ def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
-                   rtol: float) -> OutputComparison:
+                   rtol: float, error_stat: ErrorStat = ErrorStat.ELEMWISE
+                   ) -> OutputComparison:
     """Statistics for one output of one trial (see the module docstring)."""
-    import numpy as np
-
     shape = tuple(int(d) for d in torch_out.shape)
     if tuple(ort_out.shape) != shape:
         return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                                int(np.prod(shape)), int(np.prod(shape)), 0, 0,
+                                int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
                                 note=f"shape {tuple(ort_out.shape)} != torch {shape}")
     got = ort_out.astype(np.float64)
     ref = torch_out.astype(np.float64)
@@ -315,8 +368,7 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
     nonfinite_torch = int((~np.isfinite(ref)).sum())
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(got - ref)
-        allowed = atol + rtol * np.abs(ref)
-        ok = diff <= allowed  # NaN compares false, so a NaN element fails
+        ok = diff <= atol + rtol * np.abs(ref)  # NaN compares false, so a NaN element fails
     finite = np.isfinite(diff)
     fdiff = diff[finite]
     max_abs = float(fdiff.max()) if fdiff.size else 0.0
@@ -324,12 +376,16 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
     nonzero = finite & (ref != 0)
     max_rel = float((diff[nonzero] / np.abs(ref[nonzero])).max()) if nonzero.any() else 0.0
     if finite.all():
-        need = diff - rtol * np.abs(ref)
-        min_atol = max(0.0, float(need.max())) if need.size else 0.0
+        excess = diff - rtol * np.abs(ref)
+        stats: dict[ErrorStat, Callable[[np.ndarray], Any]] = {
+            ErrorStat.ELEMWISE: np.max, ErrorStat.MEAN: np.mean, ErrorStat.MEDIAN: np.median}
+        stat = stats[error_stat]
+        min_atol = max(0.0, float(stat(excess))) if excess.size else 0.0
     else:
         min_atol = math.inf
     return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
-                            int((~ok).sum()), int(diff.size), nonfinite_ort, nonfinite_torch)
+                            int((~ok).sum()), int(diff.size), nonfinite_ort, nonfinite_torch,
+                            error_stat)
 
 
 def compare_onnx(
@@ -338,14 +394,9 @@ def compare_onnx(
     spec: NeckSpec,
     *,
     cases: Sequence[Case],
-    neck: str = "",
+    options: VerifyOptions,
     weights: str = "",
     dynamic: bool = False,
-    provider: str = DEFAULT_PROVIDER,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    trials: int = DEFAULT_TRIALS,
-    seed: int = 1234,
 ) -> VerificationResult:
     """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
 
@@ -354,43 +405,37 @@ def compare_onnx(
         model: The PyTorch neck it should match (eval mode).
         spec: The neck's spec (channels and strides make the inputs).
         cases: Input shapes to compare at (see :func:`default_cases`).
-        trials: Seeded random inputs per case.
-        seed: Base seed of the inputs; trial ``t`` of case ``c`` uses ``seed + 100*c + t``.
-    """
-    from necktool.build import make_inputs
+        options: Tolerances, error statistic, trials per case and provider.
 
-    check_tolerances(atol, rtol, trials)
-    provider = resolve_provider(provider)
+    Raises:
+        InputError: the provider is missing, the file does not load or does not have the
+            neck's inputs and outputs, or a tolerance names an output it does not have.
+    """
+    provider = resolve_provider(options.provider)
     session = open_session(path, provider)
     n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
-    if n_in != spec.num_levels or n_out != spec.num_levels:
+    if n_in != spec.num_inputs or n_out != spec.num_levels:
         raise InputError(f"{str(path)!r} has {n_in} input(s) and {n_out} output(s); the neck "
-                         f"has {spec.num_levels} levels ({', '.join(spec.input_names)})")
+                         f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
+                         f"{spec.num_levels} outputs")
     out_names = [o.name for o in session.get_outputs()]
+    options.check_outputs(out_names)
     results = []
     for c, case in enumerate(cases):
-        seeds = tuple(seed + 100 * c + t for t in range(trials))
+        seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
         merged: list[OutputComparison] = []
         for s in seeds:
             inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
             _check_static_shapes(session, inputs, path)
             ref = _run_torch(model, inputs)
             got = _run_ort(session, inputs)
-            trial = [compare_arrays(n, g, r, atol, rtol)
+            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
                      for n, g, r in zip(out_names, got, ref, strict=True)]
             merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
                                                                            strict=True)]
         results.append(CaseComparison(case, seeds, tuple(merged)))
-    return VerificationResult(str(path), neck or spec.name or spec.family.value,
-                              provider, float(atol), float(rtol), trials,
-                              dynamic, weights, tuple(results))
-
-
-def check_tolerances(atol: float, rtol: float, trials: int) -> None:
-    if not (math.isfinite(atol) and atol >= 0 and math.isfinite(rtol) and rtol >= 0):
-        raise InputError(f"tolerances must be finite and >= 0, got atol={atol}, rtol={rtol}")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise InputError(f"trials must be a positive integer, got {trials!r}")
+    return VerificationResult(str(path), spec.label, options, provider, dynamic, weights,
+                              tuple(results))
 
 
 def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
@@ -406,15 +451,6 @@ def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
                              "the build flags")
 
 
-def is_dynamic(model_proto: Any) -> bool:
-    """Whether any input dimension of the ONNX graph is symbolic or unknown."""
-    for value in model_proto.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                return True
-    return False
-
-
 # -- verify an existing file -------------------------------------------------------------
 def verify_onnx(
     path: str | pathlib.Path,
@@ -424,12 +460,9 @@ def verify_onnx(
     weights: str | pathlib.Path | None = None,
     prefix: str | None = None,
     batch: int | None = None,
-    provider: str = DEFAULT_PROVIDER,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    trials: int = DEFAULT_TRIALS,
+    options: VerifyOptions | None = None,
     **overrides: Any,
-) -> VerificationResult:
+) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
 
     Args:
@@ -437,42 +470,36 @@ def verify_onnx(
         neck: Which neck the file holds; needed when the file has no necktool metadata.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
         batch: Batch of the export-size case (default: as recorded, else 1).
+        options: Tolerances, error statistic, trials and provider (fp32 defaults).
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
-        The comparison; ``bool(result)`` is whether it passed.
+        The report; ``bool(report)`` is whether it passed.
 
     Raises:
-        InputError: no such file, not ONNX, or no metadata and no ``neck``.
+        InputError: no such file, not ONNX, damaged metadata, or no metadata and no ``neck``.
         WeightsError: the recorded or given weights cannot be loaded.
 
     Example:
-        >>> result = verify_onnx("scrfd_2.5g.onnx")  # doctest: +SKIP
-        >>> bool(result), result.summary()  # doctest: +SKIP
+        >>> report = verify_onnx("scrfd_2.5g.onnx")  # doctest: +SKIP
+        >>> bool(report), report.summary()  # doctest: +SKIP
     """
-    import onnx
-
-    from necktool.build import resolve_spec
-    from necktool.export import read_metadata
-    from necktool.weights import WeightSource, make_model, sha256_of
-
+    options = options or VerifyOptions()
     file = pathlib.Path(path)
     if not file.is_file():
         raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
-    check_tolerances(atol, rtol, trials)
-    provider = resolve_provider(provider)
+    proto = load_model(str(file))
     try:
-        proto = onnx.load(str(file), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"{str(file)!r} is not an ONNX model: {type(exc).__name__}") from None
-    meta = read_metadata(proto)
+        meta = read_metadata(proto)
+    except DamagedMetadata:
+        if neck is None:
+            raise
+        meta = None  # the user says what the file holds; the metadata is not needed
     if neck is not None:
         spec = resolve_spec(neck, **overrides)
-        name = neck if isinstance(neck, str) else (spec.name or spec.family.value)
         source = WeightSource("seed", seed=seed or 0)
     elif meta is not None:
         spec = meta.spec.replace(**overrides)
-        name = meta.neck
         source = meta.weights
     else:
         raise InputError(
@@ -490,9 +517,10 @@ def verify_onnx(
                              "has changed; pass --weights FILE (and --prefix)")
     model, source = make_model(spec, seed=source.seed or 0, weights=source.path,
                                prefix=source.prefix if source.source == "file" else None)
-    dynamic = is_dynamic(proto)
+    graph = describe(proto)
     if batch is None:
         batch = meta.batch if meta is not None and neck is None else 1
-    cases = default_cases(spec, spec.input_size, batch, dynamic)
-    return compare_onnx(file, model, spec, cases=cases, neck=name, weights=source.describe(),
-                        dynamic=dynamic, provider=provider, atol=atol, rtol=rtol, trials=trials)
+    cases = default_cases(spec, spec.input_size, batch, graph.dynamic)
+    verification = compare_onnx(file, model, spec, cases=cases, options=options,
+                                weights=source.describe(), dynamic=graph.dynamic)
+    return VerifyReport(str(file), spec, batch, graph, verification)

@@ -19,23 +19,21 @@ import dataclasses
 import hashlib
 import pathlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+
+from necktool.artifact import WeightSource
+from necktool.build import build_neck
 from necktool.errors import WeightsError
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from necktool.specs import NeckSpec
+from necktool.specs import NeckSpec
 
 SUFFIXES = (".pt", ".pth")
 DATA_PARALLEL_PREFIX = "module."
 # Buffers a checkpoint may lack without harm: unused in eval, and BatchNorm fills it in
 # when loading an old (pre-1.0) state dict.
 OPTIONAL_KEYS = ("num_batches_tracked",)
-# Bump when seeded_model changes, so an old file's metadata says which init made it.
-SEEDED_INIT = "necktool-seeded-v1: build_neck(seed) + randomize_norms(seed)"
 _SHOWN = 12  # keys listed per category in a report
 
 
@@ -78,36 +76,6 @@ class WeightsReport:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class WeightSource:
-    """How a model's weights were made; written into an exported file's metadata."""
-
-    source: str  # "seed" or "file"
-    seed: int | None = None
-    path: str | None = None
-    sha256: str | None = None
-    prefix: str | None = None
-    stripped: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.source == "seed":
-            return {"source": "seed", "seed": self.seed, "init": SEEDED_INIT}
-        return {"source": "file", "path": self.path, "sha256": self.sha256,
-                "prefix": self.prefix, "stripped": list(self.stripped)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WeightSource:
-        return cls(source=str(data.get("source")), seed=data.get("seed"), path=data.get("path"),
-                   sha256=data.get("sha256"), prefix=data.get("prefix"),
-                   stripped=tuple(data.get("stripped") or ()))
-
-    def describe(self) -> str:
-        if self.source == "seed":
-            return f"seed {self.seed} (norms and biases randomised too)"
-        extra = f", prefix {self.prefix!r}" if self.prefix else ""
-        return f"file {self.path}{extra}"
-
-
 def sha256_of(path: str | pathlib.Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -122,9 +90,6 @@ def randomize_norms(model: nn.Module, seed: int) -> nn.Module:
     Values stay in ranges a trained network has (scales 0.5..1.5, variances 0.5..2) so
     outputs keep a sane magnitude; the global RNG is left untouched.
     """
-    import torch
-    from torch import nn
-
     gen = torch.Generator().manual_seed(int(seed) + 0x5EED)  # decoupled from the conv init
     with torch.no_grad():
         for module in model.modules():
@@ -144,8 +109,6 @@ def randomize_norms(model: nn.Module, seed: int) -> nn.Module:
 
 def seeded_model(spec: NeckSpec, seed: int = 0) -> nn.Module:
     """A neck in eval mode whose weights, norms and BN statistics all come from ``seed``."""
-    from necktool.build import build_neck
-
     return randomize_norms(build_neck(spec, seed=seed), seed)  # build_neck gives eval mode
 
 
@@ -158,8 +121,6 @@ def make_model(spec: NeckSpec, *, seed: int = 0, weights: str | pathlib.Path | N
     """
     if weights is None:
         return seeded_model(spec, seed), WeightSource("seed", seed=seed)
-    from necktool.build import build_neck
-
     model = build_neck(spec, seed=seed)
     return model, load_weights(model, weights, prefix)
 
@@ -170,8 +131,6 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     A checkpoint that wraps its weights (``{"state_dict": ...}`` or ``{"model": ...}``)
     is unwrapped.
     """
-    import torch
-
     file = pathlib.Path(path)
     if file.suffix.lower() not in SUFFIXES:
         raise WeightsError(f"weights file {str(file)!r} has suffix {file.suffix!r}; "

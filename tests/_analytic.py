@@ -106,3 +106,12 @@ def reference_pafpn(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], *, n
     for i in range(n - 1):
         bu.append(td[i + 1] + _block(sd, f"bu_convs.{i}", bu[-1], stride=2, **kw))  # type: ignore[arg-type]
     return [_block(sd, f"bu_out_convs.{i}", x, stride=1, **kw) for i, x in enumerate(bu)]  # type: ignore[arg-type]
+
+
+# -- the tables tests pick from, keyed by family (a new family adds one row each) -----
+#: family -> conv MACs per output level, (in_channels, out, H, W, batch) -> [per level]
+CONV_MACS = {"fpn": fpn_conv_macs, "pafpn": pafpn_conv_macs}
+#: family -> parameter count, (in_channels, out, norm) -> int
+PARAMS = {"fpn": fpn_params, "pafpn": pafpn_params}
+#: family -> independent functional forward on a state dict
+REFERENCE = {"fpn": reference_fpn, "pafpn": reference_pafpn}

@@ -30,9 +30,10 @@ def test_list_table_and_json() -> None:
         assert name[:8] in out
     code, out, _ = run("list", "scrfd_*", "--json")
     rows = json.loads(out)
-    assert [r["name"] for r in rows] == ["scrfd_34g", "scrfd_10g", "scrfd_2.5g", "scrfd_0.5g"]
-    assert rows[2]["in_channels"] == [48, 48, 80] and rows[2]["out_channels"] == 40
-    assert rows[2]["input_size"] == [640, 640]
+    assert [r["neck"] for r in rows] == ["scrfd_34g", "scrfd_10g", "scrfd_2.5g", "scrfd_0.5g"]
+    config = rows[2]["config"]
+    assert config["in_channels"] == [48, 48, 80] and config["out_channels"] == 40
+    assert config["input_size"] == [640, 640] and rows[2]["family"] == "pafpn"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["profile", "--help"]])
@@ -98,12 +99,14 @@ def test_flags_override_and_unset_flags_keep_preset() -> None:
     (["profile", "scrfd_25g"], "unknown neck 'scrfd_25g'; did you mean 'scrfd_2.5g'?"),
     (["profile", "nope_*"], "pattern 'nope_*' matches no neck"),
     (["profile", "pafpn", "--in-channels", "64"], "give 2 to 6 channel counts"),
-    (["profile", "pafpn", "--in-channels", "64,0,256"], "must all be positive"),
-    (["profile", "pafpn", "--in-channels", "64,x"], "malformed channel list"),
-    (["profile", "pafpn", "--out-channels", "0"], "out_channels must be a positive integer"),
+    (["profile", "pafpn", "--in-channels", "64,0,256"],
+     "Invalid value for '--in-channels': expected comma-separated positive integers"),
+    (["profile", "pafpn", "--in-channels", "64,x"], "got '64,x'"),
+    (["profile", "pafpn", "--out-channels", "0"],
+     "Invalid value for '--out-channels': expected a positive integer, got '0'"),
     (["profile", "pafpn", "--gn-groups", "7"], "gn_groups=7 does not divide out_channels=64"),
     (["profile", "pafpn", "--input-size", "16"], "smaller than the coarsest stride 32"),
-    (["profile", "pafpn", "--input-size", "640x"], "malformed input size"),
+    (["profile", "pafpn", "--input-size", "640x"], "expected HxW like 640x480"),
     (["profile", "pafpn", "--input-size", "99999"], "each side must be at most 8192"),
     (["profile", "pafpn", "--input-size", "0x640"], "must be positive"),
     (["profile", "pafpn", "--norm", "ln"], "Invalid value for '--norm'"),

@@ -108,7 +108,9 @@ def test_example_bifpn_profiles_and_lists_what_fvcore_cannot_count(
     ("my_necks:raises", ["--in-channels", "8,16"], "raised ValueError: this factory refuses"),
     ("my_necks:TooFew", ["--in-channels", "8,16"], "forward must return one tensor per level"),
     ("my_necks:Crashes", ["--in-channels", "8,16"], "forward failed"),
-    ("my_necks:Lateral", ["--in-channels", "8,16", "--norm", "bn"], "--norm cannot apply"),
+    ("my_necks:Lateral", ["--in-channels", "8,16", "--norm", "bn"],
+     "--norm does not apply to my_necks:Lateral (family custom); the families that take "
+     "it: fpn, pafpn"),
     ("my_necks:", ["--in-channels", "8,16"], "malformed import path"),
 ])
 def test_custom_neck_errors_are_one_line_exit_2(user_module: str, target: str,

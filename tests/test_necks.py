@@ -6,11 +6,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from _analytic import reference_fpn, reference_pafpn
+from _analytic import CONV_MACS, PARAMS, REFERENCE
 from hypothesis import given
 from hypothesis import strategies as st
 
-from necktool import InputError, NeckSpec, build_neck, make_inputs
+from necktool import FAMILIES, InputError, NeckSpec, build_neck, make_inputs
 from necktool.registry import PRESETS
 from necktool.specs import seed_gn_groups
 from necktool.weights import randomize_norms
@@ -34,8 +34,7 @@ def test_matches_independent_functional_forward(family: str, cin: tuple[int, ...
     neck = build_neck(spec, seed=3)
     randomize_norms(neck, seed=1)  # norms and BN statistics far from identity
     feats = make_inputs(spec, batch=2, seed=5)
-    ref = reference_fpn if family == "fpn" else reference_pafpn
-    expected = ref(neck.state_dict(), feats, norm=norm, act=act, slope=slope,
+    expected = REFERENCE[family](neck.state_dict(), feats, norm=norm, act=act, slope=slope,
                    groups=seed_gn_groups(out))
     with torch.no_grad():
         got = neck(feats)
@@ -133,3 +132,8 @@ def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:
     c = build_neck("scrfd_0.5g", seed=8)
     wa, wb, wc = (m.state_dict()["td_convs.0.conv.weight"] for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_every_built_in_family_has_an_independent_reference() -> None:
+    built_in = {name for name, f in FAMILIES.items() if not f.needs_factory}
+    assert built_in == set(REFERENCE) == set(CONV_MACS) == set(PARAMS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _analytic import fpn_conv_macs, fpn_params, level_sizes, pafpn_conv_macs, pafpn_params
+from _analytic import CONV_MACS, PARAMS, level_sizes
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,9 +16,8 @@ from necktool.specs import seed_gn_groups
 
 def _analytic(spec: NeckSpec, h: int, w: int, batch: int = 1) -> tuple[list[int], int]:
     cin, c = list(spec.in_channels), spec.out_channels
-    if spec.family.value == "pafpn":
-        return pafpn_conv_macs(cin, c, h, w, batch), pafpn_params(cin, c, spec.norm.value)
-    return fpn_conv_macs(cin, c, h, w, batch), fpn_params(cin, c, spec.norm.value)
+    return (CONV_MACS[spec.family](cin, c, h, w, batch),
+            PARAMS[spec.family](cin, c, spec.norm.value))
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -169,7 +169,7 @@ def test_cli_json_expands_patterns() -> None:
     (["--sizes", "320:640:0"], "step 0"),
     (["--sizes", "abc"], "valid forms"),
     (["--sizes", "16"], "coarsest stride 32"),
-    (["--sizes", "64", "--out-channels", "0"], "out_channels"),
+    (["--sizes", "64", "--out-channels", "0"], "--out-channels"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     code, out, err = run("sweep", "scrfd_2.5g", *args)

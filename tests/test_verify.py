@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool.registry import get_spec
+from necktool.tolerance import VerifyOptions
 from necktool.verify import compare_arrays, open_session, verify_onnx
 from necktool.weights import seeded_model
 
@@ -69,7 +70,7 @@ def test_verify_passes_with_statistics(exported: pathlib.Path) -> None:
         for o in case["outputs"]:
             assert 0 < o["max_abs"] < 1e-4 and 0 < o["mean_abs"] <= o["max_abs"]
             assert o["nonfinite_ort"] == 0 and o["failed_elements"] == 0
-    result = verify_onnx(exported, trials=1)
+    result = verify_onnx(exported, options=VerifyOptions(trials=1))
     assert result and result.max_abs < 1e-4
 
 

@@ -1,37 +1,134 @@
 """The ``necktool`` command line: a thin Typer layer over the library.
 
-This is the one place that turns exceptions into exit codes:
-0 success, 1 a check failed, 2 bad usage or input (see the README).
+This is the one place that turns outcomes into exit codes (see the README):
+0 success; 1 a result that failed (verification, budgets) or a check that could not
+pass; 2 bad usage or input; 70 a bug in necktool; 130 interrupted.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from necktool import __version__
 from necktool.errors import ExitCode, NecktoolError
+from necktool.version import __version__
+
+MAX_DETAIL_LINES = 6
+
+_TOLERANCE_ITEM = re.compile(r"[A-Za-z_][\w.\-/]*:[+-]?[0-9.]+([eE][+-]?[0-9]+)?")
 
 
-def _error(message: str) -> None:
-    sys.stderr.write(f"necktool: error: {message}\n")
+def fold_tolerances(args: Sequence[str]) -> list[str]:
+    """Accept Polygraphy's ``--atol 1e-4 p5:1e-3``: each ``OUTPUT:VALUE`` word after
+    ``--atol``/``--rtol`` becomes one more ``--atol OUTPUT:VALUE``."""
+    out: list[str] = []
+    current: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return out + list(args[i:])
+        if arg in ("--atol", "--rtol") and i + 1 < len(args):
+            out += [arg, args[i + 1]]
+            current = arg
+            i += 2
+            continue
+        if current is not None and _TOLERANCE_ITEM.fullmatch(arg):
+            out += [current, arg]
+        else:
+            current = arg.split("=", 1)[0] if arg.startswith(("--atol=", "--rtol=")) else None
+            out.append(arg)
+        i += 1
+    return out
+
+
+DEBUG_ENV = "NECKTOOL_DEBUG"
+
+
+def _error(message: str, details: Sequence[str] = ()) -> None:
+    lines = message.splitlines() or [""]
+    extra = [*lines[1:], *details]
+    shown = extra[:MAX_DETAIL_LINES]
+    if len(extra) > MAX_DETAIL_LINES:
+        shown[-1] = f"  ... and {len(extra) - MAX_DETAIL_LINES + 1} more"
+    sys.stderr.write(f"necktool: error: {lines[0]}\n")
+    for line in shown:
+        sys.stderr.write(f"  {line.strip()}\n" if not line.startswith("  ") else f"{line}\n")
+
+
+def exit_code(outcome: Any) -> int:
+    """The exit code of what a command returned: a result that failed is 1."""
+    if isinstance(outcome, int) and not isinstance(outcome, bool):
+        return outcome
+    if hasattr(outcome, "blocks") and not outcome:  # a Result (necktool.report) that failed
+        failure = getattr(outcome, "failure", lambda: None)()
+        if failure:
+            _error(failure)
+        return ExitCode.CHECK_FAILED
+    return ExitCode.OK
+
+
+#: Every command: where it lives, and its one-line summary for ``necktool --help`` (a test
+#: checks each equals its docstring's first line). Only the command a user names is
+#: imported, so ``--help`` and ``list`` never import the others or torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("necktool.cli.list_cmd:list_command",
+             "List the neck presets with their family, channels and default input size."),
+    "profile": ("necktool.cli.profile_cmd:profile_command",
+                "Per-level output shapes, FLOPs (fvcore: 1 multiply-add = 1 flop) and "
+                "parameters."),
+    "export": ("necktool.cli.export_cmd:export_command",
+               "Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it."),
+    "verify": ("necktool.cli.verify_cmd:verify_command",
+               "Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata."),
+    "check": ("necktool.cli.check_cmd:check_command",
+              "Check every budget in the config: limit, actual, headroom, PASS/FAIL."),
+    "sweep": ("necktool.cli.sweep_cmd:sweep_command",
+              "FLOPs (fvcore: 1 multiply-add = 1 flop) and parameters of each neck at each "
+              "size."),
+    "bench": ("necktool.cli.bench_cmd:bench_command",
+              "Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s."),
+}
+
+
+def load_command(name: str) -> Any:
+    """The Typer-built command ``name``, its option groups expanded."""
+    from necktool.cli.params import expand
+
+    module, _, attr = COMMANDS[name][0].partition(":")
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(name, help=None)(expand(getattr(importlib.import_module(module), attr)))
+    command = typer.main.get_command(single)
+    command.name = name
+    return command
 
 
 class _Group(TyperGroup):
-    """Turns every expected error into one line on stderr and a documented exit code."""
+    """Loads the one command named, and turns every outcome into one documented exit code."""
+
+    def _load(self, argv: Sequence[str]) -> None:
+        named = next((a for a in argv if not a.startswith("-")), None)
+        for name, (_, summary) in COMMANDS.items():
+            self.commands[name] = load_command(name) if name == named else \
+                TyperCommand(name=name, help=summary, callback=lambda: None)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
+        argv = fold_tolerances(list(sys.argv[1:] if args is None else args))
         try:
-            rv = super().main(args=args, prog_name=prog_name or "necktool",
+            self._load(argv)
+            rv = super().main(args=argv, prog_name=prog_name or "necktool",
                               complete_var=complete_var, standalone_mode=False,
                               windows_expand_args=windows_expand_args, **extra)
-            code = rv if isinstance(rv, int) else ExitCode.OK
+            code = exit_code(rv)
         except typer.TyperException as exc:  # Typer's (vendored click) usage errors
             code = exc.exit_code
             ctx = getattr(exc, "ctx", None)
@@ -43,13 +140,20 @@ class _Group(TyperGroup):
             else:
                 _error(exc.format_message())
         except NecktoolError as exc:
-            _error(str(exc))
+            _error(str(exc), exc.details)
             code = exc.exit_code
         except (typer.Abort, KeyboardInterrupt):
-            _error("interrupted")
-            code = 130
+            sys.stderr.write("necktool: interrupted\n")
+            code = ExitCode.INTERRUPTED
         except BrokenPipeError:
             code = ExitCode.OK
+        except Exception as exc:  # a bug: say so in one line, unless asked for the traceback
+            if os.environ.get(DEBUG_ENV):
+                raise
+            said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            sys.stderr.write(f"necktool: internal error: {type(exc).__name__}: {said} (a bug "
+                             f"in necktool; run with {DEBUG_ENV}=1 for the traceback)\n")
+            code = ExitCode.INTERNAL
         if standalone_mode:
             sys.exit(code)
         return code
@@ -79,27 +183,6 @@ def _root(
                                  help="Print the version and exit."),
 ) -> None:
     """Build, profile, export and budget the feature-pyramid necks of face detectors."""
-
-
-def _register() -> None:
-    from necktool.cli.bench_cmd import bench_command
-    from necktool.cli.check_cmd import check_command
-    from necktool.cli.export_cmd import export_command
-    from necktool.cli.list_cmd import list_command
-    from necktool.cli.profile_cmd import profile_command
-    from necktool.cli.sweep_cmd import sweep_command
-    from necktool.cli.verify_cmd import verify_command
-
-    app.command("list")(list_command)
-    app.command("profile")(profile_command)
-    app.command("export")(export_command)
-    app.command("verify")(verify_command)
-    app.command("check")(check_command)
-    app.command("sweep")(sweep_command)
-    app.command("bench")(bench_command)
-
-
-_register()
 
 
 def main() -> None:

@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.bench import DEFAULT_REPEAT, DEFAULT_WARMUP, Runtime
-from necktool.cli.options import (
-    ActOpt,
-    Batch,
-    BuildFlags,
-    GnGroups,
-    InChannels,
-    InputSize,
-    Json,
-    LeakySlope,
-    NeckArg,
-    NormOpt,
-    OutChannels,
-)
-from necktool.cli.output import load_heavy, print_json, progress, stdout
+from necktool.cli.params import BuildFlagsOpt, FormatOpt, NeckArg, typer_parser
+from necktool.cli.render import load_heavy, progress
+from necktool.fields import IntKind
+from necktool.registry import resolve_spec
+from necktool.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+
+if TYPE_CHECKING:
+    from necktool.bench import BenchResult
 
 TIMING = "Timing"
+_runs = typer_parser(IntKind(high=MAX_RUNS).from_text)
 
-Warmup = Annotated[int, typer.Option(
-    "--warmup", min=1, rich_help_panel=TIMING, help="Untimed runs per runtime first.")]
-Repeat = Annotated[int, typer.Option(
-    "--repeat", min=1, rich_help_panel=TIMING, help="Timed runs per runtime.")]
-Threads = Annotated[int | None, typer.Option(
-    "--threads", min=1, rich_help_panel=TIMING, show_default=False,
+Warmup = Annotated[Any, typer.Option(
+    "--warmup", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
+    help=f"Untimed runs per runtime first. Default: {DEFAULT_WARMUP}.")]
+Repeat = Annotated[Any, typer.Option(
+    "--repeat", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
+    help=f"Timed runs per runtime. Default: {DEFAULT_REPEAT}.")]
+Threads = Annotated[Any, typer.Option(
+    "--threads", metavar="N", parser=typer_parser(IntKind(high=1024).from_text),
+    rich_help_panel=TIMING, show_default=False,
     help="Intra-op threads for both runtimes. Default: torch.get_num_threads().")]
 Runtimes = Annotated[list[Runtime] | None, typer.Option(
     "--runtime", rich_help_panel=TIMING, show_default=False,
@@ -38,35 +35,26 @@ Runtimes = Annotated[list[Runtime] | None, typer.Option(
 
 def bench_command(
     neck: NeckArg,
-    warmup: Warmup = DEFAULT_WARMUP,
-    repeat: Repeat = DEFAULT_REPEAT,
+    warmup: Warmup = None,
+    repeat: Repeat = None,
     threads: Threads = None,
     runtime: Runtimes = None,
-    in_channels: InChannels = None,
-    out_channels: OutChannels = None,
-    norm: NormOpt = None,
-    gn_groups: GnGroups = None,
-    act: ActOpt = None,
-    leaky_slope: LeakySlope = None,
-    input_size: InputSize = None,
-    batch: Batch = 1,
-    json_out: Json = False,
-) -> None:
+    *,
+    flags: BuildFlagsOpt,
+    fmt: FormatOpt,
+) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time.
     """
-    from necktool.bench import ALL_RUNTIMES, bench
-
-    overrides = BuildFlags(in_channels, out_channels, norm, gn_groups, act, leaky_slope,
-                           input_size).overrides()
+    resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
     chosen = list(dict.fromkeys(runtime)) if runtime else list(ALL_RUNTIMES)
-    load_heavy()  # before the work: see cli.output.load_heavy
+    warmup = DEFAULT_WARMUP if warmup is None else warmup
+    repeat = DEFAULT_REPEAT if repeat is None else repeat
+    load_heavy()
+    from necktool.bench import bench
+
     with progress(repeat * len(chosen), "timing") as advance:
-        result = bench(neck, batch=batch, warmup=warmup, repeat=repeat, threads=threads,
-                       runtimes=chosen, on_run=advance, **overrides)
-    if json_out:
-        print_json(result.to_dict())
-    else:
-        stdout().print(result.table())
+        return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,
+                     runtimes=chosen, on_run=advance, **flags.overrides())

@@ -2,109 +2,76 @@
 
 from __future__ import annotations
 
-import enum
 import os
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from necktool.cli.options import Json
-from necktool.cli.output import load_heavy, print_json, progress, stderr, stdout
-from necktool.errors import ConfigError, ExitCode, InputError
-from necktool.files import check_writable
+from necktool.cli.params import CheckFormatOpt
+from necktool.cli.render import load_heavy, progress, stderr_console, to_markdown
+from necktool.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from necktool.budgets.check import CheckReport
 
 BASELINE = "Baseline (growth gate)"
 
-
-class OutputFormat(enum.StrEnum):
-    """How results are printed on stdout."""
-
-    TABLE = "table"
-    GITHUB = "github"  # workflow-command annotations plus a markdown table in the log
-    MARKDOWN = "markdown"  # the table for a PR comment
-    JSON = "json"
-
-
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", metavar="PATH", dir_okay=False,
+    "--config", metavar="PATH", show_default=False,
     help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "
     "working directory for necktool.toml, then a pyproject.toml with a tool.necktool table.")]
-FormatOpt = Annotated[OutputFormat | None, typer.Option(
-    "--format", help="Output: table, github (::error annotations), markdown, json.",
-    show_default=False)]
 BaselineOpt = Annotated[Path | None, typer.Option(
-    "--baseline", metavar="FILE", rich_help_panel=BASELINE,
+    "--baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False,
     help="Fail entries whose FLOPs or params grew more than --max-increase against FILE.")]
 MaxIncreaseOpt = Annotated[str | None, typer.Option(
     "--max-increase", metavar="PCT", rich_help_panel=BASELINE,
     help="Allowed growth against --baseline: '2%' or '2' (percent). Default: the config's "
     "max-increase, else 0.", show_default=False)]
 SaveBaselineOpt = Annotated[Path | None, typer.Option(
-    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE,
+    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False,
     help="Write the measured figures to FILE as JSON (also when a budget fails).")]
 
 
 def check_command(
     config: ConfigOpt = None,
-    json_out: Json = False,
-    fmt: FormatOpt = None,
     baseline: BaselineOpt = None,
     max_increase: MaxIncreaseOpt = None,
-    save_baseline: SaveBaselineOpt = None,
-) -> None:
+    save_baseline_to: SaveBaselineOpt = None,
+    *,
+    fmt: CheckFormatOpt,
+) -> CheckReport:
     """Check every budget in the config: limit, actual, headroom, PASS/FAIL.
 
     FLOPs follow fvcore (1 multiply-add = 1 flop); GFLOPs = flops / 1e9.
     Exit 0 when all pass, 1 when any budget is exceeded, 2 for a config or usage error.
     """
-    from necktool import budgets
+    from necktool.budgets.baseline import load_baseline, save_baseline
+    from necktool.budgets.config import load_config, parse_percent
+    from necktool.files import check_writable
 
-    if json_out and fmt not in (None, OutputFormat.JSON):
-        raise InputError(f"--json and --format {fmt.value} conflict; give one of them")
-    output = OutputFormat.JSON if json_out else (fmt or OutputFormat.TABLE)
     allowed = None
     if max_increase is not None:
-        allowed = budgets.parse_percent(max_increase, "--max-increase")
+        allowed = parse_percent(max_increase, "--max-increase")
         if baseline is None:
             raise InputError("--max-increase needs --baseline FILE to compare against")
 
-    # Every usage and config error surfaces here, before the slow part.
-    cfg = budgets.load_config(config, Path.cwd())
-    base = budgets.load_baseline(baseline) if baseline is not None else None
-    if save_baseline is not None:
-        check_writable(save_baseline, "baseline", ConfigError)
+    # Every usage and config error surfaces here, before torch is imported.
+    cfg = load_config(config, Path.cwd())
+    base = load_baseline(baseline) if baseline is not None else None
+    if save_baseline_to is not None:
+        check_writable(save_baseline_to, "baseline", ConfigError)
 
-    load_heavy(counting=True)  # before the work: see cli.output.load_heavy
+    load_heavy(counting=True)
+    from necktool.budgets.check import check_budgets
+
     with progress(len(cfg.budgets), "checking budgets") as advance:
-        report = budgets.check_budgets(cfg, base, allowed, on_progress=advance)
-
-    if save_baseline is not None:
-        budgets.save_baseline(report, save_baseline)
-        stderr().print(f"saved baseline to {save_baseline}", highlight=False)
-
-    if output is OutputFormat.JSON:
-        print_json(report.to_dict())
-    elif output is OutputFormat.MARKDOWN:
-        sys.stdout.write(report.to_markdown())
-    elif output is OutputFormat.GITHUB:
-        # The markdown table reads well in a raw log; annotations go last, one per line.
-        sys.stdout.write(report.to_markdown())
-        for line in report.github_annotations():
-            sys.stdout.write(line + "\n")
-    else:
-        console = stdout()
-        if not console.is_terminal:
-            console.width = max(console.width, 120)  # CI logs: don't squeeze numbers
-        console.print(report.table())
-        for line in report.messages():
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
-        console.print(report.summary, highlight=False)
-
-    _append_step_summary(report.to_markdown())
-    if not report:
-        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+        report = check_budgets(cfg, base, allowed, on_progress=advance)
+    if save_baseline_to is not None:
+        save_baseline(report, save_baseline_to)
+        stderr_console().print(f"saved baseline to {save_baseline_to}", markup=False)
+    _append_step_summary(to_markdown(report.blocks()))
+    return report
 
 
 def _append_step_summary(markdown: str) -> None:
@@ -116,5 +83,5 @@ def _append_step_summary(markdown: str) -> None:
         with open(target, "a", encoding="utf-8") as fh:
             fh.write(markdown + "\n")
     except OSError as exc:
-        stderr().print(f"necktool: warning: cannot append to GITHUB_STEP_SUMMARY "
-                       f"({target}): {exc.strerror or exc}", highlight=False, markup=False)
+        stderr_console().print(f"necktool: warning: cannot append to GITHUB_STEP_SUMMARY "
+                               f"({target}): {exc.strerror or exc}", markup=False)

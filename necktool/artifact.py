@@ -1,0 +1,348 @@
+"""What an exported ONNX file says about itself, and what its graph holds (torch-free).
+
+* :class:`ExportMetadata`: the ``necktool.*`` ``metadata_props`` an export writes (the
+  version, the resolved spec, the export size and batch, the counts, the weights' origin)
+  and reads back defensively: a file whose metadata is missing, of the wrong shape or too
+  large is "not a necktool file, or its necktool metadata is damaged".
+* :func:`describe`: the graph's opset, inputs and outputs; :func:`conv_macs`: the graph's
+  own conv multiply-add count, from ONNX shape inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import ExportError, InputError, NecktoolError
+from necktool.fields import BadValue, SizeKind, describe_value, parse_int_text
+from necktool.specs import NeckSpec
+from necktool.units import UNIT, UNIT_NOTE
+
+if TYPE_CHECKING:
+    import onnx
+
+DEFAULT_OPSET = 18  # the dynamo exporter's native floor; the widest runtime support
+MIN_OPSET = 18  # lower opsets go through a lossy version converter; not offered
+MAX_OPSET = 24  # the newest this machine's onnx + onnxruntime both load (measured)
+META = "necktool."  # prefix of every metadata_props key necktool writes
+MAX_META_VALUE = 64 * 1024  # bytes of one metadata value necktool will parse
+MAX_META_DEPTH = 8  # nesting of the JSON inside a metadata value
+SEEDED_INIT = "necktool-seeded-v1: build_neck(seed) + randomize_norms(seed)"
+
+
+class DamagedMetadata(InputError):
+    """The file's ``necktool.*`` metadata is there but cannot be trusted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """How a model's weights were made; written into an exported file's metadata."""
+
+    source: str  # "seed" or "file"
+    seed: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+    prefix: str | None = None
+    stripped: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.source == "seed":
+            return {"source": "seed", "seed": self.seed, "init": SEEDED_INIT}
+        return {"source": "file", "path": self.path, "sha256": self.sha256,
+                "prefix": self.prefix, "stripped": list(self.stripped)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> WeightSource:
+        if not isinstance(data, Mapping) or data.get("source") not in ("seed", "file"):
+            raise ValueError("weights must be an object with source 'seed' or 'file'")
+        strings = {k: data.get(k) for k in ("path", "sha256", "prefix")}
+        if any(v is not None and not isinstance(v, str) for v in strings.values()):
+            raise ValueError("weights path, sha256 and prefix must be strings")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**63):
+            raise ValueError("weights seed must be a non-negative integer")
+        stripped = data.get("stripped", [])
+        if not isinstance(stripped, list) or not all(isinstance(s, str) for s in stripped):
+            raise ValueError("weights stripped must be a list of strings")
+        return cls(source=data["source"], seed=seed, stripped=tuple(stripped), **strings)
+
+    def describe(self) -> str:
+        if self.source == "seed":
+            return f"seed {self.seed} (norms and biases randomised too)"
+        extra = f", prefix {self.prefix!r}" if self.prefix else ""
+        return f"file {self.path}{extra}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file says about itself (``metadata_props``, keys ``necktool.*``)."""
+
+    version: str
+    neck: str
+    spec: NeckSpec
+    input_size: tuple[int, int]
+    batch: int
+    dynamic: bool
+    opset: int
+    flops: int
+    params: int
+    conv_macs: int
+    weights: WeightSource
+    exporter: str
+
+    def dims_note(self) -> str:
+        h, w = self.input_size
+        if not self.dynamic:
+            return f"static: {h}x{w}, batch {self.batch}"
+        stride = self.spec.strides[-1]
+        n = self.spec.num_levels
+        return (f"batch, H_div{stride} = H/{stride}, W_div{stride} = W/{stride}; "
+                f"level k of {n} is 2**({n - 1}-k) * H_div{stride}")
+
+    def to_props(self) -> dict[str, str]:
+        """String key/values for ``ModelProto.metadata_props`` (JSON where structured)."""
+        h, w = self.input_size
+        return {
+            f"{META}version": self.version,
+            f"{META}neck": self.neck,
+            f"{META}spec": json.dumps(self.spec.to_dict(), sort_keys=True),
+            f"{META}input_size": f"{h}x{w}",
+            f"{META}batch": str(self.batch),
+            f"{META}dynamic": json.dumps(self.dynamic),
+            f"{META}dims": self.dims_note(),
+            f"{META}opset": str(self.opset),
+            f"{META}flops": str(self.flops),
+            f"{META}flops_unit": f"{UNIT} ({UNIT_NOTE}) at {h}x{w}, batch {self.batch}",
+            f"{META}params": str(self.params),
+            f"{META}conv_macs": str(self.conv_macs),
+            f"{META}weights": json.dumps(self.weights.to_dict(), sort_keys=True),
+            f"{META}exporter": self.exporter,
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> ExportMetadata:
+        """Parse the metadata back, checking every value's type and range.
+
+        Raises:
+            DamagedMetadata: a key is missing, or a value is malformed, too large or too
+                deeply nested.
+        """
+        reader = _Props(props)
+        neck = reader.text("neck")
+        try:
+            spec = NeckSpec.from_dict(reader.json("spec"), name=neck)
+        except NecktoolError as exc:
+            raise reader.damaged("spec", str(exc)) from None
+        try:
+            weights = WeightSource.from_dict(reader.json("weights"))
+        except ValueError as exc:
+            raise reader.damaged("weights", str(exc)) from None
+        dynamic = reader.json("dynamic")
+        if not isinstance(dynamic, bool):
+            raise reader.damaged("dynamic",
+                                 f"expected true or false, got {describe_value(dynamic)}")
+        return cls(
+            version=reader.text("version"),
+            neck=neck,
+            spec=spec,
+            input_size=reader.size("input_size"),
+            batch=reader.integer("batch", 1, 2**20),
+            dynamic=dynamic,
+            opset=reader.integer("opset", 1, 10_000),
+            flops=reader.integer("flops", 0, 2**63),
+            params=reader.integer("params", 0, 2**63),
+            conv_macs=reader.integer("conv_macs", 0, 2**63, default=0),
+            weights=weights,
+            exporter=reader.text("exporter", default=""),
+        )
+
+
+class _Props:
+    """Typed, bounded access to ``necktool.*`` metadata values."""
+
+    def __init__(self, props: Mapping[str, str]) -> None:
+        self.props = props
+
+    def damaged(self, key: str, why: str) -> DamagedMetadata:
+        return DamagedMetadata(f"not a necktool file, or its {META}{key} is damaged: {why}")
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.props.get(f"{META}{key}", default)
+        if value is None:
+            raise self.damaged(key, "missing")
+        if len(value) > MAX_META_VALUE:
+            raise self.damaged(key, f"{len(value):,} characters; at most {MAX_META_VALUE:,}")
+        return value
+
+    def json(self, key: str) -> Any:
+        text = self.text(key)
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise self.damaged(key, f"not JSON ({type(exc).__name__})") from None
+        if _depth(value) > MAX_META_DEPTH:
+            raise self.damaged(key, f"JSON nested deeper than {MAX_META_DEPTH} levels")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        raw = self.props.get(f"{META}{key}")
+        if raw is None and default is not None:
+            return default
+        text = self.text(key)
+        try:
+            value = parse_int_text(text, f"an integer from {low} to {high}")
+        except BadValue as exc:
+            raise self.damaged(key, exc.message(repr(text[:40]))) from None
+        if not low <= value <= high:
+            raise self.damaged(key, f"{value} is outside {low} to {high}")
+        return value
+
+    def size(self, key: str) -> tuple[int, int]:
+        text = self.text(key)
+        try:
+            return SizeKind().from_text(text)
+        except BadValue as exc:
+            raise self.damaged(key, exc.message(repr(text[:40]))) from None
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_META_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def load_model(path: str, what: str = "ONNX file") -> onnx.ModelProto:
+    """Load an ONNX file's graph (never external data).
+
+    Raises:
+        InputError: missing, unreadable or not an ONNX model.
+    """
+    import onnx  # ~0.2 s: only where a graph is read
+
+    try:
+        return onnx.load(path, load_external_data=False)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path!r}: {(exc.strerror or str(exc)).lower()}") \
+            from None
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{path!r} is not an ONNX model: {type(exc).__name__}") from None
+
+
+def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> ExportMetadata | None:
+    """The necktool metadata of a model or file, or ``None`` if necktool did not write it.
+
+    Raises:
+        DamagedMetadata: the file says it is necktool's but its metadata is malformed.
+    """
+    proto = load_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    props = {p.key: p.value for p in proto.metadata_props}
+    if not any(k.startswith(META) for k in props):
+        return None
+    meta = ExportMetadata.from_props(props)
+    # Build flags such as input_size live in the spec; keep the export size authoritative.
+    try:
+        spec = meta.spec.replace(input_size=meta.input_size)
+    except NecktoolError as exc:
+        raise DamagedMetadata(f"not a necktool file, or its {META}input_size is damaged: "
+                              f"{exc}") from None
+    return dataclasses.replace(meta, spec=spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """An ONNX graph input or output: name, shape (ints or symbolic names), dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def __str__(self) -> str:
+        return f"{self.name} ({', '.join(map(str, self.shape))})"
+
+
+def tensor_infos(values: Any) -> tuple[TensorInfo, ...]:
+    import onnx
+
+    infos = []
+    for v in values:
+        tt = v.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                      for d in tt.shape.dim)
+        infos.append(TensorInfo(v.name, shape, onnx.TensorProto.DataType.Name(tt.elem_type)
+                                .lower()))
+    return tuple(infos)
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphInfo:
+    """The default-domain opset and the graph's inputs and outputs."""
+
+    opset: int | None
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether any input dimension is symbolic or unknown."""
+        return any(not isinstance(d, int) for t in self.inputs for d in t.shape)
+
+
+def describe(model: onnx.ModelProto) -> GraphInfo:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return GraphInfo(opset, tensor_infos(model.graph.input), tensor_infos(model.graph.output))
+
+
+def conv_macs(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]) -> int:
+    """Conv multiply-adds of the graph at the given input shapes, from shape inference.
+
+    Each Conv contributes ``N * Cout * Hout * Wout * (Cin / groups) * kh * kw``: the
+    output's element count times the weight's per-output-channel size.
+
+    Raises:
+        ExportError: a Conv's output or weight shape cannot be inferred.
+    """
+    import onnx
+    from onnx import shape_inference
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, input_shapes[value.name], strict=True):
+            dim.Clear()
+            dim.dim_value = int(size)
+    # Drop the exporter's symbolic annotations so inference recomputes every shape.
+    del fixed.graph.value_info[:]
+    for value in fixed.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            dim.Clear()
+    inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+    shapes: dict[str, list[int] | None] = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value for d in dims] \
+            if all(d.HasField("dim_value") for d in dims) else None
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+        if not out or not weight:
+            raise ExportError(f"shape inference left Conv {node.name or node.output[0]!r} "
+                              "without a static shape; cannot count its MACs")
+        total += math.prod(out) * math.prod(weight[1:])
+    return total

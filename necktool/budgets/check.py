@@ -1,0 +1,450 @@
+"""Checking budgets: profile each entry once, compare with its limits and a baseline.
+
+Counts are deterministic, so comparisons are exact: an entry fails when actual > limit
+(equal passes), with the limit taken as the decimal the user wrote.
+
+Example:
+    >>> from pathlib import Path
+    >>> config = load_config(Path("examples/necktool.toml"), Path.cwd())
+    >>> report = check_budgets(config)
+    >>> bool(report), report.entries[0].budget.name
+    (True, 'scrfd_10g')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from necktool.budgets.baseline import Baseline, baseline_document
+from necktool.budgets.config import BASE, METRIC, METRICS, Budget, BudgetConfig, parse_percent
+from necktool.errors import ConfigError, InputError, NecktoolError
+from necktool.report import Block, Column, Heading, Note, num, size_text, table
+from necktool.units import SCALE_NOTE, UNIT, UNIT_NOTE
+
+if TYPE_CHECKING:
+    from necktool.profiling import ProfileResult
+    from necktool.specs import NeckSpec
+
+HINT_LIMIT = "raise the budget or reduce the neck"
+HINT_BASELINE = ("reduce the neck, or if the growth is intended save a new baseline "
+                 "with --save-baseline")
+HEADROOM_NOTE = "headroom = (limit - actual) / limit"
+
+
+def _pct(value: float, sign: str = "") -> str:
+    """A percentage with two decimals, or two significant digits when smaller than that."""
+    if math.isinf(value):
+        return f"{sign}inf%"
+    return f"{value:{sign}.2f}%" if abs(value) >= 0.01 or value == 0 else f"{value:{sign}.2g}%"
+
+
+def _exact(value: float) -> Fraction:
+    # repr() round-trips the decimal the user wrote, so 0.3 compares as 3/10 exactly.
+    return Fraction(repr(value))
+
+
+def _pair(limit: float, actual: float) -> tuple[str, str]:
+    """Format limit and actual with enough decimals that unequal values never look equal."""
+    digits = 4
+    while digits < 12 and limit != actual and f"{limit:.{digits}f}" == f"{actual:.{digits}f}":
+        digits += 1
+    return f"{limit:.{digits}f}", f"{actual:.{digits}f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitCheck:
+    """One limit against one measured count (``level`` is ``None`` for the whole neck)."""
+
+    metric: str  # a METRICS name: "gflops", "mparams"...
+    level: str | None
+    limit: float
+    count: int  # the exact count (flops in fvcore units, parameters...)
+
+    @property
+    def actual(self) -> float:
+        return self.count / METRIC[self.metric].scale
+
+    @property
+    def passed(self) -> bool:
+        return Fraction(self.count) <= _exact(self.limit) * METRIC[self.metric].scale
+
+    @property
+    def headroom_pct(self) -> float:
+        """``(limit - actual) / limit * 100``; negative when over."""
+        return (self.limit - self.actual) / self.limit * 100
+
+    @property
+    def label(self) -> str:
+        unit = METRIC[self.metric].label
+        return f"{self.level} {unit}" if self.level else unit
+
+    def message(self, name: str) -> str:
+        limit, actual = _pair(self.limit, self.actual)
+        unit = METRIC[self.metric].label
+        what = f"level {self.level} {unit}" if self.level else unit
+        over = self.actual - self.limit
+        return (f"{name}: {what} {actual} exceeds the budget {limit} by {over:.4g} {unit} "
+                f"({_pct(-self.headroom_pct)} over); {HINT_LIMIT}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "level": self.level, "limit": self.limit,
+                "actual": self.actual, "count": self.count,
+                "headroom_pct": round(self.headroom_pct, 4), "passed": self.passed}
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineCheck:
+    """Growth of one total against the baseline, allowed up to ``max_increase`` percent."""
+
+    metric: str  # a metric's base name: "flops", "params"...
+    baseline: int
+    count: int
+    max_increase: float
+
+    @property
+    def change_pct(self) -> float:
+        if self.baseline == 0:
+            return 0.0 if self.count == 0 else math.inf
+        return (self.count - self.baseline) / self.baseline * 100
+
+    @property
+    def passed(self) -> bool:
+        growth = Fraction(self.count - self.baseline) * 100
+        return growth <= _exact(self.max_increase) * self.baseline
+
+    def message(self, name: str) -> str:
+        return (f"{name}: {BASE[self.metric].base_label} grew {_pct(self.change_pct, '+')} "
+                f"against the baseline ({self.baseline:,} -> {self.count:,}), more than the "
+                f"allowed {self.max_increase:g}%; {HINT_BASELINE}")
+
+    def to_dict(self) -> dict[str, Any]:
+        change = self.change_pct
+        return {"baseline": self.baseline, "actual": self.count,
+                "change_pct": round(change, 4) if math.isfinite(change) else None,
+                "max_increase_pct": self.max_increase, "passed": self.passed}
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryResult:
+    """One budget entry: its profile, its limit checks and its baseline checks.
+
+    ``in_baseline`` is ``None`` when no baseline was given, ``False`` for an entry the
+    baseline does not know (its growth is not checked).
+    """
+
+    budget: Budget
+    profile: ProfileResult
+    limits: tuple[LimitCheck, ...]
+    growth: tuple[BaselineCheck, ...] = ()
+    in_baseline: bool | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def checks(self) -> list[LimitCheck | BaselineCheck]:
+        """Every check of this entry: limits first, then baseline growth."""
+        return [*self.limits, *self.growth]
+
+    @property
+    def flops(self) -> int:
+        return self.profile.flops
+
+    @property
+    def params(self) -> int:
+        return self.profile.params
+
+    def counts(self) -> dict[str, int]:
+        """Whole-neck counts by metric base name."""
+        return {m.base: m.total(self.profile) for m in METRICS}
+
+    def failures(self) -> list[str]:
+        """One actionable message per failed check."""
+        return [c.message(self.budget.name) for c in self.checks if not c.passed]
+
+    def figures(self) -> dict[str, Any]:
+        """What a baseline records for this entry."""
+        b = self.budget
+        return {"neck": b.neck, "input_size": list(b.input_size), "batch": b.batch,
+                **self.counts(),
+                "levels": {lv.name: {m.base: m.level(lv) for m in METRICS if m.level}
+                           for lv in self.profile.levels}}
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.budget
+        counts = self.counts()
+        return {
+            "name": b.name,
+            "neck": b.neck,
+            "family": b.spec.family,
+            "config": b.spec.to_dict(),
+            "input_size": list(b.input_size),
+            "batch": b.batch,
+            "passed": self.passed,
+            **counts,
+            **{m.name: counts[m.base] / m.scale for m in METRICS},
+            "levels": [{"name": lv.name, **{m.base: m.level(lv) for m in METRICS if m.level}}
+                       for lv in self.profile.levels],
+            "checks": [c.to_dict() for c in self.limits],
+            "baseline": None if self.in_baseline is None else
+            {"known": self.in_baseline, **{c.metric: c.to_dict() for c in self.growth}},
+            "failures": self.failures(),
+        }
+
+    def rows(self, with_baseline: bool) -> list[tuple[str, ...]]:
+        """Table rows: every metric of the whole neck (limited or not), then level limits.
+
+        Cells: check, limit, actual, headroom, [vs baseline,] result.
+        """
+        rows: list[tuple[str, ...]] = []
+        by_metric = {(c.metric, c.level): c for c in self.limits}
+        growth = {c.metric: c for c in self.growth}
+        for m in METRICS:
+            limit = by_metric.get((m.name, None))
+            grew = growth.get(m.base)
+            actual = m.total(self.profile) / m.scale
+            checks = [c for c in (limit, grew) if c is not None]
+            result = ("PASS" if all(c.passed for c in checks) else "FAIL") if checks else "-"
+            if limit is not None:
+                limit_s, actual_s = _pair(limit.limit, actual)
+                headroom = f"{limit.headroom_pct:.1f}%"
+            else:
+                limit_s, actual_s, headroom = "-", f"{actual:.4f}", "-"
+            change = [self._change(grew)] if with_baseline else []
+            rows.append((m.label, limit_s, actual_s, headroom, *change, result))
+        for check in self.limits:
+            if check.level is not None:
+                limit_s, actual_s = _pair(check.limit, check.actual)
+                change = [""] if with_baseline else []
+                rows.append((check.label, limit_s, actual_s, f"{check.headroom_pct:.1f}%",
+                             *change, "PASS" if check.passed else "FAIL"))
+        return rows
+
+    def _change(self, check: BaselineCheck | None) -> str:
+        if self.in_baseline is None:
+            return ""
+        return "new" if check is None else _pct(check.change_pct, "+")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """The outcome of :func:`check_budgets`: true when every entry passed.
+
+    Attributes:
+        config: The config that was checked.
+        entries: One result per budget entry, in file order.
+        baseline: The baseline compared against, if any.
+        dropped: Baseline names no longer in the config.
+    """
+
+    config: BudgetConfig
+    entries: tuple[EntryResult, ...]
+    baseline: Baseline | None = None
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(e.passed for e in self.entries)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def summary(self) -> str:
+        ok = sum(e.passed for e in self.entries)
+        verdict = "all passed" if self.passed else f"{len(self.entries) - ok} failed"
+        return f"{ok} of {len(self.entries)} budgets passed ({verdict})"
+
+    def failures(self) -> list[tuple[EntryResult, str]]:
+        return [(e, msg) for e in self.entries for msg in e.failures()]
+
+    def warnings(self) -> list[tuple[EntryResult | None, str]]:
+        """Things that weaken the gate without failing it (baseline coverage)."""
+        if self.baseline is None:
+            return []
+        out: list[tuple[EntryResult | None, str]] = [
+            (e, f"{e.budget.name}: not in the baseline {self.baseline.path}, so its growth "
+                "was not checked; save a new baseline with --save-baseline")
+            for e in self.entries if e.in_baseline is False]
+        out.extend((None, f"{name}: in the baseline {self.baseline.path} but no longer in "
+                          f"{self.config.display_path}")
+                   for name in self.dropped)
+        return out
+
+    def failure(self) -> str | None:
+        return None  # the failures are part of the report on stdout
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable, JSON-ready results; every count is an exact integer."""
+        return {
+            "passed": self.passed,
+            "config_file": self.config.display_path,
+            "unit": UNIT,
+            "unit_note": UNIT_NOTE,
+            "scale_note": SCALE_NOTE,
+            "baseline": self.baseline.path if self.baseline else None,
+            "entries": [e.to_dict() for e in self.entries],
+            "warnings": [msg for _, msg in self.warnings()],
+        }
+
+    def baseline_document(self) -> dict[str, Any]:
+        """The figures as a baseline file (:func:`load_baseline` reads it back)."""
+        return baseline_document(self.config.display_path,
+                                 {e.budget.name: e.figures() for e in self.entries})
+
+    def blocks(self) -> list[Block]:
+        """A heading with the verdict, the file, one block of rows per entry, then one line
+        per failure and per warning."""
+        with_baseline = self.baseline is not None
+        rows, sections = [], []
+        for entry in self.entries:
+            b = entry.budget
+            where = f"{b.neck} {size_text(b.input_size)}" + (f" b{b.batch}" if b.batch != 1
+                                                              else "")
+            for i, cells in enumerate(entry.rows(with_baseline)):
+                rows.append((b.name if i == 0 else "", where if i == 0 else "", *cells))
+            sections.append(len(rows) - 1)
+        headers: list[str | Column] = [
+            "budget", "neck", "check", num("limit"), num("actual"), num("headroom"),
+            *([num("vs baseline")] if with_baseline else []), "result"]
+        mark = "✅" if self.passed else "❌"
+        source = f"config: {self.config.display_path}" + (
+            f"; baseline: {self.baseline.path}" if self.baseline else "")
+        return [
+            Heading(f"{mark} necktool check: {self.summary}"),
+            Note(source),
+            table(None, headers, rows, sections=tuple(sections), verdict=len(headers) - 1,
+                  caption=f"{SCALE_NOTE}; {HEADROOM_NOTE}"),
+            *(Note(msg, "fail") for _, msg in self.failures()),
+            *(Note(msg, "warn") for _, msg in self.warnings()),
+        ]
+
+    def annotations(self) -> list[str]:
+        """GitHub workflow commands: ``::error`` per failed check and ``::warning`` per
+        baseline gap, on the config file (named relative to the repository root)."""
+        file = _escape_property(annotation_path(self.config.path, self.config.display_path))
+        out = []
+        for level, items in (("error", self.failures()), ("warning", self.warnings())):
+            for entry, msg in items:
+                props = f"file={file}"
+                if entry is not None and entry.budget.line is not None:
+                    props += f",line={entry.budget.line}"
+                title = "necktool budget exceeded" if level == "error" else "necktool baseline"
+                out.append(f"::{level} {props},title={_escape_property(title)}::"
+                           f"{_escape_data(msg)}")
+        return out
+
+
+def _escape_data(text: str) -> str:
+    # GitHub workflow-command escaping: '%' first, then line breaks.
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotation_path(path: Path, fallback: str) -> str:
+    """``path`` as GitHub places annotations: relative to ``$GITHUB_WORKSPACE`` when set,
+    else to the git work tree's root, else ``fallback``."""
+    roots = [os.environ.get("GITHUB_WORKSPACE") or "", _git_root(path.parent) or ""]
+    for root in roots:
+        if root:
+            full, base = path.resolve(), Path(root).resolve()
+            if full.is_relative_to(base):
+                return full.relative_to(base).as_posix()
+    return fallback
+
+
+def _git_root(directory: Path) -> str | None:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=directory,
+                              capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+# -- checking -------------------------------------------------------------------------
+def check_budgets(
+    config: BudgetConfig,
+    baseline: Baseline | None = None,
+    max_increase: float | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> CheckReport:
+    """Profile every entry once and check it against its limits (and the baseline).
+
+    Args:
+        config: From :func:`load_config`.
+        baseline: Saved figures (:func:`load_baseline`); entries whose counts grew more than
+            the allowed percentage fail even under their absolute budget.
+        max_increase: Growth tolerance in percent. An entry's own ``max-increase`` wins,
+            then this, then the file's top-level ``max-increase``, then 0 (any growth fails).
+        on_progress: Called with each entry's name once it is measured.
+
+    Returns:
+        A :class:`CheckReport`; ``bool(report)`` is whether every entry passed.
+
+    Raises:
+        ConfigError: ``max_increase`` without a ``baseline``, or an entry's neck that cannot
+            be profiled (a custom neck that fails to build, say).
+    """
+    from necktool import profiling  # torch: only once the config is known to be good
+
+    if max_increase is not None and baseline is None:
+        raise ConfigError("max_increase needs a baseline to compare against (--baseline FILE)")
+    if max_increase is not None:
+        try:
+            max_increase = parse_percent(max_increase, "max_increase")
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
+    cache: dict[tuple[NeckSpec, int], ProfileResult] = {}
+    entries = []
+    for budget in config.budgets:
+        # Entries that differ only in name (e.g. 'fpn' and 'retinaface_mnet') share one trace.
+        key = (dataclasses.replace(budget.spec, name=None), budget.batch)
+        if key not in cache:
+            try:
+                cache[key] = profiling.profile(budget.spec, batch=budget.batch)
+            except NecktoolError as exc:
+                raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
+        entries.append(_check_entry(budget, cache[key], config, baseline, max_increase))
+        if on_progress is not None:
+            on_progress(budget.name)
+    names = {b.name for b in config.budgets}
+    dropped = tuple(n for n in baseline.entries if n not in names) if baseline else ()
+    return CheckReport(config=config, entries=tuple(entries), baseline=baseline,
+                       dropped=dropped)
+
+
+def _check_entry(budget: Budget, result: ProfileResult, config: BudgetConfig,
+                 baseline: Baseline | None, max_increase: float | None) -> EntryResult:
+    checks = [LimitCheck(m, None, limit, METRIC[m].total(result))
+              for m, limit in budget.limits.items()]
+    levels = {lv.name: lv for lv in result.levels}
+    for name, limits in budget.level_limits.items():
+        for m, limit in limits.items():
+            read = METRIC[m].level
+            assert read is not None  # level limits exist only for metrics with levels
+            checks.append(LimitCheck(m, name, limit, read(levels[name])))
+    if baseline is None:
+        return EntryResult(budget, result, tuple(checks))
+    saved = baseline.entries.get(budget.name)
+    if saved is None:
+        return EntryResult(budget, result, tuple(checks), (), in_baseline=False)
+    allowed = next((v for v in (budget.max_increase, max_increase, config.max_increase)
+                    if v is not None), 0.0)
+    growth = tuple(BaselineCheck(m.base, saved.counts[m.base], m.total(result), allowed)
+                   for m in METRICS if m.base in saved.counts)
+    return EntryResult(budget, result, tuple(checks), growth, in_baseline=True)

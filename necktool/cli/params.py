@@ -1,0 +1,288 @@
+"""Option groups, declared once and expanded into each command's Typer options.
+
+Typer builds options from a function's signature and has no notion of a group. A command
+here declares one parameter per group, e.g. ``flags: BuildFlagsOpt`` or
+``fmt: FormatOpt``; :func:`expand` replaces it with the group's options (the build flags
+come from :data:`necktool.fields.FIELDS`) and hands the command one object built by
+keyword. Every value is parsed and range-checked here, at the border, by the field's kind.
+
+:func:`expand` also renders what the command returns through the one output pipeline, so
+a command is: parse, one or two library calls, return the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from necktool.errors import InputError
+from necktool.families import FAMILIES, families_taking
+from necktool.fields import FIELD, FIELDS, BadValue, IntKind, describe_text
+from necktool.registry import bare_families
+from necktool.report import OutputFormat, Result
+from necktool.tolerance import (
+    DEFAULT_ATOL,
+    DEFAULT_PROVIDER,
+    DEFAULT_RTOL,
+    DEFAULT_TRIALS,
+    MAX_TRIALS,
+    ErrorStat,
+    VerifyOptions,
+)
+
+BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
+WEIGHTS_PANEL = "Weights"
+VERIFY_PANEL = "Verification (ONNX Runtime vs PyTorch)"
+OUTPUT_PANEL = "Output"
+
+
+class BuildFlags:
+    """The build flags a command was given: spec overrides plus the batch, by keyword.
+
+    Example:
+        >>> flags = BuildFlags(out_channels=32, batch=2)
+        >>> flags.overrides(), flags.batch
+        ({'out_channels': 32}, 2)
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(FIELD))
+        if unknown:
+            raise TypeError(f"unknown build flag(s) {unknown}")
+        self._values = {k: v for k, v in values.items() if v is not None}
+
+    def overrides(self) -> dict[str, Any]:
+        """The spec fields given (``None`` never appears: unset flags keep preset values)."""
+        return {k: v for k, v in self._values.items() if FIELD[k].spec}
+
+    @property
+    def batch(self) -> int:
+        """The batch size (1 when ``--batch`` was not given)."""
+        return int(self._values.get("batch", 1))
+
+    def given(self, name: str) -> Any:
+        """The value of flag ``name`` if it was given, else ``None``."""
+        return self._values.get(name)
+
+    def __repr__(self) -> str:
+        return f"BuildFlags({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """Where weights come from: ``--weights FILE`` (with ``--prefix``) or ``--seed``."""
+
+    seed: int | None = None
+    path: pathlib.Path | None = None
+    prefix: str | None = None
+
+
+# -- groups ----------------------------------------------------------------------------
+class OptionGroup:
+    """Expands into Typer parameters and collects their values back into one object."""
+
+    def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        raise NotImplementedError
+
+    def collect(self, values: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+def _option(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
+
+
+def typer_parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """A Typer ``parser`` that turns our errors into a usage error naming the option."""
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):  # Typer also passes defaults through the parser
+            return value
+        try:
+            return parse(value)
+        except BadValue as exc:
+            raise typer.BadParameter(exc.message(describe_text(value))) from None
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return convert
+
+
+def _families_note(field: str) -> str:
+    takers = families_taking(field)
+    return "" if not FIELD[field].spec or len(takers) == len(FAMILIES) \
+        else f" Families: {', '.join(takers)}."
+
+
+class BuildGroup(OptionGroup):
+    """Every build flag of :data:`~necktool.fields.FIELDS` (minus ``exclude``)."""
+
+    def __init__(self, exclude: Sequence[str] = ()) -> None:
+        self.fields = [f for f in FIELDS if f.name not in exclude]
+
+    def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        return [_option(f"{prefix}{f.name}", Annotated[Any, typer.Option(
+            f.flag, parser=typer_parser(f.kind.from_text), metavar=f.metavar, show_default=False,
+            rich_help_panel=BUILD_PANEL, help=f.help + _families_note(f.name))])
+            for f in self.fields]
+
+    def collect(self, values: dict[str, Any]) -> BuildFlags:
+        return BuildFlags(**values)
+
+
+class WeightsGroup(OptionGroup):
+    def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        return [
+            _option(f"{prefix}seed", Annotated[Any, typer.Option(
+                "--seed", metavar="N", rich_help_panel=WEIGHTS_PANEL, show_default=False,
+                parser=typer_parser(IntKind(low=0, high=2**31 - 1).from_text),
+                help="Seed of the weight init when --weights is not given (conv weights, norm "
+                "scales and shifts, BN running statistics and conv biases are all drawn from "
+                "it). Default: 0, or what the file records.")]),
+            _option(f"{prefix}path", Annotated[pathlib.Path | None, typer.Option(
+                "--weights", metavar="FILE", rich_help_panel=WEIGHTS_PANEL, show_default=False,
+                help="A .pt/.pth state dict, loaded with torch.load(weights_only=True) and "
+                "strict key matching.")]),
+            _option(f"{prefix}prefix", Annotated[str | None, typer.Option(
+                "--prefix", metavar="PREFIX", rich_help_panel=WEIGHTS_PANEL,
+                show_default=False,
+                help="Key prefix of the neck inside --weights, e.g. 'fpn.' for a RetinaFace "
+                "checkpoint; a 'module.' prefix (DataParallel) is stripped automatically.")]),
+        ]
+
+    def collect(self, values: dict[str, Any]) -> Weights:
+        return Weights(**values)
+
+
+class VerifyGroup(OptionGroup):
+    def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        return [
+            _option(f"{prefix}atol", Annotated[list[str] | None, typer.Option(
+                "--atol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
+                help=f"Absolute tolerance, Polygraphy-style: a value for every output and/or "
+                f"OUTPUT:VALUE for one, e.g. --atol 1e-4 p5:1e-3. Default: {DEFAULT_ATOL:g} "
+                "(fp32).")]),
+            _option(f"{prefix}rtol", Annotated[list[str] | None, typer.Option(
+                "--rtol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
+                help=f"Relative tolerance, same syntax. Default: {DEFAULT_RTOL:g} (fp32). An "
+                "output passes when every element has |ort - torch| <= atol + rtol*|torch|.")]),
+            _option(f"{prefix}error_stat", Annotated[ErrorStat | None, typer.Option(
+                "--error-stat", rich_help_panel=VERIFY_PANEL, show_default=False,
+                help="Which statistic of the element excess |ort - torch| - rtol*|torch| must "
+                "stay within atol: elemwise (every element; default), mean or median.")]),
+            _option(f"{prefix}trials", Annotated[Any, typer.Option(
+                "--trials", metavar="N", rich_help_panel=VERIFY_PANEL, show_default=False,
+                parser=typer_parser(IntKind(high=MAX_TRIALS).from_text),
+                help=f"Seeded random inputs per case. Default: {DEFAULT_TRIALS}.")]),
+            _option(f"{prefix}provider", Annotated[str | None, typer.Option(
+                "--provider", metavar="NAME", rich_help_panel=VERIFY_PANEL, show_default=False,
+                help=f"ONNX Runtime execution provider: cpu, cuda, ... or a full name. "
+                f"Default: {DEFAULT_PROVIDER}.")]),
+        ]
+
+    def collect(self, values: dict[str, Any]) -> VerifyOptions:
+        given = {k: v for k, v in values.items() if v not in (None, [], ())}
+        return VerifyOptions(**given)
+
+
+class FormatGroup(OptionGroup):
+    """``--format`` (and ``--json``, its shorthand)."""
+
+    def __init__(self, formats: Sequence[OutputFormat] = (
+            OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.MARKDOWN)) -> None:
+        self.formats = tuple(formats)
+
+    def _parse(self, text: str) -> OutputFormat:
+        valid = [f.value for f in self.formats]
+        if text.strip().lower() not in valid:
+            raise typer.BadParameter(f"{text[:40]!r} is not one of "
+                                     f"{', '.join(map(repr, valid))}")
+        return OutputFormat(text.strip().lower())
+
+    def parameters(self, prefix: str) -> list[inspect.Parameter]:
+        choices = "|".join(f.value for f in self.formats)
+        return [
+            _option(f"{prefix}format", Annotated[Any, typer.Option(
+                "--format", metavar=f"[{choices}]", parser=self._parse,
+                rich_help_panel=OUTPUT_PANEL, show_default=False,
+                help="What to print on stdout. Default: table.")]),
+            _option(f"{prefix}json", Annotated[bool, typer.Option(
+                "--json", rich_help_panel=OUTPUT_PANEL,
+                help="Shorthand for --format json.")], default=False),
+        ]
+
+    def collect(self, values: dict[str, Any]) -> OutputFormat:
+        fmt, as_json = values["format"], values["json"]
+        if as_json and fmt not in (None, OutputFormat.JSON):
+            raise InputError(f"--json and --format {fmt.value} conflict; give one of them")
+        return OutputFormat.JSON if as_json else (fmt or OutputFormat.TABLE)
+
+
+BuildFlagsOpt = Annotated[BuildFlags, BuildGroup()]
+SizelessFlagsOpt = Annotated[BuildFlags, BuildGroup(exclude=("input_size",))]
+WeightsOpt = Annotated[Weights, WeightsGroup()]
+VerifyOpt = Annotated[VerifyOptions, VerifyGroup()]
+FormatOpt = Annotated[OutputFormat, FormatGroup()]
+CheckFormatOpt = Annotated[OutputFormat, FormatGroup(tuple(OutputFormat))]
+
+NECK_HELP = (f"A preset (see 'necktool list'), a family ({', '.join(bare_families())}) to vary "
+             "with flags, or your own module as package.module:factory.")
+NeckArg = Annotated[str, typer.Argument(metavar="NECK", help=NECK_HELP, show_default=False)]
+NecksArg = Annotated[list[str], typer.Argument(
+    metavar="NECK...", show_default=False,
+    help=NECK_HELP + " Several, or shell patterns such as 'scrfd_*' (quoted).")]
+
+
+# -- expansion -------------------------------------------------------------------------
+def expand(command: Callable[..., Result | None]) -> Callable[..., Result | None]:
+    """A Typer-ready command: option groups expanded, the result rendered.
+
+    The command's parameters annotated with an :class:`OptionGroup` become that group's
+    options; the command receives each group's object. The one parameter annotated with a
+    :class:`FormatGroup` decides how the returned result is printed.
+    """
+    from necktool.cli.render import emit
+
+    signature = inspect.signature(command)
+    # Parameter annotations only: a return annotation may name a type imported for
+    # type-checking alone (the result classes live in torch-importing modules).
+    hints = {name: eval(p.annotation, command.__globals__)
+             if isinstance(p.annotation, str) else p.annotation
+             for name, p in signature.parameters.items()}
+    params: list[inspect.Parameter] = []
+    groups: dict[str, tuple[OptionGroup, str]] = {}
+    for param in signature.parameters.values():
+        annotation = hints[param.name]
+        group = next((m for m in getattr(annotation, "__metadata__", ())
+                      if isinstance(m, OptionGroup)), None)
+        if group is None:
+            params.append(param.replace(annotation=annotation))
+            continue
+        prefix = f"_{param.name}__"
+        groups[param.name] = (group, prefix)
+        params.extend(group.parameters(prefix))
+    fmt_param = next((n for n, (g, _) in groups.items() if isinstance(g, FormatGroup)), None)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Result | None:
+        call: dict[str, Any] = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        for name, (group, prefix) in groups.items():
+            own = {k[len(prefix):]: v for k, v in kwargs.items() if k.startswith(prefix)}
+            call[name] = group.collect(own)
+        result = command(**call)
+        if result is not None and fmt_param is not None:
+            emit(result, call[fmt_param])
+        return result
+
+    ordered = sorted(params, key=lambda p: p.kind)  # keyword-only options after arguments
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=ordered, return_annotation=inspect.Signature.empty)
+    wrapper.__annotations__ = {p.name: p.annotation for p in ordered}
+    return wrapper

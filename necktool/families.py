@@ -1,0 +1,140 @@
+"""The neck families, each registered once (torch-free).
+
+A family is a name, a builder named by import path (imported only when a neck is built),
+the spec fields it accepts, and the key layout of its weights in a checkpoint. The
+``Family`` choices, help texts and "valid: ..." lists are all derived from here.
+
+Adding a family: write its module (an ``nn.Module`` built from a
+:class:`~necktool.specs.NeckSpec`) and register it below; nothing else in necktool changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import SpecError
+from necktool.fields import FIELD
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from necktool.specs import NeckSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+    """How a family's weights are named in a checkpoint.
+
+    Attributes:
+        markers: Key suffixes present in every neck of the family (relative to the neck's
+            own root), enough to recognise it under any prefix.
+        origin: The code whose key names these are, for messages.
+        infer: Import path of ``infer(shapes: dict[str, tuple[int, ...]]) -> dict`` giving
+            the spec fields a state dict's tensor shapes imply, or ``None``.
+    """
+
+    markers: tuple[str, ...]
+    origin: str
+    infer: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyInfo:
+    """One registered family.
+
+    Attributes:
+        name: The family name (``spec.family``).
+        description: One line for help texts.
+        builder: Import path ``package.module:attr`` of a callable ``attr(spec) -> nn.Module``.
+        fields: The spec fields this family accepts; any other is an error when given.
+        layout: Its checkpoint key layout, if it has a fixed one.
+        needs_factory: The spec names the user's own factory (the ``custom`` family).
+    """
+
+    name: str
+    description: str
+    builder: str
+    fields: tuple[str, ...]
+    layout: KeyLayout | None = None
+    needs_factory: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].spec]
+        if unknown:
+            raise ValueError(f"family {self.name!r} names unknown spec fields {unknown}")
+
+    def takes(self, field: str) -> bool:
+        return field in self.fields
+
+    def load_builder(self) -> Callable[[NeckSpec], nn.Module]:
+        """Import the builder (this is where torch gets imported)."""
+        return load(self.builder)
+
+
+FAMILIES: dict[str, FamilyInfo] = {}
+
+
+def register_family(info: FamilyInfo) -> FamilyInfo:
+    """Add a family; registering a name twice is an error, never a silent overwrite."""
+    if info.name in FAMILIES:
+        raise ValueError(f"family {info.name!r} is already registered")
+    FAMILIES[info.name] = info
+    return info
+
+
+def get_family(name: str) -> FamilyInfo:
+    try:
+        return FAMILIES[str(name)]
+    except KeyError:
+        raise SpecError(f"unknown family {str(name)!r}; valid: {', '.join(FAMILIES)}") from None
+
+
+def families_taking(field: str) -> list[str]:
+    """The families that accept spec field ``field``, in registration order."""
+    return [f.name for f in FAMILIES.values() if f.takes(field)]
+
+
+def load(path: str) -> Any:
+    """Import ``package.module:attr`` (a builder or a layout's ``infer``)."""
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# -- the built-in families -------------------------------------------------------------
+_SEED_FIELDS = ("in_channels", "out_channels", "norm", "gn_groups", "act", "leaky_slope",
+                "input_size")
+
+register_family(FamilyInfo(
+    name="fpn",
+    description="RetinaFace's FPN (Pytorch_Retinaface models/net.py)",
+    builder="necktool.necks.retinaface:RetinaFaceFPN",
+    fields=_SEED_FIELDS,
+    layout=KeyLayout(markers=("output1.0.weight", "output2.0.weight", "merge1.0.weight"),
+                     origin="Pytorch_Retinaface models/net.py FPN"),
+))
+register_family(FamilyInfo(
+    name="pafpn",
+    description="SCRFD's path-aggregation FPN (the seed's GroupNorm design)",
+    builder="necktool.necks.pafpn:PAFPN",
+    fields=_SEED_FIELDS,
+    layout=KeyLayout(markers=("lateral_convs.0.", "td_convs.0.", "bu_convs.0.",
+                              "bu_out_convs.0."),
+                     origin="the SCRFD seed's PAFPN"),
+))
+register_family(FamilyInfo(
+    name="custom",
+    description="your own module, named by an import path package.module:factory",
+    builder="necktool.custom:build_custom",
+    fields=("in_channels", "out_channels", "input_size"),
+    needs_factory=True,
+))
+
+#: The registered families as an enum (``Family("pafpn")``), derived from the registry.
+Family = enum.StrEnum("Family", {name.upper(): name for name in FAMILIES})  # type: ignore[misc]

@@ -1,0 +1,41 @@
+"""RetinaFace's FPN, after Pytorch_Retinaface's ``models/net.py`` ``FPN``.
+
+The submodule names ``output1..N`` and ``merge1..N-1`` (each ``Sequential(conv, bn, act)``)
+are the original's, so a checkpoint's ``fpn.*`` weights load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+
+from necktool.layers import UpsampleAdd
+from necktool.necks.base import Levels, Neck, as_levels
+from necktool.specs import NeckSpec
+
+
+class RetinaFaceFPN(Neck):
+    """RetinaFace's FPN: 1x1 laterals, top-down nearest-upsample adds, 3x3 merges.
+
+    The coarsest level gets no merge conv, as in the original.
+    """
+
+    STAGES: ClassVar[Mapping[str, str]] = {"output": "lateral", "fuse": "merge", "merge": "merge"}
+
+    def __init__(self, spec: NeckSpec) -> None:
+        super().__init__(spec)
+        for i, cin in enumerate(spec.in_channels, start=1):
+            self.add_module(f"output{i}", self.block(cin, 1))
+        for i in range(1, spec.num_levels):
+            self.add_module(f"fuse{i}", UpsampleAdd())
+            self.add_module(f"merge{i}", self.block(spec.out_channels, 3))
+
+    def forward(self, inputs: Levels) -> tuple[torch.Tensor, ...]:
+        feats = as_levels(inputs, self.num_levels)
+        outs = [getattr(self, f"output{i + 1}")(x) for i, x in enumerate(feats)]
+        for i in range(self.num_levels - 2, -1, -1):  # coarse to fine
+            fused = getattr(self, f"fuse{i + 1}")(outs[i], outs[i + 1])
+            outs[i] = getattr(self, f"merge{i + 1}")(fused)
+        return tuple(outs)

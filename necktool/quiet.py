@@ -1,0 +1,45 @@
+"""Keep third-party chatter (prints, C-level output, warnings, logging) off the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Swallow everything said inside the block: prints, C-level output on fds 1 and 2,
+    warnings and logging. Yields the captured Python-level text, so a failure can quote
+    its last line."""
+    captured = io.StringIO()
+    previous_disable = logging.root.manager.disable
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()  # type: ignore[union-attr]
+            # C++ and logging handlers bound to the real fds: point fds 1 and 2 at a sink.
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+            logging.disable(logging.CRITICAL)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(captured), \
+                    contextlib.redirect_stderr(captured):
+                warnings.simplefilter("ignore")
+                yield captured
+        finally:
+            logging.disable(previous_disable)
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()  # type: ignore[union-attr]
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)

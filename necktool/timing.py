@@ -1,0 +1,97 @@
+"""Timing statistics for ``necktool bench`` (torch-free): runtimes, defaults, percentiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_WARMUP = 5
+DEFAULT_REPEAT = 30
+MAX_RUNS = 100_000  # a guard against a typo such as --repeat 3000000
+
+
+class Runtime(enum.StrEnum):
+    """What runs the neck."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+ALL_RUNTIMES = (Runtime.TORCH, Runtime.ONNXRUNTIME)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeTiming:
+    """The timed runs of one runtime (milliseconds per call) and their summary."""
+
+    runtime: Runtime
+    version: str
+    warmup: int
+    threads: int
+    times_ms: tuple[float, ...]
+
+    @property
+    def repeat(self) -> int:
+        return len(self.times_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def p10_ms(self) -> float:
+        return percentile(self.times_ms, 10)
+
+    @property
+    def p90_ms(self) -> float:
+        return percentile(self.times_ms, 90)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.times_ms)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: the relative width of the middle 80% of runs."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else 0.0
+
+    def gflops_per_s(self, flops: int) -> float:
+        """fvcore GFLOP/s (multiply-adds per second / 1e9) at the median latency."""
+        return flops / (self.median_ms / 1e3) / 1e9 if self.median_ms > 0 else math.inf
+
+    def to_dict(self, flops: int) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime.value,
+            "version": self.version,
+            "warmup": self.warmup,
+            "repeat": self.repeat,
+            "threads": self.threads,
+            # Rounded to 0.1 us: perf_counter_ns resolution is finer than any real signal.
+            "median_ms": round(self.median_ms, 4),
+            "p10_ms": round(self.p10_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "min_ms": round(self.min_ms, 4),
+            "max_ms": round(self.max_ms, 4),
+            "spread": round(self.spread, 4),
+            "gflops_per_s": round(self.gflops_per_s(flops), 3),
+            "times_ms": [round(t, 4) for t in self.times_ms],
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile with linear interpolation (numpy's default method)."""
+    data = sorted(values)
+    if not data:
+        raise ValueError("percentile of no values")
+    pos = (len(data) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
