@@ -25,7 +25,7 @@ model = build_neck({NECK!r})
 spec = model.spec
 torch.onnx.export(model, (make_inputs(spec),), sys.argv[1], dynamo=True, opset_version=18,
                   input_names=spec.input_names,
-                  output_names=[n.lower() for n in spec.level_names],
+                  output_names=spec.output_names,
                   dynamic_shapes=_dynamic_shapes(spec), optimize=True, verbose=False)
 """
 

@@ -1,7 +1,9 @@
 """Timing helpers shared by the benchmark sections.
 
 Machines here are shared and noisy, so every figure is quoted next to a floor measured
-in the same run, and each command is timed as the median of several fresh processes.
+in the same run (as a ratio), and each command is timed as the median of several fresh
+processes. Bytecode caching is on (an environment with PYTHONDONTWRITEBYTECODE would
+recompile necktool on every start and measure the compiler instead).
 """
 
 from __future__ import annotations
@@ -16,16 +18,29 @@ from collections.abc import Sequence
 PY = sys.executable
 NECKTOOL = [PY, "-m", "necktool"]
 TORCH_FVCORE_FLOOR = [PY, "-W", "ignore", "-c", "import torch, fvcore.nn"]
+# The smallest Typer app: one command, one option; its --help is the start-up floor.
+MINIMAL_TYPER = """
+import typer
+app = typer.Typer()
+@app.command()
+def main(name: str = "x") -> None:
+    \"\"\"Say hello.\"\"\"
+app()
+"""
+TYPER_FLOOR = [PY, "-c", MINIMAL_TYPER, "--help"]
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONWARNINGS"] = "ignore"
 
 
 def wall(cmd: Sequence[str], repeat: int = 5, cwd: str | None = None) -> float:
-    """Median wall time in seconds of ``cmd`` run ``repeat`` times as a fresh process."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    """Median wall time in seconds of ``cmd`` run ``repeat`` times as a fresh process
+    (after one untimed run that warms the file cache and writes bytecode)."""
     times = []
-    for _ in range(repeat):
+    for i in range(repeat + 1):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, cwd=cwd, env=env, check=False)
-        times.append(time.perf_counter() - start)
+        proc = subprocess.run(cmd, capture_output=True, cwd=cwd, env=ENV, check=False)
+        if i:
+            times.append(time.perf_counter() - start)
         if proc.returncode != 0:  # a crash is fast: never let it pass for a timing
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: "
                                f"{proc.stderr.decode()[-500:]}")
@@ -39,7 +54,7 @@ def imports_torch(cmd: Sequence[str]) -> bool:
              "except SystemExit:\n    pass\n"
              "sys.stderr.write('TORCH=%s' % ('torch' in sys.modules))")
     proc = subprocess.run([PY, "-c", probe, *cmd[3:]], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=ENV)
     return "TORCH=True" in proc.stderr
 
 

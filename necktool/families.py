@@ -14,15 +14,10 @@ import dataclasses
 import enum
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from necktool.errors import SpecError
 from necktool.fields import FIELD
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from necktool.specs import NeckSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +65,8 @@ class FamilyInfo:
     def takes(self, field: str) -> bool:
         return field in self.fields
 
-    def load_builder(self) -> Callable[[NeckSpec], nn.Module]:
-        """Import the builder (this is where torch gets imported)."""
+    def load_builder(self) -> Callable[[Any], Any]:
+        """Import the builder, ``builder(spec) -> nn.Module`` (where torch gets imported)."""
         return load(self.builder)
 
 

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.artifact import conv_macs, read_metadata
+from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.export import export_onnx
 from necktool.registry import PRESETS, get_spec
 from necktool.tolerance import VerifyOptions

@@ -110,8 +110,25 @@ def load_command(name: str) -> Any:
     return command
 
 
+class _Stop(Exception):
+    """An interrupt or a closed stdout, carried past Typer's own handling of both (it would
+    exit 130 silently, or 1 for a broken pipe) to :meth:`_Group.main`."""
+
+    def __init__(self, code: ExitCode) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class _Group(TyperGroup):
     """Loads the one command named, and turns every outcome into one documented exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Stop(ExitCode.INTERRUPTED) from None
+        except BrokenPipeError:
+            raise _Stop(ExitCode.OK) from None
 
     def _load(self, argv: Sequence[str]) -> None:
         named = next((a for a in argv if not a.startswith("-")), None)
@@ -143,8 +160,9 @@ class _Group(TyperGroup):
             _error(str(exc), exc.details)
             code = exc.exit_code
         except (typer.Abort, KeyboardInterrupt):
-            sys.stderr.write("necktool: interrupted\n")
             code = ExitCode.INTERRUPTED
+        except _Stop as stop:
+            code = stop.code
         except BrokenPipeError:
             code = ExitCode.OK
         except Exception as exc:  # a bug: say so in one line, unless asked for the traceback
@@ -154,6 +172,8 @@ class _Group(TyperGroup):
             sys.stderr.write(f"necktool: internal error: {type(exc).__name__}: {said} (a bug "
                              f"in necktool; run with {DEBUG_ENV}=1 for the traceback)\n")
             code = ExitCode.INTERNAL
+        if code == ExitCode.INTERRUPTED:  # also Typer's own 130, from an interrupt in parsing
+            sys.stderr.write("necktool: interrupted\n")
         if standalone_mode:
             sys.exit(code)
         return code

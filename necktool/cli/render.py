@@ -98,7 +98,23 @@ def _renderable(block: Block, console: Console) -> RenderableType:
     return fit_table(block, console)
 
 
-def _rich_table(t: Table, plain: bool) -> RenderableType:
+def min_widths(t: Table) -> list[int]:
+    """The narrowest each column can be without cutting anything: a numeric column's
+    longest cell; otherwise the longest word (headers and text wrap only between words)."""
+    rows = [*t.rows, *([t.footer] if t.footer is not None else [])]
+    widths = []
+    for i, col in enumerate(t.columns):
+        words = [w for c in ([col.header] if t.show_header else []) for w in c.split()]
+        cells = [row[i] for row in rows]
+        if col.numeric:
+            longest = [len(line) for c in cells for line in c.splitlines()]
+        else:
+            longest = [len(w) for c in cells for w in c.split()]
+        widths.append(max([*longest, *map(len, words)], default=0))
+    return widths
+
+
+def _rich_table(t: Table, plain: bool, widths: list[int]) -> RenderableType:
     # Loaded here, after torch: load_heavy froze torch's objects out of the collector's
     # view, so rich's style tables no longer cost garbage-collector passes.
     from rich import box
@@ -107,10 +123,10 @@ def _rich_table(t: Table, plain: bool) -> RenderableType:
     table = RichTable(title=t.title, caption=t.caption, caption_justify="left",
                       show_header=t.show_header, show_footer=t.footer is not None,
                       box=None if plain else box.HEAVY_HEAD,
-                      padding=(0, 1), show_edge=not plain)
+                      padding=(0, 1), show_edge=not plain, pad_edge=not plain)
     for i, col in enumerate(t.columns):
         table.add_column(col.header, justify="right" if col.numeric else "left",
-                         no_wrap=col.numeric, overflow="fold",
+                         overflow="fold", min_width=widths[i],
                          footer=t.footer[i] if t.footer is not None else "",
                          style="bold" if not t.show_header and i == 0 else None)
     for r, row in enumerate(t.rows):
@@ -131,13 +147,13 @@ def _verdict(cell: str) -> Text:
 def fit_table(t: Table, console: Console) -> RenderableType:
     """The table as wide as it needs up to the console's width; narrower, without its box;
     narrower still, one record per row. Numbers and names are never cut."""
-    from rich.measure import Measurement
-
-    width = console.width
-    for plain in (False, True):
-        table = _rich_table(t, plain)
-        if Measurement.get(console, console.options, table).minimum <= width:
-            return table
+    widths = min_widths(t)
+    n = len(widths)
+    # A boxed table adds a rule and a space each side per column; a plain one, one space
+    # between columns on each side.
+    for plain, extra in ((False, 3 * n + 1), (True, 2 * (n - 1))):
+        if sum(widths) + extra <= console.width:
+            return _rich_table(t, plain, widths)
     return _records(t)
 
 

@@ -1,0 +1,262 @@
+"""The package's shape: layers point one way, the core is torch-free, things are described
+once. These tests read the source and run fresh interpreters, so they fail when a change
+adds an import cycle or pulls torch into a torch-free module."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import necktool
+from necktool.cli import COMMANDS, app
+
+PACKAGE = Path(necktool.__file__).parent
+TORCH_FREE = [
+    "necktool", "necktool.version", "necktool.errors", "necktool.units", "necktool.fields",
+    "necktool.families", "necktool.specs", "necktool.registry", "necktool.tolerance",
+    "necktool.artifact", "necktool.report", "necktool.files", "necktool.quiet",
+    "necktool.timing", "necktool.sweep", "necktool.budgets", "necktool.budgets.config",
+    "necktool.budgets.baseline", "necktool.budgets.check", "necktool.cli",
+    *(target.partition(":")[0] for target, _ in COMMANDS.values()),
+    "necktool.cli.params", "necktool.cli.render",
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every necktool module ``path`` imports, at any depth (function bodies included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # 'from necktool import profiling' names a module; 'from necktool import X' not
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                     else node.module for a in node.names]
+        found.update(n for n in names if n in modules)
+    return found
+
+
+def test_no_import_cycles_between_necktool_modules() -> None:
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt):], nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert len(graph) > 30  # the walk really saw the package
+
+
+def test_the_core_imports_no_torch() -> None:
+    code = (f"import importlib, sys\nfor m in {TORCH_FREE!r}:\n    importlib.import_module(m)\n"
+            "heavy = [m for m in ('torch', 'fvcore', 'onnx', 'onnxruntime') if m in sys.modules]\n"
+            "print(heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+@pytest.mark.parametrize(("config", "says"), [
+    ('[[budget]]\nneck = "scrfd_2.5g"\nmax-gflop = 1\n', "unknown key"),
+    ('[[budget]]\nneck = "scrfd_25g"\nmax-gflops = 1\n', "did you mean 'scrfd_2.5g'"),
+    ('[[budget]]\nneck = "scrfd_2.5g"\nout-channels = "wide"\nmax-gflops = 1\n',
+     "expected a positive integer"),
+])
+def test_config_errors_never_import_torch(tmp_path: Path, config: str, says: str) -> None:
+    (tmp_path / "necktool.toml").write_text(config)
+    code = textwrap.dedent(f"""
+        import sys
+        from necktool.cli import app
+        try:
+            app(["check", "--config", {str(tmp_path / "necktool.toml")!r}])
+        except SystemExit as e:
+            assert e.code == 2, e.code
+        assert "torch" not in sys.modules, "torch was imported"
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert says in proc.stderr
+
+
+def test_each_command_summary_is_its_docstring() -> None:
+    for name, (target, summary) in COMMANDS.items():
+        module, _, attr = target.partition(":")
+        doc = getattr(importlib.import_module(module), attr).__doc__
+        assert doc.strip().splitlines()[0] == summary, name
+
+
+def test_no_module_over_600_lines() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) <= 600, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_every_error_type_the_readme_names_is_importable() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    names = {n for n in dir(necktool.errors) if n.endswith(("Error", "Failed"))}
+    named = {n for n in names if f"`{n}`" in readme}
+    assert {"WeightsError", "CustomNeckError", "VerificationFailed", "ExportError"} <= named
+    for name in named:
+        assert issubclass(getattr(necktool, name), necktool.NecktoolError), name
+
+
+# -- build flags, described once ----------------------------------------------------------
+def test_build_flags_are_built_by_keyword_only() -> None:
+    from necktool.cli.params import BuildFlags
+
+    flags = BuildFlags(out_channels=32, gn_groups=4, batch=2, norm=None)
+    assert flags.overrides() == {"out_channels": 32, "gn_groups": 4} and flags.batch == 2
+    with pytest.raises(TypeError):
+        BuildFlags(32, 4)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown build flag"):
+        BuildFlags(out_chanels=32)
+
+
+def test_every_field_is_an_option_and_a_toml_key() -> None:
+    from necktool.budgets.config import ENTRY_KEYS, TOP_KEYS
+    from necktool.fields import FIELDS
+
+    result = CliRunner().invoke(app, ["profile", "--help"], env={"COLUMNS": "200"})
+    for field in FIELDS:
+        assert field.flag in result.stdout
+        assert field.key in ENTRY_KEYS and field.key in TOP_KEYS
+
+
+def test_a_flag_the_family_does_not_take_names_the_families_that_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from necktool import families
+    from necktool.errors import SpecError
+    from necktool.specs import NeckSpec
+
+    toy = families.FamilyInfo("toy", "a family without norms", "necktool.necks.pafpn:PAFPN",
+                              ("in_channels", "out_channels", "input_size"))
+    monkeypatch.setitem(families.FAMILIES, "toy", toy)
+    spec = NeckSpec("toy", (8, 16), 8)
+    with pytest.raises(SpecError, match=r"--norm does not apply to toy .*take it: fpn, pafpn"):
+        spec.replace(norm="bn")
+    with pytest.raises(SpecError, match="--gn-groups does not apply"):
+        NeckSpec("toy", (8, 16), 8, gn_groups=2)
+    assert "norm" not in spec.to_dict() and spec.to_dict()["out_channels"] == 8
+
+
+def test_fvcore_handles_equal_fvcore_defaults_for_every_preset() -> None:
+    import warnings
+
+    from necktool import PRESETS, build_neck, make_inputs, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+        for name, preset in PRESETS.items():
+            size = (96, 128)
+            ours = profile(name, input_size=size).operators
+            model = build_neck(preset.spec)
+            plain = FlopCountAnalysis(model, (tuple(make_inputs(preset.spec, size,
+                                                                seed=None)),))
+            plain.unsupported_ops_warnings(False)
+            plain.uncalled_modules_warnings(False)
+            plain.tracer_warnings("none")
+            # fvcore's own table, untouched: everything but the adds necktool counts on top
+            assert {k: v for k, v in ours.items() if k != "add"} == dict(plain.by_operator())
+
+
+# -- one output pipeline ------------------------------------------------------------------
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+HEADER = ("neck", "family", "config", "input_size", "batch", "unit")
+
+
+@pytest.mark.parametrize("args", [
+    ["profile", "scrfd_0.5g", "--input-size", "64"],
+    ["bench", "scrfd_0.5g", "--input-size", "64", "--repeat", "2", "--warmup", "1"],
+])
+def test_per_neck_json_starts_with_the_same_keys(args: list[str]) -> None:
+    code, out, err = run(*args, "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert tuple(data)[:len(HEADER)] == HEADER
+    assert data["config"]["family"] == data["family"] == "pafpn"
+    code, again, _ = run(*args, "--json")
+    assert code == 0 and json.loads(again).keys() == data.keys()
+
+
+@pytest.mark.parametrize("args", [
+    ["list", "scrfd_*"],
+    ["profile", "scrfd_0.5g", "--input-size", "64"],
+    ["sweep", "scrfd_0.5g", "--sizes", "64,96"],
+])
+def test_markdown_for_every_command(args: list[str]) -> None:
+    code, out, err = run(*args, "--format", "markdown")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("**") and any(ln.startswith("|---") for ln in lines)
+    assert "┃" not in out and "\x1b[" not in out  # no box drawing, no colour codes
+
+
+def test_json_and_another_format_conflict() -> None:
+    code, out, err = run("list", "--json", "--format", "markdown")
+    assert code == 2 and out == "" and "--json and --format markdown conflict" in err
+    code, _, err = run("list", "--format", "github")
+    assert code == 2 and "'github' is not one of 'table', 'json', 'markdown'" in err
+
+
+# -- exits --------------------------------------------------------------------------------
+def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.registry
+
+    def broken(*args: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(necktool.registry.NeckList, "matching", broken)
+    code, out, err = run("list")
+    assert code == 70 and out == ""
+    assert err == ("necktool: internal error: ZeroDivisionError: division by zero (a bug in "
+                   "necktool; run with NECKTOOL_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("NECKTOOL_DEBUG", "1")
+    result = CliRunner().invoke(app, ["list"])
+    assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.registry
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(necktool.registry.NeckList, "matching", interrupted)
+    code, out, err = run("list")
+    assert code == 130 and out == "" and err == "necktool: interrupted\n"
