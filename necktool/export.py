@@ -6,11 +6,11 @@ with ``h = H / S`` and ``w = W / S`` for the coarsest stride ``S``, level ``k`` 
 is ``(batch, C_k, 2**(L-1-k) * h, 2**(L-1-k) * w)``, so one file serves every image
 whose sides are multiples of ``S``.
 
-Nothing is lost: the file is written to a temporary file beside the destination and
-moved into place with :func:`os.replace` only after ``onnx.checker`` (full check, which
+Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
 includes strict shape inference), the conv-MAC cross-check and (unless skipped)
-verification passed. Any failure removes the temporary file and leaves the destination
-untouched.
+verification in ONNX Runtime; only then are its bytes written, atomically, by
+:func:`necktool.files.write_file`. Any failure leaves the destination untouched and no
+temporary file behind.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from necktool.artifact import (
 )
 from necktool.build import make_inputs
 from necktool.errors import ExportError, InputError, VerificationFailed
-from necktool.files import check_writable, replace_on_success
+from necktool.files import check_writable, write_file
 from necktool.profiling import analyze, check_batch
 from necktool.quiet import quiet
 from necktool.registry import resolve_spec
@@ -175,14 +175,14 @@ def _dynamic_shapes(spec: NeckSpec) -> tuple[list[dict[int, Any]]]:
     return (shapes,)
 
 
-def _check_model(path: pathlib.Path) -> None:
+def _check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker`` full check, which includes strict, type-checked shape inference.
 
     Raises:
         ExportError: the checker or its shape inference rejected the graph.
     """
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # checker raises ValidationError or InferenceError
         raise ExportError(f"onnx.checker (full check, strict shape inference) rejected the "
                           f"exported graph: {_first_line(exc)}") from None
@@ -314,49 +314,48 @@ def export_onnx(
     dest = check_writable(output if output is not None else f"{spec.label}.onnx",
                           "the ONNX file")
 
-    with replace_on_success(dest, "the ONNX file") as tmp:
-        model, source = make_model(spec, seed=seed, prefix=prefix,
-                                   weights=None if weights is None else pathlib.Path(weights))
-        done("build")
-        counted = analyze(model, spec, spec.input_size, batch)
-        done("count")
-        inputs = make_inputs(spec, spec.input_size, batch, seed=0)
-        proto = export_model(model, spec, inputs, dynamic=dynamic, opset=opset)
-        done("export")
+    model, source = make_model(spec, seed=seed, prefix=prefix,
+                               weights=None if weights is None else pathlib.Path(weights))
+    done("build")
+    counted = analyze(model, spec, spec.input_size, batch)
+    done("count")
+    inputs = make_inputs(spec, spec.input_size, batch, seed=0)
+    proto = export_model(model, spec, inputs, dynamic=dynamic, opset=opset)
+    done("export")
 
-        input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
-        onnx_macs = conv_macs(proto, input_shapes)
-        fvcore_macs = int(counted.operators.get("conv", 0))
-        meta = ExportMetadata(
-            version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
-            batch=batch, dynamic=dynamic, opset=opset, flops=counted.flops,
-            params=counted.params, conv_macs=onnx_macs, weights=source,
-            exporter=exporter_name())
-        del proto.metadata_props[:]
-        for key, value in meta.to_props().items():
-            proto.metadata_props.add(key=key, value=value)
-        proto.doc_string = (f"necktool {__version__}: {spec.label} neck ({spec.family}), "
-                            "see metadata_props necktool.*")
-        onnx.save_model(proto, str(tmp))
-        _check_model(tmp)
-        if onnx_macs != fvcore_macs:
-            raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
-                              f"{fvcore_macs:,} from fvcore at {size_text(spec.input_size)}; "
-                              "nothing written")
-        result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
-                              tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
-                              None, False, seconds)
-        done("check")
+    input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
+    onnx_macs = conv_macs(proto, input_shapes)
+    fvcore_macs = int(counted.operators.get("conv", 0))
+    meta = ExportMetadata(
+        version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
+        batch=batch, dynamic=dynamic, opset=opset, flops=counted.flops,
+        params=counted.params, conv_macs=onnx_macs, weights=source, exporter=exporter_name())
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = (f"necktool {__version__}: {spec.label} neck ({spec.family}), "
+                        "see metadata_props necktool.*")
+    _check_model(proto)
+    if onnx_macs != fvcore_macs:
+        raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
+                          f"{fvcore_macs:,} from fvcore at {size_text(spec.input_size)}; "
+                          "nothing written")
+    data = proto.SerializeToString()
+    result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
+                          tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
+                          None, False, seconds)
+    done("check")
 
-        if verify:
-            verification = compare_onnx(
-                tmp, model, spec, cases=default_cases(spec, spec.input_size, batch, dynamic),
-                options=options, weights=source.describe(), dynamic=dynamic)
-            verification = dataclasses.replace(verification, path=str(dest))
-            result = dataclasses.replace(result, verification=verification)
-            done("verify")
-            if not verification.passed:
-                raise VerificationFailed(result.failure() or "verification failed", result)
+    if verify:
+        verification = compare_onnx(
+            data, model, spec, cases=default_cases(spec, spec.input_size, batch, dynamic),
+            options=options, weights=source.describe(), dynamic=dynamic)
+        verification = dataclasses.replace(verification, path=str(dest))
+        result = dataclasses.replace(result, verification=verification)
+        done("verify")
+        if not verification.passed:
+            raise VerificationFailed(result.failure() or "verification failed", result)
+    write_file(dest, data, "the ONNX file")
     done("write")
     return dataclasses.replace(result, written=True)
 

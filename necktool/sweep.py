@@ -13,13 +13,14 @@ megapixels keep non-square sizes on one straight-ish line.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from necktool.errors import InputError
-from necktool.files import check_writable, replace_on_success
+from necktool.files import check_writable, write_file
 from necktool.registry import expand_names, resolve_spec
 from necktool.report import Block, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
@@ -235,10 +236,9 @@ class SweepResult:
         ax.set_title(f"Neck FLOPs by input size{batch}")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        with replace_on_success(dest, "the plot") as tmp:
-            # the temporary name ends in .tmp, so name the format explicitly
-            fig.savefig(tmp, format=dest.suffix.lower().lstrip("."))
-        return dest
+        image = io.BytesIO()
+        fig.savefig(image, format=dest.suffix.lower().lstrip("."))
+        return write_file(dest, image.getvalue(), "the plot")
 
     def _x(self, size: tuple[int, int]) -> float:
         return float(size[0]) if self.square else size[0] * size[1] / 1e6

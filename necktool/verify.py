@@ -328,17 +328,25 @@ def resolve_provider(name: str) -> str:
                      f"available: {', '.join(available)}")
 
 
-def open_session(path: str | pathlib.Path, provider: str) -> Any:
+ModelSource = str | pathlib.Path | bytes  # a file, or a serialized model still in memory
+
+
+def _name(source: ModelSource) -> str:
+    return "the exported model" if isinstance(source, bytes) else repr(str(source))
+
+
+def open_session(source: ModelSource, provider: str) -> Any:
     """An ONNX Runtime session on ``provider`` only, with ORT's own logging quiet."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    model = source if isinstance(source, bytes) else str(source)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+        return ort.InferenceSession(model, sess_options=options, providers=[provider])
     except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from None
+        raise InputError(f"ONNX Runtime cannot load {_name(source)}: {first}") from None
 
 
 def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
@@ -389,7 +397,7 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
 
 
 def compare_onnx(
-    path: str | pathlib.Path,
+    source: ModelSource,
     model: nn.Module,
     spec: NeckSpec,
     *,
@@ -401,7 +409,7 @@ def compare_onnx(
     """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
 
     Args:
-        path: The ONNX file.
+        source: The ONNX file, or its bytes.
         model: The PyTorch neck it should match (eval mode).
         spec: The neck's spec (channels and strides make the inputs).
         cases: Input shapes to compare at (see :func:`default_cases`).
@@ -412,10 +420,10 @@ def compare_onnx(
             neck's inputs and outputs, or a tolerance names an output it does not have.
     """
     provider = resolve_provider(options.provider)
-    session = open_session(path, provider)
+    session = open_session(source, provider)
     n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
     if n_in != spec.num_inputs or n_out != spec.num_levels:
-        raise InputError(f"{str(path)!r} has {n_in} input(s) and {n_out} output(s); the neck "
+        raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
     out_names = [o.name for o in session.get_outputs()]
@@ -426,7 +434,7 @@ def compare_onnx(
         merged: list[OutputComparison] = []
         for s in seeds:
             inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
-            _check_static_shapes(session, inputs, path)
+            _check_static_shapes(session, inputs, source)
             ref = _run_torch(model, inputs)
             got = _run_ort(session, inputs)
             trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
@@ -434,19 +442,20 @@ def compare_onnx(
             merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
                                                                            strict=True)]
         results.append(CaseComparison(case, seeds, tuple(merged)))
-    return VerificationResult(str(path), spec.label, options, provider, dynamic, weights,
+    path = "" if isinstance(source, bytes) else str(source)
+    return VerificationResult(path, spec.label, options, provider, dynamic, weights,
                               tuple(results))
 
 
 def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
-                         path: str | pathlib.Path) -> None:
+                         source: ModelSource) -> None:
     """A clear error instead of ORT's when a static file expects other input shapes."""
     for meta, tensor in zip(session.get_inputs(), inputs, strict=True):
         want = list(meta.shape)
         got = list(tensor.shape)
         if len(want) != len(got) or any(isinstance(w, int) and w != g
                                          for w, g in zip(want, got, strict=True)):
-            raise InputError(f"{str(path)!r} expects input {meta.name} of shape {want}, but the "
+            raise InputError(f"{_name(source)} expects input {meta.name} of shape {want}, but the "
                              f"neck at this size gives {got}; check --input-size, --batch and "
                              "the build flags")
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from necktool.budgets.config import METRICS
 from necktool.errors import ConfigError
-from necktool.files import replace_on_success
+from necktool.files import write_file
 from necktool.units import UNIT, UNIT_NOTE
 from necktool.version import __version__
 
@@ -116,5 +116,4 @@ def save_baseline(report: HasBaseline | Mapping[str, Any], path: Path) -> None:
         ConfigError: the file cannot be written.
     """
     document = report if isinstance(report, Mapping) else report.baseline_document()
-    with replace_on_success(path, "baseline", ConfigError) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_file(path, (json.dumps(document, indent=2) + "\n").encode(), "baseline", ConfigError)

@@ -7,6 +7,7 @@ pass; 2 bad usage or input; 70 a bug in necktool; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from necktool.cli import interrupts
 from necktool.errors import ExitCode, NecktoolError
 from necktool.version import __version__
 
@@ -110,13 +112,23 @@ def load_command(name: str) -> Any:
     return command
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into the closed pipe
+    does not print 'Exception ignored ... BrokenPipeError' on the way out."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 class _Stop(Exception):
     """An interrupt or a closed stdout, carried past Typer's own handling of both (it would
     exit 130 silently, or 1 for a broken pipe) to :meth:`_Group.main`."""
 
-    def __init__(self, code: ExitCode) -> None:
+    def __init__(self, code: ExitCode, closed_stdout: bool = False) -> None:
         super().__init__(code)
         self.code = code
+        self.closed_stdout = closed_stdout
 
 
 class _Group(TyperGroup):
@@ -127,8 +139,8 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise _Stop(ExitCode.INTERRUPTED) from None
-        except BrokenPipeError:
-            raise _Stop(ExitCode.OK) from None
+        except BrokenPipeError:  # `necktool ... | head`: the reader has all it wanted
+            raise _Stop(ExitCode.OK, closed_stdout=True) from None
 
     def _load(self, argv: Sequence[str]) -> None:
         named = next((a for a in argv if not a.startswith("-")), None)
@@ -140,6 +152,7 @@ class _Group(TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
         argv = fold_tolerances(list(sys.argv[1:] if args is None else args))
+        previous = interrupts.install()
         try:
             self._load(argv)
             rv = super().main(args=argv, prog_name=prog_name or "necktool",
@@ -163,15 +176,25 @@ class _Group(TyperGroup):
             code = ExitCode.INTERRUPTED
         except _Stop as stop:
             code = stop.code
+            if stop.closed_stdout:
+                _silence_stdout()
         except BrokenPipeError:
             code = ExitCode.OK
+            _silence_stdout()
         except Exception as exc:  # a bug: say so in one line, unless asked for the traceback
-            if os.environ.get(DEBUG_ENV):
+            if interrupts.requested():  # the aftermath of an interrupt, not a bug
+                code = ExitCode.INTERRUPTED
+            elif os.environ.get(DEBUG_ENV):
                 raise
-            said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            sys.stderr.write(f"necktool: internal error: {type(exc).__name__}: {said} (a bug "
-                             f"in necktool; run with {DEBUG_ENV}=1 for the traceback)\n")
-            code = ExitCode.INTERNAL
+            else:
+                said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                sys.stderr.write(f"necktool: internal error: {type(exc).__name__}: {said} (a "
+                                 f"bug in necktool; run with {DEBUG_ENV}=1 for the traceback)\n")
+                code = ExitCode.INTERNAL
+        finally:
+            interrupts.restore(previous)
+        if interrupts.requested():  # even if a library swallowed the KeyboardInterrupt
+            code = ExitCode.INTERRUPTED
         if code == ExitCode.INTERRUPTED:  # also Typer's own 130, from an interrupt in parsing
             sys.stderr.write("necktool: interrupted\n")
         if standalone_mode:

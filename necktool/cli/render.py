@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from necktool.cli import interrupts
 from necktool.report import Block, Heading, Note, OutputFormat, Result, Table
 
 PIPE_WIDTH = 200  # a pipe has no width: tables keep their natural one up to this
@@ -47,8 +48,16 @@ def load_heavy(*, counting: bool = False) -> None:
     gc.freeze()
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 here; a reader that stopped reading (`| head`) is not a failure:
+        # let the CLI end quietly with 0.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
-    console = Console(soft_wrap=False, highlight=False)
+    console = _Console(soft_wrap=False, highlight=False)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = PIPE_WIDTH
     return console
@@ -223,7 +232,7 @@ def progress(total: int, description: str) -> Iterator[Any]:
     """
     console = stderr_console()
     if not console.is_terminal:  # nothing to animate: skip importing rich.progress at all
-        yield lambda label="": None
+        yield lambda label="": interrupts.checkpoint()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
@@ -233,6 +242,7 @@ def progress(total: int, description: str) -> Iterator[Any]:
         task = bar.add_task(description, total=total)
 
         def advance(label: str = "") -> None:
+            interrupts.checkpoint()
             bar.update(task, advance=1, description=f"{description} {label}".strip())
 
         yield advance
