@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from necktool import quiet
 from necktool.artifact import DEFAULT_OPSET
 from necktool.build import build_neck, make_inputs
 from necktool.errors import InputError
@@ -141,7 +142,7 @@ def _bench_torch(model: nn.Module, inputs: list[torch.Tensor], threads: int, war
 def ort_session(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor],
                 threads: int) -> Any:
     """A CPU ONNX Runtime session for ``model``, exported statically in memory."""
-    import onnxruntime as ort
+    ort = quiet.onnxruntime()
 
     proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
     options = ort.SessionOptions()
@@ -156,7 +157,7 @@ def ort_session(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor],
 
 def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: int,
                repeat: int, on_run: Callable[[str], None]) -> RuntimeTiming:
-    import onnxruntime as ort
+    ort = quiet.onnxruntime()
 
     feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
                                                      strict=True)}

@@ -33,9 +33,11 @@ def build_custom(spec: NeckSpec) -> nn.Module:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # an import can raise anything; report it, never a traceback
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # user code: even SystemExit is a bad neck, not our exit
         raise CustomNeckError(f"cannot import {module_name!r} for custom neck "
-                              f"{spec.factory!r}: {type(exc).__name__}: {exc}") from None
+                              f"{spec.factory!r}: {_said(exc)}") from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in vars(obj) if not n.startswith("_"))[:12]
@@ -48,14 +50,22 @@ def build_custom(spec: NeckSpec) -> nn.Module:
     args = {"in_channels": list(spec.in_channels), "out_channels": spec.out_channels}
     try:
         model = obj(**args)
-    except Exception as exc:  # user code: any exception is a bad neck, not our crash
-        raise CustomNeckError(f"custom neck {spec.factory!r} raised {type(exc).__name__}: "
-                              f"{exc} (called with in_channels={args['in_channels']}, "
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # user code: any exception, SystemExit too, is a bad neck
+        raise CustomNeckError(f"custom neck {spec.factory!r} raised {_said(exc)} (called "
+                              f"with in_channels={args['in_channels']}, "
                               f"out_channels={args['out_channels']})") from None
     if not isinstance(model, nn.Module):
         raise CustomNeckError(f"custom neck {spec.factory!r} returned "
                               f"{type(model).__name__}; expected a torch.nn.Module")
     return model
+
+
+def _said(exc: BaseException) -> str:
+    """``Type: first line of the message``, bounded: user code may say anything."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_outputs(spec: NeckSpec, outputs: Any, batch: int,

@@ -277,7 +277,9 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     custom = spec.info.needs_factory
     try:
         analysis, events = _fvcore_analysis(model, inputs)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a custom forward may raise anything, SystemExit too
         if not custom:
             raise
         raise CustomNeckError(f"{spec.label}: forward failed under fvcore's trace on inputs "

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -43,3 +44,18 @@ def quiet() -> Iterator[io.StringIO]:
             for fd, copy in saved:
                 os.dup2(copy, fd)
                 os.close(copy)
+
+
+def onnxruntime() -> Any:
+    """Import ONNX Runtime with its own chatter off.
+
+    ``ORT_DISABLE_TELEMETRY`` must be set before the import: ONNX Runtime 1.31 logs a
+    coloured "Failed to persist telemetry device ID" warning at import time whenever it
+    cannot write its device ID under ``$HOME/.cache``, and no logger setting made after
+    the import reaches it. Its default logger is then set to errors only.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    return ort

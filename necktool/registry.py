@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import os
 import re
 from typing import Any
 
@@ -70,10 +71,15 @@ def bare_families() -> list[str]:
 
 
 def unknown_neck(name: str) -> UnknownNeckError:
-    """An error naming the closest preset, and the valid ones."""
-    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.6)
+    """An error naming the closest preset, and the valid ones; for a name that is a file
+    here, the likely cause: a pattern the shell expanded because it was not quoted."""
+    if os.path.lexists(name):
+        return UnknownNeckError(
+            f"unknown neck {name!r}, which is a file here: if you meant a pattern such as "
+            "'scrfd_*', quote it so the shell does not expand it to file names")
+    close = difflib.get_close_matches(name[:100], list(PRESETS), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return UnknownNeckError(f"unknown neck {name!r}; {hint}valid: {', '.join(PRESETS)}")
+    return UnknownNeckError(f"unknown neck {name[:100]!r}; {hint}valid: {', '.join(PRESETS)}")
 
 
 def get_spec(name: str, **overrides: Any) -> NeckSpec:

@@ -21,6 +21,7 @@ from typing import Any
 
 from necktool.errors import InputError
 from necktool.files import check_writable, write_file
+from necktool.quiet import quiet
 from necktool.registry import expand_names, resolve_spec
 from necktool.report import Block, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
@@ -114,11 +115,9 @@ def check_matplotlib() -> None:
 
 
 def _import_matplotlib() -> Any:
-    import warnings
-
+    # quiet(): matplotlib logs (not warns) when its config directory is not writable
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             import matplotlib.figure
     except ImportError:
         raise InputError(MATPLOTLIB_MISSING) from None

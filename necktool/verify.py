@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from necktool import quiet
 from necktool.artifact import (
     DamagedMetadata,
     GraphInfo,
@@ -317,7 +318,7 @@ def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
 # -- running ---------------------------------------------------------------------------
 def resolve_provider(name: str) -> str:
     """Full ONNX Runtime provider name from ``cpu``/``cuda``/``CPUExecutionProvider``."""
-    import onnxruntime as ort
+    ort = quiet.onnxruntime()
 
     available = ort.get_available_providers()
     wanted = name if name.lower().endswith("executionprovider") else f"{name}ExecutionProvider"
@@ -337,7 +338,7 @@ def _name(source: ModelSource) -> str:
 
 def open_session(source: ModelSource, provider: str) -> Any:
     """An ONNX Runtime session on ``provider`` only, with ORT's own logging quiet."""
-    import onnxruntime as ort
+    ort = quiet.onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
@@ -476,7 +477,9 @@ def verify_onnx(
 
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
-        neck: Which neck the file holds; needed when the file has no necktool metadata.
+        neck: Which neck the file holds; needed when the file has no necktool metadata,
+            and for a custom neck: the file's import path is imported only when ``neck``
+            names the same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider (fp32 defaults).
@@ -504,12 +507,17 @@ def verify_onnx(
         if neck is None:
             raise
         meta = None  # the user says what the file holds; the metadata is not needed
-    if neck is not None:
-        spec = resolve_spec(neck, **overrides)
-        source = WeightSource("seed", seed=seed or 0)
-    elif meta is not None:
+    recorded = meta.spec.factory if meta is not None else None
+    if recorded is not None and neck is None:  # a file's import path is no permission to run it
+        raise InputError(
+            f"{str(file)!r} records the custom neck {recorded!r}; necktool imports a "
+            f"module only when you name it: pass --neck {recorded} to allow it")
+    if meta is not None and (neck is None or neck == recorded):
         spec = meta.spec.replace(**overrides)
         source = meta.weights
+    elif neck is not None:
+        spec = resolve_spec(neck, **overrides)
+        source = WeightSource("seed", seed=seed or 0)
     else:
         raise InputError(
             f"{str(file)!r} carries no necktool metadata (it was not written by 'necktool "

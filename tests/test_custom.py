@@ -138,8 +138,12 @@ def test_custom_neck_exports_verifies_and_rebuilds_from_metadata(user_module: st
     d = json.loads(out)
     assert d["verification"]["passed"] is True
     assert out_path.exists()
-    # `verify` rebuilds the custom neck from the file's metadata alone
-    code, out, err = run("verify", str(out_path), "--json")
+    # `verify` rebuilds the custom neck from the file's metadata, once the user names the
+    # same import path: a file alone never makes necktool import a module
+    code, out, err = run("verify", str(out_path))
+    assert code == 2 and out == ""
+    assert f"records the custom neck {target!r}" in err and f"--neck {target}" in err
+    code, out, err = run("verify", str(out_path), "--neck", target, "--json")
     assert code == 0, err
     assert json.loads(out)["verification"]["passed"] is True
 

@@ -100,13 +100,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Untagged:
+    """An argument's type that adds no ``<str>`` tag to the help's argument panel; it
+    delegates everything else (conversion included) to the type it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Command(TyperCommand):
+    """Readable help: an argument shows as its metavar (``NECK...``, ``MODEL.onnx``),
+    without Typer's ``{braces}`` in the usage line or a ``<str>`` type tag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.param_type_name == "argument":
+                param.type = _Untagged(param.type)  # type: ignore[assignment]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p
+                for p in super().collect_usage_pieces(ctx)]
+
+
 def load_command(name: str) -> Any:
     """The Typer-built command ``name``, its option groups expanded."""
     from necktool.cli.params import expand
 
     module, _, attr = COMMANDS[name][0].partition(":")
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command(name, help=None)(expand(getattr(importlib.import_module(module), attr)))
+    single.command(name, help=None, cls=_Command)(
+        expand(getattr(importlib.import_module(module), attr)))
     command = typer.main.get_command(single)
     command.name = name
     return command

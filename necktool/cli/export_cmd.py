@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 EXPORT = "Export"
 
 OnnxFlag = Annotated[bool, typer.Option(
-    "--onnx", rich_help_panel=EXPORT,
+    "--onnx", rich_help_panel=EXPORT, show_default=False,
     help="Write ONNX, the export format (the default; the result names it).")]
 Output = Annotated[pathlib.Path | None, typer.Option(
     "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False,

@@ -23,7 +23,7 @@ import typer
 
 from necktool.errors import InputError
 from necktool.families import FAMILIES, families_taking
-from necktool.fields import FIELD, FIELDS, BadValue, IntKind, describe_text
+from necktool.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
 from necktool.registry import bare_families
 from necktool.report import OutputFormat, Result
 from necktool.tolerance import (
@@ -173,8 +173,10 @@ class VerifyGroup(OptionGroup):
                 "--rtol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
                 help=f"Relative tolerance, same syntax. Default: {DEFAULT_RTOL:g} (fp32). An "
                 "output passes when every element has |ort - torch| <= atol + rtol*|torch|.")]),
-            _option(f"{prefix}error_stat", Annotated[ErrorStat | None, typer.Option(
-                "--error-stat", rich_help_panel=VERIFY_PANEL, show_default=False,
+            _option(f"{prefix}error_stat", Annotated[Any, typer.Option(
+                "--error-stat", metavar="[" + "|".join(s.value for s in ErrorStat) + "]",
+                parser=typer_parser(ChoiceKind(ErrorStat).from_text),
+                rich_help_panel=VERIFY_PANEL, show_default=False,
                 help="Which statistic of the element excess |ort - torch| - rtol*|torch| must "
                 "stay within atol: elemwise (every element; default), mean or median.")]),
             _option(f"{prefix}trials", Annotated[Any, typer.Option(
