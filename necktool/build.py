@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from necktool.registry import resolve_spec
+from necktool.report import size_text
+from necktool.resources import FLOAT32, forward_bytes, param_bound, require
 from necktool.specs import NeckSpec
 
 
@@ -26,6 +28,7 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
         [(1, 32, 80, 80), (1, 32, 40, 40), (1, 32, 20, 20)]
     """
     spec = resolve_spec(neck, **overrides)
+    require(FLOAT32 * param_bound(spec), f"building {spec.label}")
     builder = spec.info.load_builder()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -46,6 +49,8 @@ def make_inputs(
     """
     size = input_size or spec.input_size
     spec.check_size(size)
+    require(forward_bytes(spec, size, batch),
+            f"{spec.label} at {size_text(size)}, batch {batch},")
     shapes = [(batch, c, h, w) for c, (h, w) in zip(spec.in_channels, spec.input_sizes(size),
                                                     strict=True)]
     if seed is None:

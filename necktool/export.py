@@ -43,6 +43,7 @@ from necktool.profiling import analyze, check_batch
 from necktool.quiet import quiet
 from necktool.registry import resolve_spec
 from necktool.report import Block, neck_header, size_text, table
+from necktool.resources import export_bytes, require
 from necktool.specs import NeckSpec
 from necktool.tolerance import VerifyOptions
 from necktool.units import UNIT_SHORT
@@ -308,6 +309,8 @@ def export_onnx(
     spec = resolve_spec(neck, **overrides)
     batch = check_batch(batch)
     check_export_request(spec, opset=opset, dynamic=dynamic)
+    require(export_bytes(spec, spec.input_size, batch),
+            f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
     if verify:
         options.check_outputs(spec.output_names)
         resolve_provider(options.provider)

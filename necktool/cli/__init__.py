@@ -176,7 +176,9 @@ class _Group(TyperGroup):
             raise _Stop(ExitCode.OK, closed_stdout=True) from None
 
     def _load(self, argv: Sequence[str]) -> None:
-        named = next((a for a in argv if not a.startswith("-")), None)
+        values = {i + 1 for i, a in enumerate(argv) if a == "--max-memory"}  # its SIZE
+        named = next((a for i, a in enumerate(argv) if not a.startswith("-")
+                      and i not in values), None)
         for name, (_, summary) in COMMANDS.items():
             self.commands[name] = load_command(name) if name == named else \
                 TyperCommand(name=name, help=summary, callback=lambda: None)
@@ -226,6 +228,8 @@ class _Group(TyperGroup):
                 code = ExitCode.INTERNAL
         finally:
             interrupts.restore(previous)
+            if "necktool.resources" in sys.modules:  # --max-memory lasts one invocation
+                sys.modules["necktool.resources"].set_limit(None)
         if interrupts.requested():  # even if a library swallowed the KeyboardInterrupt
             code = ExitCode.INTERRUPTED
         if code == ExitCode.INTERRUPTED:  # also Typer's own 130, from an interrupt in parsing
@@ -253,10 +257,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _max_memory(value: str | None) -> str | None:
+    if value is not None:
+        from necktool import resources
+
+        try:
+            resources.set_limit(value)
+        except NecktoolError as exc:
+            raise typer.BadParameter(str(exc).partition(": ")[2]) from None
+    return value
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    max_memory: str = typer.Option(
+        None, "--max-memory", metavar="SIZE", callback=_max_memory, show_default=False,
+        help="Refuse work estimated to need more memory than SIZE (64G, 512M, none). "
+        "Default: the memory available now; also $NECKTOOL_MAX_MEMORY."),
 ) -> None:
     """Build, profile, export and budget the feature-pyramid necks of face detectors."""
 
