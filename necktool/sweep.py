@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from necktool.errors import InputError
+from necktool.fields import BadValue, parse_int_text
 from necktool.files import check_writable, write_file
 from necktool.quiet import quiet
 from necktool.registry import expand_names, resolve_spec
@@ -77,10 +78,14 @@ def parse_sizes(text: str, max_sizes: int = MAX_SIZES) -> list[tuple[int, int]]:
 
 def _parse_range(item: str) -> tuple[int, int, int]:
     parts = [p.strip() for p in item.split(":")]
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise InputError(f"malformed range {item!r} in --sizes; a range is START:STOP:STEP of "
-                         f"positive integers like 320:1280:160; {SIZES_FORMS}")
-    start, stop, step = (int(p) for p in parts)
+    expected = "START:STOP:STEP of positive integers like 320:1280:160"
+    try:
+        if len(parts) != 3:
+            raise BadValue(expected)
+        start, stop, step = (parse_int_text(p, expected) for p in parts)  # ASCII digits only
+    except BadValue:
+        raise InputError(f"malformed range {item[:40]!r} in --sizes; a range is {expected}; "
+                         f"{SIZES_FORMS}") from None
     if step == 0:
         raise InputError(f"range {item!r} has step 0; use a positive step like 320:1280:160")
     if start <= 0:

@@ -527,8 +527,8 @@ def verify_onnx(
     if weights is not None:
         source = WeightSource("file", path=str(weights), prefix=prefix)
     elif source.source == "file":
-        recorded = pathlib.Path(source.path or "")
-        if not recorded.is_file() or sha256_of(recorded) != source.sha256:
+        weights_file = pathlib.Path(source.path or "")
+        if not weights_file.is_file() or sha256_of(weights_file) != source.sha256:
             raise InputError(f"{str(file)!r} was exported from weights file {source.path!r} "
                              f"(sha256 {str(source.sha256)[:12]}...), which is not there or "
                              "has changed; pass --weights FILE (and --prefix)")

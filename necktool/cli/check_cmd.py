@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import CheckFormatOpt
+from necktool.cli.params import PATH, CheckFormatOpt
 from necktool.cli.render import load_heavy, progress, stderr_console, to_markdown
 from necktool.errors import ConfigError, InputError
 
@@ -17,19 +17,19 @@ if TYPE_CHECKING:
 
 BASELINE = "Baseline (growth gate)"
 
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", metavar="PATH", show_default=False,
+ConfigOpt = Annotated[Any, typer.Option(
+    "--config", metavar="PATH", show_default=False, parser=PATH,
     help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "
     "working directory for necktool.toml, then a pyproject.toml with a tool.necktool table.")]
-BaselineOpt = Annotated[Path | None, typer.Option(
-    "--baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False,
+BaselineOpt = Annotated[Any, typer.Option(
+    "--baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
     help="Fail entries whose FLOPs or params grew more than --max-increase against FILE.")]
 MaxIncreaseOpt = Annotated[str | None, typer.Option(
     "--max-increase", metavar="PCT", rich_help_panel=BASELINE,
     help="Allowed growth against --baseline: '2%' or '2' (percent). Default: the config's "
     "max-increase, else 0.", show_default=False)]
-SaveBaselineOpt = Annotated[Path | None, typer.Option(
-    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False,
+SaveBaselineOpt = Annotated[Any, typer.Option(
+    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
     help="Write the measured figures to FILE as JSON (also when a budget fails).")]
 
 

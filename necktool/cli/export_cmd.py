@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from necktool.artifact import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from necktool.cli.params import (
+    PATH,
     VERIFY_PANEL,
     BuildFlagsOpt,
     FormatOpt,
@@ -29,8 +29,8 @@ EXPORT = "Export"
 OnnxFlag = Annotated[bool, typer.Option(
     "--onnx", rich_help_panel=EXPORT, show_default=False,
     help="Write ONNX, the export format (the default; the result names it).")]
-Output = Annotated[pathlib.Path | None, typer.Option(
-    "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False,
+Output = Annotated[Any, typer.Option(
+    "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False, parser=PATH,
     help="Destination file. Default: <neck>.onnx. Written only after every check passed.")]
 Static = Annotated[bool, typer.Option(
     "--static", rich_help_panel=EXPORT,

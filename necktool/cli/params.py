@@ -115,6 +115,17 @@ def typer_parser(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     return convert
 
 
+def parse_path(text: str) -> pathlib.Path:
+    """A path from the command line: not empty, no NUL byte (which no OS call accepts)."""
+    if not text.strip() or "\x00" in text:
+        raise typer.BadParameter(f"{describe_text(text)} is not a file name")
+    return pathlib.Path(text)
+
+
+#: A ``parser=`` for every path option and argument.
+PATH = typer_parser(parse_path)
+
+
 def _families_note(field: str) -> str:
     takers = families_taking(field)
     return "" if not FIELD[field].spec or len(takers) == len(FAMILIES) \
@@ -146,8 +157,9 @@ class WeightsGroup(OptionGroup):
                 help="Seed of the weight init when --weights is not given (conv weights, norm "
                 "scales and shifts, BN running statistics and conv biases are all drawn from "
                 "it). Default: 0, or what the file records.")]),
-            _option(f"{prefix}path", Annotated[pathlib.Path | None, typer.Option(
+            _option(f"{prefix}path", Annotated[Any, typer.Option(
                 "--weights", metavar="FILE", rich_help_panel=WEIGHTS_PANEL, show_default=False,
+                parser=PATH,
                 help="A .pt/.pth state dict, loaded with torch.load(weights_only=True) and "
                 "strict key matching.")]),
             _option(f"{prefix}prefix", Annotated[str | None, typer.Option(

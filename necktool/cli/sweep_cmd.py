@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pathlib
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import FormatOpt, NecksArg, SizelessFlagsOpt
+from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt
 from necktool.cli.render import diagnostic, load_heavy, progress
 from necktool.registry import expand_names, resolve_spec
 from necktool.sweep import check_matplotlib, check_plot_path, parse_sizes
@@ -21,8 +20,8 @@ Sizes = Annotated[str, typer.Option(
     "--sizes", metavar="SIZES",
     help="Sizes to profile: a list such as 320,480,640 (each HxW or one number for a "
     "square) and/or inclusive ranges START:STOP:STEP such as 320:1280:160.")]
-Plot = Annotated[pathlib.Path | None, typer.Option(
-    "--plot", metavar="FILE", show_default=False,
+Plot = Annotated[Any, typer.Option(
+    "--plot", metavar="FILE", show_default=False, parser=PATH,
     help="Also draw GFLOPs against input size to FILE (.png or .svg); needs "
     "necktool\\[plot] (matplotlib).")]
 

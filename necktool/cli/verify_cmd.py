@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import pathlib
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import BuildFlagsOpt, FormatOpt, VerifyOpt, WeightsOpt
+from necktool.cli.params import PATH, BuildFlagsOpt, FormatOpt, VerifyOpt, WeightsOpt
 from necktool.cli.render import load_heavy, progress
 
 if TYPE_CHECKING:
     from necktool.verify import VerifyReport
 
-ModelArg = Annotated[pathlib.Path, typer.Argument(
-    metavar="MODEL.onnx", show_default=False,
+ModelArg = Annotated[Any, typer.Argument(
+    metavar="MODEL.onnx", show_default=False, parser=PATH,
     help="An ONNX file, normally written by 'necktool export'.")]
 NeckOpt = Annotated[str | None, typer.Option(
     "--neck", metavar="NECK", show_default=False,

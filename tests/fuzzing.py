@@ -1,0 +1,271 @@
+"""A seeded fuzzer for every command and flag, shared by ``tests/test_fuzz.py`` (a bounded
+run in CI) and ``scripts/fuzz.py`` (10,000+ runs with counts).
+
+Each seed makes one invocation: a command, maybe a NECK or a file argument, and a random
+subset of that command's options, read off the real Typer commands (so a new flag is
+fuzzed the day it exists), each given a hostile value: Unicode digits, huge and negative
+numbers, NaN and infinities, whitespace, empty strings, directories, devices, links,
+missing and over-long paths, and files with random bytes, non-UTF-8 text, deep nesting or
+damaged ONNX metadata. Each invocation runs in process and is judged by :func:`verdict`.
+
+The exporter itself (``torch.onnx.export``) is replaced by a stub that fails at once:
+the fuzzer attacks necktool's handling of input, and a real export of every valid
+combination would take seconds each; the export tests cover the exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from typer.testing import CliRunner
+
+from necktool.cli import COMMANDS, app, load_command
+
+ALLOWED_CODES = {0, 1, 2, 130}
+MAX_ERROR_LINES = 7  # the error line and at most six detail lines
+
+NUMBERS = ["", " ", "0", "1", "2", "7", "64", "-1", "-0", "+3", "1_000", "0x10", "1e3", "²",
+           "٣٤", "Ⅻ", "9" * 5000, "99999999999999999999999999999", "18446744073709551617",
+           "nan", "inf", "-inf", "1e308", "1e-400", "0.5", " 64 ", "64\n", "\x00", "64,",
+           "١٢٨", "6 4", "--", "-", "None", "true"]
+SIZES = ["640", "640x480", "640X480", "³x³", "0x0", "0x640", "64x", "x64", "64x64x64",
+         "99999", "8193x8193", "8192", "32", "31", "33x47", "1e3x64", "64 x 64", "６４"]
+CHANNELS = ["64,128,256", "16,32", "1000000000,64,64", ",", "64,,128", "-1,2,3", "0,1",
+            "9" * 400, "64;128", "1," * 80, "16384,16384", "16385,1", "4096,4096,4096",
+            "2,2,2,2,2,2,2"]
+WORDS = ["", " ", "x", "none", "gn", "bn", "relu", "leaky_relu", "elemwise", "mean", "p99",
+         "GN", "table", "json", "markdown", "github", "yaml", "cpu", "cuda", "CPU",
+         "CPUExecutionProvider", "onnxruntime", "torch", "\u202e", "é", "a" * 300]
+TOLERANCES = ["1e-4", "0", "-1", "nan", "inf", "1e-4 p5:1e-3", "p9:1", "p5:1e-3",
+              "1e-4 1e-3", "p5:x", ":1", "p5:", "1e400"]
+PERCENTS = ["2%", "2", "0", "-1%", "nan", "inf", "1e400", "%", "2%%", "two", "1e6", "1e7"]
+NECKS = ["scrfd_2.5g", "scrfd_0.5g", "fpn", "pafpn", "retinaface_mnet", "retinaface_r50",
+         "scrfd_*", "nope_*", "scrfd_25g", "", " ", "torch.nn:Identity", "os:system",
+         "examples.custom_neck:BiFPN", "a:b:c", ":", "x" * 500, "scrfd_2.5g\x00"]
+SIZE_LISTS = ["320,640", "320:640:160", "1:99999999999999999999:1", "640:320:160",
+              "320:640:0", ",", "abc", "²:640:160", "64", "16", "64x48,64", "1:" * 30]
+
+
+@dataclasses.dataclass
+class Invocation:
+    seed: int
+    args: list[str]
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}: necktool {' '.join(map(repr, self.args))}"
+
+
+@dataclasses.dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+    @property
+    def traceback(self) -> bool:
+        return "Traceback" in self.stderr or "Traceback" in self.stdout
+
+
+def verdict(outcome: Outcome) -> str | None:
+    """``None`` when the invocation behaved; else what was wrong with it."""
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        return f"raised {type(outcome.exception).__name__}: {outcome.exception}"
+    if outcome.code == 70:
+        return f"internal error: {outcome.stderr.strip()[:300]}"
+    if outcome.code not in ALLOWED_CODES:
+        return f"exit code {outcome.code}"
+    if outcome.traceback:
+        return "printed a traceback"
+    if outcome.code == 2:
+        lines = outcome.stderr.splitlines()
+        if not lines or not lines[0].startswith("necktool: error: "):
+            return f"exit 2 without a 'necktool: error:' line: {outcome.stderr[:200]!r}"
+        if len(lines) > MAX_ERROR_LINES:
+            return f"an error of {len(lines)} lines"
+    return None
+
+
+# -- files ---------------------------------------------------------------------------------
+class Files:
+    """Hostile files, made once per directory and reused by every invocation."""
+
+    def __init__(self, root: pathlib.Path, onnx_file: pathlib.Path | None) -> None:
+        self.root = root
+        self.paths: list[str] = []
+        self.configs: list[str] = []
+        self.onnx: list[str] = []
+        self.weights: list[str] = []
+        self._make(onnx_file)
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.root / name
+        path.write_bytes(data)
+        return str(path)
+
+    def _make(self, onnx_file: pathlib.Path | None) -> None:
+        rng = random.Random(0)
+        noise = bytes(rng.randrange(256) for _ in range(2048))
+        (self.root / "adir").mkdir(exist_ok=True)
+        link = self.root / "dangling"
+        if not link.is_symlink():
+            link.symlink_to(self.root / "nowhere")
+        self.paths = [str(self.root / "adir"), "/dev/null", str(link), str(self.root / "missing"),
+                      str(self.root / ("n" * 300)), "", " ", "/proc/self/mem", "/",
+                      self._write("noise.bin", noise), str(self.root / "missing" / "x.onnx")]
+        good = ('[[budget]]\nneck = "scrfd_0.5g"\ninput-size = 64\nmax-gflops = 1\n'
+                'levels = { P3 = { max-gflops = 0.5 } }\n')
+        self.configs = [
+            self._write("good.toml", good.encode()),
+            self._write("latin1.toml", "# caf\xe9\n".encode("latin-1") + good.encode()),
+            self._write("utf16.toml", good.encode("utf-16")),
+            self._write("noise.toml", noise),
+            self._write("nested.toml", b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+            self._write("bigint.toml", good.encode() + b"batch = " + b"9" * 5000 + b"\n"),
+            self._write("typo.toml", good.replace("max-gflops = 1", "max-gflop = 1").encode()),
+            self._write("types.toml", b'[[budget]]\nneck = 3\nmax-gflops = "a"\n'),
+            self._write("huge.toml", b'[[budget]]\nneck = "pafpn"\nin-channels = '
+                        b'[1000000000, 64, 64]\nmax-gflops = 1\n'),
+            self._write("empty.toml", b""),
+            self._write("pyproject.toml", b"[project]\nname = 'x'\n"),
+            *self.paths[:4],
+        ]
+        self.weights = [self._write("noise.pth", noise), self._write("text.pt", b"hello"),
+                        self._write("w.safetensors", noise), *self.paths[:4]]
+        with contextlib.suppress(ImportError):
+            import torch
+
+            self.weights += [
+                self._write_torch("ints.pth", {"output1.0.weight": torch.ones(2, 2,
+                                                                              dtype=torch.int64)}),
+                self._write_torch("nested.pth", {"state_dict": {"a": {"b": [1, 2]}}}),
+                self._write_torch("empty.pth", {}),
+                self._write_torch("list.pth", [torch.zeros(1)]),
+            ]
+        self.onnx = [*self.paths[:4], self._write("noise.onnx", noise)]
+        if onnx_file is not None:
+            self.onnx.append(str(onnx_file))
+            self.onnx += [self._damaged(onnx_file, key, value) for key, value in (
+                ("spec", "null"), ("spec", "[1, 2]"), ("spec", "[" * 4000 + "]" * 4000),
+                ("spec", json.dumps({"family": "pafpn", "in_channels": [10**9, 64, 64],
+                                     "out_channels": 10**9})),
+                ("spec", json.dumps({"family": "custom", "factory": "os:system",
+                                     "in_channels": [8, 8], "out_channels": 8})),
+                ("input_size", "99999999x9"), ("batch", "9" * 400), ("weights", "{}"),
+                ("dynamic", "7"), ("opset", "x"), ("version", "x" * 100000))]
+
+    def _write_torch(self, name: str, obj: Any) -> str:
+        import torch
+
+        path = self.root / name
+        torch.save(obj, path)
+        return str(path)
+
+    def _damaged(self, source: pathlib.Path, key: str, value: str) -> str:
+        import onnx
+
+        model = onnx.load(str(source))
+        for prop in model.metadata_props:
+            if prop.key == f"necktool.{key}":
+                prop.value = value
+        path = self.root / f"damaged_{key}_{abs(hash(value)) % 10**6}.onnx"
+        onnx.save(model, str(path))
+        return str(path)
+
+
+# -- invocations --------------------------------------------------------------------------
+def _options(command: str) -> list[tuple[str, bool, str]]:
+    """``(flag, is_flag, metavar)`` for every option of a command, read off Typer."""
+    out = []
+    for param in load_command(command).params:
+        if param.param_type_name != "option" or "--help" in param.opts:
+            continue
+        flag = next(o for o in param.opts if o.startswith("--"))
+        out.append((flag, bool(getattr(param, "is_flag", False)), param.metavar or ""))
+    return out
+
+
+def _value(flag: str, metavar: str, rng: random.Random, files: Files) -> str:
+    pools: dict[str, list[str]] = {
+        "HxW": SIZES, "C3,C4,...": CHANNELS, "TOL": TOLERANCES, "PCT": PERCENTS,
+        "SIZES": SIZE_LISTS, "NECK": NECKS, "SIZE": ["64G", "1k", "none", "-1", "x", "1e3T"],
+    }
+    if flag in ("--config",):
+        pool = files.configs
+    elif flag in ("--weights",):
+        pool = files.weights
+    elif metavar in ("PATH", "FILE") or flag in ("--output", "--plot", "--save-baseline",
+                                                    "--baseline"):
+        pool = [*files.paths, str(files.root / "out.onnx"), str(files.root / "p.png"),
+                str(files.root / "b.json"), str(files.root / "p.svg"), str(files.root / "p.gif")]
+    elif metavar in pools:
+        pool = pools[metavar]
+    elif metavar.startswith("["):
+        pool = [*metavar.strip("[]").split("|"), *WORDS]
+    elif metavar in ("N", "G", "X", "SLOPE"):
+        pool = NUMBERS
+    else:
+        pool = WORDS + NUMBERS
+    return rng.choice(pool) if rng.random() < 0.9 else rng.choice(NUMBERS + WORDS + SIZES)
+
+
+_OPTIONS: dict[str, list[tuple[str, bool, str]]] = {}
+
+
+def invocation(seed: int, files: Files) -> Invocation:
+    rng = random.Random(seed)
+    command = rng.choice(list(COMMANDS))
+    options = _OPTIONS.setdefault(command, _options(command))
+    args = [command]
+    if command in ("profile", "sweep"):
+        args += [rng.choice(NECKS) for _ in range(rng.choice([1, 1, 2]))]
+    elif command in ("export", "bench"):
+        args.append(rng.choice(NECKS))
+    elif command == "verify":
+        args.append(rng.choice(files.onnx))
+    elif command == "list" and rng.random() < 0.7:
+        args.append(rng.choice(NECKS))
+    for flag, is_flag, metavar in rng.sample(options, k=min(len(options), rng.randint(0, 4))):
+        args.append(flag)
+        if not is_flag:
+            args.append(_value(flag, metavar, rng, files))
+    if command == "export" and "--output" not in args and "-o" not in args:
+        args += ["-o", str(files.root / "out.onnx")]  # never write into the working directory
+    if rng.random() < 0.05:
+        args.insert(0, rng.choice(["--max-memory", "--version"]))
+        if args[0] == "--max-memory":
+            args.insert(1, rng.choice(["64G", "1k", "none", "lots", ""]))
+    return Invocation(seed, args)
+
+
+@contextlib.contextmanager
+def fuzz_environment(root: pathlib.Path) -> Iterator[None]:
+    """The working directory, a memory limit that refuses large work quickly, and the
+    exporter stubbed (see the module docstring)."""
+    import torch.onnx
+
+    def stub(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fuzz: the exporter is stubbed out")
+
+    real_export, cwd = torch.onnx.export, os.getcwd()
+    os.environ["NECKTOOL_MAX_MEMORY"] = "2G"
+    torch.onnx.export = stub  # type: ignore[assignment]
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        torch.onnx.export = real_export
+        os.environ.pop("NECKTOOL_MAX_MEMORY", None)
+
+
+def execute(inv: Invocation) -> Outcome:
+    result = CliRunner().invoke(app, inv.args)
+    return Outcome(result.exit_code, result.stdout, result.stderr, result.exception)
