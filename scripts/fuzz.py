@@ -17,7 +17,7 @@ import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzzing import Files, execute, fuzz_environment, invocation, verdict  # noqa: E402
+from fuzzing import Files, execute, fuzz_environment, invocation, verdict
 
 
 def main(argv: list[str]) -> int:
