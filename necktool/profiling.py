@@ -7,14 +7,18 @@ the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
   and bottom-up fusions; fvcore would otherwise skip them with a warning.
 * ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
   ``aten::relu`` (activations are free in its convention).
+* ``aten::max_pool2d``: ignored. The only built-in use is mmdetection's extra levels,
+  ``max_pool2d(kernel 1, stride 2)``: a strided pick with no arithmetic at all.
 
 Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
 
 Per-level attribution: every counted op belongs to the level whose spatial size its
 output has, so a bottom-up stride-2 conv from P3 counts towards P4, and an upsample
-towards the finer level it feeds. Parameters follow the module that owns them the same
-way. With the shipped necks every op lands on a level, so the levels sum exactly to the
-total; anything that matches no level is reported as ``unattributed``.
+towards the finer level it feeds; an extra level's conv counts towards the extra level.
+Parameters follow the module that owns them the same way. With the shipped necks every op
+lands on a level, so the levels sum exactly to the total; anything that matches no level
+is reported as ``unattributed``. That includes ops at a size two levels share (extra
+levels of a tiny image, P6 and P7 both 1x1), which no size can tell apart.
 """
 
 from __future__ import annotations
@@ -134,6 +138,11 @@ class ProfileResult:
                   [(name, f"{value:,}", share(value, flops))
                    for name, value in self.operators.items()]),
         ]
+        shared = [lv.name for lv in self.levels
+                  if [o.shape for o in self.levels].count(lv.shape) > 1]
+        if shared:
+            out.append(Note(f"levels {', '.join(shared)} have the same size here, so their "
+                            "ops and parameters are counted under 'unattributed'"))
         if self.unsupported_ops:
             out.append(Note("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
@@ -184,6 +193,7 @@ def _extra_handles() -> dict[str, Handle | None]:
         "aten::add_": _add_flop_jit,
         "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
         "aten::leaky_relu_": None,
+        "aten::max_pool2d": None,  # mmdetection's extra levels: a kernel-1 strided pick
     }
 
 
@@ -259,7 +269,10 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     batch = check_batch(batch)
     spec.check_size(input_size)
     inputs = make_inputs(spec, input_size, batch, seed=None)
-    level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
+    sizes = spec.level_sizes(input_size)
+    # A size two levels share (extra levels at a tiny image: P6 and P7 both 1x1) cannot
+    # say which level an op serves; such ops stay unattributed (and the table says why).
+    level_of = {size: i for i, size in enumerate(sizes) if sizes.count(size) == 1}
 
     # Hooks ride along fvcore's trace, so the model runs once: the neck's outputs, and the
     # level each parameter serves (by the spatial size of its module's output).
@@ -311,11 +324,12 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     by_module = analysis.by_module()
     stages: Counter[str] = Counter()
     stage_params: Counter[str] = Counter()
-    stage_of = getattr(model, "stage_of", lambda child: child)
-    for child_name, child in model.named_children():
-        stage = stage_of(child_name)
-        stages[stage] += by_module.get(child_name, 0)
-        stage_params[stage] += sum(p.numel() for p in child.parameters())
+    stage_parts = getattr(model, "stage_parts", None)
+    parts: list[tuple[str, str, nn.Module]] = stage_parts() if callable(stage_parts) else [
+        (name, name, child) for name, child in model.named_children()]
+    for part_name, stage, part in parts:
+        stages[stage] += by_module.get(part_name, 0)
+        stage_params[stage] += sum(p.numel() for p in part.parameters())
     root_only = by_module.get("", 0) - sum(stages.values())
     if root_only:
         stages["(in forward)"] += root_only

@@ -300,7 +300,7 @@ def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
     """
     cases = [Case((int(input_size[0]), int(input_size[1])), batch, "export size")]
     if dynamic:
-        stride = spec.strides[-1]
+        stride = spec.input_strides[-1]
         # At least 2x2 at the coarsest level: a 1-pixel map makes GroupNorm statistics
         # ill-conditioned (groups of 1-2 elements), which tests fp32, not the export.
         half = max(2, min(input_size) // stride // 2)

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.artifact import conv_macs, read_metadata
+from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.export import export_onnx
 from necktool.registry import PRESETS, get_spec
 from necktool.tolerance import VerifyOptions
@@ -52,7 +52,7 @@ def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) ->
     result = export_onnx(name, path, input_size=SMALL, options=VerifyOptions(trials=1))
     spec = get_spec(name)
     assert result.written and path.is_file()
-    assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_levels)]
+    assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_inputs)]
     assert [t.name for t in result.outputs] == [f"p{3 + i}" for i in range(spec.num_levels)]
     assert result.inputs[-1].shape == ("batch", spec.in_channels[-1], "H_div32", "W_div32")
     assert result.inputs[0].shape[2] == "4*H_div32"

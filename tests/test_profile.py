@@ -15,9 +15,7 @@ from necktool.specs import seed_gn_groups
 
 
 def _analytic(spec: NeckSpec, h: int, w: int, batch: int = 1) -> tuple[list[int], int]:
-    cin, c = list(spec.in_channels), spec.out_channels
-    return (CONV_MACS[spec.family](cin, c, h, w, batch),
-            PARAMS[spec.family](cin, c, spec.norm.value))
+    return CONV_MACS[spec.family](spec, h, w, batch), PARAMS[spec.family](spec)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
