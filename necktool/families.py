@@ -134,7 +134,8 @@ register_family(FamilyInfo(
     builder="necktool.necks.retinaface:RetinaFaceFPN",
     fields=_SEED_FIELDS,
     layout=KeyLayout(markers=("output1.0.weight", "output2.0.weight", "merge1.0.weight"),
-                     origin="Pytorch_Retinaface models/net.py FPN"),
+                     origin="Pytorch_Retinaface models/net.py FPN",
+                     infer="necktool.necks.retinaface:infer"),
 ))
 register_family(FamilyInfo(
     name="pafpn",

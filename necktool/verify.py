@@ -467,7 +467,8 @@ def verify_onnx(
 
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
-        neck: Which neck the file holds; needed when the file has no necktool metadata.
+        neck: Which neck the file holds; needed when the file has no necktool metadata,
+            unless ``weights`` holds a neck :mod:`necktool.identify` recognises.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider (fp32 defaults).
@@ -501,10 +502,18 @@ def verify_onnx(
     elif meta is not None:
         spec = meta.spec.replace(**overrides)
         source = meta.weights
+    elif weights is not None:  # no metadata, but the weights say which neck they hold
+        from necktool.identify import identify_checkpoint
+
+        found = identify_checkpoint(weights, prefix)
+        spec = found.neck_spec.replace(**overrides)
+        prefix = prefix or found.load_prefix
+        source = WeightSource("file", path=str(weights), prefix=prefix)
     else:
         raise InputError(
             f"{str(file)!r} carries no necktool metadata (it was not written by 'necktool "
-            "export'); pass --neck NAME and the build flags that describe the neck it holds")
+            "export'); pass --neck NAME and the build flags that describe the neck it holds, "
+            "or --weights FILE holding a neck necktool recognises")
     if seed is not None:
         source = WeightSource("seed", seed=seed)
     if weights is not None:

@@ -63,5 +63,5 @@ def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     fields = {"in_channels": tuple(s[1] for s in laterals), "out_channels": out, "norm": norm,
               "act": Activation.LEAKY_RELU, "leaky_slope": slope}
     notes = [f"activation: not stored in the weights; Pytorch_Retinaface's LeakyReLU "
-             f"({slope:g}: 0.1 when out_channels <= 64, else 0) assumed"]
+             f"assumed, slope {slope:g} (its rule: 0.1 when out_channels <= 64, else 0)"]
     return Inferred(fields, tuple(notes))
