@@ -152,23 +152,27 @@ def mmdet_params(spec, *, pafpn: bool = False) -> int:  # type: ignore[no-untype
     return block
 
 
-def mmdet_flops(spec, h: int, w: int, batch: int = 1, *,  # type: ignore[no-untyped-def]
-                pafpn: bool = False) -> int:
-    """Every fvcore flop: convs, norms (BN 2, GN 5 per element), the top-down upsample
-    and add (one each per finer-level element), the bottom-up adds; max-pool and ReLU 0."""
+def mmdet_level_flops(spec, h: int, w: int, batch: int = 1, *,  # type: ignore[no-untyped-def]
+                      pafpn: bool = False) -> list[int]:
+    """Every fvcore flop per output level: convs, norms (BN 2, GN 5 per element of every
+    block output), the top-down upsample and add (one each per element of the finer level
+    they feed), the bottom-up adds; max-pool and ReLU count 0."""
     cin, c, outs, _, norm = _mmdet_shape(spec)
-    sizes = [batch * c * hi * wi for hi, wi in level_sizes(h, w, outs)]
+    elements = [batch * c * hi * wi for hi, wi in level_sizes(h, w, outs)]
     used = len(cin)
-    top_down = 2 * sum(sizes[:used - 1])
-    bottom_up = sum(sizes[1:used]) if pafpn else 0
-    # one block output per conv: lateral + fpn per level, downsample + pafpn above the
-    # finest (PAFPN), one per extra conv
-    blocks = 2 * sum(sizes[:used]) + (2 * sum(sizes[1:used]) if pafpn else 0)
-    if _mmdet_extra_cins(spec):
-        blocks += sum(sizes[used:])
     per_element = {"bn": 2, "gn": 5}.get(norm, 0)
-    convs = sum(mmdet_conv_macs(spec, h, w, batch, pafpn=pafpn))
-    return convs + per_element * blocks + top_down + bottom_up
+    convs = mmdet_conv_macs(spec, h, w, batch, pafpn=pafpn)
+    extra_convs = bool(_mmdet_extra_cins(spec))
+    out = []
+    for i, e in enumerate(elements):
+        if i < used:
+            blocks = 2 + (2 if pafpn and i > 0 else 0)  # lateral, fpn (+ downsample, pafpn)
+            fusion = 2 * e if i < used - 1 else 0  # upsample + add from the coarser level
+            fusion += e if pafpn and i > 0 else 0  # the bottom-up add
+        else:
+            blocks, fusion = (1 if extra_convs else 0), 0
+        out.append(convs[i] + per_element * blocks * e + fusion)
+    return out
 
 
 def _mmdet_block(sd: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, spec,  # type: ignore[no-untyped-def]
