@@ -90,6 +90,10 @@ def test_conv_macs_from_graph_by_hand() -> None:
 @pytest.mark.parametrize("args", [
     ["pafpn", "--norm", "bn", "--out-channels", "24"],
     ["fpn", "--norm", "gn", "--gn-groups", "8", "--act", "relu"],
+    # mmdetection's extra levels: max-pool P6/P7, and stride-2 convs with ReLU between
+    ["mmdet_fpn", "--norm", "bn", "--out-channels", "32", "--extra-convs", "none"],
+    ["mmdet_pafpn", "--norm", "gn", "--num-outs", "5", "--extra-convs", "on_lateral",
+     "--relu-before-extra-convs", "true", "--act", "relu"],
 ])
 def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
     out = tmp_path / "v.onnx"
@@ -102,6 +106,8 @@ def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
     assert data["opset"] == 18
     assert data["config"]["norm"] == args[2] and data["format"] == "onnx"
     assert data["conv_macs"]["fvcore"] == data["conv_macs"]["onnx"]
+    assert [o["name"] for o in data["outputs"]] == [f"p{3 + i}" for i in range(
+        len(data["config"]["strides"]))]
     ver = data["verification"]
     assert ver["passed"] is True and len(ver["cases"]) == 3
     assert {c["batch"] for c in ver["cases"]} == {1, 2}
