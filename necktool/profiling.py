@@ -7,8 +7,6 @@ the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
   and bottom-up fusions; fvcore would otherwise skip them with a warning.
 * ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
   ``aten::relu`` (activations are free in its convention).
-* ``aten::max_pool2d``: ignored. The only built-in use is mmdetection's extra levels,
-  ``max_pool2d(kernel 1, stride 2)``: a strided pick with no arithmetic at all.
 
 Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
 
@@ -193,7 +191,6 @@ def _extra_handles() -> dict[str, Handle | None]:
         "aten::add_": _add_flop_jit,
         "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
         "aten::leaky_relu_": None,
-        "aten::max_pool2d": None,  # mmdetection's extra levels: a kernel-1 strided pick
     }
 
 

@@ -251,9 +251,10 @@ def test_inspect_reads_any_width_and_prints_a_command_that_builds_it(
 )
 def test_any_neck_is_found_with_its_channels(family: str, cin: list[int], out: int, norm: str,
                                              extra: int, mode: str, prefix: str) -> None:
-    spec = get_spec(family, in_channels=tuple(cin), out_channels=out, norm=norm)
+    fields: dict[str, Any] = {"in_channels": tuple(cin), "out_channels": out, "norm": norm}
     if family.startswith("mmdet"):
-        spec = spec.replace(num_outs=len(cin) + extra, extra_convs=mode)
+        fields.update(num_outs=len(cin) + extra, extra_convs=mode)
+    spec = get_spec(family, **fields)
     shapes = {prefix + k: s for k, s in layout_of(spec).items()}
     if prefix:  # a whole detector: other parts beside the neck
         shapes["head.cls.weight"] = (2, out, 1, 1)

@@ -49,6 +49,18 @@ def conv_module(spec: NeckSpec, cin: int, kernel: int, stride: int = 1) -> nn.Se
     return nn.Sequential(OrderedDict(children))
 
 
+class StridedPick(nn.Module):
+    """mmdetection's extra level without extra convs, ``F.max_pool2d(x, 1, stride=2)``.
+
+    A max-pool with kernel 1 takes every other row and column (size ``ceil(s / 2)``) and
+    compares nothing, so it is written as that slice: bit-identical, no pooling op for a
+    FLOP counter to report as uncounted, one ``Slice`` in ONNX.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2]
+
+
 class MMDetFPN(Neck):
     """mmdetection's FPN: 1x1 laterals, top-down nearest upsample (to the finer level's
     size) and add, a 3x3 ``fpn_convs`` block per level, then the extra levels.
@@ -80,7 +92,7 @@ class MMDetFPN(Neck):
         # name the stage of the fusion ops.
         self.td_fuse = nn.ModuleList(UpsampleAdd() for _ in range(used - 1))
         if spec.extra_convs is ExtraConvs.NONE:
-            self.extra_pools = nn.ModuleList(nn.MaxPool2d(1, stride=2) for _ in range(extra))
+            self.extra_pools = nn.ModuleList(StridedPick() for _ in range(extra))
         self._init_weights()
 
     def _build_bottom_up(self) -> None:
