@@ -37,6 +37,7 @@ _LAZY = {
     "FamilyInfo": "necktool.families",
     "register_family": "necktool.families",
     "Activation": "necktool.fields",
+    "ExtraConvs": "necktool.fields",
     "Norm": "necktool.fields",
     "PRESETS": "necktool.registry",
     "get_spec": "necktool.registry",
@@ -65,6 +66,8 @@ _LAZY = {
     "VerificationResult": "necktool.verify",
     "VerifyReport": "necktool.verify",
     "load_weights": "necktool.weights",
+    "inspect_file": "necktool.identify",
+    "InspectResult": "necktool.identify",
     "sweep": "necktool.sweep",
     "parse_sizes": "necktool.sweep",
     "SweepResult": "necktool.sweep",
@@ -85,7 +88,8 @@ if TYPE_CHECKING:
     from necktool.build import build_neck, make_inputs
     from necktool.export import ExportResult, export_onnx
     from necktool.families import FAMILIES, Family, FamilyInfo, register_family
-    from necktool.fields import Activation, Norm
+    from necktool.fields import Activation, ExtraConvs, Norm
+    from necktool.identify import InspectResult, inspect_file
     from necktool.profiling import ProfileResult, profile
     from necktool.registry import PRESETS, get_spec, list_necks, register_neck, resolve_spec
     from necktool.specs import NeckSpec, parse_channels, parse_size
@@ -116,9 +120,11 @@ __all__ = [
     "ExitCode",
     "ExportError",
     "ExportResult",
+    "ExtraConvs",
     "Family",
     "FamilyInfo",
     "InputError",
+    "InspectResult",
     "NeckSpec",
     "NecktoolError",
     "Norm",
@@ -138,6 +144,7 @@ __all__ = [
     "check_budgets",
     "export_onnx",
     "get_spec",
+    "inspect_file",
     "list_necks",
     "load_baseline",
     "load_config",

@@ -99,10 +99,11 @@ class ExportMetadata:
         h, w = self.input_size
         if not self.dynamic:
             return f"static: {h}x{w}, batch {self.batch}"
-        stride = self.spec.strides[-1]
-        n = self.spec.num_levels
+        stride = self.spec.input_strides[-1]
+        n = self.spec.num_inputs
+        level = "input level" if self.spec.num_extra_levels else "level"
         return (f"batch, H_div{stride} = H/{stride}, W_div{stride} = W/{stride}; "
-                f"level k of {n} is 2**({n - 1}-k) * H_div{stride}")
+                f"{level} k of {n} is 2**({n - 1}-k) * H_div{stride}")
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ``ModelProto.metadata_props`` (JSON where structured)."""

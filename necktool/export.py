@@ -1,10 +1,11 @@
 """Export a neck to ONNX, check the file, verify it in ONNX Runtime, then write it.
 
 The exporter is PyTorch's maintained one, ``torch.onnx.export(..., dynamo=True)``.
-A dynamic export ties the levels' sizes as the strides tie them (``torch.export.Dim``):
-with ``h = H / S`` and ``w = W / S`` for the coarsest stride ``S``, level ``k`` of ``L``
-is ``(batch, C_k, 2**(L-1-k) * h, 2**(L-1-k) * w)``, so one file serves every image
-whose sides are multiples of ``S``.
+A dynamic export ties the input levels' sizes as the strides tie them
+(``torch.export.Dim``): with ``h = H / S`` and ``w = W / S`` for the coarsest input stride
+``S``, input level ``k`` of ``L`` is ``(batch, C_k, 2**(L-1-k) * h, 2**(L-1-k) * w)``, so
+one file serves every image whose sides are multiples of ``S``. Extra output levels
+(mmdetection's P6, P7) are computed from the coarsest level, so their sizes follow.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
 includes strict shape inference), the conv-MAC cross-check and (unless skipped)
@@ -134,7 +135,7 @@ class ExportResult:
         m = self.metadata
         size = size_text(m.input_size)
         state = "written" if self.written else "NOT written"
-        shape = (f"dynamic batch, H, W (multiples of {m.spec.strides[-1]}); traced at {size}"
+        shape = (f"dynamic batch, H, W (multiples of {m.spec.input_strides[-1]}); traced at {size}"
                  if m.dynamic else f"static {size}, batch {m.batch}")
         match = "equal" if self.conv_macs_fvcore == self.conv_macs_onnx else "DIFFER"
         rows = [

@@ -21,15 +21,32 @@ from necktool.fields import FIELD
 
 
 @dataclasses.dataclass(frozen=True)
+class Inferred:
+    """What a state dict's tensor shapes say about a neck of one family.
+
+    Attributes:
+        fields: Spec fields (``in_channels``, ``out_channels``, ``norm``, ...). Where the
+            weights are silent (an activation, a max-pool level) they hold the origin
+            code's default, and ``notes`` says so.
+        notes: One line per thing the weights cannot tell, and what was assumed.
+    """
+
+    fields: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class KeyLayout:
     """How a family's weights are named in a checkpoint.
 
     Attributes:
         markers: Key suffixes present in every neck of the family (relative to the neck's
-            own root), enough to recognise it under any prefix.
+            own root), enough to recognise it under any prefix. The first one anchors the
+            search: the part of a key before it is the candidate prefix.
         origin: The code whose key names these are, for messages.
-        infer: Import path of ``infer(shapes: dict[str, tuple[int, ...]]) -> dict`` giving
-            the spec fields a state dict's tensor shapes imply, or ``None``.
+        infer: Import path of ``infer(shapes: dict[str, tuple[int, ...]]) -> Inferred |
+            None`` reading the spec fields from the tensor shapes of a state dict (keys
+            relative to the neck's root); ``None`` when the shapes are not this family's.
     """
 
     markers: tuple[str, ...]
@@ -112,7 +129,8 @@ register_family(FamilyInfo(
     builder="necktool.necks.retinaface:RetinaFaceFPN",
     fields=_SEED_FIELDS,
     layout=KeyLayout(markers=("output1.0.weight", "output2.0.weight", "merge1.0.weight"),
-                     origin="Pytorch_Retinaface models/net.py FPN"),
+                     origin="Pytorch_Retinaface models/net.py FPN",
+                     infer="necktool.necks.retinaface:infer"),
 ))
 register_family(FamilyInfo(
     name="pafpn",
@@ -121,7 +139,29 @@ register_family(FamilyInfo(
     fields=_SEED_FIELDS,
     layout=KeyLayout(markers=("lateral_convs.0.", "td_convs.0.", "bu_convs.0.",
                               "bu_out_convs.0."),
-                     origin="the SCRFD seed's PAFPN"),
+                     origin="the SCRFD seed's PAFPN",
+                     infer="necktool.necks.pafpn:infer"),
+))
+_MMDET_FIELDS = (*_SEED_FIELDS[:-1], "num_outs", "extra_convs", "relu_before_extra_convs",
+                 "input_size")
+register_family(FamilyInfo(
+    name="mmdet_fpn",
+    description="mmdetection's FPN (RetinaNet, TinaFace), with extra levels",
+    builder="necktool.necks.mmdet:MMDetFPN",
+    fields=_MMDET_FIELDS,
+    layout=KeyLayout(markers=("lateral_convs.0.conv.weight", "fpn_convs.0.conv.weight"),
+                     origin="mmdetection mmdet/models/necks/fpn.py",
+                     infer="necktool.necks.mmdet:infer_fpn"),
+))
+register_family(FamilyInfo(
+    name="mmdet_pafpn",
+    description="mmdetection's PAFPN, as in the released SCRFD detectors",
+    builder="necktool.necks.mmdet:MMDetPAFPN",
+    fields=_MMDET_FIELDS,
+    layout=KeyLayout(markers=("lateral_convs.0.conv.weight", "fpn_convs.0.conv.weight",
+                              "downsample_convs.0.conv.weight", "pafpn_convs.0.conv.weight"),
+                     origin="mmdetection mmdet/models/necks/pafpn.py",
+                     infer="necktool.necks.mmdet:infer_pafpn"),
 ))
 register_family(FamilyInfo(
     name="custom",

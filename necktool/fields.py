@@ -53,6 +53,20 @@ class Activation(enum.StrEnum):
     NONE = "none"
 
 
+class ExtraConvs(enum.StrEnum):
+    """Where mmdetection's extra output levels (beyond the inputs) come from.
+
+    ``none``: a max-pool (kernel 1, stride 2) of the previous output, no weights;
+    ``on_input`` / ``on_lateral`` / ``on_output``: a 3x3 stride-2 conv on the coarsest
+    input, its lateral or its output, then on the previous output for further levels.
+    """
+
+    NONE = "none"
+    ON_INPUT = "on_input"
+    ON_LATERAL = "on_lateral"
+    ON_OUTPUT = "on_output"
+
+
 class BadValue(ValueError):
     """A value of the wrong kind; ``expected`` says what would be valid."""
 
@@ -141,6 +155,10 @@ class Kind(Generic[T]):
     def to_json(self, value: T) -> Any:
         return value
 
+    def to_text(self, value: T) -> str:
+        """``value`` as command-line text that :meth:`from_text` reads back."""
+        return str(value)
+
 
 @dataclasses.dataclass(frozen=True)
 class IntKind(Kind[int]):
@@ -183,11 +201,14 @@ class FloatKind(Kind[float]):
             raise BadValue(self.expected)
         return float(value)
 
+    def to_text(self, value: float) -> str:
+        return repr(float(value)).removesuffix(".0")
+
 
 class ChoiceKind(Kind[T]):
-    def __init__(self, choices: type[enum.StrEnum]) -> None:
+    def __init__(self, choices: type[enum.StrEnum], metavar: str | None = None) -> None:
         self.choices = choices
-        self.metavar = "[" + "|".join(c.value for c in choices) + "]"
+        self.metavar = metavar or "[" + "|".join(c.value for c in choices) + "]"
 
     @property
     def expected(self) -> str:
@@ -208,7 +229,12 @@ class ChoiceKind(Kind[T]):
 
 
 class BoolKind(Kind[bool]):
-    metavar = "BOOL"
+    """A switch, written as a value like every other field: ``--flag true`` on the command
+    line (also yes/no, on/off, 1/0), ``true``/``false`` in TOML. A value rather than a
+    ``--flag/--no-flag`` pair, so that an unset flag can keep the preset's setting either
+    way with one option."""
+
+    metavar = "[true|false]"
     expected = "true or false"
 
     def from_text(self, text: str) -> bool:
@@ -223,6 +249,9 @@ class BoolKind(Kind[bool]):
         if not isinstance(value, bool):
             raise BadValue(self.expected)
         return value
+
+    def to_text(self, value: bool) -> str:
+        return "true" if value else "false"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +287,9 @@ class ChannelsKind(Kind[tuple[int, ...]]):
 
     def to_json(self, value: tuple[int, ...]) -> Any:
         return list(value)
+
+    def to_text(self, value: tuple[int, ...]) -> str:
+        return ",".join(map(str, value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +335,9 @@ class SizeKind(Kind[tuple[int, int]]):
     def to_json(self, value: tuple[int, int]) -> Any:
         return list(value)
 
+    def to_text(self, value: tuple[int, int]) -> str:
+        return f"{value[0]}x{value[1]}"
+
 
 @dataclasses.dataclass(frozen=True)
 class SpecField:
@@ -331,6 +366,10 @@ class SpecField:
     def metavar(self) -> str:
         return self.kind.metavar
 
+    def cli_args(self, value: Any) -> list[str]:
+        """The command-line words that set this field to ``value``."""
+        return [self.flag, self.kind.to_text(value)]
+
     def parse_text(self, text: str) -> Any:
         """Command-line text -> checked value; raises :class:`InputError` naming the flag."""
         try:
@@ -353,9 +392,18 @@ FIELDS: tuple[SpecField, ...] = (
               "Normalisation after each conv (none: the conv gets a bias)."),
     SpecField("gn_groups", "--gn-groups", IntKind(metavar="G"),
               "GroupNorm groups; must divide --out-channels. Default: the SCRFD seed's rule."),
-    SpecField("act", "--act", ChoiceKind(Activation), "Activation after each norm."),
+    SpecField("act", "--act", ChoiceKind(Activation, metavar="ACT"),
+              "Activation after each norm: relu, leaky_relu or none."),
     SpecField("leaky_slope", "--leaky-slope", FloatKind(metavar="SLOPE"),
               "Negative slope for --act leaky_relu."),
+    SpecField("num_outs", "--num-outs", IntKind(low=MIN_LEVELS, high=MAX_LEVELS),
+              "Output levels; those beyond the input levels are extra levels P6, P7, ... "
+              "(strides 64, 128, ...). Default: one per input level."),
+    SpecField("extra_convs", "--extra-convs", ChoiceKind(ExtraConvs, metavar="MODE"),
+              "What computes the extra levels (mmdetection's add_extra_convs): none "
+              "(max-pool), or a 3x3 stride-2 conv on_input, on_lateral or on_output."),
+    SpecField("relu_before_extra_convs", "--relu-before-extra-convs", BoolKind(),
+              "Apply ReLU before every extra conv after the first."),
     SpecField("input_size", "--input-size", SizeKind(),
               "Image size as HxW (640x480) or one number for square. Default: the preset's."),
     SpecField("batch", "--batch", IntKind(high=MAX_BATCH), "Batch size. Default: 1.",

@@ -41,6 +41,13 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
+def _named(path: PathLike, what: str, error: type[NecktoolError]) -> pathlib.Path:
+    """The path, unless it holds a NUL byte (no OS call accepts one)."""
+    if "\x00" in os.fspath(path):
+        raise error(f"{str(path)!r}: cannot write {what}: not a file name")
+    return pathlib.Path(path)
+
+
 def _target(path: PathLike) -> pathlib.Path:
     """Where a regular file's bytes go: a symlink's final target, else the path itself."""
     dest = pathlib.Path(path)
@@ -65,15 +72,13 @@ def check_writable(path: PathLike, what: str,
     would use: ``os.access`` answers yes to root even on a read-only mount. A device or
     FIFO is checked with ``os.access`` instead: opening a FIFO would wait for a reader.
     """
-    dest = pathlib.Path(path)
+    dest = _named(path, what, error)
     try:
         if _is_special(dest):
             if not os.access(dest, os.W_OK):
                 raise error(f"{dest}: cannot write {what}: permission denied")
             return dest
         fd, name = _mkstemp(_regular_target(dest, what, error))
-    except ValueError:  # a NUL byte: no OS call takes it
-        raise error(f"{str(dest)!r}: cannot write {what}: not a file name") from None
     except OSError as exc:
         raise error(f"{dest}: cannot write {what}: {_reason(exc)}") from None
     os.close(fd)
@@ -107,7 +112,7 @@ def write_file(path: PathLike, data: bytes, what: str,
     Raises:
         ``error``: the destination cannot be written; an existing file is left untouched.
     """
-    dest = pathlib.Path(path)
+    dest = _named(path, what, error)
     try:
         if _is_special(dest):  # /dev/null, a FIFO, a pipe: never replace the node itself
             with open(dest, "wb") as fh:

@@ -12,9 +12,11 @@ Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_op
 
 Per-level attribution: every counted op belongs to the level whose spatial size its
 output has, so a bottom-up stride-2 conv from P3 counts towards P4, and an upsample
-towards the finer level it feeds. Parameters follow the module that owns them the same
-way. With the shipped necks every op lands on a level, so the levels sum exactly to the
-total; anything that matches no level is reported as ``unattributed``.
+towards the finer level it feeds; an extra level's conv counts towards the extra level.
+Parameters follow the module that owns them the same way. With the shipped necks every op
+lands on a level, so the levels sum exactly to the total; anything that matches no level
+is reported as ``unattributed``. That includes ops at a size two levels share (extra
+levels of a tiny image, P6 and P7 both 1x1), which no size can tell apart.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class ProfileResult:
                   [(name, f"{value:,}", share(value, flops))
                    for name, value in self.operators.items()]),
         ]
+        shared = [lv.name for lv in self.levels
+                  if [o.shape for o in self.levels].count(lv.shape) > 1]
+        if shared:
+            out.append(Note(f"levels {', '.join(shared)} have the same size here, so their "
+                            "ops and parameters are counted under 'unattributed'"))
         if self.unsupported_ops:
             out.append(Note("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
@@ -259,7 +266,10 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     batch = check_batch(batch)
     spec.check_size(input_size)
     inputs = make_inputs(spec, input_size, batch, seed=None)
-    level_of = {size: i for i, size in enumerate(spec.level_sizes(input_size))}
+    sizes = spec.level_sizes(input_size)
+    # A size two levels share (extra levels at a tiny image: P6 and P7 both 1x1) cannot
+    # say which level an op serves; such ops stay unattributed (and the table says why).
+    level_of = {size: i for i, size in enumerate(sizes) if sizes.count(size) == 1}
 
     # Hooks ride along fvcore's trace, so the model runs once: the neck's outputs, and the
     # level each parameter serves (by the spatial size of its module's output).
@@ -313,11 +323,12 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     by_module = analysis.by_module()
     stages: Counter[str] = Counter()
     stage_params: Counter[str] = Counter()
-    stage_of = getattr(model, "stage_of", lambda child: child)
-    for child_name, child in model.named_children():
-        stage = stage_of(child_name)
-        stages[stage] += by_module.get(child_name, 0)
-        stage_params[stage] += sum(p.numel() for p in child.parameters())
+    stage_parts = getattr(model, "stage_parts", None)
+    parts: list[tuple[str, str, nn.Module]] = stage_parts() if callable(stage_parts) else [
+        (name, name, child) for name, child in model.named_children()]
+    for part_name, stage, part in parts:
+        stages[stage] += by_module.get(part_name, 0)
+        stage_params[stage] += sum(p.numel() for p in part.parameters())
     root_only = by_module.get("", 0) - sum(stages.values())
     if root_only:
         stages["(in forward)"] += root_only

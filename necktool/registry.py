@@ -17,7 +17,7 @@ from typing import Any
 
 from necktool.errors import SpecError, UnknownNeckError
 from necktool.families import FAMILIES
-from necktool.fields import Activation, Norm
+from necktool.fields import Activation, ExtraConvs, Norm
 from necktool.report import Block, num, size_text, table
 from necktool.specs import NeckSpec, retinaface_leaky_slope
 
@@ -175,6 +175,38 @@ register_neck(
     "pafpn",
     NeckSpec("pafpn", (64, 128, 256), 64, Norm.GN, Activation.RELU, input_size=(640, 640)),
     "SCRFD-style PAFPN family; build variants with flags",
+)
+
+
+# The released SCRFD necks (insightface detection/scrfd/configs/scrfd/*.py): mmdetection's
+# PAFPN, start_level=1 (the backbone's stride-4 output is unused, so only the levels the
+# neck uses are listed), add_extra_convs='on_output', num_outs=3, no norm, no activation.
+_INSIGHTFACE_SCRFD = {
+    "insightface_scrfd_500m": ((72, 152, 288), 16, "SCRFD_500M (scrfd_500m, _bnkps)"),
+    "insightface_scrfd_1g": ((160, 216, 312), 24, "SCRFD_1G (scrfd_1g)"),
+    "insightface_scrfd_2.5g": ((48, 48, 80), 24, "SCRFD_2.5G (scrfd_2.5g, _bnkps)"),
+    "insightface_scrfd_10g": ((88, 88, 224), 56, "SCRFD_10G (scrfd_10g, _bnkps)"),
+    "insightface_scrfd_34g": ((224, 576, 736), 128, "SCRFD_34G (scrfd_34g)"),
+}
+for _name, (_in, _out, _model) in _INSIGHTFACE_SCRFD.items():
+    register_neck(
+        _name,
+        NeckSpec("mmdet_pafpn", _in, _out, Norm.NONE, Activation.NONE, input_size=(640, 640),
+                 num_outs=3, extra_convs=ExtraConvs.ON_OUTPUT),
+        f"released {_model} neck: mmdetection PAFPN, no norm, width {_out}",
+    )
+
+register_neck(
+    "mmdet_fpn",
+    NeckSpec("mmdet_fpn", (512, 1024, 2048), 256, Norm.NONE, Activation.NONE,
+             input_size=(640, 640), num_outs=5, extra_convs=ExtraConvs.ON_INPUT),
+    "mmdetection FPN family (RetinaNet's neck, P3-P7); build variants with flags",
+)
+register_neck(
+    "mmdet_pafpn",
+    NeckSpec("mmdet_pafpn", (64, 128, 256), 64, Norm.NONE, Activation.NONE,
+             input_size=(640, 640), num_outs=3, extra_convs=ExtraConvs.ON_OUTPUT),
+    "mmdetection PAFPN family (as in SCRFD); build variants with flags",
 )
 
 

@@ -23,6 +23,7 @@ from necktool.fields import (
     MIN_LEVELS,
     Activation,
     BadValue,
+    ExtraConvs,
     Norm,
     describe_value,
 )
@@ -30,7 +31,8 @@ from necktool.fields import (
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
 _SHOWN_DIVISORS = 12
 
-__all__ = ["MAX_INPUT_SIDE", "Activation", "NeckSpec", "Norm", "parse_channels", "parse_size"]
+__all__ = ["MAX_INPUT_SIDE", "Activation", "ExtraConvs", "NeckSpec", "Norm", "parse_channels",
+           "parse_size"]
 
 
 def retinaface_leaky_slope(out_channels: int) -> float:
@@ -73,6 +75,11 @@ class NeckSpec:
         input_size: Default image size ``(H, W)`` the neck is profiled at.
         name: The preset this spec came from, if any.
         factory: For the ``custom`` family: the import path ``package.module:factory``.
+        num_outs: Output levels (mmdetection families); ``None`` means one per input
+            level. Levels beyond the inputs are extra levels P6, P7, ... whose stride
+            keeps doubling.
+        extra_convs: What computes the extra levels (mmdetection's ``add_extra_convs``).
+        relu_before_extra_convs: ReLU before every extra conv after the first.
 
     A field the family does not take must keep its default; giving one is an error
     naming the families that take it.
@@ -93,6 +100,9 @@ class NeckSpec:
     input_size: tuple[int, int] = (640, 640)
     name: str | None = None
     factory: str | None = None
+    num_outs: int | None = None
+    extra_convs: ExtraConvs = ExtraConvs.NONE
+    relu_before_extra_convs: bool = False
 
     def __post_init__(self) -> None:
         info = get_family(self.family)
@@ -122,6 +132,11 @@ class NeckSpec:
                 f"in_channels has {len(chans)} level(s) {chans}; give {MIN_LEVELS} to "
                 f"{MAX_LEVELS} channel counts, finest level first, e.g. 64,128,256"
             )
+        if self.num_outs is not None and self.num_outs < len(chans):
+            raise SpecError(
+                f"num_outs={self.num_outs} is fewer than the {len(chans)} input levels "
+                f"{chans}; give at least {len(chans)}, or pass only the levels the neck uses "
+                "(mmdetection's start_level drops the finest backbone outputs)")
         if self.gn_groups is not None and self.norm is Norm.GN \
                 and self.out_channels % self.gn_groups:
             raise SpecError(
@@ -169,8 +184,13 @@ class NeckSpec:
 
     @property
     def num_levels(self) -> int:
-        """Output levels (P3, P4, ...)."""
-        return len(self.in_channels)
+        """Output levels (P3, P4, ...): ``num_outs``, else one per input level."""
+        return self.num_outs if self.num_outs is not None else len(self.in_channels)
+
+    @property
+    def num_extra_levels(self) -> int:
+        """Output levels beyond the input levels (P6, P7, ... after three inputs)."""
+        return self.num_levels - self.num_inputs
 
     @property
     def strides(self) -> list[int]:
@@ -226,8 +246,8 @@ class NeckSpec:
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved spec as JSON-ready values (GN groups made explicit).
 
-        Holds the family, the factory of a custom neck, every field the family takes, and
-        the output strides.
+        Holds the family, the factory of a custom neck, every field the family takes
+        (``num_outs`` resolved to the output level count), and the output strides.
         """
         out: dict[str, Any] = {"family": self.family}
         if self.factory is not None:
@@ -237,6 +257,8 @@ class NeckSpec:
                 value = getattr(self, name)
                 if name == "gn_groups":
                     value = self.resolved_gn_groups if self.norm is Norm.GN else None
+                elif name == "num_outs":
+                    value = self.num_levels
                 out[name] = None if value is None else FIELD[name].kind.to_json(value)
         out["strides"] = self.strides
         return out

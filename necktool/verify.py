@@ -301,7 +301,7 @@ def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
     """
     cases = [Case((int(input_size[0]), int(input_size[1])), batch, "export size")]
     if dynamic:
-        stride = spec.strides[-1]
+        stride = spec.input_strides[-1]
         # At least 2x2 at the coarsest level: a 1-pixel map makes GroupNorm statistics
         # ill-conditioned (groups of 1-2 elements), which tests fp32, not the export.
         half = max(2, min(input_size) // stride // 2)
@@ -478,8 +478,9 @@ def verify_onnx(
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
         neck: Which neck the file holds; needed when the file has no necktool metadata,
-            and for a custom neck: the file's import path is imported only when ``neck``
-            names the same one.
+            unless ``weights`` holds a neck :mod:`necktool.identify` recognises; and for a
+            custom neck: the file's import path is imported only when ``neck`` names the
+            same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider (fp32 defaults).
@@ -518,10 +519,18 @@ def verify_onnx(
     elif neck is not None:
         spec = resolve_spec(neck, **overrides)
         source = WeightSource("seed", seed=seed or 0)
+    elif weights is not None:  # no metadata, but the weights say which neck they hold
+        from necktool.identify import identify_checkpoint
+
+        found = identify_checkpoint(weights, prefix)
+        spec = found.neck_spec.replace(**overrides)
+        prefix = prefix or found.load_prefix
+        source = WeightSource("file", path=str(weights), prefix=prefix)
     else:
         raise InputError(
             f"{str(file)!r} carries no necktool metadata (it was not written by 'necktool "
-            "export'); pass --neck NAME and the build flags that describe the neck it holds")
+            "export'); pass --neck NAME and the build flags that describe the neck it holds, "
+            "or --weights FILE holding a neck necktool recognises")
     if seed is not None:
         source = WeightSource("seed", seed=seed)
     if weights is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ DATA_PARALLEL_PREFIX = "module."
 # when loading an old (pre-1.0) state dict.
 OPTIONAL_KEYS = ("num_batches_tracked",)
 _SHOWN = 12  # keys listed per category in a report
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNPICKLER = re.compile(r"WeightsUnpickler error: (.*?)(?:\. Please|\n|$)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +128,52 @@ def make_model(spec: NeckSpec, *, seed: int = 0, weights: str | pathlib.Path | N
     return model, load_weights(model, weights, prefix)
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file's weights, and how the file holds them.
+
+    Attributes:
+        state: The tensor state dict (keys as stored: ``neck.``, ``module.`` kept).
+        container: The file's top-level keys when it wraps the weights (an
+            mmdetection/mmengine checkpoint: ``meta``, ``state_dict``, ``optimizer``);
+            empty for a plain state dict.
+        wrapper: The key the weights were under (``state_dict`` or ``model``), if any.
+    """
+
+    state: dict[str, torch.Tensor]
+    container: tuple[str, ...] = ()
+    wrapper: str | None = None
+
+
 def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     """Load a tensor state dict from a ``.pt``/``.pth`` file without running pickled code.
 
     A checkpoint that wraps its weights (``{"state_dict": ...}`` or ``{"model": ...}``)
     is unwrapped.
+    """
+    return read_checkpoint(path).state
+
+
+def _refusal(exc: BaseException) -> tuple[str, bool]:
+    """The reason in a ``torch.load`` error, and whether the safe unpickler refused."""
+    text = _ANSI.sub("", str(exc)).strip()
+    found = _UNPICKLER.search(text)
+    if found:
+        return found.group(1).strip().rstrip("."), True
+    return (text.splitlines()[0] if text else type(exc).__name__), False
+
+
+def read_checkpoint(path: str | pathlib.Path) -> Checkpoint:
+    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)``, never
+    anything less safe.
+
+    Takes a plain state dict (Pytorch_Retinaface's, with or without ``module.``), or the
+    ``state_dict`` (else ``model``) of a wrapping checkpoint such as mmdetection's and
+    mmengine's ``{"meta": ..., "state_dict": ..., "optimizer": ...}``.
+
+    Raises:
+        WeightsError: wrong suffix, no such file, refused by the safe loader (the reason
+            and what to do are in the message), or no tensor state dict inside.
     """
     file = pathlib.Path(path)
     if file.suffix.lower() not in SUFFIXES:
@@ -140,12 +184,23 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason, refused = _refusal(exc)
+        details = [
+            "necktool loads checkpoints only with weights_only=True and never falls back "
+            "to unpickling code;",
+            "if you trust the file, save its weights alone and pass that file: torch.save("
+            "torch.load(F, weights_only=False)['state_dict'], 'weights.pth')",
+        ] if refused else []
         raise WeightsError(f"cannot read weights file {str(file)!r} as a state dict "
-                           f"(torch.load weights_only=True): {reason}") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
+                           f"(torch.load weights_only=True): {reason}",
+                           details=details) from None
+    container: tuple[str, ...] = ()
+    wrapper: str | None = None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            container, wrapper = tuple(str(k) for k in obj), key
+            obj = obj[key]
+            break
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(f"weights file {str(file)!r} holds {type(obj).__name__}, "
                            "not a non-empty state dict (name -> tensor)")
@@ -153,7 +208,7 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     if bad:
         raise WeightsError(f"weights file {str(file)!r}: {len(bad)} entr(y/ies) are not "
                            f"tensors, e.g. {bad[0]!r}")
-    return {str(k): v for k, v in obj.items()}
+    return Checkpoint({str(k): v for k, v in obj.items()}, container, wrapper)
 
 
 def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -190,8 +245,9 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
     Args:
         model: The neck to fill, in place.
         path: A ``.pt``/``.pth`` file holding a state dict.
-        prefix: Keep only keys starting with this (e.g. ``"fpn."``) and strip it. A
-            leading ``module.`` (DataParallel) is stripped first, automatically.
+        prefix: Keep only keys starting with this (``"fpn."``, ``"neck."``) and strip it.
+            A leading ``module.`` (DataParallel) is stripped first, automatically (so
+            ``"module.fpn."`` and ``"fpn."`` select the same keys).
 
     Returns:
         Where the weights came from (path, SHA-256, prefixes), for the file's metadata.
@@ -208,9 +264,9 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
     if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         state = _strip(state, DATA_PARALLEL_PREFIX)
         stripped.append(DATA_PARALLEL_PREFIX)
+    if prefix and stripped and prefix.startswith(DATA_PARALLEL_PREFIX):
+        prefix = prefix[len(DATA_PARALLEL_PREFIX):]  # 'module.fpn.' once 'module.' is gone
     if prefix:
-        if prefix.startswith(DATA_PARALLEL_PREFIX) and stripped:
-            prefix = prefix[len(DATA_PARALLEL_PREFIX):]
         selected = _strip(state, prefix)
         if not selected:
             sample = ", ".join(list(state)[:3])

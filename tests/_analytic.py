@@ -108,10 +108,157 @@ def reference_pafpn(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], *, n
     return [_block(sd, f"bu_out_convs.{i}", x, stride=1, **kw) for i, x in enumerate(bu)]  # type: ignore[arg-type]
 
 
+# -- mmdetection's FPN and PAFPN (mmdet/models/necks/fpn.py, pafpn.py) -----------------
+def _mmdet_shape(spec) -> tuple[list[int], int, int, str, str]:  # type: ignore[no-untyped-def]
+    """in_channels, out, outputs, extra mode and norm, read off a spec as plain values."""
+    return (list(spec.in_channels), spec.out_channels, spec.num_outs or len(spec.in_channels),
+            str(spec.extra_convs), str(spec.norm))
+
+
+def _mmdet_extra_cins(spec) -> list[int]:  # type: ignore[no-untyped-def]
+    """Input channels of each extra conv (none for max-pool extra levels)."""
+    cin, c, outs, mode, _ = _mmdet_shape(spec)
+    extra = outs - len(cin)
+    if mode == "none":
+        return []
+    return [cin[-1] if i == 0 and mode == "on_input" else c for i in range(extra)]
+
+
+def mmdet_conv_macs(spec, h: int, w: int, batch: int = 1, *,  # type: ignore[no-untyped-def]
+                    pafpn: bool = False) -> list[int]:
+    """Conv MACs per output level; a stride-2 conv counts at the level it outputs."""
+    cin, c, outs, _, _ = _mmdet_shape(spec)
+    sizes = level_sizes(h, w, outs)
+    per_level = []
+    for i, (hi, wi) in enumerate(sizes[:len(cin)]):
+        macs = conv_macs(c, hi, wi, cin[i], 1, batch)  # lateral_convs[i]
+        macs += conv_macs(c, hi, wi, c, 3, batch)  # fpn_convs[i]
+        if pafpn and i > 0:
+            macs += 2 * conv_macs(c, hi, wi, c, 3, batch)  # downsample_convs[i-1], pafpn_convs
+        per_level.append(macs)
+    extra_cins = _mmdet_extra_cins(spec)
+    for j, (hj, wj) in enumerate(sizes[len(cin):]):
+        per_level.append(conv_macs(c, hj, wj, extra_cins[j], 3, batch) if extra_cins else 0)
+    return per_level
+
+
+def mmdet_params(spec, *, pafpn: bool = False) -> int:  # type: ignore[no-untyped-def]
+    cin, c, _, _, norm = _mmdet_shape(spec)
+    block = sum(ci * c + norm_params(c, norm) for ci in cin)  # lateral_convs
+    block += len(cin) * (9 * c * c + norm_params(c, norm))  # fpn_convs on the used levels
+    if pafpn:
+        block += 2 * (len(cin) - 1) * (9 * c * c + norm_params(c, norm))  # downsample, pafpn
+    block += sum(9 * ci * c + norm_params(c, norm) for ci in _mmdet_extra_cins(spec))
+    return block
+
+
+def mmdet_level_flops(spec, h: int, w: int, batch: int = 1, *,  # type: ignore[no-untyped-def]
+                      pafpn: bool = False) -> list[int]:
+    """Every fvcore flop per output level: convs, norms (BN 2, GN 5 per element of every
+    block output), the top-down upsample and add (one each per element of the finer level
+    they feed), the bottom-up adds; max-pool and ReLU count 0."""
+    cin, c, outs, _, norm = _mmdet_shape(spec)
+    elements = [batch * c * hi * wi for hi, wi in level_sizes(h, w, outs)]
+    used = len(cin)
+    per_element = {"bn": 2, "gn": 5}.get(norm, 0)
+    convs = mmdet_conv_macs(spec, h, w, batch, pafpn=pafpn)
+    extra_convs = bool(_mmdet_extra_cins(spec))
+    out = []
+    for i, e in enumerate(elements):
+        if i < used:
+            blocks = 2 + (2 if pafpn and i > 0 else 0)  # lateral, fpn (+ downsample, pafpn)
+            fusion = 2 * e if i < used - 1 else 0  # upsample + add from the coarser level
+            fusion += e if pafpn and i > 0 else 0  # the bottom-up add
+        else:
+            blocks, fusion = (1 if extra_convs else 0), 0
+        out.append(convs[i] + per_element * blocks * e + fusion)
+    return out
+
+
+def _mmdet_block(sd: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, spec,  # type: ignore[no-untyped-def]
+                 stride: int = 1) -> torch.Tensor:
+    """mmcv ConvModule: conv (bias iff no norm), then bn/gn, then the activation."""
+    weight = sd[f"{prefix}.conv.weight"]
+    bias = sd.get(f"{prefix}.conv.bias")
+    assert (bias is None) == (str(spec.norm) != "none"), prefix  # bias='auto'
+    x = F.conv2d(x, weight, bias, stride=stride, padding=weight.shape[-1] // 2)
+    if str(spec.norm) == "bn":
+        x = F.batch_norm(x, sd[f"{prefix}.bn.running_mean"], sd[f"{prefix}.bn.running_var"],
+                         sd[f"{prefix}.bn.weight"], sd[f"{prefix}.bn.bias"], training=False)
+    elif str(spec.norm) == "gn":
+        x = F.group_norm(x, spec.resolved_gn_groups, sd[f"{prefix}.gn.weight"],
+                         sd[f"{prefix}.gn.bias"])
+    if str(spec.act) == "relu":
+        x = F.relu(x)
+    elif str(spec.act) == "leaky_relu":
+        x = F.leaky_relu(x, spec.leaky_slope)
+    return x
+
+
+def reference_mmdet_fpn(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], spec,  # type: ignore[no-untyped-def]
+                        *, pafpn: bool = False) -> list[torch.Tensor]:
+    """mmdetection's FPN.forward (or PAFPN.forward), written out with F.* on a state dict."""
+    used = len(feats)
+    num_outs = spec.num_outs or used
+    mode = str(spec.extra_convs)
+    laterals = [_mmdet_block(sd, f"lateral_convs.{i}", x, spec) for i, x in enumerate(feats)]
+    for i in range(used - 1, 0, -1):
+        prev_shape = laterals[i - 1].shape[2:]
+        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=prev_shape,
+                                                          mode="nearest")
+    outs = [_mmdet_block(sd, f"fpn_convs.{i}", laterals[i], spec) for i in range(used)]
+    if pafpn:
+        inter_outs = outs
+        for i in range(0, used - 1):
+            inter_outs[i + 1] = inter_outs[i + 1] + _mmdet_block(
+                sd, f"downsample_convs.{i}", inter_outs[i], spec, stride=2)
+        outs = [inter_outs[0]]
+        outs.extend(_mmdet_block(sd, f"pafpn_convs.{i - 1}", inter_outs[i], spec)
+                    for i in range(1, used))
+    if num_outs > len(outs):
+        if mode == "none":
+            for _ in range(num_outs - used):
+                outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        else:
+            source = {"on_input": feats[used - 1], "on_lateral": laterals[-1],
+                      "on_output": outs[-1]}[mode]
+            outs.append(_mmdet_block(sd, f"fpn_convs.{used}", source, spec, stride=2))
+            for i in range(used + 1, num_outs):
+                prev = F.relu(outs[-1]) if spec.relu_before_extra_convs else outs[-1]
+                outs.append(_mmdet_block(sd, f"fpn_convs.{i}", prev, spec, stride=2))
+    return outs
+
+
 # -- the tables tests pick from, keyed by family (a new family adds one row each) -----
-#: family -> conv MACs per output level, (in_channels, out, H, W, batch) -> [per level]
-CONV_MACS = {"fpn": fpn_conv_macs, "pafpn": pafpn_conv_macs}
-#: family -> parameter count, (in_channels, out, norm) -> int
-PARAMS = {"fpn": fpn_params, "pafpn": pafpn_params}
-#: family -> independent functional forward on a state dict
-REFERENCE = {"fpn": reference_fpn, "pafpn": reference_pafpn}
+# Each takes the spec (read as plain values) so a family's own fields reach its formula.
+#: family -> conv MACs per output level, (spec, H, W, batch) -> [per level]
+CONV_MACS = {
+    "fpn": lambda s, h, w, b=1: fpn_conv_macs(list(s.in_channels), s.out_channels, h, w, b),
+    "pafpn": lambda s, h, w, b=1: pafpn_conv_macs(list(s.in_channels), s.out_channels, h, w, b),
+    "mmdet_fpn": lambda s, h, w, b=1: mmdet_conv_macs(s, h, w, b),
+    "mmdet_pafpn": lambda s, h, w, b=1: mmdet_conv_macs(s, h, w, b, pafpn=True),
+}
+#: family -> parameter count, (spec) -> int
+PARAMS = {
+    "fpn": lambda s: fpn_params(list(s.in_channels), s.out_channels, str(s.norm)),
+    "pafpn": lambda s: pafpn_params(list(s.in_channels), s.out_channels, str(s.norm)),
+    "mmdet_fpn": lambda s: mmdet_params(s),
+    "mmdet_pafpn": lambda s: mmdet_params(s, pafpn=True),
+}
+
+
+def _seed_reference(function):  # type: ignore[no-untyped-def]
+    def run(sd, feats, spec):  # type: ignore[no-untyped-def]
+        groups = spec.resolved_gn_groups
+        return function(sd, feats, norm=str(spec.norm), act=str(spec.act),
+                        slope=spec.leaky_slope, groups=groups)
+    return run
+
+
+#: family -> independent functional forward, (state dict, inputs, spec) -> outputs
+REFERENCE = {
+    "fpn": _seed_reference(reference_fpn),
+    "pafpn": _seed_reference(reference_pafpn),
+    "mmdet_fpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec),
+    "mmdet_pafpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec, pafpn=True),
+}

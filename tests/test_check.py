@@ -138,6 +138,31 @@ def test_per_level_limit_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "P3 GFLOPs" in out and "level P3 GFLOPs" in out and "FAIL" in out
 
 
+def test_extra_levels_and_mmdet_keys_are_budgeted_like_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = profile("mmdet_fpn", input_size=(128, 128), extra_convs="on_output",
+                       relu_before_extra_convs=True)
+    p7 = measured.levels[4]
+    assert p7.name == "P7" and p7.flops == 256 * 1 * 1 * 256 * 9  # 3x3 s2 conv onto 1x1
+    pyproject(tmp_path, entry(f"""
+        extra-convs = "on_output"
+        relu-before-extra-convs = true
+        max-gflops = {exact(measured.flops, 10**9)}
+        levels = {{ P7 = {{ max-gflops = {exact(p7.flops - 1, 10**9)} }}, P6 = {{ max-mparams = 1.0 }} }}
+    """, neck="mmdet_fpn"), defaults='input-size = "128x128"')  # noqa: E501
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("check", "--json")
+    assert code == 1, err
+    checks = {(c["metric"], c["level"]): c for c in json.loads(out)["entries"][0]["checks"]}
+    assert checks[("gflops", None)]["passed"] is True  # equal passes
+    assert checks[("gflops", "P7")]["passed"] is False
+    assert checks[("gflops", "P7")]["count"] == p7.flops
+    assert checks[("mparams", "P6")]["passed"] is True
+    pyproject(tmp_path, entry('relu-before-extra-convs = "yes"', neck="mmdet_fpn"))
+    code, _, err = run("check")
+    assert code == 2 and "relu-before-extra-convs" in err and "expected true or false" in err
+
+
 def test_entries_resolving_to_the_same_neck_are_profiled_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import necktool.profiling

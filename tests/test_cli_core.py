@@ -36,7 +36,8 @@ def test_list_table_and_json() -> None:
     assert config["input_size"] == [640, 640] and rows[2]["family"] == "pafpn"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["profile", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["profile", "--help"],
+                                  ["inspect", "--help"], ["export", "--help"]])
 def test_help_and_list_do_not_import_torch(args: list[str]) -> None:
     code = ("import sys\nfrom necktool.cli import app\n"
             f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"

@@ -52,7 +52,7 @@ def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) ->
     result = export_onnx(name, path, input_size=SMALL, options=VerifyOptions(trials=1))
     spec = get_spec(name)
     assert result.written and path.is_file()
-    assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_levels)]
+    assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_inputs)]
     assert [t.name for t in result.outputs] == [f"p{3 + i}" for i in range(spec.num_levels)]
     assert result.inputs[-1].shape == ("batch", spec.in_channels[-1], "H_div32", "W_div32")
     assert result.inputs[0].shape[2] == "4*H_div32"
@@ -90,6 +90,10 @@ def test_conv_macs_from_graph_by_hand() -> None:
 @pytest.mark.parametrize("args", [
     ["pafpn", "--norm", "bn", "--out-channels", "24"],
     ["fpn", "--norm", "gn", "--gn-groups", "8", "--act", "relu"],
+    # mmdetection's extra levels: max-pool P6/P7, and stride-2 convs with ReLU between
+    ["mmdet_fpn", "--norm", "bn", "--out-channels", "32", "--extra-convs", "none"],
+    ["mmdet_pafpn", "--norm", "gn", "--num-outs", "5", "--extra-convs", "on_lateral",
+     "--relu-before-extra-convs", "true", "--act", "relu"],
 ])
 def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
     out = tmp_path / "v.onnx"
@@ -102,6 +106,8 @@ def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
     assert data["opset"] == 18
     assert data["config"]["norm"] == args[2] and data["format"] == "onnx"
     assert data["conv_macs"]["fvcore"] == data["conv_macs"]["onnx"]
+    assert [o["name"] for o in data["outputs"]] == [f"p{3 + i}" for i in range(
+        len(data["config"]["strides"]))]
     ver = data["verification"]
     assert ver["passed"] is True and len(ver["cases"]) == 3
     assert {c["batch"] for c in ver["cases"]} == {1, 2}

@@ -34,8 +34,7 @@ def test_matches_independent_functional_forward(family: str, cin: tuple[int, ...
     neck = build_neck(spec, seed=3)
     randomize_norms(neck, seed=1)  # norms and BN statistics far from identity
     feats = make_inputs(spec, batch=2, seed=5)
-    expected = REFERENCE[family](neck.state_dict(), feats, norm=norm, act=act, slope=slope,
-                   groups=seed_gn_groups(out))
+    expected = REFERENCE[family](neck.state_dict(), feats, spec)
     with torch.no_grad():
         got = neck(feats)
     assert isinstance(got, tuple) and len(got) == len(cin)
@@ -137,3 +136,98 @@ def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:
 def test_every_built_in_family_has_an_independent_reference() -> None:
     built_in = {name for name, f in FAMILIES.items() if not f.needs_factory}
     assert built_in == set(REFERENCE) == set(CONV_MACS) == set(PARAMS)
+
+
+# -- mmdetection's FPN and PAFPN -----------------------------------------------------------
+MMDET_CASES = [
+    # family, in_channels, out, norm, act, num_outs, extra_convs, relu, size
+    *[("mmdet_fpn", (12, 20, 28), 16, "none", "none", 5, mode, relu, (97, 75))
+      for mode in ("none", "on_input", "on_lateral", "on_output") for relu in (False, True)],
+    *[("mmdet_pafpn", (12, 20, 28), 16, "none", "none", 5, mode, relu, (75, 97))
+      for mode in ("none", "on_input", "on_lateral", "on_output") for relu in (False, True)],
+    ("mmdet_fpn", (8, 16), 12, "bn", "relu", 4, "on_output", True, (81, 63)),
+    ("mmdet_pafpn", (8, 16, 24, 32), 16, "gn", "leaky_relu", 6, "on_input", False, (301, 271)),
+    ("mmdet_pafpn", (72, 152, 288), 16, "none", "none", 3, "on_output", False, (111, 93)),
+    ("mmdet_fpn", (16, 24, 32), 8, "gn", "none", 3, "none", False, (65, 130)),
+]
+
+
+@pytest.mark.parametrize(("family", "cin", "out", "norm", "act", "num_outs", "mode", "relu",
+                          "size"), MMDET_CASES)
+def test_mmdet_matches_independent_functional_forward(
+        family: str, cin: tuple[int, ...], out: int, norm: str, act: str, num_outs: int,
+        mode: str, relu: bool, size: tuple[int, int]) -> None:
+    spec = NeckSpec(family, cin, out, norm, act, leaky_slope=0.2, input_size=size,  # type: ignore[arg-type]
+                    num_outs=num_outs, extra_convs=mode, relu_before_extra_convs=relu)  # type: ignore[arg-type]
+    neck = build_neck(spec, seed=3)
+    randomize_norms(neck, seed=1)  # conv biases, norms and BN statistics far from identity
+    feats = make_inputs(spec, batch=2, seed=5)
+    expected = REFERENCE[family](neck.state_dict(), feats, spec)
+    with torch.no_grad():
+        got = neck(feats)
+    assert isinstance(got, tuple) and len(got) == num_outs == len(expected)
+    for g, e, (h, w) in zip(got, expected, spec.level_sizes(), strict=True):
+        assert g.shape == e.shape == (2, out, h, w)  # ceil(image / stride) on every level
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        assert g.abs().max() > 0.05  # not a degenerate all-zero comparison
+
+
+def test_mmdet_extra_modes_and_relu_change_the_outputs() -> None:
+    """The comparisons above would be vacuous if the modes computed the same thing."""
+    base = NeckSpec("mmdet_fpn", (12, 20, 12), 12, input_size=(64, 96), num_outs=5,  # type: ignore[arg-type]
+                    extra_convs="on_lateral")
+    feats = make_inputs(base, seed=2)
+    outs = {}
+    for mode, relu in (("on_lateral", False), ("on_output", False), ("on_lateral", True)):
+        neck = build_neck(base.replace(extra_convs=mode, relu_before_extra_convs=relu), seed=4)
+        with torch.no_grad():
+            outs[mode, relu] = neck(feats)
+    assert not torch.allclose(outs["on_lateral", False][3], outs["on_output", False][3])
+    assert torch.equal(outs["on_lateral", False][3], outs["on_lateral", True][3])  # P6
+    assert not torch.allclose(outs["on_lateral", False][4], outs["on_lateral", True][4])
+
+
+def _mmdet_keys(container: str, count: int, norm: str = "none") -> set[str]:
+    params = {"none": ["conv.weight", "conv.bias"],
+              "bn": ["conv.weight", "bn.weight", "bn.bias", "bn.running_mean",
+                     "bn.running_var", "bn.num_batches_tracked"],
+              "gn": ["conv.weight", "gn.weight", "gn.bias"]}[norm]
+    return {f"{container}.{i}.{p}" for i in range(count) for p in params}
+
+
+def test_mmdet_state_dict_keys_are_mmdetections() -> None:
+    # RetinaNet's neck: three laterals, three fpn convs, extra convs appended as fpn_convs.3-4
+    retinanet = build_neck("mmdet_fpn").state_dict()
+    assert set(retinanet) == _mmdet_keys("lateral_convs", 3) | _mmdet_keys("fpn_convs", 5)
+    assert retinanet["fpn_convs.3.conv.weight"].shape == (256, 2048, 3, 3)  # on_input: C5
+    assert retinanet["fpn_convs.4.conv.weight"].shape == (256, 256, 3, 3)
+    # A released SCRFD neck: no norm (biases), downsample and pafpn convs above the finest
+    scrfd = build_neck("insightface_scrfd_10g").state_dict()
+    assert set(scrfd) == (_mmdet_keys("lateral_convs", 3) | _mmdet_keys("fpn_convs", 3)
+                          | _mmdet_keys("downsample_convs", 2) | _mmdet_keys("pafpn_convs", 2))
+    assert scrfd["lateral_convs.2.conv.weight"].shape == (56, 224, 1, 1)
+    bn = build_neck("mmdet_pafpn", norm="bn", act="relu", num_outs=4).state_dict()
+    assert set(bn) == (_mmdet_keys("lateral_convs", 3, "bn") | _mmdet_keys("fpn_convs", 4, "bn")
+                       | _mmdet_keys("downsample_convs", 2, "bn")
+                       | _mmdet_keys("pafpn_convs", 2, "bn"))
+    gn = build_neck("mmdet_fpn", norm="gn", gn_groups=32, extra_convs="none").state_dict()
+    assert set(gn) == _mmdet_keys("lateral_convs", 3, "gn") | _mmdet_keys("fpn_convs", 3, "gn")
+
+
+def test_mmdet_blocks_are_convmodule_shaped() -> None:
+    neck = build_neck("mmdet_pafpn", norm="gn", act="leaky_relu")
+    block = neck.pafpn_convs[0]
+    assert [name for name, _ in block.named_children()] == ["conv", "gn", "activate"]
+    assert block.conv.bias is None and isinstance(block.activate, torch.nn.LeakyReLU)
+    plain = build_neck("insightface_scrfd_2.5g").lateral_convs[0]
+    assert [name for name, _ in plain.named_children()] == ["conv"]
+    assert plain.conv.bias is not None
+
+
+def test_num_outs_below_the_inputs_is_a_spec_error() -> None:
+    from necktool import SpecError
+
+    with pytest.raises(SpecError, match="num_outs=2 is fewer than the 3 input levels"):
+        build_neck("mmdet_fpn", num_outs=2)
+    with pytest.raises(SpecError, match=r"--num-outs does not apply to scrfd_2\.5g"):
+        build_neck("scrfd_2.5g", num_outs=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _analytic import CONV_MACS, PARAMS, level_sizes
+from _analytic import CONV_MACS, PARAMS, level_sizes, mmdet_level_flops, mmdet_params
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -15,9 +15,7 @@ from necktool.specs import seed_gn_groups
 
 
 def _analytic(spec: NeckSpec, h: int, w: int, batch: int = 1) -> tuple[list[int], int]:
-    cin, c = list(spec.in_channels), spec.out_channels
-    return (CONV_MACS[spec.family](cin, c, h, w, batch),
-            PARAMS[spec.family](cin, c, spec.norm.value))
+    return CONV_MACS[spec.family](spec, h, w, batch), PARAMS[spec.family](spec)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -122,4 +120,91 @@ def test_any_valid_spec_counts_match_formula(family: str, cin: list[int], out: i
     assert r.operators["conv"] == sum(conv_levels)
     assert r.params == params
     assert r.flops == sum(lv.flops for lv in r.levels)
+    assert r.unattributed_flops == 0 and r.unsupported_ops == {}
+
+
+# -- mmdetection families: every flop and parameter from the shapes ------------------------
+MMDET_PRESETS = [n for n, p in PRESETS.items() if p.spec.family.startswith("mmdet_")]
+
+
+@pytest.mark.parametrize("size", [(640, 640), (640, 480)])
+@pytest.mark.parametrize("name", MMDET_PRESETS)
+def test_mmdet_presets_count_exactly_by_hand(name: str, size: tuple[int, int]) -> None:
+    r = profile(name, input_size=size)
+    spec = r.spec
+    pafpn = spec.family == "mmdet_pafpn"
+    h, w = size
+    levels = mmdet_level_flops(spec, h, w, pafpn=pafpn)
+    assert [lv.flops for lv in r.levels] == levels  # every level, extra ones included
+    assert r.flops == sum(levels)
+    assert r.params == PARAMS[spec.family](spec) == mmdet_params(spec, pafpn=pafpn)
+    assert [lv.name for lv in r.levels] == spec.level_names
+    assert [lv.stride for lv in r.levels] == [8 * 2**i for i in range(spec.num_levels)]
+    assert [lv.shape[2:] for lv in r.levels] == level_sizes(h, w, spec.num_levels)
+    assert r.unattributed_flops == 0 and r.unattributed_params == 0
+    assert r.unsupported_ops == {}
+
+
+def test_retinanet_neck_by_hand() -> None:
+    """mmdet_fpn (RetinaNet: 512,1024,2048 -> 256, P3-P7 on_input) at 640x640, written out."""
+    r = profile("mmdet_fpn")
+    c, sizes = 256, [80, 40, 20, 10, 5]
+    lateral = sum(c * s * s * ci for s, ci in zip(sizes, (512, 1024, 2048), strict=False))
+    fpn = sum(c * s * s * c * 9 for s in sizes[:3])
+    p6 = c * 10 * 10 * 2048 * 9  # on the C5 input (20x20, 2048 channels), stride 2
+    p7 = c * 5 * 5 * c * 9
+    assert r.operators["conv"] == lateral + fpn + p6 + p7
+    assert r.levels[3].flops == p6 and r.levels[4].flops == p7
+    assert r.stages["extra"] == p6 + p7
+    assert list(r.stages) == ["lateral", "top-down", "fpn", "extra"]
+    assert r.params == (512 + 1024 + 2048) * c + 3 * c + 3 * (9 * c * c + c) + \
+        (9 * 2048 * c + c) + (9 * c * c + c)
+
+
+def test_scrfd_stages_are_named_for_what_they_are() -> None:
+    r = profile("insightface_scrfd_2.5g", input_size=(64, 64))
+    assert list(r.stages) == ["lateral", "top-down", "fpn", "bottom-up", "pafpn"]
+    d = profile("mmdet_fpn", input_size=(320, 320), extra_convs="none").to_dict()
+    assert d["stages"]["extra"] == 0 and d["stage_params"]["extra"] == 0
+    assert [lv["name"] for lv in d["levels"]] == ["P3", "P4", "P5", "P6", "P7"]
+    assert d["levels"][4]["shape"] == [1, 256, 3, 3] and d["levels"][4]["stride"] == 128
+    assert "max_pool2d" not in d["operators"] and d["unsupported_ops"] == {}
+
+
+def test_levels_of_one_size_go_unattributed_not_to_the_wrong_level() -> None:
+    r = profile("mmdet_fpn", input_size=(64, 64))  # P5 2x2, P6 1x1, P7 1x1
+    assert r.levels[3].flops == r.levels[4].flops == 0
+    assert r.unattributed_flops == 256 * 2048 * 9 + 256 * 256 * 9  # the two extra convs
+    assert r.flops == sum(lv.flops for lv in r.levels) + r.unattributed_flops
+    assert any("P6, P7 have the same size" in getattr(b, "text", "") for b in r.blocks())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    family=st.sampled_from(["mmdet_fpn", "mmdet_pafpn"]),
+    cin=st.lists(st.integers(1, 24), min_size=2, max_size=4),
+    out=st.integers(1, 16),
+    norm=st.sampled_from(["gn", "bn", "none"]),
+    extra=st.integers(0, 2),
+    mode=st.sampled_from(["none", "on_input", "on_lateral", "on_output"]),
+    relu=st.booleans(),
+    scale=st.tuples(st.integers(2, 4), st.integers(2, 4)),
+    odd=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+)
+def test_any_mmdet_spec_counts_match_formula(family: str, cin: list[int], out: int, norm: str,
+                                             extra: int, mode: str, relu: bool,
+                                             scale: tuple[int, int],
+                                             odd: tuple[int, int]) -> None:
+    outs = len(cin) + extra
+    coarsest = 8 * 2 ** (outs - 1)
+    h, w = (coarsest * s + e for s, e in zip(scale, odd, strict=True))  # levels all distinct
+    last_h, last_w = level_sizes(h, w, outs)[-1]
+    assume(not (norm == "gn" and last_h * last_w * out // seed_gn_groups(out) == 1))
+    spec = NeckSpec(family, tuple(cin), out, norm, "relu", input_size=(h, w),  # type: ignore[arg-type]
+                    num_outs=outs, extra_convs=mode, relu_before_extra_convs=relu)  # type: ignore[arg-type]
+    r = profile(spec)
+    pafpn = family == "mmdet_pafpn"
+    assert r.operators["conv"] == sum(CONV_MACS[family](spec, h, w))
+    assert [lv.flops for lv in r.levels] == mmdet_level_flops(spec, h, w, pafpn=pafpn)
+    assert r.params == PARAMS[family](spec)
     assert r.unattributed_flops == 0 and r.unsupported_ops == {}

@@ -90,6 +90,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it."),
     "verify": ("necktool.cli.verify_cmd:verify_command",
                "Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata."),
+    "inspect": ("necktool.cli.inspect_cmd:inspect_command",
+                "Find the neck in a checkpoint or ONNX file: family, channels, levels, presets."),
     "check": ("necktool.cli.check_cmd:check_command",
               "Check every budget in the config: limit, actual, headroom, PASS/FAIL."),
     "sweep": ("necktool.cli.sweep_cmd:sweep_command",

@@ -18,7 +18,7 @@ ModelArg = Annotated[Any, typer.Argument(
 NeckOpt = Annotated[str | None, typer.Option(
     "--neck", metavar="NECK", show_default=False,
     help="The neck the file holds (preset, family or import path). Default: from the file's "
-    "metadata; required for a file necktool did not write.")]
+    "metadata; for a file necktool did not write, the neck --weights holds.")]
 
 
 def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOpt,

@@ -45,6 +45,11 @@ class Neck(nn.Module):
                              gn_groups=s.resolved_gn_groups, leaky_slope=s.leaky_slope,
                              names=self.block_names)
 
+    def stage_parts(self) -> list[tuple[str, str, nn.Module]]:
+        """``(module name, stage, module)`` covering every part of the neck once, in the
+        order profiles list stages: by default the top-level children."""
+        return [(name, self.stage_of(name), child) for name, child in self.named_children()]
+
     @classmethod
     def stage_of(cls, child: str) -> str:
         """Stage of a top-level child (``merge2`` -> ``merge``, ``td_convs`` -> ``top-down``)."""

@@ -10,7 +10,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from necktool.fields import Norm
+from necktool.families import Inferred
+from necktool.fields import Activation, Norm
 from necktool.layers import SEED_GN_NAMES, Add, UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
 from necktool.specs import NeckSpec
@@ -54,7 +55,7 @@ class PAFPN(Neck):
                 nn.init.zeros_(m.bias)
 
     def forward(self, inputs: Levels) -> tuple[torch.Tensor, ...]:
-        feats = as_levels(inputs, self.num_levels)
+        feats = as_levels(inputs, self.spec.num_inputs)
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, feats, strict=True)]
         for i in range(self.num_levels - 1, 0, -1):
             laterals[i - 1] = self.td_fuse[i - 1](laterals[i - 1], laterals[i])
@@ -63,3 +64,28 @@ class PAFPN(Neck):
         for i in range(self.num_levels - 1):
             bu_outs.append(self.bu_fuse[i](td_outs[i + 1], self.bu_convs[i](bu_outs[-1])))
         return tuple(conv(x) for conv, x in zip(self.bu_out_convs, bu_outs, strict=True))
+
+
+def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
+    """The spec fields a seed-PAFPN state dict's shapes imply (``lateral_convs.0.conv.weight``
+    and ``.gn.*`` with GroupNorm, ``lateral_convs.0.0.weight`` and ``.1.*`` otherwise)."""
+    gn = "lateral_convs.0.gn.weight" in shapes
+    conv = "conv" if gn else "0"
+    levels = 0
+    while f"lateral_convs.{levels}.{conv}.weight" in shapes:
+        levels += 1
+    laterals = [shapes[f"lateral_convs.{i}.{conv}.weight"] for i in range(levels)]
+    if levels < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+        return None
+    if gn:
+        norm = Norm.GN
+    elif "lateral_convs.0.1.running_mean" in shapes:
+        norm = Norm.BN
+    else:
+        norm = Norm.NONE
+    fields = {"in_channels": tuple(s[1] for s in laterals), "out_channels": laterals[0][0],
+              "norm": norm, "act": Activation.RELU}
+    notes = ["activation: not stored in the weights; the seed's ReLU assumed"]
+    if gn:
+        notes.append("GroupNorm groups: not stored in the weights; the seed's rule assumed")
+    return Inferred(fields, tuple(notes))

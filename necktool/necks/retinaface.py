@@ -11,9 +11,11 @@ from typing import ClassVar
 
 import torch
 
+from necktool.families import Inferred
+from necktool.fields import Activation, Norm
 from necktool.layers import UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
-from necktool.specs import NeckSpec
+from necktool.specs import NeckSpec, retinaface_leaky_slope
 
 
 class RetinaFaceFPN(Neck):
@@ -33,9 +35,33 @@ class RetinaFaceFPN(Neck):
             self.add_module(f"merge{i}", self.block(spec.out_channels, 3))
 
     def forward(self, inputs: Levels) -> tuple[torch.Tensor, ...]:
-        feats = as_levels(inputs, self.num_levels)
+        feats = as_levels(inputs, self.spec.num_inputs)
         outs = [getattr(self, f"output{i + 1}")(x) for i, x in enumerate(feats)]
         for i in range(self.num_levels - 2, -1, -1):  # coarse to fine
             fused = getattr(self, f"fuse{i + 1}")(outs[i], outs[i + 1])
             outs[i] = getattr(self, f"merge{i + 1}")(fused)
         return tuple(outs)
+
+
+def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
+    """The spec fields a Pytorch_Retinaface ``fpn`` state dict's shapes imply (keys at the
+    neck's root: ``output1.0.weight``, ``merge1.1.running_mean``, ...)."""
+    levels = 0
+    while f"output{levels + 1}.0.weight" in shapes:
+        levels += 1
+    laterals = [shapes[f"output{i + 1}.0.weight"] for i in range(levels)]
+    if levels < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+        return None
+    out = laterals[0][0]
+    if "output1.1.running_mean" in shapes:
+        norm = Norm.BN
+    elif "output1.1.weight" in shapes:
+        norm = Norm.GN
+    else:
+        norm = Norm.NONE
+    slope = retinaface_leaky_slope(out)
+    fields = {"in_channels": tuple(s[1] for s in laterals), "out_channels": out, "norm": norm,
+              "act": Activation.LEAKY_RELU, "leaky_slope": slope}
+    notes = [f"activation: not stored in the weights; Pytorch_Retinaface's LeakyReLU "
+             f"assumed, slope {slope:g} (its rule: 0.1 when out_channels <= 64, else 0)"]
+    return Inferred(fields, tuple(notes))

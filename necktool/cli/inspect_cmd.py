@@ -1,0 +1,36 @@
+"""``necktool inspect``: which neck a checkpoint or an exported ONNX file holds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from necktool.cli.params import PATH, FormatOpt
+from necktool.cli.render import load_heavy
+
+if TYPE_CHECKING:
+    from necktool.identify import InspectResult
+
+FileArg = Annotated[Any, typer.Argument(
+    metavar="FILE", show_default=False, parser=PATH,
+    help="A .pt/.pth checkpoint (a state dict, an mmdetection/mmengine checkpoint, a "
+    "Pytorch_Retinaface file), or an ONNX file written by 'necktool export'.")]
+PrefixOpt = Annotated[str | None, typer.Option(
+    "--prefix", metavar="PREFIX", show_default=False,
+    help="Look for the neck only under this key prefix (e.g. 'neck.'). Default: anywhere.")]
+
+
+def inspect_command(file: FileArg, prefix: PrefixOpt = None, *,
+                    fmt: FormatOpt) -> InspectResult:
+    """Find the neck in a checkpoint or ONNX file: family, channels, levels, presets.
+
+    A checkpoint is read with torch.load(weights_only=True); the neck is found by its key
+    layout under any prefix (neck., fpn., module.fpn., none) and its spec read off the
+    tensor shapes. Prints the presets whose neck holds exactly those tensors and the
+    command that reproduces it. Exit 2 if the file holds no neck necktool recognises.
+    """
+    load_heavy()
+    from necktool.identify import inspect_file
+
+    return inspect_file(file, prefix)
