@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import pathlib
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,6 @@ DATA_PARALLEL_PREFIX = "module."
 OPTIONAL_KEYS = ("num_batches_tracked",)
 _SHOWN = 12  # keys listed per category in a report
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UNPICKLER = re.compile(r"WeightsUnpickler error: (.*?)(?:\. Please|\n|$)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,13 +154,20 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path).state
 
 
-def _refusal(exc: BaseException) -> tuple[str, bool]:
-    """The reason in a ``torch.load`` error, and whether the safe unpickler refused."""
+def _reason(exc: BaseException) -> str:
+    """The first line of a ``torch.load`` error, colour codes removed."""
     text = _ANSI.sub("", str(exc)).strip()
-    found = _UNPICKLER.search(text)
-    if found:
-        return found.group(1).strip().rstrip("."), True
-    return (text.splitlines()[0] if text else type(exc).__name__), False
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _unsafe_globals(file: pathlib.Path) -> list[str]:
+    """The globals a pickle would call that the safe loader refuses (read, never run)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+    except Exception:  # not a pickle at all: the caller reports torch.load's reason
+        return []
 
 
 def read_checkpoint(path: str | pathlib.Path) -> Checkpoint:
@@ -182,18 +189,21 @@ def read_checkpoint(path: str | pathlib.Path) -> Checkpoint:
     if not file.is_file():
         raise WeightsError(f"weights file {str(file)!r} does not exist or is not a file")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own advice is to load unsafely: not ours
+            warnings.simplefilter("ignore")
+            obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        reason, refused = _refusal(exc)
-        details = [
-            "necktool loads checkpoints only with weights_only=True and never falls back "
-            "to unpickling code;",
-            "if you trust the file, save its weights alone and pass that file: torch.save("
-            "torch.load(F, weights_only=False)['state_dict'], 'weights.pth')",
-        ] if refused else []
+        unsafe = _unsafe_globals(file)
+        if unsafe:
+            raise WeightsError(
+                f"refused to load {str(file)!r}: it would call {', '.join(unsafe[:3])}"
+                f"{' and more' if len(unsafe) > 3 else ''}, which torch.load(weights_only=True)"
+                " does not allow, and necktool never loads a checkpoint less safely",
+                details=["if you trust the file, save its weights alone and pass that: "
+                         "torch.save(torch.load(F, weights_only=False)['state_dict'], "
+                         "'weights.pth')"]) from None
         raise WeightsError(f"cannot read weights file {str(file)!r} as a state dict "
-                           f"(torch.load weights_only=True): {reason}",
-                           details=details) from None
+                           f"(torch.load weights_only=True): {_reason(exc)}") from None
     container: tuple[str, ...] = ()
     wrapper: str | None = None
     for key in ("state_dict", "model"):
@@ -238,6 +248,28 @@ def _prefix_hint(state: Mapping[str, Any], model: nn.Module) -> str:
     return ""
 
 
+def _as_model_dtypes(state: dict[str, Any], model: nn.Module,
+                     path: str | pathlib.Path) -> dict[str, Any]:
+    """Floating tensors become the model's float32; anything else where the model holds
+    floats (integers, booleans, complex numbers) is refused: copying it would silently
+    truncate or drop values. Integer buffers (BatchNorm's ``num_batches_tracked``) stay."""
+    expected = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        want = expected[key].dtype
+        if want.is_floating_point:
+            if not value.is_floating_point():
+                raise WeightsError(f"weights file {str(path)!r}: {key} is {value.dtype}, not "
+                                   "a floating-point tensor; the neck needs float weights "
+                                   "(float16, bfloat16, float32 and float64 are converted)")
+            value = value.to(want)
+        elif value.is_floating_point() or value.is_complex():
+            raise WeightsError(f"weights file {str(path)!r}: {key} is {value.dtype}; the neck "
+                               f"holds {want} there")
+        out[key] = value
+    return out
+
+
 def load_weights(model: nn.Module, path: str | pathlib.Path,
                  prefix: str | None = None) -> WeightSource:
     """Load a state dict into ``model`` with strict key and shape matching.
@@ -278,9 +310,9 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
     if not report.ok:
         how = f" (stripped: {', '.join(repr(s) for s in stripped)})" if stripped else ""
         hint = _prefix_hint(state, model) if report.unexpected else ""
-        raise WeightsError("\n".join([
-            f"weights file {str(path)!r} does not fit the neck{how}{hint}",
-            *report.lines()]), report)
+        raise WeightsError(f"weights file {str(path)!r} does not fit the neck{how}{hint}",
+                           report, details=report.lines())
+    state = _as_model_dtypes(state, model, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied

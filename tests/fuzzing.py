@@ -231,6 +231,8 @@ def invocation(seed: int, files: Files) -> Invocation:
         args.append(rng.choice(NECKS))
     elif command == "verify":
         args.append(rng.choice(files.onnx))
+    elif command == "inspect":
+        args.append(rng.choice(files.weights + files.onnx))
     elif command == "list" and rng.random() < 0.7:
         args.append(rng.choice(NECKS))
     for flag, is_flag, metavar in rng.sample(options, k=min(len(options), rng.randint(0, 4))):
