@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from necktool.errors import SpecError
-from necktool.fields import FIELD
+from necktool.fields import FIELD, Norm
+
+Shapes = Mapping[str, tuple[int, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,23 @@ class Inferred:
 
     fields: dict[str, Any]
     notes: tuple[str, ...] = ()
+
+
+def lateral_weights(shapes: Shapes, key: Callable[[int], str]) -> list[tuple[int, ...]] | None:
+    """The 1x1 lateral conv weights level by level (``key(i)`` names level ``i``'s), the
+    part of a layout every family shares; ``None`` unless there are two or more."""
+    laterals: list[tuple[int, ...]] = []
+    while key(len(laterals)) in shapes:
+        laterals.append(shapes[key(len(laterals))])
+    if len(laterals) < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+        return None
+    return laterals
+
+
+def norm_from(shapes: Shapes, bn_key: str, gn_key: str) -> Norm:
+    """BatchNorm when its running statistics are there, GroupNorm when only an affine
+    weight is, else none."""
+    return Norm.BN if bn_key in shapes else Norm.GN if gn_key in shapes else Norm.NONE
 
 
 @dataclasses.dataclass(frozen=True)

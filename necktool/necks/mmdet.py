@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from necktool.families import Inferred
+from necktool.families import Inferred, lateral_weights, norm_from
 from necktool.fields import Activation, ExtraConvs, Norm
 from necktool.layers import Add, UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
@@ -187,18 +187,13 @@ def _count(shapes: Mapping[str, tuple[int, ...]], container: str) -> int:
 
 
 def _infer(shapes: Mapping[str, tuple[int, ...]], pafpn: bool) -> Inferred | None:
-    used = _count(shapes, "lateral_convs")
-    laterals = [shapes[f"lateral_convs.{i}.conv.weight"] for i in range(used)]
-    if used < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+    laterals = lateral_weights(shapes, lambda i: f"lateral_convs.{i}.conv.weight")
+    if laterals is None:
         return None
+    used = len(laterals)
     out = laterals[0][0]
     in_channels = tuple(s[1] for s in laterals)
-    if "lateral_convs.0.bn.weight" in shapes:
-        norm = Norm.BN
-    elif "lateral_convs.0.gn.weight" in shapes:
-        norm = Norm.GN
-    else:
-        norm = Norm.NONE
+    norm = norm_from(shapes, "lateral_convs.0.bn.weight", "lateral_convs.0.gn.weight")
     extra = _count(shapes, "fpn_convs") - used
     if extra < 0:
         return None

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from necktool.families import Inferred
+from necktool.families import Inferred, lateral_weights, norm_from
 from necktool.fields import Activation, Norm
 from necktool.layers import SEED_GN_NAMES, Add, UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
@@ -71,18 +71,10 @@ def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     and ``.gn.*`` with GroupNorm, ``lateral_convs.0.0.weight`` and ``.1.*`` otherwise)."""
     gn = "lateral_convs.0.gn.weight" in shapes
     conv = "conv" if gn else "0"
-    levels = 0
-    while f"lateral_convs.{levels}.{conv}.weight" in shapes:
-        levels += 1
-    laterals = [shapes[f"lateral_convs.{i}.{conv}.weight"] for i in range(levels)]
-    if levels < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+    laterals = lateral_weights(shapes, lambda i: f"lateral_convs.{i}.{conv}.weight")
+    if laterals is None:
         return None
-    if gn:
-        norm = Norm.GN
-    elif "lateral_convs.0.1.running_mean" in shapes:
-        norm = Norm.BN
-    else:
-        norm = Norm.NONE
+    norm = Norm.GN if gn else norm_from(shapes, "lateral_convs.0.1.running_mean", "")
     fields = {"in_channels": tuple(s[1] for s in laterals), "out_channels": laterals[0][0],
               "norm": norm, "act": Activation.RELU}
     notes = ["activation: not stored in the weights; the seed's ReLU assumed"]

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from necktool.families import Inferred
-from necktool.fields import Activation, Norm
+from necktool.families import Inferred, lateral_weights, norm_from
+from necktool.fields import Activation
 from necktool.layers import UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
 from necktool.specs import NeckSpec, retinaface_leaky_slope
@@ -46,19 +46,11 @@ class RetinaFaceFPN(Neck):
 def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     """The spec fields a Pytorch_Retinaface ``fpn`` state dict's shapes imply (keys at the
     neck's root: ``output1.0.weight``, ``merge1.1.running_mean``, ...)."""
-    levels = 0
-    while f"output{levels + 1}.0.weight" in shapes:
-        levels += 1
-    laterals = [shapes[f"output{i + 1}.0.weight"] for i in range(levels)]
-    if levels < 2 or any(len(s) != 4 or s[2:] != (1, 1) for s in laterals):
+    laterals = lateral_weights(shapes, lambda i: f"output{i + 1}.0.weight")
+    if laterals is None:
         return None
     out = laterals[0][0]
-    if "output1.1.running_mean" in shapes:
-        norm = Norm.BN
-    elif "output1.1.weight" in shapes:
-        norm = Norm.GN
-    else:
-        norm = Norm.NONE
+    norm = norm_from(shapes, "output1.1.running_mean", "output1.1.weight")
     slope = retinaface_leaky_slope(out)
     fields = {"in_channels": tuple(s[1] for s in laterals), "out_channels": out, "norm": norm,
               "act": Activation.LEAKY_RELU, "leaky_slope": slope}
