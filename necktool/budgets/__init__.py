@@ -1,8 +1,10 @@
-"""FLOP and parameter budgets: the config schema (:mod:`.config`), baselines
+"""FLOP, parameter and memory budgets: the config schema (:mod:`.config`), baselines
 (:mod:`.baseline`) and the check (:mod:`.check`).
 
 Units: GFLOPs = fvcore flops / 1e9 (one fused multiply-add = one flop); Mparams =
-parameters / 1e6. Nothing here imports torch until a check profiles a neck; the names
+parameters / 1e6; the memory limits (``max-peak-mb``, ``max-activation-mb``,
+``max-param-mb``) are MiB = 2^20 bytes (fp32). Nothing here imports torch until a check
+profiles a neck; the names
 below load with their module on first use.
 """
 
