@@ -8,9 +8,10 @@ whose sides are multiples of ``S``.
 
 Nothing is lost: the file is written to a temporary file beside the destination and
 moved into place with :func:`os.replace` only after ``onnx.checker`` (full check, which
-includes strict shape inference), the conv-MAC cross-check and (unless skipped)
-verification passed. Any failure removes the temporary file and leaves the destination
-untouched.
+includes strict shape inference), the conv-MAC cross-check (fvcore's count, the
+``torch.utils.flop_counter`` formula's and the ONNX graph's must be equal) and (unless
+skipped) verification passed. Any failure removes the temporary file and leaves the
+destination untouched.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from necktool.artifact import (
 from necktool.build import make_inputs
 from necktool.errors import ExportError, InputError, VerificationFailed
 from necktool.files import check_writable, replace_on_success
-from necktool.profiling import analyze, check_batch
+from necktool.profiling import CROSS_CHECK, analyze, check_batch
 from necktool.quiet import quiet
 from necktool.registry import resolve_spec
 from necktool.report import Block, neck_header, size_text, table
@@ -74,6 +75,7 @@ class ExportResult:
     outputs: tuple[TensorInfo, ...]
     conv_macs_onnx: int
     conv_macs_fvcore: int
+    conv_macs_flop_counter: int
     verification: VerificationResult | None
     written: bool
     seconds: dict[str, float]
@@ -98,6 +100,11 @@ class ExportResult:
     def dynamic(self) -> bool:
         return self.metadata.dynamic
 
+    @property
+    def conv_macs_match(self) -> bool:
+        """The three conv counts are equal (an export whose counts differ is refused)."""
+        return self.conv_macs_fvcore == self.conv_macs_flop_counter == self.conv_macs_onnx
+
     def failure(self) -> str | None:
         if self.passed or self.verification is None:
             return None
@@ -119,8 +126,9 @@ class ExportResult:
             "weights": m.weights.to_dict(),
             "flops": m.flops,
             "params": m.params,
-            "conv_macs": {"fvcore": self.conv_macs_fvcore, "onnx": self.conv_macs_onnx,
-                          "match": self.conv_macs_fvcore == self.conv_macs_onnx},
+            "conv_macs": {"fvcore": self.conv_macs_fvcore,
+                          "flop_counter": self.conv_macs_flop_counter,
+                          "onnx": self.conv_macs_onnx, "match": self.conv_macs_match},
             "exporter": m.exporter,
             "metadata": m.to_props(),
             "verification": self.verification.to_dict() if self.verification is not None
@@ -135,15 +143,16 @@ class ExportResult:
         state = "written" if self.written else "NOT written"
         shape = (f"dynamic batch, H, W (multiples of {m.spec.strides[-1]}); traced at {size}"
                  if m.dynamic else f"static {size}, batch {m.batch}")
-        match = "equal" if self.conv_macs_fvcore == self.conv_macs_onnx else "DIFFER"
+        match = "equal" if self.conv_macs_match else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
             ("outputs", "\n".join(map(str, self.outputs))),
             ("FLOPs", f"{m.flops:,} at {size}, batch {m.batch} ({UNIT_SHORT})"),
-            ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / {self.conv_macs_onnx:,} "
-                          f"(ONNX graph): {match}"),
+            ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / "
+                          f"{self.conv_macs_flop_counter:,} ({CROSS_CHECK}) / "
+                          f"{self.conv_macs_onnx:,} (ONNX graph): {match}"),
             ("params", f"{m.params:,}"),
             ("weights", m.weights.describe()),
             ("checks", "onnx.checker full check (with strict shape inference): ok"),
@@ -339,13 +348,14 @@ def export_onnx(
                             "see metadata_props necktool.*")
         onnx.save_model(proto, str(tmp))
         _check_model(tmp)
-        if onnx_macs != fvcore_macs:
+        counter_macs = counted.cross_check.flop_counter_conv_macs
+        if not onnx_macs == fvcore_macs == counter_macs:
             raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
-                              f"{fvcore_macs:,} from fvcore at {size_text(spec.input_size)}; "
-                              "nothing written")
+                              f"{fvcore_macs:,} from fvcore vs {counter_macs:,} from "
+                              f"{CROSS_CHECK} at {size_text(spec.input_size)}; nothing written")
         result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
                               tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
-                              None, False, seconds)
+                              counter_macs, None, False, seconds)
         done("check")
 
         if verify:
