@@ -1,4 +1,4 @@
-"""Hand-worked cost formulas and an independent functional re-implementation.
+"""Hand-worked cost and memory formulas and an independent functional re-implementation.
 
 Nothing here imports necktool's modules: the tests compare necktool against these.
 """
@@ -61,6 +61,39 @@ def fpn_params(cin: list[int], c: int, norm: str = "bn") -> int:
         (n - 1) * (9 * c * c + norm_params(c, norm))
 
 
+# -- activation memory by hand ---------------------------------------------------------
+# Every tensor a forward creates is a full (batch, C, h, w) fp32 map at some level. A
+# conv+norm+act block creates two (the conv's output, then the norm's; the activation is
+# in place) or one without a norm (Identity returns its input). Upsample-and-add creates
+# two (the upsampled map, then the sum); a plain add one.
+def _block_maps(norm: str) -> int:
+    return 1 if norm == "none" else 2
+
+
+def pafpn_level_maps(levels: int, norm: str) -> list[int]:
+    """Maps created at each level: lateral, td and output blocks; the upsample and add
+    from the coarser level (all but the coarsest); the stride-2 bottom-up block from the
+    finer level and its add (all but the finest)."""
+    b = _block_maps(norm)
+    return [3 * b + (2 if i < levels - 1 else 0) + (b + 1 if i > 0 else 0)
+            for i in range(levels)]
+
+
+def fpn_level_maps(levels: int, norm: str) -> list[int]:
+    """Maps created at each level: the lateral block; then, for all but the coarsest, the
+    upsample and add and the merge block."""
+    b = _block_maps(norm)
+    return [b + (2 + b if i < levels - 1 else 0) for i in range(levels)]
+
+
+def activation_bytes(family: str, levels: int, norm: str, c: int, h: int, w: int,
+                     batch: int = 1) -> list[int]:
+    """fp32 bytes the forward creates at each level (4 bytes per element)."""
+    maps = LEVEL_MAPS[family](levels, norm)
+    return [m * 4 * batch * c * lh * lw for m, (lh, lw) in zip(maps, level_sizes(h, w, levels),
+                                                                strict=True)]
+
+
 # -- independent forward passes on the same state dict --------------------------------
 def _block(sd: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, *, stride: int,
            norm: str, act: str, slope: float, groups: int, names: tuple[str, str]) -> torch.Tensor:
@@ -115,3 +148,5 @@ CONV_MACS = {"fpn": fpn_conv_macs, "pafpn": pafpn_conv_macs}
 PARAMS = {"fpn": fpn_params, "pafpn": pafpn_params}
 #: family -> independent functional forward on a state dict
 REFERENCE = {"fpn": reference_fpn, "pafpn": reference_pafpn}
+#: family -> activation maps created per level, (levels, norm) -> [per level]
+LEVEL_MAPS = {"fpn": fpn_level_maps, "pafpn": pafpn_level_maps}
