@@ -24,7 +24,7 @@ from typing import Any
 from necktool.errors import InputError
 from necktool.files import check_writable, replace_on_success
 from necktool.registry import expand_names, resolve_spec
-from necktool.report import Block, num, size_text, table
+from necktool.report import Block, Note, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
 from necktool.units import (
     MEMORY_NOTE,
@@ -258,11 +258,15 @@ class SweepResult:
                              f"{p.flops / first:.2f}" if first else "-",
                              mib(p.peak_activation_bytes)))
             sections.append(len(rows) - 1)
+        failure = self.failure()
         return [table(f"FLOPs and memory by input size, batch {self.batch}",
                       ["neck", "input", num("GFLOPs"), num("FLOPs"), num("params"),
                        num("x first"), num("peak MiB")], rows, sections=tuple(sections),
                       caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, "
-                              f"{MIB_CAPTION}; per-level figures with --format json")]
+                              f"{MIB_CAPTION}; per-level figures with --format json"),
+                Note(failure, "fail") if failure else
+                Note("conv MACs cross-checked with torch.utils.flop_counter at every size: "
+                     "equal")]
 
     def plot(self, path: str | os.PathLike[str],
              metric: PlotMetric | str = PlotMetric.FLOPS) -> pathlib.Path:

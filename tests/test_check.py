@@ -171,6 +171,7 @@ def test_memory_budgets_are_exact_in_mib(tmp_path: Path, monkeypatch: pytest.Mon
     code, out, err = run("check")
     assert code == 1, err
     assert "peak MiB" in out and "FAIL" in out and "MiB =" in out and "2^20" in out
+    assert "conv MACs cross-checked with torch.utils.flop_counter for every entry: equal" in out
     # Unequal values are never printed alike: 5 decimals here, where 4 would round alike.
     assert (f"scrfd_2.5g: peak MiB {mem.peak_activation_bytes / 2**20:.5f} exceeds the "
             f"budget {(mem.peak_activation_bytes - 4) / 2**20:.5f} by 3.815e-06 MiB") in out
@@ -244,6 +245,7 @@ def test_a_cross_check_disagreement_fails_the_gate_with_both_figures(
     conv = small.operators["conv"]
     assert f"conv MACs differ: {conv:,} from fvcore vs" in out
     assert "torch.utils.flop_counter (a counting bug" in out
+    assert "for every entry: equal" not in out
 
 
 def test_entries_resolving_to_the_same_neck_are_profiled_once(

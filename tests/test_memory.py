@@ -245,6 +245,10 @@ def test_profile_table_and_json_carry_memory_and_the_cross_check() -> None:
                                    "fvcore_conv_macs": r.operators["conv"], "agree": True}
     assert data["unattributed"]["activation_bytes"] == 0
 
+    code, out, _ = run("sweep", "scrfd_2.5g", "--sizes", "64")
+    assert code == 0
+    assert "conv MACs cross-checked with torch.utils.flop_counter at every size: equal" in out
+
 
 def test_a_disagreement_is_exit_1_with_both_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     import necktool.memory
@@ -263,5 +267,5 @@ def test_a_disagreement_is_exit_1_with_both_figures(monkeypatch: pytest.MonkeyPa
     assert both in out and both in err
     code, out, _ = run("profile", "scrfd_0.5g", "--input-size", "64", "--json")
     assert code == 1 and json.loads(out)["cross_check"]["agree"] is False
-    code, _, err = run("sweep", "scrfd_0.5g", "--sizes", "64")
-    assert code == 1 and both in err
+    code, out, err = run("sweep", "scrfd_0.5g", "--sizes", "64")
+    assert code == 1 and both in err and both in out and "equal" not in out

@@ -36,6 +36,7 @@ HINT_LIMIT = "raise the budget or reduce the neck"
 HINT_BASELINE = ("reduce the neck, or if the growth is intended save a new baseline "
                  "with --save-baseline")
 HEADROOM_NOTE = "headroom = (limit - actual) / limit"
+CROSS_CHECKED = "conv MACs cross-checked with torch.utils.flop_counter for every entry: equal"
 
 
 def _pct(value: float, sign: str = "") -> str:
@@ -335,6 +336,8 @@ class CheckReport:
             Note(source),
             table(None, headers, rows, sections=tuple(sections), verdict=len(headers) - 1,
                   caption=f"{SCALE_NOTE}; {MEMORY_SCALE_NOTE}; {HEADROOM_NOTE}"),
+            *([Note(CROSS_CHECKED)] if all(e.profile.cross_check.agree
+                                           for e in self.entries) else []),
             *(Note(msg, "fail") for _, msg in self.failures()),
             *(Note(msg, "warn") for _, msg in self.warnings()),
         ]
