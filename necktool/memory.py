@@ -50,7 +50,7 @@ _CONVS = {torch.conv1d: False, torch.conv2d: False, torch.conv3d: False,
 # recorded in the graph fvcore counts (and costs about 1 ms per forward). PyTorch has no
 # public way to pause the tracer (torch.jit.is_tracing only reads the state), so this
 # uses the private pair when it exists. Without it the reads are recorded as aten::size
-# nodes, which fvcore ignores: the figures are the same, only slower.
+# nodes, which fvcore ignores: the figures are the same (a test checks it), only slower.
 _get_tracing = getattr(torch._C, "_get_tracing_state", None)
 _set_tracing = getattr(torch._C, "_set_tracing_state", None)
 
@@ -64,6 +64,11 @@ class ForwardFigures:
     total_bytes: int
     peak_bytes: int
     conv_macs: int
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    # int(): while the tracer records, a shape's entries are traced values, not ints
+    return [int(d) for d in t.shape]
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -125,8 +130,8 @@ class ForwardTracker(TorchFunctionMode):
                     transposed: bool) -> None:
         x = args[0] if args else kwargs["input"]
         w = args[1] if len(args) > 1 else kwargs["weight"]
-        self._conv_flops += int(conv_flop_count(list(x.shape), list(w.shape),
-                                                list(out.shape), transposed=transposed))
+        self._conv_flops += int(conv_flop_count(_shape(x), _shape(w), _shape(out),
+                                                transposed=transposed))
 
     def _allocated(self, t: torch.Tensor) -> bool:
         storage = t.untyped_storage()
@@ -137,7 +142,7 @@ class ForwardTracker(TorchFunctionMode):
         self._live[key] = n
         self._finalizers.append(weakref.finalize(storage, self._released, key))
         self._total += n
-        shape = tuple(t.shape)
+        shape = _shape(t)
         level = self._level_of.get((shape[-2], shape[-1]), -1) if len(shape) == 4 else -1
         if level >= 0:
             self._level_bytes[level] += n

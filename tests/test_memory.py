@@ -218,6 +218,20 @@ def test_memory_comes_from_the_profiles_own_single_forward() -> None:
     assert r.memory.peak_activation_bytes > 0
 
 
+@pytest.mark.parametrize("name", ["scrfd_2.5g", "retinaface_mnet"])
+def test_the_same_figures_without_pausing_the_tracer(name: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # necktool.memory pauses the TorchScript tracer during its bookkeeping through a
+    # private torch._C pair; should a PyTorch release drop it, the figures must not move.
+    import necktool.memory
+
+    ref = profile(name, input_size=(96, 128), batch=2)
+    monkeypatch.setattr(necktool.memory, "_get_tracing", None)
+    r = profile(name, input_size=(96, 128), batch=2)
+    assert r.memory == ref.memory and r.cross_check == ref.cross_check
+    assert r.levels == ref.levels and r.operators == ref.operators and r.stages == ref.stages
+
+
 # -- the CLI -------------------------------------------------------------------------------
 def run(*args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, list(args))
