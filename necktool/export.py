@@ -40,13 +40,13 @@ from necktool.artifact import (
 from necktool.build import make_inputs
 from necktool.errors import ExportError, InputError, VerificationFailed
 from necktool.files import check_writable, replace_on_success
-from necktool.profiling import CROSS_CHECK, analyze, check_batch
+from necktool.profiling import analyze, check_batch
 from necktool.quiet import quiet
 from necktool.registry import resolve_spec
 from necktool.report import Block, neck_header, size_text, table
 from necktool.specs import NeckSpec
 from necktool.tolerance import VerifyOptions
-from necktool.units import UNIT_SHORT
+from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.verify import (
     VerificationResult,
     compare_onnx,

@@ -44,6 +44,8 @@ from necktool.registry import resolve_spec
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
 from necktool.specs import NeckSpec
 from necktool.units import (
+    COUNTING_BUG,
+    CROSS_CHECK,
     FP32_BYTES,
     MEMORY_NOTE,
     MEMORY_UNIT,
@@ -52,8 +54,6 @@ from necktool.units import (
     UNIT_CAPTION,
     mib,
 )
-
-CROSS_CHECK = "torch.utils.flop_counter"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +131,7 @@ class CrossCheck:
 
     def failure(self) -> str:
         return (f"conv MACs differ: {self.fvcore_conv_macs:,} from fvcore vs "
-                f"{self.flop_counter_conv_macs:,} from {CROSS_CHECK} (a counting bug; "
-                "please report it)")
+                f"{self.flop_counter_conv_macs:,} from {CROSS_CHECK} ({COUNTING_BUG})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,8 @@ from necktool.registry import expand_names, resolve_spec
 from necktool.report import Block, Note, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
 from necktool.units import (
+    COUNTING_BUG,
+    CROSS_CHECK,
     MEMORY_NOTE,
     MEMORY_UNIT,
     MIB,
@@ -231,9 +233,9 @@ class SweepResult:
     def failure(self) -> str | None:
         bad = [f"{n.neck} at {size_text(p.input_size)}: conv MACs differ: "
                f"{p.cross_check['fvcore_conv_macs']:,} from fvcore vs "
-               f"{p.cross_check['flop_counter_conv_macs']:,} from torch.utils.flop_counter"
+               f"{p.cross_check['flop_counter_conv_macs']:,} from {CROSS_CHECK}"
                for n in self.necks for p in n.points if not p.agree]
-        return "; ".join(bad) + " (a counting bug; please report it)" if bad else None
+        return "; ".join(bad) + f" ({COUNTING_BUG})" if bad else None
 
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict; every count is an exact integer."""
@@ -265,8 +267,7 @@ class SweepResult:
                       caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, "
                               f"{MIB_CAPTION}; per-level figures with --format json"),
                 Note(failure, "fail") if failure else
-                Note("conv MACs cross-checked with torch.utils.flop_counter at every size: "
-                     "equal")]
+                Note(f"conv MACs cross-checked with {CROSS_CHECK} at every size: equal")]
 
     def plot(self, path: str | os.PathLike[str],
              metric: PlotMetric | str = PlotMetric.FLOPS) -> pathlib.Path:

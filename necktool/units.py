@@ -19,6 +19,10 @@ MEMORY_NOTE = ("fp32 bytes; peak = most bytes held at once by tensors the forwar
 MIB_CAPTION = "MiB = 2^20 bytes"
 MEMORY_SCALE_NOTE = "MiB = bytes / 2^20 (fp32)"
 
+# -- the second count -----------------------------------------------------------------
+CROSS_CHECK = "torch.utils.flop_counter"  # whose conv formula gives every profile's second count
+COUNTING_BUG = "a counting bug; please report it"
+
 
 def mib(count: int) -> str:
     """Bytes as MiB with four decimals, the form every table uses."""

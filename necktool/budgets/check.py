@@ -26,7 +26,7 @@ from necktool.budgets.baseline import Baseline, baseline_document
 from necktool.budgets.config import BASE, METRIC, METRICS, Budget, BudgetConfig, parse_percent
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.report import Block, Column, Heading, Note, num, size_text, table
-from necktool.units import MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
+from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
     from necktool.profiling import ProfileResult
@@ -36,7 +36,7 @@ HINT_LIMIT = "raise the budget or reduce the neck"
 HINT_BASELINE = ("reduce the neck, or if the growth is intended save a new baseline "
                  "with --save-baseline")
 HEADROOM_NOTE = "headroom = (limit - actual) / limit"
-CROSS_CHECKED = "conv MACs cross-checked with torch.utils.flop_counter for every entry: equal"
+CROSS_CHECKED = f"conv MACs cross-checked with {CROSS_CHECK} for every entry: equal"
 
 
 def _pct(value: float, sign: str = "") -> str:
