@@ -8,8 +8,9 @@ one file serves every image whose sides are multiples of ``S``. Extra output lev
 (mmdetection's P6, P7) are computed from the coarsest level, so their sizes follow.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
-includes strict shape inference), the conv-MAC cross-check and (unless skipped)
-verification in ONNX Runtime; only then are its bytes written, atomically, by
+includes strict shape inference), the conv-MAC cross-check (fvcore's count, the
+``torch.utils.flop_counter`` formula's and the ONNX graph's must be equal) and (unless
+skipped) verification in ONNX Runtime; only then are its bytes written, atomically, by
 :func:`necktool.files.write_file`. Any failure leaves the destination untouched and no
 temporary file behind.
 """
@@ -47,7 +48,7 @@ from necktool.report import Block, neck_header, size_text, table
 from necktool.resources import export_bytes, require
 from necktool.specs import NeckSpec
 from necktool.tolerance import VerifyOptions
-from necktool.units import UNIT_SHORT
+from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.verify import (
     VerificationResult,
     compare_onnx,
@@ -76,6 +77,7 @@ class ExportResult:
     outputs: tuple[TensorInfo, ...]
     conv_macs_onnx: int
     conv_macs_fvcore: int
+    conv_macs_flop_counter: int
     verification: VerificationResult | None
     written: bool
     seconds: dict[str, float]
@@ -100,6 +102,11 @@ class ExportResult:
     def dynamic(self) -> bool:
         return self.metadata.dynamic
 
+    @property
+    def conv_macs_match(self) -> bool:
+        """The three conv counts are equal (an export whose counts differ is refused)."""
+        return self.conv_macs_fvcore == self.conv_macs_flop_counter == self.conv_macs_onnx
+
     def failure(self) -> str | None:
         if self.passed or self.verification is None:
             return None
@@ -121,8 +128,9 @@ class ExportResult:
             "weights": m.weights.to_dict(),
             "flops": m.flops,
             "params": m.params,
-            "conv_macs": {"fvcore": self.conv_macs_fvcore, "onnx": self.conv_macs_onnx,
-                          "match": self.conv_macs_fvcore == self.conv_macs_onnx},
+            "conv_macs": {"fvcore": self.conv_macs_fvcore,
+                          "flop_counter": self.conv_macs_flop_counter,
+                          "onnx": self.conv_macs_onnx, "match": self.conv_macs_match},
             "exporter": m.exporter,
             "metadata": m.to_props(),
             "verification": self.verification.to_dict() if self.verification is not None
@@ -135,17 +143,18 @@ class ExportResult:
         m = self.metadata
         size = size_text(m.input_size)
         state = "written" if self.written else "NOT written"
-        shape = (f"dynamic batch, H, W (multiples of {m.spec.input_strides[-1]}); traced at {size}"
-                 if m.dynamic else f"static {size}, batch {m.batch}")
-        match = "equal" if self.conv_macs_fvcore == self.conv_macs_onnx else "DIFFER"
+        shape = (f"dynamic batch, H, W (multiples of {m.spec.input_strides[-1]}); traced at "
+                 f"{size}" if m.dynamic else f"static {size}, batch {m.batch}")
+        match = "equal" if self.conv_macs_match else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
             ("outputs", "\n".join(map(str, self.outputs))),
             ("FLOPs", f"{m.flops:,} at {size}, batch {m.batch} ({UNIT_SHORT})"),
-            ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / {self.conv_macs_onnx:,} "
-                          f"(ONNX graph): {match}"),
+            ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / "
+                          f"{self.conv_macs_flop_counter:,} ({CROSS_CHECK}) / "
+                          f"{self.conv_macs_onnx:,} (ONNX graph): {match}"),
             ("params", f"{m.params:,}"),
             ("weights", m.weights.describe()),
             ("checks", "onnx.checker full check (with strict shape inference): ok"),
@@ -340,14 +349,15 @@ def export_onnx(
     proto.doc_string = (f"necktool {__version__}: {spec.label} neck ({spec.family}), "
                         "see metadata_props necktool.*")
     _check_model(proto)
-    if onnx_macs != fvcore_macs:
+    counter_macs = counted.cross_check.flop_counter_conv_macs
+    if not onnx_macs == fvcore_macs == counter_macs:
         raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
-                          f"{fvcore_macs:,} from fvcore at {size_text(spec.input_size)}; "
-                          "nothing written")
+                          f"{fvcore_macs:,} from fvcore vs {counter_macs:,} from "
+                          f"{CROSS_CHECK} at {size_text(spec.input_size)}; nothing written")
     data = proto.SerializeToString()
     result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
                           tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
-                          None, False, seconds)
+                          counter_macs, None, False, seconds)
     done("check")
 
     if verify:

@@ -17,10 +17,17 @@ Parameters follow the module that owns them the same way. With the shipped necks
 lands on a level, so the levels sum exactly to the total; anything that matches no level
 is reported as ``unattributed``. That includes ops at a size two levels share (extra
 levels of a tiny image, P6 and P7 both 1x1), which no size can tell apart.
+
+Memory and the second count come from the same forward (:mod:`necktool.memory`): the
+trace runs under ``torch.no_grad()`` (an inference forward; fvcore's counts are the same
+with and without grad) with a :class:`~necktool.memory.ForwardTracker` active, which
+records the bytes of every tensor the forward creates, by level and at peak, and the
+conv multiply-adds by ``torch.utils.flop_counter``'s formula.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections import Counter
@@ -34,10 +41,21 @@ from necktool.build import build_neck, make_inputs
 from necktool.custom import check_outputs
 from necktool.errors import CustomNeckError, InputError
 from necktool.fields import FIELD, BadValue
+from necktool.memory import ForwardTracker
 from necktool.registry import resolve_spec
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
 from necktool.specs import NeckSpec
-from necktool.units import UNIT, UNIT_CAPTION
+from necktool.units import (
+    COUNTING_BUG,
+    CROSS_CHECK,
+    FP32_BYTES,
+    MEMORY_NOTE,
+    MEMORY_UNIT,
+    MIB_CAPTION,
+    UNIT,
+    UNIT_CAPTION,
+    mib,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +67,73 @@ class LevelProfile:
     shape: tuple[int, ...]
     flops: int
     params: int
+    activation_bytes: int
+
+    @property
+    def param_bytes(self) -> int:
+        return FP32_BYTES * self.params
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stride": self.stride, "shape": list(self.shape),
-                "flops": self.flops, "params": self.params}
+                "flops": self.flops, "params": self.params,
+                "activation_bytes": self.activation_bytes}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryProfile:
+    """fp32 bytes of one forward (see the README's memory section).
+
+    Attributes:
+        param_bytes: 4 x parameters.
+        input_bytes: The level tensors in.
+        output_bytes: The level tensors out.
+        activation_bytes: Every tensor the forward creates (outputs included; views and
+            in-place results allocate nothing), summed over the forward.
+        peak_activation_bytes: The most bytes held at once by tensors the forward creates,
+            inputs not included, following their real lifetimes in a no_grad forward.
+    """
+
+    param_bytes: int
+    input_bytes: int
+    output_bytes: int
+    activation_bytes: int
+    peak_activation_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return (f"memory (fp32, {MIB_CAPTION}): peak {mib(self.peak_activation_bytes)} MiB "
+                f"held at once by the activations, {mib(self.activation_bytes)} MiB created "
+                f"in all; params {mib(self.param_bytes)} MiB, inputs "
+                f"{mib(self.input_bytes)} MiB, outputs {mib(self.output_bytes)} MiB")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossCheck:
+    """fvcore's conv count against a second, independent one from the same forward:
+    ``torch.utils.flop_counter``'s conv formula on every conv call, halved (it counts a
+    multiply and an add). They must be equal; a difference is a counting bug."""
+
+    fvcore_conv_macs: int
+    flop_counter_conv_macs: int
+
+    @property
+    def agree(self) -> bool:
+        return self.fvcore_conv_macs == self.flop_counter_conv_macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flop_counter_conv_macs": self.flop_counter_conv_macs,
+                "fvcore_conv_macs": self.fvcore_conv_macs, "agree": self.agree}
+
+    def note(self) -> Note:
+        if self.agree:
+            return Note(f"conv MACs cross-checked with {CROSS_CHECK}: equal")
+        return Note(self.failure(), "fail")
+
+    def failure(self) -> str:
+        return (f"conv MACs differ: {self.fvcore_conv_macs:,} from fvcore vs "
+                f"{self.flop_counter_conv_macs:,} from {CROSS_CHECK} ({COUNTING_BUG})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +148,19 @@ class ProfileResult:
     stage_params: dict[str, int]
     operators: dict[str, int]
     unsupported_ops: dict[str, int]
+    memory: MemoryProfile
+    cross_check: CrossCheck
     unattributed_flops: int = 0
     unattributed_params: int = 0
+    unattributed_activation_bytes: int = 0
+
+    def __bool__(self) -> bool:
+        """False when the two conv counts disagree (the CLI exits 1)."""
+        return self.cross_check.agree
+
+    def failure(self) -> str | None:
+        return None if self.cross_check.agree else \
+            f"{self.neck} at {size_text(self.input_size)}: {self.cross_check.failure()}"
 
     @property
     def neck(self) -> str:
@@ -100,12 +192,17 @@ class ProfileResult:
             **neck_header(self.spec, self.input_size, self.batch),
             "flops": self.flops,
             "params": self.params,
+            "memory_unit": MEMORY_UNIT,
+            "memory_note": MEMORY_NOTE,
+            "memory": self.memory.to_dict(),
             "levels": [lv.to_dict() for lv in self.levels],
             "stages": dict(self.stages),
             "stage_params": dict(self.stage_params),
             "operators": dict(self.operators),
             "unsupported_ops": dict(self.unsupported_ops),
-            "unattributed": {"flops": self.unattributed_flops, "params": self.unattributed_params},
+            "unattributed": {"flops": self.unattributed_flops, "params": self.unattributed_params,
+                             "activation_bytes": self.unattributed_activation_bytes},
+            "cross_check": self.cross_check.to_dict(),
         }
 
     @property
@@ -141,10 +238,23 @@ class ProfileResult:
         if shared:
             out.append(Note(f"levels {', '.join(shared)} have the same size here, so their "
                             "ops and parameters are counted under 'unattributed'"))
+        out += [self.memory_table(), Note(self.memory.summary())]
         if self.unsupported_ops:
             out.append(Note("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
+        out.append(self.cross_check.note())
         return out
+
+    def memory_table(self) -> Table:
+        """Bytes of the tensors the forward creates, by the level whose size they have."""
+        rows = [(lv.name, f"{lv.activation_bytes:,}", mib(lv.activation_bytes))
+                for lv in self.levels]
+        if self.unattributed_activation_bytes:
+            n = self.unattributed_activation_bytes
+            rows.append(("unattributed", f"{n:,}", mib(n)))
+        total = self.memory.activation_bytes
+        return table("activations by level", ["level", num("bytes"), num("MiB")], rows,
+                     footer=("total", f"{total:,}", mib(total)), caption=MIB_CAPTION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +262,12 @@ class ProfileSet:
     """Several profiles (``profile`` with several names): each, then a comparison."""
 
     results: tuple[ProfileResult, ...]
+
+    def __bool__(self) -> bool:
+        return all(self.results)
+
+    def failure(self) -> str | None:
+        return "; ".join(f for r in self.results if (f := r.failure())) or None
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.results]
@@ -165,10 +281,11 @@ class ProfileSet:
 def comparison_table(results: Sequence[ProfileResult]) -> Table:
     """One row per neck, for ``profile`` with several names."""
     return table("comparison", ["neck", num("out"), "input", num("GFLOPs"), num("FLOPs"),
-                                num("params")],
+                                num("params"), num("peak MiB")],
                  [(r.neck, str(r.spec.out_channels), size_text(r.input_size), f"{r.gflops:.4f}",
-                   f"{r.flops:,}", f"{r.params:,}") for r in results],
-                 caption=UNIT_CAPTION)
+                   f"{r.flops:,}", f"{r.params:,}", mib(r.memory.peak_activation_bytes))
+                  for r in results],
+                 caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, {MIB_CAPTION}")
 
 
 # -- fvcore --------------------------------------------------------------------------
@@ -232,8 +349,11 @@ def fvcore_handles() -> dict[str, Handle | None]:
     }
 
 
-def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
+def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor],
+                     tracker: ForwardTracker | None = None) -> tuple[
         Any, list[tuple[tuple[int, ...], int]]]:
+    """fvcore's analysis of one trace (run under ``torch.no_grad()``, with ``tracker``
+    active during the trace when one is given) and the (shape, count) of each counted op."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import-time DeprecationWarnings
         from fvcore.nn import FlopCountAnalysis
@@ -245,10 +365,13 @@ def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad(), tracker or contextlib.nullcontext():
         # TorchScript tracing is deprecated in current PyTorch and says so on every trace.
         warnings.simplefilter("ignore")
-        analysis.total()  # trace once; every query below reads the cached statistics
+        # Trace once; every query below reads the cached statistics. no_grad: an
+        # inference forward, so autograd keeps no activation alive (fvcore's counts are
+        # the same either way).
+        analysis.total()
     return analysis, events
 
 
@@ -285,8 +408,10 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
                     owner_level.setdefault(name, level_of.get((int(h), int(w)), -1))
             hooks.append(module.register_forward_hook(hook))
     custom = spec.info.needs_factory
+    tracker = ForwardTracker(level_of, spec.num_levels,
+                             [*inputs, *model.parameters(), *model.buffers()])
     try:
-        analysis, events = _fvcore_analysis(model, inputs)
+        analysis, events = _fvcore_analysis(model, inputs, tracker)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a custom forward may raise anything, SystemExit too
@@ -333,10 +458,22 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     if root_only:
         stages["(in forward)"] += root_only
 
+    figures = tracker.figures
+    assert figures is not None  # set when the tracker's context exits
     levels = tuple(
-        LevelProfile(name, stride, tuple(out.shape), level_flops[i], level_params[i])
+        LevelProfile(name, stride, tuple(out.shape), level_flops[i], level_params[i],
+                     figures.level_bytes[i])
         for i, (name, stride, out) in enumerate(zip(spec.level_names, spec.strides, outputs,
                                                     strict=True))
+    )
+    operators = {op: int(n) for op, n in analysis.by_operator().items()}
+    params = sum(level_params) + unattributed_params
+    memory = MemoryProfile(
+        param_bytes=FP32_BYTES * params,
+        input_bytes=sum(x.numel() * x.element_size() for x in inputs),
+        output_bytes=sum(o.numel() * o.element_size() for o in outputs),
+        activation_bytes=figures.total_bytes,
+        peak_activation_bytes=figures.peak_bytes,
     )
     return ProfileResult(
         spec=spec,
@@ -345,10 +482,13 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
         levels=levels,
         stages=dict(stages),
         stage_params=dict(stage_params),
-        operators={op: int(n) for op, n in analysis.by_operator().items()},
+        operators=operators,
         unsupported_ops={op: int(n) for op, n in analysis.unsupported_ops().items()},
+        memory=memory,
+        cross_check=CrossCheck(operators.get("conv", 0), figures.conv_macs),
         unattributed_flops=unattributed_flops,
         unattributed_params=unattributed_params,
+        unattributed_activation_bytes=figures.unattributed_bytes,
     )
 
 

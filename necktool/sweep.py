@@ -1,18 +1,21 @@
-"""FLOPs and parameters of one or more necks over a range of input sizes.
+"""FLOPs, parameters and memory of one or more necks over a range of input sizes.
 
 Each neck is built once and traced once per size (:func:`necktool.profiling.analyze`),
 so the cost grows linearly with the number of sizes. FLOPs follow fvcore: one fused
-multiply-add counts as one flop.
+multiply-add counts as one flop. Memory is the profile's (fp32 bytes; MiB = 2^20 bytes).
 
-The plot (:meth:`SweepResult.plot`) draws GFLOPs against input size, one line per neck.
-Its x axis is the side in pixels when every size is square, and megapixels (H*W / 1e6)
-otherwise, with the ticks labelled ``HxW``: FLOPs grow with the pixel count, so
-megapixels keep non-square sizes on one straight-ish line.
+The plot (:meth:`SweepResult.plot`) draws one figure against input size, one line per
+neck: GFLOPs (the default), Mparams, or the peak activation memory in MiB
+(:class:`PlotMetric`). Its x axis is the side in pixels when every size is square, and
+megapixels (H*W / 1e6) otherwise, with the ticks labelled ``HxW``: FLOPs and activation
+memory grow with the pixel count, so megapixels keep non-square sizes on one
+straight-ish line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import os
 import pathlib
@@ -24,9 +27,20 @@ from necktool.fields import BadValue, parse_int_text
 from necktool.files import check_writable, write_file
 from necktool.quiet import quiet
 from necktool.registry import expand_names, resolve_spec
-from necktool.report import Block, num, size_text, table
+from necktool.report import Block, Note, num, size_text, table
 from necktool.specs import NeckSpec, parse_size
-from necktool.units import UNIT, UNIT_CAPTION, UNIT_NOTE
+from necktool.units import (
+    COUNTING_BUG,
+    CROSS_CHECK,
+    MEMORY_NOTE,
+    MEMORY_UNIT,
+    MIB,
+    MIB_CAPTION,
+    UNIT,
+    UNIT_CAPTION,
+    UNIT_NOTE,
+    mib,
+)
 
 MAX_SIZES = 64  # one trace per size and neck: more than this is a typo, not a sweep
 PLOT_SUFFIXES = (".png", ".svg")
@@ -35,6 +49,15 @@ SIZES_FORMS = ("valid forms: a comma-separated list of sizes, each HxW or one nu
                "START:STOP:STEP of square sizes (320:1280:160)")
 MATPLOTLIB_MISSING = "--plot needs matplotlib; install it with: pip install 'necktool[plot]'"
 Y_LABEL = "GFLOPs (fvcore: 1 multiply-add = 1 flop)"
+
+
+class PlotMetric(enum.StrEnum):
+    """What ``sweep --plot`` draws against input size (``--metric``)."""
+
+    FLOPS = "flops"
+    PARAMS = "params"
+    MEMORY = "memory"
+
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -132,16 +155,22 @@ def _import_matplotlib() -> Any:
 # -- result --------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
-    """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level.
+    """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level,
+    memory (the profile's ``memory`` figures, fp32 bytes) and activation bytes per level.
 
-    ``level_flops`` sums to ``flops``; an ``unattributed`` entry appears only when some
-    ops matched no level (possible with custom necks, never with the presets).
+    ``level_flops`` sums to ``flops`` and ``level_activation_bytes`` to
+    ``memory["activation_bytes"]``; an ``unattributed`` entry appears only when something
+    matched no level (possible with custom necks, never with the presets). ``cross_check``
+    is the profile's second conv count (see :class:`necktool.profiling.CrossCheck`).
     """
 
     input_size: tuple[int, int]
     flops: int
     params: int
     level_flops: dict[str, int]
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)
+    level_activation_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    cross_check: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def gflops(self) -> float:
@@ -151,9 +180,30 @@ class SweepPoint:
     def megapixels(self) -> float:
         return self.input_size[0] * self.input_size[1] / 1e6
 
+    @property
+    def peak_activation_bytes(self) -> int:
+        return self.memory.get("peak_activation_bytes", 0)
+
+    @property
+    def agree(self) -> bool:
+        return bool(self.cross_check.get("agree", True))
+
     def to_dict(self) -> dict[str, Any]:
         return {"input_size": list(self.input_size), "flops": self.flops, "params": self.params,
-                "level_flops": dict(self.level_flops)}
+                "level_flops": dict(self.level_flops), "memory": dict(self.memory),
+                "level_activation_bytes": dict(self.level_activation_bytes),
+                "cross_check": dict(self.cross_check)}
+
+
+#: metric -> (y-axis label, title, a point's value)
+PLOTS: dict[PlotMetric, tuple[str, str, Callable[[SweepPoint], float]]] = {
+    PlotMetric.FLOPS: (Y_LABEL, "Neck FLOPs by input size", lambda p: p.gflops),
+    PlotMetric.PARAMS: ("Mparams (parameters / 1e6)", "Neck parameters by input size",
+                        lambda p: p.params / 1e6),
+    PlotMetric.MEMORY: (f"peak activation memory, MiB ({MIB_CAPTION}, fp32)",
+                        "Neck peak activation memory by input size",
+                        lambda p: p.peak_activation_bytes / MIB),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +231,17 @@ class SweepResult:
     def square(self) -> bool:
         return all(h == w for h, w in self.sizes)
 
+    def __bool__(self) -> bool:
+        """False when a point's two conv counts disagree (the CLI exits 1)."""
+        return all(p.agree for n in self.necks for p in n.points)
+
+    def failure(self) -> str | None:
+        bad = [f"{n.neck} at {size_text(p.input_size)}: conv MACs differ: "
+               f"{p.cross_check['fvcore_conv_macs']:,} from fvcore vs "
+               f"{p.cross_check['flop_counter_conv_macs']:,} from {CROSS_CHECK}"
+               for n in self.necks for p in n.points if not p.agree]
+        return "; ".join(bad) + f" ({COUNTING_BUG})" if bad else None
+
     def to_dict(self) -> dict[str, Any]:
         """Stable, JSON-ready dict; every count is an exact integer."""
         return {
@@ -188,6 +249,8 @@ class SweepResult:
             "batch": self.batch,
             "unit": UNIT,
             "unit_note": UNIT_NOTE,
+            "memory_unit": MEMORY_UNIT,
+            "memory_note": MEMORY_NOTE,
             "necks": [n.to_dict() for n in self.necks],
         }
 
@@ -199,15 +262,24 @@ class SweepResult:
             for i, p in enumerate(sweep.points):
                 rows.append((sweep.neck if i == 0 else "", size_text(p.input_size),
                              f"{p.gflops:.4f}", f"{p.flops:,}", f"{p.params:,}",
-                             f"{p.flops / first:.2f}" if first else "-"))
+                             f"{p.flops / first:.2f}" if first else "-",
+                             mib(p.peak_activation_bytes)))
             sections.append(len(rows) - 1)
-        return [table(f"FLOPs by input size, batch {self.batch}",
+        failure = self.failure()
+        return [table(f"FLOPs and memory by input size, batch {self.batch}",
                       ["neck", "input", num("GFLOPs"), num("FLOPs"), num("params"),
-                       num("x first")], rows, sections=tuple(sections),
-                      caption=f"{UNIT_CAPTION}; per-level FLOPs with --format json")]
+                       num("x first"), num("peak MiB")], rows, sections=tuple(sections),
+                      caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, "
+                              f"{MIB_CAPTION}; per-level figures with --format json"),
+                Note(failure, "fail") if failure else
+                Note(f"conv MACs cross-checked with {CROSS_CHECK} at every size: equal")]
 
-    def plot(self, path: str | os.PathLike[str]) -> pathlib.Path:
-        """Draw GFLOPs against input size, one line per neck, to a ``.png`` or ``.svg``.
+    def plot(self, path: str | os.PathLike[str],
+             metric: PlotMetric | str = PlotMetric.FLOPS) -> pathlib.Path:
+        """Draw ``metric`` against input size, one line per neck, to a ``.png`` or ``.svg``.
+
+        ``metric``: ``flops`` (GFLOPs, the default), ``params`` (Mparams) or ``memory``
+        (the peak activation memory in MiB = 2^20 bytes).
 
         The file is written to a temporary file beside ``path`` and moved into place, so
         a failed write never leaves a truncated image. matplotlib's object API is used
@@ -216,6 +288,11 @@ class SweepResult:
         Raises:
             InputError: bad suffix or unwritable path, or matplotlib is not installed.
         """
+        try:
+            y_label, title, value = PLOTS[PlotMetric(metric)]
+        except ValueError:
+            raise InputError(f"cannot plot {metric!r}; choose one of "
+                             f"{', '.join(m.value for m in PlotMetric)}") from None
         dest = check_plot_path(path)
         mpl_figure = _import_matplotlib()
         fig = mpl_figure.Figure(figsize=(7, 4.5), layout="constrained")
@@ -223,7 +300,7 @@ class SweepResult:
         order = sorted(range(len(self.sizes)), key=lambda i: self._x(self.sizes[i]))
         for sweep in self.necks:
             pts = [sweep.points[i] for i in order]
-            ax.plot([self._x(p.input_size) for p in pts], [p.gflops for p in pts],
+            ax.plot([self._x(p.input_size) for p in pts], [value(p) for p in pts],
                     marker="o", label=sweep.neck)
         xs = [self._x(self.sizes[i]) for i in order]
         if len(xs) <= 12:  # beyond that the labels overlap; keep matplotlib's own ticks
@@ -235,9 +312,9 @@ class SweepResult:
                     label.set_horizontalalignment("right")
         ax.set_xlabel("input size (square side, px)" if self.square
                       else "input size (megapixels = H x W / 1e6; ticks H x W)")
-        ax.set_ylabel(Y_LABEL)
+        ax.set_ylabel(y_label)
         batch = f", batch {self.batch}" if self.batch != 1 else ""
-        ax.set_title(f"Neck FLOPs by input size{batch}")
+        ax.set_title(f"{title}{batch}")
         ax.grid(True, alpha=0.3)
         ax.legend()
         image = io.BytesIO()
@@ -310,7 +387,11 @@ def sweep(
             level_flops = {lv.name: lv.flops for lv in r.levels}
             if r.unattributed_flops:  # custom necks: keep the levels summing to the total
                 level_flops["unattributed"] = r.unattributed_flops
-            points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops))
+            level_bytes = {lv.name: lv.activation_bytes for lv in r.levels}
+            if r.unattributed_activation_bytes:
+                level_bytes["unattributed"] = r.unattributed_activation_bytes
+            points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops,
+                                     r.memory.to_dict(), level_bytes, r.cross_check.to_dict()))
             step(f"{spec.label} {size_text(size)}")
         results.append(NeckSweep(spec.label, spec, tuple(points)))
     return SweepResult(tuple(unique), batch, tuple(results))

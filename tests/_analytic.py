@@ -1,4 +1,4 @@
-"""Hand-worked cost formulas and an independent functional re-implementation.
+"""Hand-worked cost and memory formulas and an independent functional re-implementation.
 
 Nothing here imports necktool's modules: the tests compare necktool against these.
 """
@@ -59,6 +59,57 @@ def fpn_params(cin: list[int], c: int, norm: str = "bn") -> int:
     n = len(cin)
     return sum(ci * c + norm_params(c, norm) for ci in cin) + \
         (n - 1) * (9 * c * c + norm_params(c, norm))
+
+
+# -- activation memory by hand ---------------------------------------------------------
+# Every tensor a forward creates is a full (batch, C, h, w) fp32 map at some level. A
+# conv+norm+act block creates two (the conv's output, then the norm's; the activation is
+# in place) or one without a norm (Identity returns its input). Upsample-and-add creates
+# two (the upsampled map, then the sum); a plain add one.
+def _block_maps(norm: str) -> int:
+    return 1 if norm == "none" else 2
+
+
+def pafpn_level_maps(levels: int, norm: str) -> list[int]:
+    """Maps created at each level: lateral, td and output blocks; the upsample and add
+    from the coarser level (all but the coarsest); the stride-2 bottom-up block from the
+    finer level and its add (all but the finest)."""
+    b = _block_maps(norm)
+    return [3 * b + (2 if i < levels - 1 else 0) + (b + 1 if i > 0 else 0)
+            for i in range(levels)]
+
+
+def fpn_level_maps(levels: int, norm: str) -> list[int]:
+    """Maps created at each level: the lateral block; then, for all but the coarsest, the
+    upsample and add and the merge block."""
+    b = _block_maps(norm)
+    return [b + (2 + b if i < levels - 1 else 0) for i in range(levels)]
+
+
+def mmdet_level_maps(spec, *, pafpn: bool = False) -> list[int]:  # type: ignore[no-untyped-def]
+    """Maps created at each level by mmdetection's FPN (and PAFPN): the lateral and fpn
+    blocks; the upsample and add from the coarser level (all used levels but the
+    coarsest); with PAFPN, the stride-2 downsample block, its add and the pafpn block (all
+    used levels but the finest). Extra levels: a block each with extra convs (plus, with
+    relu_before_extra_convs, the out-of-place ReLU of the level before each later one);
+    none for the max-pool levels, which are strided views of P5."""
+    cin, _, outs, mode, norm = _mmdet_shape(spec)
+    b, used = _block_maps(norm), len(cin)
+    maps = [2 * b + (2 if i < used - 1 else 0) + (2 * b + 1 if pafpn and i > 0 else 0)
+            for i in range(used)] + [0] * (outs - used)
+    if mode != "none":
+        for j in range(used, outs):
+            maps[j] += b
+            if j > used and spec.relu_before_extra_convs:
+                maps[j - 1] += 1
+    return maps
+
+
+def activation_bytes(spec, h: int, w: int, batch: int = 1) -> list[int]:  # type: ignore[no-untyped-def]
+    """fp32 bytes the forward creates at each output level (4 bytes per element)."""
+    maps = LEVEL_MAPS[spec.family](spec)
+    return [m * 4 * batch * spec.out_channels * lh * lw
+            for m, (lh, lw) in zip(maps, level_sizes(h, w, spec.num_levels), strict=True)]
 
 
 # -- independent forward passes on the same state dict --------------------------------
@@ -261,4 +312,11 @@ REFERENCE = {
     "pafpn": _seed_reference(reference_pafpn),
     "mmdet_fpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec),
     "mmdet_pafpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec, pafpn=True),
+}
+#: family -> activation maps created per output level, (spec) -> [per level]
+LEVEL_MAPS = {
+    "fpn": lambda s: fpn_level_maps(s.num_levels, str(s.norm)),
+    "pafpn": lambda s: pafpn_level_maps(s.num_levels, str(s.norm)),
+    "mmdet_fpn": lambda s: mmdet_level_maps(s),
+    "mmdet_pafpn": lambda s: mmdet_level_maps(s, pafpn=True),
 }

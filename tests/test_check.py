@@ -11,6 +11,7 @@ import json
 import math
 import tempfile
 import textwrap
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,115 @@ def test_per_level_limit_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyP
     code, out, _ = run("check")
     assert code == 1
     assert "P3 GFLOPs" in out and "level P3 GFLOPs" in out and "FAIL" in out
+
+
+def mib(count: int) -> str:
+    """A TOML float equal to count / 2^20 in decimal (MiB, the unit of the -mb keys)."""
+    text = repr(count / 2**20)
+    assert Fraction(text) == Fraction(count, 2**20), "not exact in 17 digits: pick another"
+    return text
+
+
+def test_memory_budgets_are_exact_in_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         small: ProfileResult) -> None:
+    mem = small.memory
+    monkeypatch.chdir(tmp_path)
+    pyproject(tmp_path, entry(f"""
+        max-peak-mb = {mib(mem.peak_activation_bytes)}
+        max-activation-mb = {mib(mem.activation_bytes)}
+        max-param-mb = {mib(mem.param_bytes)}
+    """))
+    code, out, err = run("check", "--json")
+    assert code == 0, err  # equal passes
+    result = json.loads(out)["entries"][0]
+    assert result["peak_activation_bytes"] == mem.peak_activation_bytes
+    assert result["activation_bytes"] == mem.activation_bytes
+    assert result["param_bytes"] == mem.param_bytes == 4 * small.params
+    assert result["peak_mib"] == mem.peak_activation_bytes / 2**20
+    assert {c["metric"] for c in result["checks"]} == {"peak_mib", "activation_mib", "param_mib"}
+    assert all(c["headroom_pct"] == 0.0 for c in result["checks"])
+    assert result["cross_check"]["agree"] is True
+
+    # One float (4 bytes) under the measured peak fails, and says so in MiB.
+    pyproject(tmp_path, entry(f"max-peak-mb = {mib(mem.peak_activation_bytes - 4)}"))
+    code, out, err = run("check")
+    assert code == 1, err
+    assert "peak MiB" in out and "FAIL" in out and "MiB =" in out and "2^20" in out
+    assert "conv MACs cross-checked with torch.utils.flop_counter for every entry: equal" in out
+    # Unequal values are never printed alike: 5 decimals here, where 4 would round alike.
+    assert (f"scrfd_2.5g: peak MiB {mem.peak_activation_bytes / 2**20:.5f} exceeds the "
+            f"budget {(mem.peak_activation_bytes - 4) / 2**20:.5f} by 3.815e-06 MiB") in out
+
+
+def test_memory_level_limits_and_the_peak_has_no_level(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: ProfileResult) -> None:
+    p3, p5 = small.levels[0], small.levels[2]
+    assert p3.activation_bytes > 0 and p5.param_bytes == 4 * p5.params
+    pyproject(tmp_path, entry(f"""
+        levels = {{ P3 = {{ max-activation-mb = {mib(p3.activation_bytes - 1024)} }}, P5 = {{ max-param-mb = {mib(p5.param_bytes)} }} }}
+    """))  # noqa: E501
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("check", "--json")
+    assert code == 1, err
+    checks = {(c["metric"], c["level"]): c for c in json.loads(out)["entries"][0]["checks"]}
+    assert checks[("activation_mib", "P3")]["passed"] is False
+    assert checks[("activation_mib", "P3")]["count"] == p3.activation_bytes
+    assert checks[("param_mib", "P5")]["passed"] is True
+    code, out, _ = run("check")
+    assert "level P3 activation MiB" in out
+
+    pyproject(tmp_path, entry("levels = { P3 = { max-peak-mb = 1 } }"))
+    code, out, err = run("check")
+    assert code == 2 and out == ""
+    assert "levels.P3.max-peak-mb: is a whole-neck limit with no per-level meaning" in err
+
+
+def test_memory_growth_against_a_baseline_and_older_baselines_still_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: ProfileResult) -> None:
+    pyproject(tmp_path, entry("max-gflops = 1.0"))
+    monkeypatch.chdir(tmp_path)
+    assert run("check", "--save-baseline", "base.json")[0] == 0
+    saved = json.loads((tmp_path / "base.json").read_text())["entries"]["scrfd_2.5g"]
+    assert saved["peak_activation_bytes"] == small.memory.peak_activation_bytes
+    assert saved["activation_bytes"] == small.memory.activation_bytes
+    assert saved["param_bytes"] == small.memory.param_bytes
+    assert saved["levels"]["P3"]["activation_bytes"] == small.levels[0].activation_bytes
+    assert saved["levels"]["P3"]["param_bytes"] == 4 * small.levels[0].params
+
+    # The peak 5% smaller in the baseline: growth fails under every absolute budget.
+    saved["peak_activation_bytes"] = round(small.memory.peak_activation_bytes / 1.05)
+    (tmp_path / "base.json").write_text(json.dumps({"version": 1, "entries": {
+        "scrfd_2.5g": saved}}))
+    code, out, _ = run("check", "--baseline", "base.json", "--max-increase", "2%")
+    assert code == 1
+    assert "peak activation bytes grew +5.00% against the baseline" in out
+    assert run("check", "--baseline", "base.json", "--max-increase", "6%")[0] == 0
+
+    # A baseline from before memory figures: loads, gates FLOPs and params only.
+    write_baseline(tmp_path / "old.json", small.flops, small.params)
+    code, out, err = run("check", "--baseline", "old.json", "--json")
+    assert code == 0, err
+    growth = json.loads(out)["entries"][0]["baseline"]
+    assert set(growth) == {"known", "flops", "params"}
+    code, out, _ = run("check", "--baseline", "old.json", "--format", "markdown")
+    assert "| peak MiB | - | " in out and " | - | - |" in out
+
+
+def test_a_cross_check_disagreement_fails_the_gate_with_both_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: ProfileResult) -> None:
+    import necktool.memory
+
+    real = necktool.memory.conv_flop_count
+    monkeypatch.setattr(necktool.memory, "conv_flop_count",
+                        lambda *a, **k: real(*a, **k) + 2)  # one MAC too many per conv
+    pyproject(tmp_path, entry("max-gflops = 1.0"))
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run("check")
+    assert code == 1
+    conv = small.operators["conv"]
+    assert f"conv MACs differ: {conv:,} from fvcore vs" in out
+    assert "torch.utils.flop_counter (a counting bug" in out
+    assert "for every entry: equal" not in out
 
 
 def test_extra_levels_and_mmdet_keys_are_budgeted_like_the_others(

@@ -56,8 +56,9 @@ def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) ->
     assert [t.name for t in result.outputs] == [f"p{3 + i}" for i in range(spec.num_levels)]
     assert result.inputs[-1].shape == ("batch", spec.in_channels[-1], "H_div32", "W_div32")
     assert result.inputs[0].shape[2] == "4*H_div32"
-    # The graph's own conv count equals fvcore's, and both equal the hand count.
-    assert result.conv_macs_onnx == result.conv_macs_fvcore > 0
+    # The graph's own conv count equals fvcore's and torch.utils.flop_counter's.
+    assert result.conv_macs_onnx == result.conv_macs_fvcore == result.conv_macs_flop_counter > 0
+    assert result.conv_macs_match
     # Verified at the export size and two more: non-square, and batch 2.
     v = result.verification
     assert v is not None and v.passed and bool(v)
@@ -105,7 +106,8 @@ def test_bn_and_gn_variants(args: list[str], tmp_path: pathlib.Path) -> None:
     assert data["path"] == str(out) and data["written"] and data["dynamic"] is True
     assert data["opset"] == 18
     assert data["config"]["norm"] == args[2] and data["format"] == "onnx"
-    assert data["conv_macs"]["fvcore"] == data["conv_macs"]["onnx"]
+    macs = data["conv_macs"]
+    assert macs["fvcore"] == macs["flop_counter"] == macs["onnx"] > 0 and macs["match"]
     assert [o["name"] for o in data["outputs"]] == [f"p{3 + i}" for i in range(
         len(data["config"]["strides"]))]
     ver = data["verification"]
@@ -143,7 +145,24 @@ def test_tables_on_stdout_and_nothing_on_stderr(tmp_path: pathlib.Path) -> None:
     assert code == 0
     assert stderr == ""
     assert "conv MACs" in stdout and "equal" in stdout and "PASS" in stdout
+    assert "(fvcore)" in stdout and "(torch.utils.flop_counter)" in stdout
+    assert "(ONNX graph)" in stdout
     assert "H_div32" in stdout and "written" in stdout
+
+
+def test_counts_that_differ_refuse_the_export_with_all_three(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.memory
+
+    real = necktool.memory.conv_flop_count
+    monkeypatch.setattr(necktool.memory, "conv_flop_count",
+                        lambda *a, **k: real(*a, **k) + 2)  # one MAC too many per conv
+    dest = tmp_path / "d.onnx"
+    code, stdout, stderr = invoke("export", "fpn", "--input-size", "64", "-o", str(dest))
+    assert code == 1 and stdout == ""
+    assert "conv multiply-adds differ" in stderr and "from torch.utils.flop_counter" in stderr
+    assert "in the ONNX graph" in stderr and "from fvcore" in stderr
+    assert not dest.exists() and leftovers(tmp_path) == []
 
 
 def test_dynamic_export_needs_a_stride_multiple() -> None:

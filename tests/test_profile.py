@@ -31,6 +31,9 @@ def test_preset_counts_match_formula_and_flopcountermode(name: str) -> None:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         neck(make_inputs(spec, seed=None))
     assert counter.get_total_flops() == 2 * result.operators["conv"]  # 2 flops per MAC there
+    # ... and the profile's own second count, from torch.utils.flop_counter's formula
+    assert counter.get_total_flops() == 2 * result.cross_check.flop_counter_conv_macs
+    assert result.cross_check.agree
 
     assert result.flops == sum(lv.flops for lv in result.levels)  # exact attribution
     assert result.flops == sum(result.stages.values())

@@ -101,6 +101,11 @@ def test_sweep_equals_a_separate_profile_at_each_size(two_necks: Any, index: int
         assert point.flops == ref.flops and point.params == ref.params
         assert point.level_flops == {lv.name: lv.flops for lv in ref.levels}
         assert sum(point.level_flops.values()) == point.flops
+        assert point.memory == ref.memory.to_dict()
+        assert point.level_activation_bytes == {lv.name: lv.activation_bytes
+                                                for lv in ref.levels}
+        assert sum(point.level_activation_bytes.values()) == point.memory["activation_bytes"]
+        assert point.cross_check == ref.cross_check.to_dict() and point.agree
 
 
 def test_sweep_builds_once_per_neck_and_traces_once_per_size(
@@ -203,6 +208,36 @@ def test_plot_is_a_valid_image(tmp_path: pathlib.Path, suffix: str) -> None:
         # matplotlib writes text as glyph paths with the string in a comment.
         for label in ("scrfd_2.5g", "retinaface_mnet", "square side", Y_LABEL):
             assert label in text, label
+
+
+@pytest.mark.parametrize(("metric", "says"), [
+    ("memory", "peak activation memory, MiB"), ("params", "Mparams"), ("flops", Y_LABEL)])
+def test_plot_metric(tmp_path: pathlib.Path, metric: str, says: str) -> None:
+    dest = tmp_path / "sweep.svg"
+    code, _, err = run("sweep", "scrfd_2.5g", "--sizes", "64,128", "--plot", str(dest),
+                         "--metric", metric)
+    assert (code, err) == (0, "")
+    text = dest.read_text()
+    assert says in text and "scrfd_2.5g" in text
+
+
+def test_metric_without_plot_and_an_unknown_metric_are_exit_2(tmp_path: pathlib.Path) -> None:
+    code, out, err = run("sweep", "scrfd_2.5g", "--sizes", "64", "--metric", "memory")
+    assert code == 2 and out == "" and "--metric chooses what --plot draws" in err
+    code, out, err = run("sweep", "scrfd_2.5g", "--sizes", "64", "--metric", "bytes",
+                         "--plot", str(tmp_path / "x.png"))
+    assert code == 2 and out == "" and 'expected one of "flops", "params", "memory"' in err
+    result = sweep(["scrfd_2.5g"], [(64, 64)])
+    with pytest.raises(InputError, match="choose one of flops, params, memory"):
+        result.plot(tmp_path / "x.png", "bytes")
+
+
+def test_cli_table_shows_the_peak_in_mib() -> None:
+    code, out, _ = run("sweep", "scrfd_2.5g", "--sizes", "64,128")
+    assert code == 0 and "peak MiB" in out and "2^20 bytes" in out
+    for size in (64, 128):
+        peak = profile("scrfd_2.5g", input_size=(size, size)).memory.peak_activation_bytes
+        assert f"{peak / 2**20:.4f}" in out
 
 
 def test_plot_non_square_sizes(tmp_path: pathlib.Path) -> None:

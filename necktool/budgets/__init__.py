@@ -1,9 +1,10 @@
-"""FLOP and parameter budgets: the config schema (:mod:`.config`), baselines
+"""FLOP, parameter and memory budgets: the config schema (:mod:`.config`), baselines
 (:mod:`.baseline`) and the check (:mod:`.check`).
 
 Units: GFLOPs = fvcore flops / 1e9 (one fused multiply-add = one flop); Mparams =
-parameters / 1e6. Nothing here imports torch: :func:`check_budgets` does, to profile,
-once a config has been read and found valid.
+parameters / 1e6; the memory limits (``max-peak-mb``, ``max-activation-mb``,
+``max-param-mb``) are MiB = 2^20 bytes (fp32). Nothing here imports torch:
+:func:`check_budgets` does, to profile, once a config has been read and found valid.
 """
 
 from necktool.budgets.baseline import Baseline, BaselineFigures, load_baseline, save_baseline

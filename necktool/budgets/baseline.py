@@ -2,7 +2,9 @@
 
 A baseline is written by ``check --save-baseline`` and read, never as pickle, by
 ``check --baseline``. Version 1 holds per entry its neck, size, batch, the whole-neck
-counts (``flops``, ``params``, and any later metric) and the per-level counts.
+counts (``flops``, ``params``, and any later metric: ``peak_activation_bytes``,
+``activation_bytes``, ``param_bytes``) and the per-level counts. A baseline saved before a
+metric existed still loads; that metric's growth is simply not checked against it.
 """
 
 from __future__ import annotations

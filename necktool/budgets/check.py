@@ -26,7 +26,7 @@ from necktool.budgets.baseline import Baseline, baseline_document
 from necktool.budgets.config import BASE, METRIC, METRICS, Budget, BudgetConfig, parse_percent
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.report import Block, Column, Heading, Note, num, size_text, table
-from necktool.units import SCALE_NOTE, UNIT, UNIT_NOTE
+from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
     from necktool.profiling import ProfileResult
@@ -36,6 +36,7 @@ HINT_LIMIT = "raise the budget or reduce the neck"
 HINT_BASELINE = ("reduce the neck, or if the growth is intended save a new baseline "
                  "with --save-baseline")
 HEADROOM_NOTE = "headroom = (limit - actual) / limit"
+CROSS_CHECKED = f"conv MACs cross-checked with {CROSS_CHECK} for every entry: equal"
 
 
 def _pct(value: float, sign: str = "") -> str:
@@ -87,8 +88,9 @@ class LimitCheck:
 
     def message(self, name: str) -> str:
         limit, actual = _pair(self.limit, self.actual)
-        unit = METRIC[self.metric].label
-        what = f"level {self.level} {unit}" if self.level else unit
+        metric = METRIC[self.metric]
+        unit = metric.unit_label
+        what = f"level {self.level} {metric.label}" if self.level else metric.label
         over = self.actual - self.limit
         return (f"{name}: {what} {actual} exceeds the budget {limit} by {over:.4g} {unit} "
                 f"({_pct(-self.headroom_pct)} over); {HINT_LIMIT}")
@@ -147,7 +149,9 @@ class EntryResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """Every check passed, and the profile's two conv counts agree (a disagreement is
+        a counting bug, so no figure of this entry can be trusted)."""
+        return all(c.passed for c in self.checks) and self.profile.cross_check.agree
 
     def __bool__(self) -> bool:
         return self.passed
@@ -170,8 +174,11 @@ class EntryResult:
         return {m.base: m.total(self.profile) for m in METRICS}
 
     def failures(self) -> list[str]:
-        """One actionable message per failed check."""
-        return [c.message(self.budget.name) for c in self.checks if not c.passed]
+        """One actionable message per failed check (and one if the counts disagree)."""
+        out = [c.message(self.budget.name) for c in self.checks if not c.passed]
+        if not self.profile.cross_check.agree:
+            out.append(f"{self.budget.name}: {self.profile.cross_check.failure()}")
+        return out
 
     def figures(self) -> dict[str, Any]:
         """What a baseline records for this entry."""
@@ -197,6 +204,7 @@ class EntryResult:
             "levels": [{"name": lv.name, **{m.base: m.level(lv) for m in METRICS if m.level}}
                        for lv in self.profile.levels],
             "checks": [c.to_dict() for c in self.limits],
+            "cross_check": self.profile.cross_check.to_dict(),
             "baseline": None if self.in_baseline is None else
             {"known": self.in_baseline, **{c.metric: c.to_dict() for c in self.growth}},
             "failures": self.failures(),
@@ -234,7 +242,9 @@ class EntryResult:
     def _change(self, check: BaselineCheck | None) -> str:
         if self.in_baseline is None:
             return ""
-        return "new" if check is None else _pct(check.change_pct, "+")
+        if check is None:  # a new entry, or a figure older baselines do not hold
+            return "new" if not self.in_baseline else "-"
+        return _pct(check.change_pct, "+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +302,7 @@ class CheckReport:
             "config_file": self.config.display_path,
             "unit": UNIT,
             "unit_note": UNIT_NOTE,
-            "scale_note": SCALE_NOTE,
+            "scale_note": f"{SCALE_NOTE}; {MEMORY_SCALE_NOTE}",
             "baseline": self.baseline.path if self.baseline else None,
             "entries": [e.to_dict() for e in self.entries],
             "warnings": [msg for _, msg in self.warnings()],
@@ -325,7 +335,9 @@ class CheckReport:
             Heading(f"{mark} necktool check: {self.summary}"),
             Note(source),
             table(None, headers, rows, sections=tuple(sections), verdict=len(headers) - 1,
-                  caption=f"{SCALE_NOTE}; {HEADROOM_NOTE}"),
+                  caption=f"{SCALE_NOTE}; {MEMORY_SCALE_NOTE}; {HEADROOM_NOTE}"),
+            *([Note(CROSS_CHECKED)] if all(e.profile.cross_check.agree
+                                           for e in self.entries) else []),
             *(Note(msg, "fail") for _, msg in self.failures()),
             *(Note(msg, "warn") for _, msg in self.warnings()),
         ]

@@ -25,7 +25,7 @@ from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckE
 from necktool.fields import FIELDS, BadValue, describe_value, field_for_key
 from necktool.registry import resolve_spec
 from necktool.specs import NeckSpec
-from necktool.units import GFLOPS, MPARAMS
+from necktool.units import GFLOPS, MIB, MPARAMS
 
 CONFIG_NAME = "necktool.toml"
 PYPROJECT = "pyproject.toml"
@@ -38,8 +38,10 @@ class Metric:
     """A budgeted figure: its TOML limit key, its unit, and how to read it off a profile.
 
     ``total`` and ``level`` read exact integer counts off a
-    :class:`~necktool.profiling.ProfileResult` and its levels; ``base`` names the count in
-    baselines and JSON (growth is gated on it), ``base_label`` in messages.
+    :class:`~necktool.profiling.ProfileResult` and its levels (``level`` is ``None`` for
+    a figure with no per-level meaning); ``base`` names the count in baselines and JSON
+    (growth is gated on it), ``base_label`` in messages. ``label`` names the check in
+    tables; ``unit`` is the unit of ``count / scale`` in messages (default: ``label``).
     """
 
     name: str
@@ -50,6 +52,11 @@ class Metric:
     base_label: str
     total: Callable[[Any], int]
     level: Callable[[Any], int] | None
+    unit: str = ""
+
+    @property
+    def unit_label(self) -> str:
+        return self.unit or self.label
 
 
 METRICS: tuple[Metric, ...] = (
@@ -57,6 +64,15 @@ METRICS: tuple[Metric, ...] = (
            lambda r: r.flops, lambda lv: lv.flops),
     Metric("mparams", "max-mparams", "Mparams", MPARAMS, "params", "params",
            lambda r: r.params, lambda lv: lv.params),
+    # Memory limits are in MiB (2^20 bytes), the unit the profile table shows; the keys
+    # keep the short "mb". The peak is a whole-neck figure: a level has no peak of its own.
+    Metric("peak_mib", "max-peak-mb", "peak MiB", MIB, "peak_activation_bytes",
+           "peak activation bytes", lambda r: r.memory.peak_activation_bytes, None, "MiB"),
+    Metric("activation_mib", "max-activation-mb", "activation MiB", MIB, "activation_bytes",
+           "activation bytes", lambda r: r.memory.activation_bytes,
+           lambda lv: lv.activation_bytes, "MiB"),
+    Metric("param_mib", "max-param-mb", "param MiB", MIB, "param_bytes", "parameter bytes",
+           lambda r: r.memory.param_bytes, lambda lv: lv.param_bytes, "MiB"),
 )
 BASE = {m.base: m for m in METRICS}
 METRIC = {m.name: m for m in METRICS}
@@ -424,10 +440,16 @@ def _parse_entry(entry: Any, where: Where, defaults: dict[str, Any],
         at = where.key("levels").key(level)
         if not isinstance(table, dict):
             raise at.wrong("a table like { max-gflops = 0.2 }", table)
+        for key in table:
+            if key in LIMIT_KEYS and key not in LEVEL_LIMIT_KEYS:
+                raise at.key(key).error(
+                    "is a whole-neck limit with no per-level meaning (the peak is over the "
+                    f"whole forward); set it on the entry; per level: "
+                    f"{', '.join(LEVEL_LIMIT_KEYS)}")
         _check_keys(table, LEVEL_LIMIT_KEYS, at)
         level_limits[level] = _parse_limits(table, at, LEVEL_LIMIT_KEYS)
         if not level_limits[level].items():
-            raise at.error(f"no limit; set {' and/or '.join(LEVEL_LIMIT_KEYS)}")
+            raise at.error(f"no limit; set one or more of {', '.join(LEVEL_LIMIT_KEYS)}")
     if not limits.items() and not level_limits:
         raise where.error(f"no limit; set {', '.join(LIMIT_KEYS)} or levels.<P3...>, "
                           "or the entry gates nothing")

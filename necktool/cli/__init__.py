@@ -84,8 +84,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("necktool.cli.list_cmd:list_command",
              "List the neck presets with their family, channels and default input size."),
     "profile": ("necktool.cli.profile_cmd:profile_command",
-                "Per-level output shapes, FLOPs (fvcore: 1 multiply-add = 1 flop) and "
-                "parameters."),
+                "Per-level output shapes, FLOPs (fvcore: 1 multiply-add = 1 flop), "
+                "parameters and memory."),
     "export": ("necktool.cli.export_cmd:export_command",
                "Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it."),
     "verify": ("necktool.cli.verify_cmd:verify_command",
@@ -95,8 +95,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("necktool.cli.check_cmd:check_command",
               "Check every budget in the config: limit, actual, headroom, PASS/FAIL."),
     "sweep": ("necktool.cli.sweep_cmd:sweep_command",
-              "FLOPs (fvcore: 1 multiply-add = 1 flop) and parameters of each neck at each "
-              "size."),
+              "FLOPs (fvcore: 1 multiply-add = 1 flop), parameters and memory of each neck "
+              "at each size."),
     "bench": ("necktool.cli.bench_cmd:bench_command",
               "Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s."),
 }

@@ -1,4 +1,5 @@
-"""``necktool check``: gate FLOP and parameter budgets declared in TOML (exit 1 if over)."""
+"""``necktool check``: gate FLOP, parameter and memory budgets declared in TOML (exit 1 if
+over)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ ConfigOpt = Annotated[Any, typer.Option(
     "working directory for necktool.toml, then a pyproject.toml with a tool.necktool table.")]
 BaselineOpt = Annotated[Any, typer.Option(
     "--baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
-    help="Fail entries whose FLOPs or params grew more than --max-increase against FILE.")]
+    help="Fail entries whose FLOPs, params or memory grew more than --max-increase against "
+    "FILE.")]
 MaxIncreaseOpt = Annotated[str | None, typer.Option(
     "--max-increase", metavar="PCT", rich_help_panel=BASELINE,
     help="Allowed growth against --baseline: '2%' or '2' (percent). Default: the config's "
@@ -43,7 +45,8 @@ def check_command(
 ) -> CheckReport:
     """Check every budget in the config: limit, actual, headroom, PASS/FAIL.
 
-    FLOPs follow fvcore (1 multiply-add = 1 flop); GFLOPs = flops / 1e9.
+    FLOPs follow fvcore (1 multiply-add = 1 flop); GFLOPs = flops / 1e9; the max-*-mb
+    memory limits are MiB (2^20 bytes).
     Exit 0 when all pass, 1 when any budget is exceeded, 2 for a config or usage error.
     """
     from necktool.budgets.baseline import load_baseline, save_baseline

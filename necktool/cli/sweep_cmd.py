@@ -1,4 +1,5 @@
-"""``necktool sweep``: FLOPs and parameters per neck and input size, as a table or plot."""
+"""``necktool sweep``: FLOPs, parameters and memory per neck and input size, as a table or
+plot."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt
+from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt, typer_parser
 from necktool.cli.render import diagnostic, load_heavy, progress
+from necktool.errors import InputError
+from necktool.fields import ChoiceKind
 from necktool.registry import expand_names, resolve_spec
-from necktool.sweep import check_matplotlib, check_plot_path, parse_sizes
+from necktool.sweep import PlotMetric, check_matplotlib, check_plot_path, parse_sizes
 
 if TYPE_CHECKING:
     from necktool.sweep import SweepResult
@@ -22,17 +25,27 @@ Sizes = Annotated[str, typer.Option(
     "square) and/or inclusive ranges START:STOP:STEP such as 320:1280:160.")]
 Plot = Annotated[Any, typer.Option(
     "--plot", metavar="FILE", show_default=False, parser=PATH,
-    help="Also draw GFLOPs against input size to FILE (.png or .svg); needs "
+    help="Also draw --metric against input size to FILE (.png or .svg); needs "
     "necktool\\[plot] (matplotlib).")]
+Metric = Annotated[Any, typer.Option(
+    "--metric", show_default=False, metavar="[" + "|".join(m.value for m in PlotMetric) + "]",
+    parser=typer_parser(ChoiceKind(PlotMetric).from_text),
+    help="What --plot draws: flops (GFLOPs, the default), params (Mparams) or memory (peak "
+    "activation MiB, 2^20 bytes).")]
 
 
-def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = None, *,
-                  flags: SizelessFlagsOpt, fmt: FormatOpt) -> SweepResult:
-    """FLOPs (fvcore: 1 multiply-add = 1 flop) and parameters of each neck at each size.
+def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = None,
+                  metric: Metric = None, *, flags: SizelessFlagsOpt,
+                  fmt: FormatOpt) -> SweepResult:
+    """FLOPs (fvcore: 1 multiply-add = 1 flop), parameters and memory of each neck at each size.
 
-    Each neck is built once and traced once per size. --plot draws one line per neck.
+    Memory: the peak activation MiB (2^20 bytes) in the table, every figure in JSON.
+    Each neck is built once and traced once per size. --plot draws one line per neck,
+    of --metric flops, params or memory.
     """
     # Every cheap check first: a bad path or a missing extra must not cost a sweep.
+    if metric is not None and plot is None:
+        raise InputError("--metric chooses what --plot draws; give --plot FILE too")
     size_list = parse_sizes(sizes)
     names = expand_names(necks)
     for name in names:
@@ -47,6 +60,6 @@ def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = No
         result = sweep(names, size_list, batch=flags.batch, on_point=advance,
                        **flags.overrides())
     if plot is not None:
-        result.plot(plot)
+        result.plot(plot, metric or PlotMetric.FLOPS)
         diagnostic(f"plot written to {plot}")
     return result
