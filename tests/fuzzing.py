@@ -239,6 +239,8 @@ def invocation(seed: int, files: Files) -> Invocation:
         args.append(flag)
         if not is_flag:
             args.append(_value(flag, metavar, rng, files))
+    if command == "check" and rng.random() < 0.2:  # the success path too, with one option
+        args = ["check", "--config", files.configs[0], *args[1:3]]
     if command == "export" and "--output" not in args and "-o" not in args:
         args += ["-o", str(files.root / "out.onnx")]  # never write into the working directory
     if rng.random() < 0.05:
