@@ -72,6 +72,8 @@ def check_writable(path: PathLike, what: str,
                 raise error(f"{dest}: cannot write {what}: permission denied")
             return dest
         fd, name = _mkstemp(_regular_target(dest, what, error))
+    except NecktoolError:  # _regular_target's own message (an InputError is a ValueError)
+        raise
     except ValueError:  # a NUL byte: no OS call takes it
         raise error(f"{str(dest)!r}: cannot write {what}: not a file name") from None
     except OSError as exc:
