@@ -86,19 +86,20 @@ class ConfigExport:
             r = e.result
             m = r.metadata
             v = r.verification
-            verdict = "skipped" if v is None else ("PASS" if v.passed else "FAIL")
+            verdict = "not verified" if v is None else ("PASS" if v.passed else "FAIL")
             served = {Images.STATIC: "static", Images.ANY: "any HxW",
                       Images.MULTIPLES: "multiples"}[m.serves.images]
-            rows.append((e.name, m.neck, str(r.path), f"{size_text(m.input_size)} b{m.batch}",
+            rows.append((e.name, m.neck, r.path.name, f"{size_text(m.input_size)} b{m.batch}",
                          served, m.precision.value, f"{r.nbytes / 1e6:.2f}",
                          "-" if v is None else f"{v.max_abs:.1e}",
-                         "written" if r.written else "NOT written", verdict))
+                         f"{verdict}, {'written' if r.written else 'NOT written'}"))
         out: list[Block] = [table(
             f"{len(self.entries)} budget entries of {self.config} -> {self.directory}",
-            ["entry", "neck", "file", "export size", "serves", "precision", num("MB"),
-             num("max abs"), "file state", "verification"], rows, verdict=9,
-            caption="serves: 'any HxW' = every image size from the coarsest stride up, any "
-                    "batch; details per file in --format json (serves, verification)")]
+            ["entry", "neck", "file", "size", "serves", "precision", num("MB"),
+             num("max abs"), "result"], rows, verdict=8,
+            caption="size: the export size and batch; serves 'any HxW': every image size "
+                    "from the coarsest stride up, any batch; max abs: the largest |ort - "
+                    "torch| of the verification; every file's details in --format json")]
         for e in self.entries:
             if not e.passed:
                 out.append(Note(f"{e.name}: {e.result.failure()}", "fail"))
