@@ -61,7 +61,12 @@ from necktool.tolerance import (
     check_precision,
 )
 from necktool.units import UNIT_SHORT
-from necktool.verify import VerificationResult, compare_onnx, resolve_provider
+from necktool.verify import (
+    VerificationResult,
+    compare_onnx,
+    reference_threads,
+    resolve_provider,
+)
 from necktool.version import __version__
 from necktool.weights import make_model
 
@@ -435,7 +440,8 @@ def export_onnx(
         served = served_by(spec, model)
         check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
     done("build")
-    counted = analyze(model, spec, spec.input_size, batch)
+    with reference_threads():  # a traced forward: no fast kernels needed
+        counted = analyze(model, spec, spec.input_size, batch)
     done("count")
     inputs = make_inputs(spec, spec.input_size, batch, seed=0)
     proto = export_model(model, spec, inputs, dynamic=dynamic, opset=opset, served=served)

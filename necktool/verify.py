@@ -21,10 +21,12 @@ and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,6 +158,28 @@ def open_session(source: ModelSource, provider: str) -> Any:
         raise InputError(f"ONNX Runtime cannot load {_name(source)}: {first}") from None
 
 
+@contextlib.contextmanager
+def reference_threads() -> Iterator[int]:
+    """torch's intra-op threads for reference forwards (verification, counting), lowered
+    to the cores other processes leave free; restored afterwards.
+
+    OpenMP threads spin-wait for cores that other processes hold: on a busy 2-core
+    machine one scrfd_2.5g forward at 640x640 took 0.73 s on torch's 2 threads and 0.045 s
+    on one (measured). With ``OMP_NUM_THREADS`` set, torch's setting is left alone.
+    """
+    previous = torch.get_num_threads()
+    wanted = previous
+    if "OMP_NUM_THREADS" not in os.environ:
+        with contextlib.suppress(OSError, AttributeError):  # no load average here
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]  # this process counts as 1
+            wanted = max(1, min(previous, int(idle) + 1))
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     with torch.no_grad():
         outs = model(list(inputs))
@@ -190,33 +214,52 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
                                 int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
                                 note=f"shape {tuple(ort_out.shape)} != torch {shape}")
-    got = ort_out.astype(np.float64)
-    ref = torch_out.astype(np.float64)
-    nonfinite_ort = int((~np.isfinite(got)).sum())
-    nonfinite_torch = int((~np.isfinite(ref)).sum())
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(got - ref)
-        ok = diff <= atol + rtol * np.abs(ref)  # NaN compares false, so a NaN element fails
-    finite = np.isfinite(diff)
-    fdiff = diff[finite]
+    # float32 elementwise (each output is float32; float64 ones stay float64), float64 sums;
+    # few temporaries and no BLAS: on a busy machine fresh large arrays cost milliseconds
+    # in page faults, and BLAS's spinning threads tens of milliseconds a call.
+    dtype = np.result_type(ort_out.dtype, torch_out.dtype, np.float32)
+    got = np.ascontiguousarray(ort_out, dtype=dtype).ravel()
+    ref = np.ascontiguousarray(torch_out, dtype=dtype).ravel()
+    nonfinite_ort, nonfinite_torch = _nonfinite(got), _nonfinite(ref)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.subtract(got, ref)
+        diff = np.abs(err)
+        size = np.abs(ref)
+        excess = np.multiply(size, rtol)
+        np.subtract(diff, excess, out=excess)
+        ok = int(np.count_nonzero(excess <= atol))  # NaN compares false: a NaN fails
+        finite = None if not (nonfinite_ort or nonfinite_torch) else np.isfinite(diff)
+        usable = size > 0 if finite is None else finite & (size > 0)
+        rel = np.divide(diff, size, out=np.zeros_like(diff), where=usable)
+    fdiff = diff if finite is None else diff[finite]
     max_abs = float(fdiff.max()) if fdiff.size else 0.0
-    mean_abs = float(fdiff.mean()) if fdiff.size else 0.0
-    nonzero = finite & (ref != 0)
-    max_rel = float((diff[nonzero] / np.abs(ref[nonzero])).max()) if nonzero.any() else 0.0
-    both = np.isfinite(got) & np.isfinite(ref)
-    g, r = got[both], ref[both]
-    if finite.all():
-        excess = diff - rtol * np.abs(ref)
+    mean_abs = float(fdiff.mean(dtype=np.float64)) if fdiff.size else 0.0
+    max_rel = float(rel.max()) if rel.size else 0.0
+    if finite is None:
         stats: dict[ErrorStat, Callable[[np.ndarray], Any]] = {
             ErrorStat.ELEMWISE: np.max, ErrorStat.MEAN: np.mean, ErrorStat.MEDIAN: np.median}
         stat = stats[error_stat]
         min_atol = max(0.0, float(stat(excess))) if excess.size else 0.0
+        g, r, e = got, ref, err
     else:
         min_atol = math.inf
+        both = np.isfinite(got) & np.isfinite(ref)
+        g, r, e = got[both], ref[both], err[both]
     return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
-                            int((~ok).sum()), int(diff.size), nonfinite_ort, nonfinite_torch,
-                            error_stat, signal=float(r @ r), noise=float((g - r) @ (g - r)),
-                            dot=float(g @ r), energy=float(g @ g))
+                            int(diff.size) - ok, int(diff.size), nonfinite_ort,
+                            nonfinite_torch, error_stat, signal=_dot(r, r), noise=_dot(e, e),
+                            dot=_dot(g, r), energy=_dot(g, g))
+
+
+def _nonfinite(x: np.ndarray) -> int:
+    """Non-finite elements (the float64 sum of finite float32 values cannot overflow)."""
+    if math.isfinite(float(np.sum(x, dtype=np.float64))):
+        return 0
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
 
 
 def compare_onnx(
@@ -259,27 +302,34 @@ def compare_onnx(
                          f"{spec.num_levels} outputs")
     out_names = [o.name for o in session.get_outputs()]
     options.check_outputs(out_names)
-    results = []
-    for c, case in enumerate(cases):
-        seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
-        merged: list[OutputComparison] = []
-        for s in seeds:
-            inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
-            _check_static_shapes(session, inputs, source)
-            ref = _run_torch(model, inputs)
-            got = _run_ort(session, inputs)
-            if isinstance(got, str):
-                trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
-                         for n, r in zip(out_names, ref, strict=True)]
-            else:
-                trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
-                         for n, g, r in zip(out_names, got, ref, strict=True)]
-            merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
-                                                                           strict=True)]
-        results.append(CaseComparison(case, seeds, tuple(merged)))
+    with reference_threads():
+        results = [_compare_case(session, model, spec, c, case, out_names, options, source)
+                   for c, case in enumerate(cases)]
     path = "" if isinstance(source, bytes) else str(source)
     return VerificationResult(path, spec.label, options, provider, dynamic, weights,
                               tuple(results), precision)
+
+
+def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: Case,
+                  out_names: list[str], options: VerifyOptions,
+                  source: ModelSource) -> CaseComparison:
+    """Case ``c``: ``options.trials`` seeded inputs, the statistics merged over them."""
+    seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
+    merged: list[OutputComparison] = []
+    for s in seeds:
+        inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
+        _check_static_shapes(session, inputs, source)
+        ref = _run_torch(model, inputs)
+        got = _run_ort(session, inputs)
+        if isinstance(got, str):
+            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
+                     for n, r in zip(out_names, ref, strict=True)]
+        else:
+            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
+                     for n, g, r in zip(out_names, got, ref, strict=True)]
+        merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
+                                                                       strict=True)]
+    return CaseComparison(case, seeds, tuple(merged))
 
 
 def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 import necktool.cli
 from necktool.registry import get_spec
 from necktool.tolerance import VerifyOptions
-from necktool.verify import compare_arrays, open_session, verify_onnx
+from necktool.verify import compare_arrays, open_session, reference_threads, verify_onnx
 from necktool.weights import seeded_model
 
 NECK = "scrfd_0.5g"  # GroupNorm, the smallest tier: fast to export
@@ -200,6 +201,23 @@ def test_compare_arrays_numbers() -> None:
     assert math.isinf(nan.min_atol) and nan.to_dict()["min_atol"] is None
     shape = compare_arrays("p3", np.zeros((2, 2)), np.zeros((2, 3)), atol=1, rtol=1)
     assert not shape.passed and "shape" in shape.note
+
+
+def test_reference_threads_fit_the_free_cores_and_are_restored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))  # a busy machine
+    with reference_threads() as n:
+        assert n == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
+    with reference_threads() as n:
+        assert n == min(before, os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user decides
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    with reference_threads() as n:
+        assert n == before
 
 
 def test_sqnr_and_cosine_by_hand() -> None:
