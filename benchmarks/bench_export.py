@@ -1,9 +1,16 @@
-"""ONNX export wall time against the bare exporter, and ONNX Runtime vs PyTorch latency.
+"""ONNX export wall time against the bare exporter, the seconds fp16 and int8 add, and
+ONNX Runtime vs PyTorch latency.
 
 The floor is a script that imports torch and calls ``torch.onnx.export`` with the settings
-necktool uses (dynamo=True, tied dynamic shapes, opset 18, named inputs/outputs) on the
-same module, writing the file. ``necktool export`` adds fvcore counting, the checks, and
-(by default) verification in ONNX Runtime; it is timed with and without ``--no-verify``.
+necktool uses (dynamo=True, the same dynamic shapes: each input level's own ``H_div{s}`` /
+``W_div{s}`` dims, opset 18, named inputs/outputs) on the same module, writing the file.
+``necktool export`` adds fvcore counting, the checks, and (by default) verification in
+ONNX Runtime; it is timed with and without ``--no-verify``, and with ``--precision fp16``
+and ``int8`` (the extra seconds against the fp32 export of the same run).
+
+Per preset, in one process: the seconds the fp16 and int8 conversions take on the exported
+fp32 graph, and how much longer verification of the converted file takes than that of the
+fp32 one; their sum is what ``--precision`` adds to an export.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ NECK = "scrfd_2.5g"
 
 FLOOR_SCRIPT = f"""
 import sys, torch
+from torch.export import Dim
 from necktool.build import build_neck, make_inputs
-from necktool.export import _dynamic_shapes
 model = build_neck({NECK!r})
 spec = model.spec
+batch = Dim("batch", min=1)
+shapes = ([{{0: batch, 2: Dim(f"H_div{{s}}", min=1), 3: Dim(f"W_div{{s}}", min=1)}}
+           for s in spec.input_strides],)
 torch.onnx.export(model, (make_inputs(spec),), sys.argv[1], dynamo=True, opset_version=18,
                   input_names=spec.input_names,
                   output_names=spec.output_names,
-                  dynamic_shapes=_dynamic_shapes(spec), optimize=True, verbose=False)
+                  dynamic_shapes=shapes, optimize=True, verbose=False)
 """
 
 
@@ -75,13 +85,72 @@ def _runtime_table(repeat: int) -> None:
                   f"{t_ort / t_torch:9.2f}")
 
 
+def _precision_table(repeat: int) -> None:
+    """Per preset at its default size: conversion seconds and the verification delta."""
+    from necktool.build import make_inputs
+    from necktool.export import export_model, served_by
+    from necktool.precision import convert
+    from necktool.registry import PRESETS
+    from necktool.served import calibration_shapes, default_cases
+    from necktool.tolerance import DEFAULT_CALIBRATION, Precision, VerifyOptions
+    from necktool.verify import compare_onnx
+    from necktool.weights import seeded_model
+
+    print(f"\nWhat --precision adds per preset at its default size (in process; min of "
+          f"{repeat} conversions; verification: 3 cases x 3 trials, min of 2; int8 "
+          f"calibration {DEFAULT_CALIBRATION} batches)")
+    print(f"{'neck':<16} {'size':>9} {'fp16 conv':>9} {'fp16 +ver':>9} {'fp16 +s':>8} "
+          f"{'int8 conv':>9} {'int8 +ver':>9} {'int8 +s':>8}")
+    for name, preset in PRESETS.items():
+        spec = preset.spec
+        model = seeded_model(spec)
+        served = served_by(spec)
+        proto = export_model(model, spec, make_inputs(spec), dynamic=True, opset=18,
+                             served=served)
+        cases = default_cases(spec, spec.input_size, 1, served)
+        verify_s: dict[Precision, float] = {}
+        convert_s: dict[Precision, float] = {}
+        for precision in Precision:
+            times = []
+            for _ in range(repeat if precision is not Precision.FP32 else 1):
+                start = time.perf_counter()
+                converted = convert(proto, precision, spec=spec,
+                                    shapes=calibration_shapes(spec, spec.input_size, 1, served))
+                times.append(time.perf_counter() - start)
+            convert_s[precision] = min(times)
+            data = converted.SerializeToString()
+            runs = []
+            for _ in range(2):
+                start = time.perf_counter()
+                compare_onnx(data, model, spec, cases=cases, options=VerifyOptions(),
+                             precision=precision)
+                runs.append(time.perf_counter() - start)
+            verify_s[precision] = min(runs)
+        cells = []
+        for precision in (Precision.FP16, Precision.INT8):
+            delta = verify_s[precision] - verify_s[Precision.FP32]
+            cells += [f"{convert_s[precision]:9.2f}", f"{delta:+9.2f}",
+                      f"{convert_s[precision] + delta:+8.2f}"]
+        h, w = spec.input_size
+        print(f"{name:<16} {f'{h}x{w}':>9} " + " ".join(cells), flush=True)
+
+
 def run(repeat: int) -> None:
+    repeat = max(3, repeat // 2)
     with tempfile.TemporaryDirectory() as tmp:
         floor = wall([PY, "-W", "ignore", "-c", FLOOR_SCRIPT, f"{tmp}/floor.onnx"], repeat)
         print(row("floor: import torch + torch.onnx.export(dynamo)", floor))
-        for extra, label in (([], "(verification on)"), (["--no-verify"], "--no-verify")):
+        fp32 = None
+        for extra, label in (([], "(verification on)"), (["--no-verify"], "--no-verify"),
+                             (["--precision", "fp16"], "--precision fp16"),
+                             (["--precision", "int8"], "--precision int8")):
             cmd = [*NECKTOOL, "export", NECK, "--onnx", "-o", f"{tmp}/n.onnx", *extra]
             t = wall(cmd, repeat)
-            print(row(f"necktool export {NECK} {label}", t, floor, "(target: ratio < 1.5x)"))
+            target = "(target: ratio <= 1.05x)" if not extra else ""
+            if extra and extra[0] == "--precision" and fp32 is not None:
+                target = f"(+{t - fp32:.2f} s over the fp32 export; target <= 1 s)"
+            print(row(f"necktool export {NECK} {label}", t, floor, target))
+            fp32 = t if not extra else fp32
     sys.stdout.flush()
+    _precision_table(repeat)
     _runtime_table(max(repeat, 3))

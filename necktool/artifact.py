@@ -1,9 +1,11 @@
 """What an exported ONNX file says about itself, and what its graph holds (torch-free).
 
 * :class:`ExportMetadata`: the ``necktool.*`` ``metadata_props`` an export writes (the
-  version, the resolved spec, the export size and batch, the counts, the weights' origin)
-  and reads back defensively: a file whose metadata is missing, of the wrong shape or too
-  large is "not a necktool file, or its necktool metadata is damaged".
+  version, the resolved spec, the export size and batch, the sizes the file serves, its
+  precision, the counts, the weights' origin) and reads back defensively: a file whose
+  metadata is missing, of the wrong shape or too large is "not a necktool file, or its
+  necktool metadata is damaged"; a file without the newer keys reads as what an older
+  necktool wrote (fp32, serving multiples of the coarsest stride when dynamic).
 * :func:`describe`: the graph's opset, inputs and outputs; :func:`conv_macs`: the graph's
   own conv multiply-add count, from ONNX shape inference.
 """
@@ -19,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.errors import ExportError, InputError, NecktoolError
 from necktool.fields import BadValue, SizeKind, describe_value, parse_int_text
+from necktool.served import Served
 from necktool.specs import NeckSpec
+from necktool.tolerance import MAX_CALIBRATION, Precision
 from necktool.units import UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
@@ -94,16 +98,20 @@ class ExportMetadata:
     conv_macs: int
     weights: WeightSource
     exporter: str
+    precision: Precision = Precision.FP32
+    served: Served | None = None  # None: what an older file serves (Served.legacy)
+    calibration: int | None = None  # int8: the calibration batches
+
+    @property
+    def serves(self) -> Served:
+        return self.served if self.served is not None else Served.legacy(self.dynamic)
 
     def dims_note(self) -> str:
-        h, w = self.input_size
-        if not self.dynamic:
-            return f"static: {h}x{w}, batch {self.batch}"
-        stride = self.spec.input_strides[-1]
-        n = self.spec.num_inputs
-        level = "input level" if self.spec.num_extra_levels else "level"
-        return (f"batch, H_div{stride} = H/{stride}, W_div{stride} = W/{stride}; "
-                f"{level} k of {n} is 2**({n - 1}-k) * H_div{stride}")
+        return self.serves.dims_note(self.spec, self.input_size, self.batch)
+
+    def serves_text(self) -> str:
+        """Exactly which inputs the file serves, in one sentence."""
+        return self.serves.describe(self.spec, self.input_size, self.batch)
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ``ModelProto.metadata_props`` (JSON where structured)."""
@@ -116,6 +124,11 @@ class ExportMetadata:
             f"{META}batch": str(self.batch),
             f"{META}dynamic": json.dumps(self.dynamic),
             f"{META}dims": self.dims_note(),
+            f"{META}serves": json.dumps(self.serves.to_json(), sort_keys=True),
+            f"{META}serves_note": self.serves_text(),
+            f"{META}precision": self.precision.value,
+            **({f"{META}calibration": str(self.calibration)}
+               if self.calibration is not None else {}),
             f"{META}opset": str(self.opset),
             f"{META}flops": str(self.flops),
             f"{META}flops_unit": f"{UNIT} ({UNIT_NOTE}) at {h}x{w}, batch {self.batch}",
@@ -147,6 +160,22 @@ class ExportMetadata:
         if not isinstance(dynamic, bool):
             raise reader.damaged("dynamic",
                                  f"expected true or false, got {describe_value(dynamic)}")
+        served = None
+        if f"{META}serves" in props:  # older files have none: Served.legacy(dynamic)
+            try:
+                served = Served.from_json(reader.json("serves"))
+            except ValueError as exc:
+                raise reader.damaged("serves", str(exc)) from None
+            if served.dynamic != dynamic:
+                raise reader.damaged("serves", f"says {served.images.value} for a "
+                                     f"{'dynamic' if dynamic else 'static'} file")
+        precision_text = reader.text("precision", default=Precision.FP32.value)
+        try:
+            precision = Precision(precision_text)
+        except ValueError:
+            raise reader.damaged("precision", f"{precision_text[:40]!r} is not one of "
+                                 f"{', '.join(Precision)}") from None
+        calibration = reader.integer("calibration", 1, MAX_CALIBRATION, default=0) or None
         return cls(
             version=reader.text("version"),
             neck=neck,
@@ -160,6 +189,9 @@ class ExportMetadata:
             conv_macs=reader.integer("conv_macs", 0, 2**63, default=0),
             weights=weights,
             exporter=reader.text("exporter", default=""),
+            precision=precision,
+            served=served,
+            calibration=calibration,
         )
 
 
@@ -298,6 +330,19 @@ class GraphInfo:
     def dynamic(self) -> bool:
         """Whether any input dimension is symbolic or unknown."""
         return any(not isinstance(d, int) for t in self.inputs for d in t.shape)
+
+
+def graph_precision(model: onnx.ModelProto) -> Precision:
+    """What a graph computes in: int8 when it has QuantizeLinear nodes, fp16 when its
+    floating-point weights are float16, else fp32."""
+    import onnx
+
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return Precision.INT8
+    kinds = {i.data_type for i in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in kinds and onnx.TensorProto.FLOAT not in kinds:
+        return Precision.FP16
+    return Precision.FP32
 
 
 def describe(model: onnx.ModelProto) -> GraphInfo:

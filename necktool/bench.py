@@ -14,6 +14,11 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
   :func:`necktool.export.export_model` (in memory, silenced), run by an
   ``InferenceSession`` on ``CPUExecutionProvider`` with ``intra_op_num_threads=threads``,
   ``inter_op_num_threads=1``, sequential execution and full graph optimisation.
+
+``precisions`` (``fp32``, ``fp16``, ``int8``) times that export at each precision
+(:mod:`necktool.precision`, int8 calibrated as ``necktool export`` calibrates it) in one
+run, and reports per precision the file's size and its max abs error and SQNR against the
+fp32 PyTorch module on the timed inputs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from necktool.artifact import DEFAULT_OPSET
 from necktool.build import build_neck, make_inputs
 from necktool.errors import InputError
 from necktool.export import export_model
+from necktool.precision import convert
 from necktool.profiling import analyze
 from necktool.registry import resolve_spec
 from necktool.report import Block, neck_header, num, size_text, table
@@ -46,6 +52,7 @@ from necktool.timing import (
     RuntimeTiming,
     percentile,
 )
+from necktool.tolerance import Precision, check_precision
 from necktool.units import UNIT_SHORT
 
 __all__ = ["ALL_RUNTIMES", "BenchResult", "Runtime", "RuntimeTiming", "bench", "percentile"]
@@ -62,6 +69,8 @@ class BenchResult:
     params: int
     threads: int
     timings: tuple[RuntimeTiming, ...]
+    precisions: tuple[Precision, ...] = ()  # given: one row per precision
+    calibration: int | None = None
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -83,12 +92,16 @@ class BenchResult:
             "params": self.params,
             "threads": self.threads,
             "runtimes": [t.to_dict(self.flops) for t in self.timings],
+            "precisions": [p.value for p in self.precisions],
+            "calibration": self.calibration,
             "ort_speedup": self.ort_speedup,
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.machine()},
         }
 
     def blocks(self) -> list[Block]:
+        if self.precisions:
+            return [self._precision_table()]
         speedup = self.ort_speedup
         caption = (f"{self.flops:,} FLOPs ({UNIT_SHORT}), {self.params:,} params; "
                    "GFLOP/s = FLOPs / median; runs = warm-up + timed")
@@ -102,6 +115,29 @@ class BenchResult:
                       f"{self.threads} thread(s)",
                       ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),
                        num("GFLOP/s"), num("runs")], rows, caption=caption)]
+
+
+    def _precision_table(self) -> Block:
+        rows = []
+        for t in self.timings:
+            torch_row = t.runtime is Runtime.TORCH
+            rows.append(("torch" if torch_row else t.precision,
+                         "-" if t.nbytes is None else f"{t.nbytes / 1e6:.3f}",
+                         _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
+                         f"{t.gflops_per_s(self.flops):.2f}",
+                         "-" if t.max_abs is None else f"{t.max_abs:.1e}",
+                         "-" if t.sqnr_db is None else f"{t.sqnr_db:.1f}"))
+        calib = f"; int8 calibrated on {self.calibration} seeded batch(es)" \
+            if self.calibration else ""
+        return table(
+            f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
+            f"{self.threads} thread(s): ONNX Runtime by precision",
+            ["precision", num("file MB"), num("median ms"), num("p10-p90 ms"), num("GFLOP/s"),
+             num("max abs"), num("SQNR dB")], rows,
+            caption=f"{self.flops:,} FLOPs ({UNIT_SHORT}); GFLOP/s = FLOPs / median; max abs "
+                    f"and SQNR of ONNX Runtime vs fp32 PyTorch on the timed inputs (torch: "
+                    f"PyTorch eager, fp32, the reference); static exports{calib}; "
+                    f"{self.timings[0].warmup} warm-up + {self.timings[0].repeat} timed runs")
 
 
 def _ms(value: float) -> str:
@@ -142,17 +178,20 @@ def _bench_torch(model: nn.Module, inputs: list[torch.Tensor], threads: int, war
 def ort_session(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor],
                 threads: int) -> Any:
     """A CPU ONNX Runtime session for ``model``, exported statically in memory."""
+    proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
+    return _session(proto.SerializeToString(), threads)
+
+
+def _session(data: bytes, threads: int) -> Any:
     ort = quiet.onnxruntime()
 
-    proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: int,
@@ -166,6 +205,24 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
     return RuntimeTiming(Runtime.ONNXRUNTIME, ort.__version__, warmup, threads, times)
 
 
+def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's."""
+    import math
+
+    import numpy as np
+
+    feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
+                                                     strict=True)}
+    got = session.run(None, feeds)
+    with torch.inference_mode():
+        ref = [o.numpy().astype(np.float64) for o in model(inputs)]
+    diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
+    noise = sum(float((d * d).sum()) for d in diff)
+    signal = sum(float((r * r).sum()) for r in ref)
+    sqnr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
+    return max(float(np.abs(d).max()) for d in diff), sqnr
+
+
 def bench(
     neck: str | NeckSpec,
     input_size: tuple[int, int] | None = None,
@@ -174,8 +231,10 @@ def bench(
     warmup: int = DEFAULT_WARMUP,
     repeat: int = DEFAULT_REPEAT,
     threads: int | None = None,
-    runtimes: Sequence[Runtime | str] = ALL_RUNTIMES,
+    runtimes: Sequence[Runtime | str] | None = None,
     seed: int = 0,
+    precisions: Sequence[Precision | str] = (),
+    calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> BenchResult:
@@ -188,8 +247,13 @@ def bench(
         warmup: Untimed runs per runtime before timing.
         repeat: Timed runs per runtime.
         threads: Intra-op threads for both runtimes; default ``torch.get_num_threads()``.
-        runtimes: Which runtimes to time, in order.
+        runtimes: Which runtimes to time, in order. Default: both, or with ``precisions``
+            ONNX Runtime alone.
         seed: Seed of the weights and inputs.
+        precisions: Time ONNX Runtime at each of these precisions (``fp32``, ``fp16``,
+            ``int8``), one timing each, with the file size and the error against fp32
+            PyTorch (see the module docstring).
+        calibration: int8 calibration batches (default as ``necktool export``).
         on_run: Called with the runtime's name after each timed run (for a progress bar).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
@@ -208,6 +272,15 @@ def bench(
     if threads is None:
         threads = torch.get_num_threads()
     _check_count(threads, "threads")
+    wanted = [check_precision(p, None)[0] for p in precisions]
+    order = list(dict.fromkeys(wanted))
+    if calibration is not None:
+        check_precision(Precision.INT8, calibration)
+        if Precision.INT8 not in order:
+            raise InputError("--calibration sets the int8 calibration batches; add int8 to "
+                             "--precision")
+    if runtimes is None:
+        runtimes = (Runtime.ONNXRUNTIME,) if order else ALL_RUNTIMES
     try:
         chosen = list(dict.fromkeys(Runtime(r) for r in runtimes))
     except ValueError:
@@ -215,6 +288,8 @@ def bench(
                          f"{', '.join(r.value for r in Runtime)}") from None
     if not chosen:
         raise InputError("no runtime to time; valid: torch, onnxruntime")
+    if order and Runtime.ONNXRUNTIME not in chosen:
+        raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
     spec = resolve_spec(neck, input_size=input_size, **overrides)
     size = spec.input_size
 
@@ -222,15 +297,26 @@ def bench(
     # fvcore's count at exactly this size and batch: the numerator of GFLOP/s.
     counted = analyze(model, spec, size, batch)
     inputs = make_inputs(spec, size, batch, seed=seed)
-    # Export before any timing, so an exporter failure costs no timed runs.
-    session = ort_session(model, spec, inputs, threads) if Runtime.ONNXRUNTIME in chosen \
-        else None
+    # Export (and convert) before any timing, so a failure costs no timed runs.
+    sessions: list[tuple[Precision, Any, int]] = []
+    calibration = check_precision(Precision.INT8, calibration)[1] \
+        if Precision.INT8 in order else None
+    if Runtime.ONNXRUNTIME in chosen:
+        proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
+        for precision in order or [Precision.FP32]:
+            data = convert(proto, precision, spec=spec, shapes=[(size, batch)],
+                           calibration=calibration or 1).SerializeToString()
+            sessions.append((precision, _session(data, threads), len(data)))
     step = on_run or (lambda _label: None)
     timings = []
     for runtime in chosen:
         if runtime is Runtime.TORCH:
             timings.append(_bench_torch(model, inputs, threads, warmup, repeat, step))
-        else:
-            timings.append(_bench_ort(session, inputs, threads, warmup, repeat, step))
+            continue
+        for precision, session, nbytes in sessions:
+            timing = _bench_ort(session, inputs, threads, warmup, repeat, step)
+            max_abs, sqnr = _errors(session, model, inputs) if order else (None, None)
+            timings.append(dataclasses.replace(timing, precision=precision.value,
+                                               nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings))
+                       tuple(timings), tuple(order), calibration)

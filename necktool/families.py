@@ -73,6 +73,14 @@ class KeyLayout:
     infer: str | None = None
 
 
+class Levels(enum.StrEnum):
+    """How the input levels' sizes relate in a dynamic file."""
+
+    INDEPENDENT = "independent"  # each level's H and W is free
+    ONE_IMAGE = "one-image"  # the ceil(H/stride) sizes of one image
+    TIED = "tied"  # 2**(n-1-k) * H_div{S}: written into the file's dimensions
+
+
 @dataclasses.dataclass(frozen=True)
 class FamilyInfo:
     """One registered family.
@@ -84,6 +92,11 @@ class FamilyInfo:
         fields: The spec fields this family accepts; any other is an error when given.
         layout: Its checkpoint key layout, if it has a fixed one.
         needs_factory: The spec names the user's own factory (the ``custom`` family).
+        levels: How a dynamic ONNX file's input levels relate (:class:`Levels`):
+            ``INDEPENDENT`` when nothing ties their sizes (every image size, and other
+            level sizes, run), ``ONE_IMAGE`` when a bottom-up path ties them to one image's
+            ``ceil(H/stride)`` sizes; ``None``: unknown, so an export first runs the module
+            at an odd image size in PyTorch and serves every size only if that works.
     """
 
     name: str
@@ -92,6 +105,7 @@ class FamilyInfo:
     fields: tuple[str, ...]
     layout: KeyLayout | None = None
     needs_factory: bool = False
+    levels: Levels | None = None
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].spec]
@@ -150,6 +164,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("output1.0.weight", "output2.0.weight", "merge1.0.weight"),
                      origin="Pytorch_Retinaface models/net.py FPN",
                      infer="necktool.necks.retinaface:infer"),
+    levels=Levels.INDEPENDENT,  # levels meet only through interpolate(size=finer level)
 ))
 register_family(FamilyInfo(
     name="pafpn",
@@ -160,6 +175,7 @@ register_family(FamilyInfo(
                               "bu_out_convs.0."),
                      origin="the SCRFD seed's PAFPN",
                      infer="necktool.necks.pafpn:infer"),
+    levels=Levels.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
 ))
 _MMDET_FIELDS = (*_SEED_FIELDS[:-1], "num_outs", "extra_convs", "relu_before_extra_convs",
                  "input_size")
@@ -171,6 +187,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("lateral_convs.0.conv.weight", "fpn_convs.0.conv.weight"),
                      origin="mmdetection mmdet/models/necks/fpn.py",
                      infer="necktool.necks.mmdet:infer_fpn"),
+    levels=Levels.INDEPENDENT,  # interpolate(size=finer level); extra levels from the coarsest
 ))
 register_family(FamilyInfo(
     name="mmdet_pafpn",
@@ -181,6 +198,7 @@ register_family(FamilyInfo(
                               "downsample_convs.0.conv.weight", "pafpn_convs.0.conv.weight"),
                      origin="mmdetection mmdet/models/necks/pafpn.py",
                      infer="necktool.necks.mmdet:infer_pafpn"),
+    levels=Levels.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
 ))
 register_family(FamilyInfo(
     name="custom",

@@ -33,6 +33,10 @@ class RuntimeTiming:
     warmup: int
     threads: int
     times_ms: tuple[float, ...]
+    precision: str = "fp32"  # the ONNX file's precision (torch runs fp32)
+    nbytes: int | None = None  # the ONNX file's size
+    max_abs: float | None = None  # vs fp32 PyTorch on the timed inputs (ONNX Runtime only)
+    sqnr_db: float | None = None
 
     @property
     def repeat(self) -> int:
@@ -82,6 +86,11 @@ class RuntimeTiming:
             "max_ms": round(self.max_ms, 4),
             "spread": round(self.spread, 4),
             "gflops_per_s": round(self.gflops_per_s(flops), 3),
+            "precision": self.precision,
+            "bytes": self.nbytes,
+            "max_abs": self.max_abs,
+            "sqnr_db": self.sqnr_db if self.sqnr_db is None or math.isfinite(self.sqnr_db)
+            else None,
             "times_ms": [round(t, 4) for t in self.times_ms],
         }
 

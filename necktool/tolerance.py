@@ -11,6 +11,12 @@ maximum, i.e. every element must satisfy ``|ort - torch| <= atol + rtol * |torch
 is ``numpy.isclose``'s rule; ``mean`` and ``median`` check that statistic instead.
 This is stricter than Polygraphy's comparator, which fails an element only when it breaks
 both tolerances. ``stat(e)`` (at least 0) is reported as the smallest passing ``atol``.
+
+The default tolerances depend on the file's :class:`Precision` (:data:`PRECISION_DEFAULTS`):
+an fp16 or int8 file is compared with the fp32 PyTorch module it came from, and its error
+is that of the reduced precision, not of the export. A tolerance the user gives wins over
+the precision's default; one given only per output (``--atol p5:1e-3``) keeps the
+precision's default for the other outputs.
 """
 
 from __future__ import annotations
@@ -25,16 +31,41 @@ from typing import Any
 from necktool.errors import InputError
 from necktool.fields import BadValue, parse_float_text
 
-DEFAULT_ATOL = 1e-4
+DEFAULT_ATOL = 1e-4  # fp32 (see PRECISION_DEFAULTS for fp16 and int8)
 DEFAULT_RTOL = 1e-4
+DEFAULT_CALIBRATION = 8  # int8: seeded calibration batches (--calibration)
+MAX_CALIBRATION = 1000
 DEFAULT_TRIALS = 3
 MAX_TRIALS = 100
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-TOLERANCE_NOTE = ("fp32 defaults; an output passes when every element has "
-                  "|ort - torch| <= atol + rtol * |torch|")
+TOLERANCE_NOTE = ("the file's precision sets the defaults; an output passes when every "
+                  "element has |ort - torch| <= atol + rtol * |torch|")
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][\w.\-/]*")
 _PROVIDER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 MAX_TOLERANCE = 1e6
+
+
+class Precision(enum.StrEnum):
+    """The arithmetic of an exported file (``--precision``); inputs and outputs are float32
+    in all three."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # weights and compute in float16
+    INT8 = "int8"  # ONNX Runtime static quantization, QDQ, int8 weights and activations
+
+
+#: Default ``(atol, rtol)`` per precision, against the fp32 PyTorch module. Measured on
+#: every preset at its default size and verification's two odd sizes (seeded weights with
+#: randomised norms, 3 trials per case, outputs of magnitude up to about 7; the README's
+#: "Precision" table has every figure): the largest max abs error was 7e-6 (fp32), 5.4e-3
+#: (fp16) and 0.81 (int8), the largest smallest-passing atol at these rtols 3.6e-6,
+#: 3.7e-3 and 0.54. The defaults leave a margin of about 2x (int8) to 25x over that, while
+#: a damaged weight or a broken norm is far above them.
+PRECISION_DEFAULTS: dict[Precision, tuple[float, float]] = {
+    Precision.FP32: (1e-4, 1e-4),
+    Precision.FP16: (1e-2, 1e-2),
+    Precision.INT8: (1.0, 0.1),
+}
 
 
 class ErrorStat(enum.StrEnum):
@@ -57,6 +88,9 @@ class Tolerance:
 
     default: float
     per_output: tuple[tuple[str, float], ...] = ()
+    #: False when the default was not given (``p5:1e-3`` alone, or no tolerance at all):
+    #: :meth:`VerifyOptions.resolved` then puts the file's precision's default there.
+    given: bool = dataclasses.field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         for value in (self.default, *(v for _, v in self.per_output)):
@@ -70,6 +104,10 @@ class Tolerance:
 
     def for_output(self, name: str) -> float:
         return next((v for n, v in self.per_output if n == name), self.default)
+
+    def filled(self, default: float) -> Tolerance:
+        """This tolerance with ``default`` as its default unless one was given."""
+        return self if self.given else Tolerance(default, self.per_output)
 
     def check_outputs(self, outputs: Iterable[str], what: str) -> None:
         """Raise unless every per-output name is one of ``outputs``."""
@@ -127,7 +165,8 @@ class Tolerance:
             raise InputError(f"--{what}: no value; expected {expected}")
         fallback = DEFAULT_ATOL if what == "atol" else DEFAULT_RTOL
         try:
-            return cls(fallback if default is None else default, tuple(per_output))
+            return cls(fallback if default is None else default, tuple(per_output),
+                       given=default is not None)
         except InputError as exc:
             raise InputError(f"--{what}: {exc}") from None
 
@@ -143,8 +182,8 @@ class VerifyOptions:
         0.001
     """
 
-    atol: Tolerance = Tolerance(DEFAULT_ATOL)
-    rtol: Tolerance = Tolerance(DEFAULT_RTOL)
+    atol: Tolerance = Tolerance(DEFAULT_ATOL, given=False)
+    rtol: Tolerance = Tolerance(DEFAULT_RTOL, given=False)
     error_stat: ErrorStat = ErrorStat.ELEMWISE
     trials: int = DEFAULT_TRIALS
     provider: str = DEFAULT_PROVIDER
@@ -171,6 +210,12 @@ class VerifyOptions:
         self.atol.check_outputs(outputs, "atol")
         self.rtol.check_outputs(outputs, "rtol")
 
+    def resolved(self, precision: Precision | str) -> VerifyOptions:
+        """These options with ``precision``'s default tolerances wherever none was given."""
+        atol, rtol = PRECISION_DEFAULTS[Precision(precision)]
+        return dataclasses.replace(self, atol=self.atol.filled(atol),
+                                   rtol=self.rtol.filled(rtol))
+
     def replace(self, **changes: Any) -> VerifyOptions:
         return dataclasses.replace(self, **changes)
 
@@ -187,3 +232,25 @@ def provider_name(name: str) -> str:
         raise InputError(f"ONNX Runtime provider {str(name)[:40]!r} is not a provider name; "
                          "e.g. cpu, cuda or CPUExecutionProvider")
     return name.strip()
+
+
+def check_precision(precision: Precision | str, calibration: int | None) -> tuple[Precision,
+                                                                                  int | None]:
+    """The precision, and the calibration batch count (int8 only; default
+    :data:`~necktool.tolerance.DEFAULT_CALIBRATION`)."""
+    try:
+        precision = Precision(precision)
+    except ValueError:
+        raise InputError(f"precision {str(precision)[:40]!r} is not one of "
+                         f"{', '.join(Precision)}") from None
+    if calibration is not None and precision is not Precision.INT8:
+        raise InputError(f"--calibration sets the int8 calibration batches; this export is "
+                         f"{precision.value} (add --precision int8)")
+    if precision is not Precision.INT8:
+        return precision, None
+    calibration = DEFAULT_CALIBRATION if calibration is None else calibration
+    if isinstance(calibration, bool) or not isinstance(calibration, int) \
+            or not 1 <= calibration <= MAX_CALIBRATION:
+        raise InputError(f"calibration must be an integer from 1 to {MAX_CALIBRATION}, got "
+                         f"{calibration!r}")
+    return precision, calibration

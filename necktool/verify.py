@@ -8,18 +8,25 @@ case it reports the max and mean absolute error, the max relative error (over el
 where PyTorch is non-zero), the smallest ``atol`` that would have passed at the given
 ``rtol``, and non-finite values on either side. Each case runs ``trials`` seeded random
 inputs; the statistics are aggregated over them (max of maxima, mean over all elements,
-the worst trial's ``mean``/``median`` excess).
+the worst trial's ``mean``/``median`` excess). Two more figures tell how much of the signal
+survives, which matters for fp16 and int8 files: the SQNR,
+``10 log10(sum torch^2 / sum (ort - torch)^2)`` in dB, and the cosine similarity of the two
+outputs, both over every element of every trial.
 
-For a dynamic file the cases are the export size plus a smaller non-square size and a
-batch-2 size, all multiples of the coarsest stride.
+The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to its
+precision's default tolerances (:data:`necktool.tolerance.PRECISION_DEFAULTS`) unless the
+user gives others. The cases are :func:`necktool.served.default_cases`: the export size,
+and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,215 +39,27 @@ from necktool.artifact import (
     GraphInfo,
     WeightSource,
     describe,
+    graph_precision,
     load_model,
     read_metadata,
 )
 from necktool.build import make_inputs
+from necktool.comparison import (
+    CaseComparison,
+    OutputComparison,
+    VerificationResult,
+)
 from necktool.errors import InputError
 from necktool.registry import resolve_spec
-from necktool.report import Block, Note, Table, neck_header, num, size_text, table
+from necktool.report import Block, Note, neck_header
+from necktool.served import Case, Served, default_cases
 from necktool.specs import NeckSpec
-from necktool.tolerance import ErrorStat, VerifyOptions
+from necktool.tolerance import ErrorStat, Precision, VerifyOptions
 from necktool.weights import make_model, sha256_of
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One input shape to compare at."""
-
-    input_size: tuple[int, int]
-    batch: int
-    label: str
-
-    @property
-    def title(self) -> str:
-        return f"{size_text(self.input_size)} b{self.batch}"
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputComparison:
-    """ONNX Runtime vs PyTorch for one output level over a case's trials."""
-
-    name: str
-    shape: tuple[int, ...]
-    atol: float
-    rtol: float
-    max_abs: float
-    mean_abs: float
-    max_rel: float
-    min_atol: float  # the error statistic of the excess (>= 0): the smallest passing atol
-    failed: int  # elements over tolerance (non-finite ones included)
-    elements: int
-    nonfinite_ort: int
-    nonfinite_torch: int
-    error_stat: ErrorStat = ErrorStat.ELEMWISE
-    note: str = ""
-
-    @property
-    def passed(self) -> bool:
-        within = self.failed == 0 if self.error_stat is ErrorStat.ELEMWISE \
-            else self.min_atol <= self.atol
-        return within and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
-            and not self.note
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def merge(self, other: OutputComparison) -> OutputComparison:
-        """Aggregate two trials of the same output."""
-        n = self.elements + other.elements
-        return dataclasses.replace(
-            self,
-            max_abs=max(self.max_abs, other.max_abs),
-            mean_abs=(self.mean_abs * self.elements + other.mean_abs * other.elements) / n
-            if n else 0.0,
-            max_rel=max(self.max_rel, other.max_rel),
-            min_atol=max(self.min_atol, other.min_atol),
-            failed=self.failed + other.failed,
-            elements=n,
-            nonfinite_ort=self.nonfinite_ort + other.nonfinite_ort,
-            nonfinite_torch=self.nonfinite_torch + other.nonfinite_torch,
-            note=self.note or other.note,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "passed": self.passed,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "max_abs": _finite(self.max_abs),
-            "mean_abs": _finite(self.mean_abs),
-            "max_rel": _finite(self.max_rel),
-            "min_atol": _finite(self.min_atol),
-            "failed_elements": self.failed,
-            "elements": self.elements,
-            "nonfinite_ort": self.nonfinite_ort,
-            "nonfinite_torch": self.nonfinite_torch,
-            **({"note": self.note} if self.note else {}),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class CaseComparison:
-    """Every output at one input shape."""
-
-    case: Case
-    seeds: tuple[int, ...]
-    outputs: tuple[OutputComparison, ...]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.case.label,
-            "input_size": list(self.case.input_size),
-            "batch": self.case.batch,
-            "seeds": list(self.seeds),
-            "passed": self.passed,
-            "outputs": [o.to_dict() for o in self.outputs],
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class VerificationResult:
-    """The whole comparison; true when every output of every case passed."""
-
-    path: str
-    neck: str
-    options: VerifyOptions
-    provider: str  # the resolved ONNX Runtime provider
-    dynamic: bool
-    weights: str
-    cases: tuple[CaseComparison, ...]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def checks(self) -> list[tuple[Case, OutputComparison]]:
-        return [(c.case, o) for c in self.cases for o in c.outputs]
-
-    @property
-    def max_abs(self) -> float:
-        return max((o.max_abs for _, o in self.checks), default=0.0)
-
-    @property
-    def min_atol(self) -> float:
-        return max((o.min_atol for _, o in self.checks), default=0.0)
-
-    @property
-    def tolerance_text(self) -> str:
-        o = self.options
-        stat = "" if o.error_stat is ErrorStat.ELEMWISE else f", {o.error_stat.value} error"
-        return f"atol={o.atol}, rtol={o.rtol}{stat}"
-
-    def summary(self) -> str:
-        """One line: verdict, how many checks, and how close it came."""
-        checks = self.checks
-        tol = self.tolerance_text
-        if self.passed:
-            return (f"PASS: {len(checks)} output checks in {len(self.cases)} case(s) within "
-                    f"{tol} (largest |ort - torch| {self.max_abs:.2e}; smallest passing "
-                    f"atol {self.min_atol:.2e})")
-        bad = [(c, o) for c, o in checks if not o.passed]
-        case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed))
-        detail = worst.note or (f"{worst.failed} of {worst.elements} elements over tolerance, "
-                                f"max |ort - torch| {worst.max_abs:.3g}")
-        return (f"FAIL: {len(bad)} of {len(checks)} output checks over {tol}; worst "
-                f"{worst.name} at {case.title}: {detail}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "path": self.path,
-            "neck": self.neck,
-            **self.options.to_dict(),
-            "provider": self.provider,
-            "dynamic": self.dynamic,
-            "weights": self.weights,
-            "max_abs": _finite(self.max_abs),
-            "min_atol": _finite(self.min_atol),
-            "summary": self.summary(),
-            "cases": [c.to_dict() for c in self.cases],
-        }
-
-    def table(self) -> Table:
-        """One row per case and output (shapes are in the export summary)."""
-        rows, sections = [], []
-        for cmp in self.cases:
-            for i, out in enumerate(cmp.outputs):
-                verdict = "PASS" if out.passed else \
-                    f"FAIL {out.failed:,} el." + (f" {out.note}" if out.note else "")
-                rows.append((cmp.case.title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
-                             f"{out.mean_abs:.1e}", f"{out.max_rel:.1e}", f"{out.min_atol:.1e}",
-                             str(out.nonfinite_ort + out.nonfinite_torch), verdict))
-            sections.append(len(rows) - 1)
-        return table(
-            f"ONNX Runtime ({self.provider}) vs PyTorch: {self.neck}",
-            ["case", "out", num("max abs"), num("mean abs"), num("max rel"), num("min atol"),
-             num("NaN/Inf"), "result"], rows, sections=tuple(sections), verdict=7,
-            caption=f"{self.options.trials} seeded trial(s) per case; an output passes when "
-                    f"every element has |ort - torch| <= atol + rtol * |torch| "
-                    f"({self.tolerance_text}); max rel over elements where torch != 0; "
-                    f"weights: {self.weights}\n{self.summary()}")
-
-    def blocks(self) -> list[Block]:
-        return [self.table()]
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no inf/NaN: those become null."""
-    return float(value) if math.isfinite(value) else None
+# Re-exported: the results and cases live in torch-free modules.
+__all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "default_cases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +71,15 @@ class VerifyReport:
     batch: int
     graph: GraphInfo
     verification: VerificationResult
+    serves: str = ""  # which inputs the file serves, in one sentence
 
     @property
     def passed(self) -> bool:
         return self.verification.passed
+
+    @property
+    def precision(self) -> Precision:
+        return self.verification.precision
 
     def __bool__(self) -> bool:
         return self.passed
@@ -279,6 +103,8 @@ class VerifyReport:
             "path": self.path,
             "opset": self.graph.opset,
             "dynamic": self.graph.dynamic,
+            "precision": self.precision.value,
+            "serves": self.serves,
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
@@ -286,33 +112,11 @@ class VerifyReport:
 
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
+        if self.serves:
+            out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
-
-
-# -- cases -----------------------------------------------------------------------------
-def default_cases(spec: NeckSpec, input_size: tuple[int, int], batch: int,
-                  dynamic: bool) -> list[Case]:
-    """The export size; for a dynamic file also a smaller non-square size and batch 2.
-
-    The extra sizes are multiples of the coarsest stride (what a dynamic file accepts),
-    about half the export size so verification stays cheap.
-    """
-    cases = [Case((int(input_size[0]), int(input_size[1])), batch, "export size")]
-    if dynamic:
-        stride = spec.input_strides[-1]
-        # At least 2x2 at the coarsest level: a 1-pixel map makes GroupNorm statistics
-        # ill-conditioned (groups of 1-2 elements), which tests fp32, not the export.
-        half = max(2, min(input_size) // stride // 2)
-        while cases[0].input_size in {(stride * half, stride * (half + 1)),
-                                      (stride * (half + 1), stride * half)}:
-            half += 1  # the extra sizes must differ from the export size
-        tall = (stride * (half + 1), stride * half)
-        wide = (stride * half, stride * (half + 1))
-        cases.append(Case(wide, 1, "non-square"))
-        cases.append(Case(tall, 2, "batch 2"))
-    return cases
 
 
 # -- running ---------------------------------------------------------------------------
@@ -337,11 +141,15 @@ def _name(source: ModelSource) -> str:
 
 
 def open_session(source: ModelSource, provider: str) -> Any:
-    """An ONNX Runtime session on ``provider`` only, with ORT's own logging quiet."""
+    """An ONNX Runtime session on ``provider`` only, with ORT's own logging off.
+
+    ORT prints its errors on the C++ side's stderr even at severity 3; every error here is
+    caught and reported (a load failure as an ``InputError``, a failed run as a failed
+    case), so its own logging is fatal-only."""
     ort = quiet.onnxruntime()
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    options.log_severity_level = 4
     model = source if isinstance(source, bytes) else str(source)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=[provider])
@@ -350,16 +158,51 @@ def open_session(source: ModelSource, provider: str) -> Any:
         raise InputError(f"ONNX Runtime cannot load {_name(source)}: {first}") from None
 
 
+@contextlib.contextmanager
+def reference_threads() -> Iterator[int]:
+    """torch's intra-op threads for reference forwards (verification, counting), lowered
+    to the cores other processes leave free; restored afterwards.
+
+    OpenMP threads spin-wait for cores that other processes hold: on a busy 2-core
+    machine one scrfd_2.5g forward at 640x640 took 0.73 s on torch's 2 threads and 0.045 s
+    on one (measured). With ``OMP_NUM_THREADS`` set, torch's setting is left alone.
+    """
+    previous = torch.get_num_threads()
+    wanted = previous
+    if "OMP_NUM_THREADS" not in os.environ:
+        with contextlib.suppress(OSError, AttributeError):  # no load average here
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]  # this process counts as 1
+            wanted = max(1, min(previous, int(idle) + 1))
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     with torch.no_grad():
         outs = model(list(inputs))
     return [o.detach().cpu().numpy() for o in outs]
 
 
-def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray] | str:
+    """The outputs, or ONNX Runtime's error (first line) when the run fails."""
     names = [i.name for i in session.get_inputs()]
     feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True)}
-    return list(session.run(None, feeds))
+    try:
+        return list(session.run(None, feeds))
+    except Exception as exc:  # ORT's untyped runtime errors, e.g. a broadcast mismatch
+        text = str(exc).strip()
+        return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
+                error_stat: ErrorStat, why: str) -> OutputComparison:
+    shape = tuple(int(d) for d in torch_out.shape)
+    n = int(np.prod(shape))
+    return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
+                            n, n, 0, 0, error_stat, note=f"ONNX Runtime failed: {why}")
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
@@ -371,30 +214,52 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
                                 int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
                                 note=f"shape {tuple(ort_out.shape)} != torch {shape}")
-    got = ort_out.astype(np.float64)
-    ref = torch_out.astype(np.float64)
-    nonfinite_ort = int((~np.isfinite(got)).sum())
-    nonfinite_torch = int((~np.isfinite(ref)).sum())
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(got - ref)
-        ok = diff <= atol + rtol * np.abs(ref)  # NaN compares false, so a NaN element fails
-    finite = np.isfinite(diff)
-    fdiff = diff[finite]
+    # float32 elementwise (each output is float32; float64 ones stay float64), float64 sums;
+    # few temporaries and no BLAS: on a busy machine fresh large arrays cost milliseconds
+    # in page faults, and BLAS's spinning threads tens of milliseconds a call.
+    dtype = np.result_type(ort_out.dtype, torch_out.dtype, np.float32)
+    got = np.ascontiguousarray(ort_out, dtype=dtype).ravel()
+    ref = np.ascontiguousarray(torch_out, dtype=dtype).ravel()
+    nonfinite_ort, nonfinite_torch = _nonfinite(got), _nonfinite(ref)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.subtract(got, ref)
+        diff = np.abs(err)
+        size = np.abs(ref)
+        excess = np.multiply(size, rtol)
+        np.subtract(diff, excess, out=excess)
+        ok = int(np.count_nonzero(excess <= atol))  # NaN compares false: a NaN fails
+        finite = None if not (nonfinite_ort or nonfinite_torch) else np.isfinite(diff)
+        usable = size > 0 if finite is None else finite & (size > 0)
+        rel = np.divide(diff, size, out=np.zeros_like(diff), where=usable)
+    fdiff = diff if finite is None else diff[finite]
     max_abs = float(fdiff.max()) if fdiff.size else 0.0
-    mean_abs = float(fdiff.mean()) if fdiff.size else 0.0
-    nonzero = finite & (ref != 0)
-    max_rel = float((diff[nonzero] / np.abs(ref[nonzero])).max()) if nonzero.any() else 0.0
-    if finite.all():
-        excess = diff - rtol * np.abs(ref)
+    mean_abs = float(fdiff.mean(dtype=np.float64)) if fdiff.size else 0.0
+    max_rel = float(rel.max()) if rel.size else 0.0
+    if finite is None:
         stats: dict[ErrorStat, Callable[[np.ndarray], Any]] = {
             ErrorStat.ELEMWISE: np.max, ErrorStat.MEAN: np.mean, ErrorStat.MEDIAN: np.median}
         stat = stats[error_stat]
         min_atol = max(0.0, float(stat(excess))) if excess.size else 0.0
+        g, r, e = got, ref, err
     else:
         min_atol = math.inf
+        both = np.isfinite(got) & np.isfinite(ref)
+        g, r, e = got[both], ref[both], err[both]
     return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
-                            int((~ok).sum()), int(diff.size), nonfinite_ort, nonfinite_torch,
-                            error_stat)
+                            int(diff.size) - ok, int(diff.size), nonfinite_ort,
+                            nonfinite_torch, error_stat, signal=_dot(r, r), noise=_dot(e, e),
+                            dot=_dot(g, r), energy=_dot(g, g))
+
+
+def _nonfinite(x: np.ndarray) -> int:
+    """Non-finite elements (the float64 sum of finite float32 values cannot overflow)."""
+    if math.isfinite(float(np.sum(x, dtype=np.float64))):
+        return 0
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
 
 
 def compare_onnx(
@@ -406,20 +271,28 @@ def compare_onnx(
     options: VerifyOptions,
     weights: str = "",
     dynamic: bool = False,
+    precision: Precision | str = Precision.FP32,
 ) -> VerificationResult:
     """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
 
     Args:
         source: The ONNX file, or its bytes.
-        model: The PyTorch neck it should match (eval mode).
+        model: The PyTorch neck it should match (eval mode, fp32).
         spec: The neck's spec (channels and strides make the inputs).
         cases: Input shapes to compare at (see :func:`default_cases`).
-        options: Tolerances, error statistic, trials per case and provider.
+        options: Tolerances, error statistic, trials per case and provider; tolerances
+            not given are ``precision``'s defaults.
+        precision: The file's precision (its default tolerances; reported).
+
+    A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
+    whose note quotes ORT's error.
 
     Raises:
         InputError: the provider is missing, the file does not load or does not have the
             neck's inputs and outputs, or a tolerance names an output it does not have.
     """
+    precision = Precision(precision)
+    options = options.resolved(precision)
     provider = resolve_provider(options.provider)
     session = open_session(source, provider)
     n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
@@ -429,23 +302,34 @@ def compare_onnx(
                          f"{spec.num_levels} outputs")
     out_names = [o.name for o in session.get_outputs()]
     options.check_outputs(out_names)
-    results = []
-    for c, case in enumerate(cases):
-        seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
-        merged: list[OutputComparison] = []
-        for s in seeds:
-            inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
-            _check_static_shapes(session, inputs, source)
-            ref = _run_torch(model, inputs)
-            got = _run_ort(session, inputs)
-            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
-                     for n, g, r in zip(out_names, got, ref, strict=True)]
-            merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
-                                                                           strict=True)]
-        results.append(CaseComparison(case, seeds, tuple(merged)))
+    with reference_threads():
+        results = [_compare_case(session, model, spec, c, case, out_names, options, source)
+                   for c, case in enumerate(cases)]
     path = "" if isinstance(source, bytes) else str(source)
     return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results))
+                              tuple(results), precision)
+
+
+def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: Case,
+                  out_names: list[str], options: VerifyOptions,
+                  source: ModelSource) -> CaseComparison:
+    """Case ``c``: ``options.trials`` seeded inputs, the statistics merged over them."""
+    seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
+    merged: list[OutputComparison] = []
+    for s in seeds:
+        inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
+        _check_static_shapes(session, inputs, source)
+        ref = _run_torch(model, inputs)
+        got = _run_ort(session, inputs)
+        if isinstance(got, str):
+            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
+                     for n, r in zip(out_names, ref, strict=True)]
+        else:
+            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
+                     for n, g, r in zip(out_names, got, ref, strict=True)]
+        merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
+                                                                       strict=True)]
+    return CaseComparison(case, seeds, tuple(merged))
 
 
 def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
@@ -483,7 +367,9 @@ def verify_onnx(
             same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
         batch: Batch of the export-size case (default: as recorded, else 1).
-        options: Tolerances, error statistic, trials and provider (fp32 defaults).
+        options: Tolerances, error statistic, trials and provider; tolerances not given
+            are the defaults of the file's precision (its metadata; for a file without
+            one, or converted after export, what its graph holds).
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -546,7 +432,14 @@ def verify_onnx(
     graph = describe(proto)
     if batch is None:
         batch = meta.batch if meta is not None and neck is None else 1
-    cases = default_cases(spec, spec.input_size, batch, graph.dynamic)
+    served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \
+        else Served.legacy(graph.dynamic)
+    # The metadata's precision; the graph's for a file without it or converted afterwards.
+    in_graph = graph_precision(proto)
+    precision = meta.precision if meta is not None and in_graph is Precision.FP32 else in_graph
+    cases = default_cases(spec, spec.input_size, batch, served)
     verification = compare_onnx(file, model, spec, cases=cases, options=options,
-                                weights=source.describe(), dynamic=graph.dynamic)
-    return VerifyReport(str(file), spec, batch, graph, verification)
+                                weights=source.describe(), dynamic=graph.dynamic,
+                                precision=precision)
+    return VerifyReport(str(file), spec, batch, graph, verification,
+                        served.describe(spec, spec.input_size, batch))

@@ -197,6 +197,8 @@ def _value(flag: str, metavar: str, rng: random.Random, files: Files) -> str:
     pools: dict[str, list[str]] = {
         "HxW": SIZES, "C3,C4,...": CHANNELS, "TOL": TOLERANCES, "PCT": PERCENTS,
         "SIZES": SIZE_LISTS, "NECK": NECKS, "SIZE": ["64G", "1k", "none", "-1", "x", "1e3T"],
+        "fp32,fp16,int8": ["fp32", "fp16,int8", "fp32,fp16,int8", "int8,int8", "fp8", ",",
+                           "fp16,", "", " fp16 ", "FP16", "int8;fp16"],
     }
     if flag in ("--config",):
         pool = files.configs
@@ -227,6 +229,8 @@ def invocation(seed: int, files: Files) -> Invocation:
     args = [command]
     if command in ("profile", "sweep"):
         args += [rng.choice(NECKS) for _ in range(rng.choice([1, 1, 2]))]
+    elif command == "export" and rng.random() < 0.2:
+        pass  # no NECK: every budget entry of the config (--config, or none found: exit 2)
     elif command in ("export", "bench"):
         args.append(rng.choice(NECKS))
     elif command == "verify":
@@ -242,7 +246,9 @@ def invocation(seed: int, files: Files) -> Invocation:
     if command == "check" and rng.random() < 0.2:  # the success path too, with one option
         args = ["check", "--config", files.configs[0], *args[1:3]]
     if command == "export" and "--output" not in args and "-o" not in args:
-        args += ["-o", str(files.root / "out.onnx")]  # never write into the working directory
+        # never write into the working directory (with no NECK, -o names a directory)
+        args += ["-o", str(files.root / ("out.onnx" if len(args) > 1 and
+                                         not args[1].startswith("-") else "adir"))]
     if rng.random() < 0.05:
         args.insert(0, rng.choice(["--max-memory", "--version"]))
         if args[0] == "--max-memory":

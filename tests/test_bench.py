@@ -102,6 +102,23 @@ def test_percentile_matches_numpy(values: list[float], q: int) -> None:
     assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
+def test_precisions_are_timed_in_one_run_with_size_and_error() -> None:
+    result = bench("pafpn", (64, 96), warmup=1, repeat=2, threads=1,
+                   precisions=["fp32", "fp16", "int8", "fp16"], calibration=2, **SMALL)
+    assert [t.precision for t in result.timings] == ["fp32", "fp16", "int8"]
+    assert all(t.runtime is Runtime.ONNXRUNTIME for t in result.timings)  # ORT alone
+    fp32, fp16, int8 = result.timings
+    for t in result.timings:
+        assert t.nbytes is not None and t.nbytes > 0 and positive_finite(t.median_ms)
+        assert t.max_abs is not None and t.sqnr_db is not None
+    assert fp32.max_abs is not None and fp32.max_abs < 1e-4 < fp16.max_abs  # type: ignore
+    assert fp16.nbytes < fp32.nbytes  # type: ignore[operator]
+    assert fp32.sqnr_db > fp16.sqnr_db > int8.sqnr_db > 10  # type: ignore[operator]
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["precisions"] == ["fp32", "fp16", "int8"] and data["calibration"] == 2
+    assert [r["precision"] for r in data["runtimes"]] == ["fp32", "fp16", "int8"]
+
+
 # -- the CLI -------------------------------------------------------------------------------
 def test_cli_json_is_one_object_and_stderr_is_clean() -> None:
     code, out, err = run("bench", "pafpn", *SMALL_FLAGS, "--warmup", "1", "--repeat", "3",
@@ -126,7 +143,25 @@ def test_cli_table_states_the_unit() -> None:
     assert all(len(line) <= 80 for line in out.splitlines())
 
 
+def test_cli_precision_table() -> None:
+    code, out, err = run("bench", "pafpn", *SMALL_FLAGS, "--warmup", "1", "--repeat", "2",
+                         "--precision", "fp32,fp16,int8", "--runtime", "torch",
+                         "--runtime", "onnxruntime")
+    assert (code, err) == (0, "")
+    for header in ("precision", "file MB", "median ms", "p10-p90 ms", "GFLOP/s", "max abs",
+                   "SQNR dB"):
+        assert header in out
+    rows = [line.replace("│", " ").split() for line in out.splitlines()]
+    assert [r[0] for r in rows if r and r[0] in ("torch", "fp32", "fp16", "int8")] == \
+        ["torch", "fp32", "fp16", "int8"]  # torch's row first, as --runtime asked
+    assert all(len(line) <= 80 for line in out.splitlines())
+
+
 @pytest.mark.parametrize(("args", "needle"), [
+    (["--precision", "fp32,fp8"], "--precision"),
+    (["--precision", "fp16,"], "--precision"),
+    (["--precision", "fp16", "--calibration", "2"], "add int8 to --precision"),
+    (["--precision", "int8", "--runtime", "torch"], "add --runtime onnxruntime"),
     (["--repeat", "0"], "--repeat"),
     (["--warmup", "0"], "--warmup"),
     (["--threads", "0"], "--threads"),

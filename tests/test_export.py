@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool.artifact import conv_macs, read_metadata
+from necktool.build import make_inputs
 from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.export import export_onnx
 from necktool.registry import PRESETS, get_spec
@@ -27,7 +28,7 @@ from necktool.tolerance import VerifyOptions
 from necktool.verify import open_session
 from necktool.weights import WeightsReport, load_weights, seeded_model
 
-SMALL = (96, 128)  # multiples of 32: a dynamic export; the extra cases are 64x96 and 96x64 b2
+SMALL = (96, 128)  # the extra cases: odd, no multiples of 32, 65x91 and 93x71 in batch 2
 EXPORTER_NOISE = ("[torch.onnx]", "Warning", "torchvision", "W11", "✅", "Obtain model graph")
 
 
@@ -46,6 +47,13 @@ def leftovers(directory: pathlib.Path) -> list[str]:
 
 
 # -- every preset ------------------------------------------------------------------------
+# How each family's input levels relate in a dynamic file, read off its forward: FPNs meet
+# only through interpolate(size=finer level); PAFPNs add a stride-2 conv of one level to
+# the next, which ties the levels to one image.
+SERVED_LEVELS = {"fpn": "independent", "mmdet_fpn": "independent",
+                 "pafpn": "one-image", "mmdet_pafpn": "one-image"}
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) -> None:
     path = tmp_path / f"{name}.onnx"
@@ -54,24 +62,135 @@ def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) ->
     assert result.written and path.is_file()
     assert [t.name for t in result.inputs] == [f"c{3 + i}" for i in range(spec.num_inputs)]
     assert [t.name for t in result.outputs] == [f"p{3 + i}" for i in range(spec.num_levels)]
+    # Each level's H and W is a dimension of its own: every image size is served.
     assert result.inputs[-1].shape == ("batch", spec.in_channels[-1], "H_div32", "W_div32")
-    assert result.inputs[0].shape[2] == "4*H_div32"
+    assert result.inputs[0].shape[2:] == ("H_div8", "W_div8")
+    assert result.outputs[1].shape[2:] == ("H_div16", "W_div16")
     # The graph's own conv count equals fvcore's and torch.utils.flop_counter's.
     assert result.conv_macs_onnx == result.conv_macs_fvcore == result.conv_macs_flop_counter > 0
     assert result.conv_macs_match
-    # Verified at the export size and two more: non-square, and batch 2.
+    # Verified at the export size and two sizes that are no multiples of 32: odd,
+    # non-square, one in batch 2.
     v = result.verification
     assert v is not None and v.passed and bool(v)
     assert [(c.case.input_size, c.case.batch) for c in v.cases] == [
-        (SMALL, 1), ((64, 96), 1), ((96, 64), 2)]
+        (SMALL, 1), ((65, 91), 1), ((93, 71), 2)]
     for _, out in v.checks:
         assert 0 < out.max_abs < 1e-4  # real float noise, far below the tolerance
         assert out.failed == 0 and out.nonfinite_ort == 0
     meta = read_metadata(path)
     assert meta is not None and meta.neck == name and meta.dynamic
+    assert meta.precision == "fp32" and meta.serves.images == "any"
+    # Exactly which sizes the file serves: levels free for the FPN families, tied to one
+    # image's ceil(H/stride) sizes by PAFPN's bottom-up path.
+    assert meta.serves.levels == SERVED_LEVELS[spec.family]
+    assert "every image H x W from 32x32 up" in meta.serves_text()
     assert meta.spec.to_dict() == spec.replace(input_size=SMALL).to_dict()
     assert meta.flops > 0 and meta.params == sum(p.numel() for p in
                                                  seeded_model(spec).parameters())
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_exports_at_its_default_size_with_no_flags(name: str,
+                                                                tmp_path: pathlib.Path) -> None:
+    # retinaface_r50's 840x840 is no multiple of 32: it used to need --static.
+    out = tmp_path / f"{name}.onnx"
+    code, stdout, stderr = invoke("export", name, "--onnx", "-o", str(out), "--trials", "1",
+                                  "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    default = list(get_spec(name).input_size)
+    assert data["input_size"] == default and data["written"] and out.is_file()
+    assert data["precision"] == "fp32" and "every image H x W" in data["serves"]
+    cases = data["verification"]["cases"]
+    assert data["verification"]["passed"] and cases[0]["input_size"] == default
+    # the other two cases are odd sizes, no multiples of the coarsest stride
+    assert all(s % 2 == 1 for c in cases[1:] for s in c["input_size"])
+
+
+@pytest.mark.parametrize("name", ["retinaface_mnet", "mmdet_fpn"])
+def test_dynamic_fpn_file_equals_pytorch_at_sizes_that_are_no_multiples_of_32(
+        name: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / f"{name}.onnx"
+    export_onnx(name, out, input_size=SMALL, options=VerifyOptions(trials=1))
+    spec = get_spec(name)
+    model = seeded_model(spec)
+    session = open_session(out, "CPUExecutionProvider")
+    # the sizes the old tied export refused with a broadcast error ("33 by 34")
+    for size, batch in (((840, 840), 1), ((600, 1000), 1), ((333, 517), 2), ((97, 65), 3),
+                        ((32, 33), 1)):
+        x = make_inputs(spec, size, batch, seed=size[0])
+        got = session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, x,
+                                                                strict=True)})
+        with torch.no_grad():
+            want = model(x)
+        for g, t, (h, w) in zip(got, want, spec.level_sizes(size), strict=True):
+            assert g.shape == (batch, spec.out_channels, h, w)
+            np.testing.assert_allclose(g, t.numpy(), atol=1e-4, rtol=1e-4)
+    # Each level's H and W are free: levels of no one image run too (c3 20x30, c4 7x9,
+    # c5 2x5), as they do in PyTorch.
+    x = [torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(7))
+         for c, (h, w) in zip(spec.in_channels, [(20, 30), (7, 9), (2, 5)], strict=True)]
+    got = session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)})
+    with torch.no_grad():
+        want = model(x)
+    assert [g.shape[2:] for g in got[:3]] == [(20, 30), (7, 9), (2, 5)]
+    for g, t in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, t.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_pafpn_file_serves_one_images_levels_and_says_so(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "p.onnx"
+    result = export_onnx("scrfd_0.5g", out, input_size=(64, 64),
+                         options=VerifyOptions(trials=1))
+    assert "levels must be these sizes of one image" in result.metadata.serves_text()
+    spec = get_spec("scrfd_0.5g")
+    session = open_session(out, "CPUExecutionProvider")
+    model = seeded_model(spec)
+    x = make_inputs(spec, (333, 517), 2, seed=3)
+    got = session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)})
+    with torch.no_grad():
+        np.testing.assert_allclose(got[0], model(x)[0].numpy(), atol=1e-4, rtol=1e-4)
+    # levels of two different images: the bottom-up add cannot broadcast them
+    bad = [x[0], x[1], torch.zeros(2, spec.in_channels[2], 7, 9)]
+    with pytest.raises(Exception, match=r"(?i)broadcast|dimension|shape"):
+        session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, bad, strict=True)})
+
+
+SCALE_NECK = """
+import torch.nn.functional as F
+from torch import nn
+
+class ScaleFPN(nn.Module):
+    # upsamples by a factor of 2, so it runs only where each level is twice the next
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+
+    def forward(self, feats):
+        outs = [conv(x) for conv, x in zip(self.lateral, feats)]
+        for i in range(len(outs) - 2, -1, -1):
+            outs[i] = outs[i] + F.interpolate(outs[i + 1], scale_factor=2.0)
+        return tuple(outs)
+"""
+
+
+def test_custom_neck_that_runs_at_multiples_only_serves_multiples(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "scaleneck.py").write_text(SCALE_NECK)
+    monkeypatch.chdir(tmp_path)
+    neck = ["scaleneck:ScaleFPN", "--in-channels", "8,16,32", "--out-channels", "8"]
+    code, stdout, stderr = invoke("export", *neck, "--input-size", "80", "-o", "a.onnx")
+    assert code == 2 and stdout == ""
+    assert "multiples of 32" in stderr and "--input-size 64x64 or 96x96" in stderr
+    code, stdout, stderr = invoke("export", *neck, "--input-size", "64x96", "-o", "a.onnx",
+                                  "--trials", "1", "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert "multiples of 32" in data["serves"]
+    assert data["inputs"][0]["shape"] == ["batch", 8, "4*H_div32", "4*W_div32"]
+    assert [c["input_size"] for c in data["verification"]["cases"]] == [
+        [64, 96], [96, 128], [128, 96]]
 
 
 def test_conv_macs_from_graph_by_hand() -> None:
@@ -148,6 +267,7 @@ def test_tables_on_stdout_and_nothing_on_stderr(tmp_path: pathlib.Path) -> None:
     assert "(fvcore)" in stdout and "(torch.utils.flop_counter)" in stdout
     assert "(ONNX graph)" in stdout
     assert "H_div32" in stdout and "written" in stdout
+    assert "every image H x W from 32x32 up" in stdout and "SQNR" in stdout
 
 
 def test_counts_that_differ_refuse_the_export_with_all_three(
@@ -163,12 +283,6 @@ def test_counts_that_differ_refuse_the_export_with_all_three(
     assert "conv multiply-adds differ" in stderr and "from torch.utils.flop_counter" in stderr
     assert "in the ONNX graph" in stderr and "from fvcore" in stderr
     assert not dest.exists() and leftovers(tmp_path) == []
-
-
-def test_dynamic_export_needs_a_stride_multiple() -> None:
-    code, stdout, stderr = invoke("export", "retinaface_r50")  # default 840x840
-    assert code == 2 and stdout == ""
-    assert "832x832 or 864x864" in stderr and "--static" in stderr
 
 
 def test_bad_opset_and_provider(tmp_path: pathlib.Path) -> None:

@@ -91,6 +91,8 @@ def test_export_takes_the_neck_from_the_weights(tmp_path: pathlib.Path,
     spec = get_spec("insightface_scrfd_10g")
     ckpt = mmdet_checkpoint(tmp_path / "scrfd_10g.pth", seeded_model(spec, 5).state_dict())
     monkeypatch.chdir(tmp_path)
+    # A project config here too: with --weights, no NECK means the checkpoint's neck.
+    (tmp_path / "necktool.toml").write_text('[[budget]]\nneck = "scrfd_0.5g"\n')
     # The command: no NECK, the prefix given ...
     code, stdout, stderr = invoke("export", "--weights", str(ckpt), "--prefix", "neck.",
                                   "--onnx", "--input-size", SIZE, "--trials", "1", "--json")
@@ -103,7 +105,9 @@ def test_export_takes_the_neck_from_the_weights(tmp_path: pathlib.Path,
     # ... and the prefix found too; a verify of a file without metadata takes --weights
     code, stdout, stderr = invoke("export", "--weights", str(ckpt), "--input-size", SIZE,
                                   "-o", "b.onnx", "--trials", "1", "--no-verify", "--json")
-    assert code == 0, stderr and json.loads(stdout)["weights"]["prefix"] == "neck."
+    assert code == 0, stderr
+    assert json.loads(stdout)["weights"]["prefix"] == "neck."
+    assert not (tmp_path / "scrfd_0.5g.onnx").exists()  # the config's entry: not exported
     import onnx
 
     model = onnx.load("b.onnx")
@@ -116,10 +120,13 @@ def test_export_takes_the_neck_from_the_weights(tmp_path: pathlib.Path,
     assert code == 0, stderr
 
 
-def test_export_without_neck_or_weights_is_exit_2() -> None:
+def test_export_without_neck_weights_or_config_is_exit_2(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no config here or above: nothing to export
     code, stdout, stderr = invoke("export")
     assert code == 2 and stdout == ""
-    assert stderr.startswith("necktool: error: export needs a NECK") and "inspect" in stderr
+    assert stderr.startswith("necktool: error: no NECK given")
+    assert "--weights FILE" in stderr and "necktool inspect" in stderr
 
 
 def test_data_parallel_and_bare_checkpoints(tmp_path: pathlib.Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 import necktool.cli
 from necktool.registry import get_spec
 from necktool.tolerance import VerifyOptions
-from necktool.verify import compare_arrays, open_session, verify_onnx
+from necktool.verify import compare_arrays, open_session, reference_threads, verify_onnx
 from necktool.weights import seeded_model
 
 NECK = "scrfd_0.5g"  # GroupNorm, the smallest tier: fast to export
@@ -36,19 +37,21 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return path
 
 
-def test_dynamic_file_runs_at_three_sizes(exported: pathlib.Path) -> None:
+def test_dynamic_file_runs_at_many_sizes(exported: pathlib.Path) -> None:
     spec = get_spec(NECK)
     model = seeded_model(spec, seed=0)  # what the file's metadata says made it
     session = open_session(exported, "CPUExecutionProvider")
-    for (h, w), batch in (((64, 96), 1), ((160, 96), 2), ((32, 224), 3)):
+    for (h, w), batch in (((64, 96), 1), ((160, 96), 2), ((32, 224), 3), ((333, 517), 1),
+                          ((97, 33), 2)):
         gen = torch.Generator().manual_seed(h * w + batch)
-        x = [torch.randn(batch, c, h // s, w // s, generator=gen)
-             for c, s in zip(spec.in_channels, spec.strides, strict=True)]
+        sizes = [(-(-h // s), -(-w // s)) for s in spec.strides]  # ceil(H / stride)
+        x = [torch.randn(batch, c, *hw, generator=gen)
+             for c, hw in zip(spec.in_channels, sizes, strict=True)]
         got = session.run(None, {n: t.numpy() for n, t in zip(spec.input_names, x, strict=True)})
         with torch.no_grad():
             want = model(x)
-        for g, t, s in zip(got, want, spec.strides, strict=True):
-            assert g.shape == (batch, spec.out_channels, h // s, w // s)
+        for g, t, hw in zip(got, want, sizes, strict=True):
+            assert g.shape == (batch, spec.out_channels, *hw)
             np.testing.assert_allclose(g, t.numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -63,13 +66,17 @@ def test_verify_passes_with_statistics(exported: pathlib.Path) -> None:
     data = top["verification"]
     assert data["passed"] is True and data["dynamic"] is True and data["neck"] == NECK
     assert data["weights"].startswith("seed 0")
+    # the export size, then two odd sizes that are no multiples of 32 (one in batch 2)
     assert [(c["input_size"], c["batch"]) for c in data["cases"]] == [
-        ([64, 96], 1), ([96, 128], 1), ([128, 96], 2)]
+        ([64, 96], 1), ([65, 91], 1), ([93, 71], 2)]
+    assert top["precision"] == data["precision"] == "fp32"
+    assert top["serves"].startswith("every image H x W from 32x32 up, any batch")
     for case in data["cases"]:
         assert [o["name"] for o in case["outputs"]] == ["p3", "p4", "p5"]
         for o in case["outputs"]:
             assert 0 < o["max_abs"] < 1e-4 and 0 < o["mean_abs"] <= o["max_abs"]
             assert o["nonfinite_ort"] == 0 and o["failed_elements"] == 0
+            assert o["sqnr_db"] > 100 and o["cosine"] > 0.999999
     result = verify_onnx(exported, options=VerifyOptions(trials=1))
     assert result and result.max_abs < 1e-4
 
@@ -77,7 +84,8 @@ def test_verify_passes_with_statistics(exported: pathlib.Path) -> None:
 def test_verify_tables(exported: pathlib.Path) -> None:
     code, stdout, _ = invoke("verify", str(exported), "--trials", "1")
     assert code == 0
-    assert stdout.count("PASS") >= 9 and "64x96 b1" in stdout and "128x96 b2" in stdout
+    assert stdout.count("PASS") >= 9 and "64x96 b1" in stdout and "93x71 b2" in stdout
+    assert "serves every image H x W from 32x32 up" in stdout
 
 
 def test_perturbed_weight_fails_verify(exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -137,6 +145,45 @@ def test_metadata_stripped_file_verifies_with_neck(exported: pathlib.Path,
     assert code == 1
 
 
+def test_an_older_file_is_fp32_and_serves_multiples(exported: pathlib.Path,
+                                                     tmp_path: pathlib.Path) -> None:
+    # necktool before 'serves' and 'precision': verified where it served, at multiples
+    model = onnx.load(str(exported))
+    keep = [p for p in model.metadata_props
+            if p.key not in ("necktool.serves", "necktool.serves_note", "necktool.precision")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    code, stdout, stderr = invoke("verify", str(old), "--trials", "1", "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["precision"] == "fp32" and "multiples of 32" in data["serves"]
+    assert [c["input_size"] for c in data["verification"]["cases"]] == [
+        [64, 96], [96, 128], [128, 96]]
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("precision", "fp8", "necktool.precision is damaged: 'fp8' is not one of fp32"),
+    ("serves", '{"images": "all", "levels": "tied"}', "necktool.serves is damaged"),
+    ("serves", '{"images": "static", "levels": "tied"}', "says static for a dynamic file"),
+    ("calibration", "0", "necktool.calibration is damaged"),
+])
+def test_damaged_precision_or_served_sizes_are_exit_2(exported: pathlib.Path,
+                                                      tmp_path: pathlib.Path, key: str,
+                                                      value: str, says: str) -> None:
+    model = onnx.load(str(exported))
+    props = {p.key: p for p in model.metadata_props}
+    if f"necktool.{key}" in props:
+        props[f"necktool.{key}"].value = value
+    else:
+        model.metadata_props.add(key=f"necktool.{key}", value=value)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    code, stdout, stderr = invoke("verify", str(bad))
+    assert code == 2 and stdout == "" and says in stderr
+
+
 def test_compare_arrays_numbers() -> None:
     ref = np.array([1.0, 2.0, 0.0, -4.0], np.float32)
     got = np.array([1.1, 2.0, 0.001, -4.0], np.float32)
@@ -154,3 +201,32 @@ def test_compare_arrays_numbers() -> None:
     assert math.isinf(nan.min_atol) and nan.to_dict()["min_atol"] is None
     shape = compare_arrays("p3", np.zeros((2, 2)), np.zeros((2, 3)), atol=1, rtol=1)
     assert not shape.passed and "shape" in shape.note
+
+
+def test_reference_threads_fit_the_free_cores_and_are_restored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))  # a busy machine
+    with reference_threads() as n:
+        assert n == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
+    with reference_threads() as n:
+        assert n == min(before, os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user decides
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    with reference_threads() as n:
+        assert n == before
+
+
+def test_sqnr_and_cosine_by_hand() -> None:
+    ref = np.array([3.0, -4.0], np.float32)  # sum ref^2 = 25
+    got = np.array([3.0, -3.0], np.float32)  # error (0, 1): sum err^2 = 1
+    cmp = compare_arrays("p3", got, ref, atol=2, rtol=0)
+    assert cmp.sqnr_db == pytest.approx(10 * math.log10(25))
+    assert cmp.cosine == pytest.approx(21 / (5 * math.sqrt(18)))
+    both = cmp.merge(compare_arrays("p3", ref, ref, atol=2, rtol=0))  # no error at all
+    assert both.sqnr_db == pytest.approx(10 * math.log10(50))
+    exact = compare_arrays("p3", ref, ref, atol=0, rtol=0)
+    assert exact.sqnr_db == math.inf and exact.to_dict()["sqnr_db"] is None

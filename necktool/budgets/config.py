@@ -272,12 +272,17 @@ def _has_necktool_table(data: Mapping[str, Any]) -> bool:
     return isinstance(tool, dict) and "necktool" in tool
 
 
+class ConfigNotFound(ConfigError):
+    """No budget config in the working directory or any parent (``find_config``)."""
+
+
 def find_config(cwd: Path) -> Path:
     """The config that applies in ``cwd``: walk up; per directory ``necktool.toml``, then a
     ``pyproject.toml`` with a ``[tool.necktool]`` table; the first found wins.
 
     Raises:
-        ConfigError: none found (the message says where it looked and how to make one).
+        ConfigNotFound: none found (the message says where it looked and how to make one).
+        ConfigError: a ``pyproject.toml`` on the way cannot be read.
     """
     start = cwd.resolve()
     for directory in (start, *start.parents):
@@ -289,7 +294,7 @@ def find_config(cwd: Path) -> Path:
         if pyproject.is_file() and _has_necktool_table(
                 _read_toml(pyproject, display_path(pyproject, cwd))[0]):
             return pyproject
-    raise ConfigError(
+    raise ConfigNotFound(
         f"no budget config found: looked for {CONFIG_NAME}, and {PYPROJECT} with a "
         f"[tool.necktool] table, in {start} and every parent directory; create "
         f"{CONFIG_NAME} with a [[budget]] entry (neck = \"scrfd_2.5g\", max-gflops = 0.3), "

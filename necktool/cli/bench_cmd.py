@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import BuildFlagsOpt, FormatOpt, NeckArg, typer_parser
+from necktool.cli.params import (
+    BuildFlagsOpt,
+    CalibrationOpt,
+    FormatOpt,
+    NeckArg,
+    PrecisionsOpt,
+    typer_parser,
+)
 from necktool.cli.render import load_heavy, progress
 from necktool.fields import IntKind
 from necktool.registry import resolve_spec
@@ -30,7 +37,8 @@ Threads = Annotated[Any, typer.Option(
     help="Intra-op threads for both runtimes. Default: torch.get_num_threads().")]
 Runtimes = Annotated[list[Runtime] | None, typer.Option(
     "--runtime", rich_help_panel=TIMING, show_default=False,
-    help="Time only this runtime (repeat the flag for several). Default: both.")]
+    help="Time only this runtime (repeat the flag for several). Default: both; with "
+    "--precision, onnxruntime.")]
 
 
 def bench_command(
@@ -39,6 +47,8 @@ def bench_command(
     repeat: Repeat = None,
     threads: Threads = None,
     runtime: Runtimes = None,
+    precision: PrecisionsOpt = None,
+    calibration: CalibrationOpt = None,
     *,
     flags: BuildFlagsOpt,
     fmt: FormatOpt,
@@ -46,15 +56,23 @@ def bench_command(
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
-    (1 multiply-add = 1 flop) divided by the median time.
+    (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
+    ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
+    against fp32 PyTorch.
     """
     resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
-    chosen = list(dict.fromkeys(runtime)) if runtime else list(ALL_RUNTIMES)
+    precisions = list(precision or [])
+    if runtime:
+        chosen = list(dict.fromkeys(runtime))
+    else:
+        chosen = [Runtime.ONNXRUNTIME] if precisions else list(ALL_RUNTIMES)
+    series = sum(max(1, len(precisions)) if r is Runtime.ONNXRUNTIME else 1 for r in chosen)
     warmup = DEFAULT_WARMUP if warmup is None else warmup
     repeat = DEFAULT_REPEAT if repeat is None else repeat
     load_heavy()
     from necktool.bench import bench
 
-    with progress(repeat * len(chosen), "timing") as advance:
+    with progress(repeat * series, "timing") as advance:
         return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,
-                     runtimes=chosen, on_run=advance, **flags.overrides())
+                     runtimes=chosen, precisions=precisions, calibration=calibration,
+                     on_run=advance, **flags.overrides())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, CheckFormatOpt
+from necktool.cli.params import PATH, CheckFormatOpt, ConfigOpt
 from necktool.cli.render import load_heavy, progress, stderr_console, to_markdown
 from necktool.errors import ConfigError, InputError
 
@@ -18,10 +18,6 @@ if TYPE_CHECKING:
 
 BASELINE = "Baseline (growth gate)"
 
-ConfigOpt = Annotated[Any, typer.Option(
-    "--config", metavar="PATH", show_default=False, parser=PATH,
-    help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "
-    "working directory for necktool.toml, then a pyproject.toml with a tool.necktool table.")]
 BaselineOpt = Annotated[Any, typer.Option(
     "--baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
     help="Fail entries whose FLOPs, params or memory grew more than --max-increase against "

@@ -1,8 +1,10 @@
-"""``necktool export``: write a checked, verified ONNX file of a neck."""
+"""``necktool export``: write a checked, verified ONNX file of a neck, or of every neck of
+the project's budget config."""
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,7 +15,10 @@ from necktool.cli.params import (
     PATH,
     VERIFY_PANEL,
     BuildFlagsOpt,
+    CalibrationOpt,
+    ConfigOpt,
     FormatOpt,
+    PrecisionOpt,
     VerifyOpt,
     Weights,
     WeightsOpt,
@@ -24,26 +29,31 @@ from necktool.errors import InputError
 from necktool.fields import IntKind
 from necktool.registry import resolve_spec
 from necktool.specs import NeckSpec
+from necktool.tolerance import Precision, check_precision
 
 if TYPE_CHECKING:
     from necktool.export import ExportResult
+    from necktool.project_export import ConfigExport
 
 EXPORT = "Export"
 
 OptionalNeckArg = Annotated[str | None, typer.Argument(
     metavar="[NECK]", show_default=False,
-    help=NECK_HELP + " Optional with --weights FILE when the file holds a neck necktool "
-    "recognises.")]
+    help=NECK_HELP + " Without one: the neck --weights FILE holds, as 'necktool inspect' "
+    "finds it; with no --weights either, every budget entry of the project's config (found "
+    "as 'necktool check' finds it, or --config).")]
 OnnxFlag = Annotated[bool, typer.Option(
     "--onnx", rich_help_panel=EXPORT, show_default=False,
     help="Write ONNX, the export format (the default; the result names it).")]
 Output = Annotated[Any, typer.Option(
     "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False, parser=PATH,
-    help="Destination file. Default: <neck>.onnx. Written only after every check passed.")]
+    help="With a NECK: the destination file (default <neck>.onnx). Without one: the "
+    "directory that gets <entry name>.onnx per budget entry (default: the current "
+    "directory). Written only after every check passed.")]
 Static = Annotated[bool, typer.Option(
     "--static", rich_help_panel=EXPORT,
     help="Fix batch and image size to the export size. Default: dynamic batch, height and "
-    "width (any multiple of the coarsest stride).")]
+    "width (every image size from the coarsest stride up).")]
 Opset = Annotated[Any, typer.Option(
     "--opset", metavar="N", rich_help_panel=EXPORT, show_default=False,
     parser=typer_parser(IntKind(low=MIN_OPSET, high=MAX_OPSET).from_text),
@@ -52,18 +62,17 @@ VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
 
+NO_NECK = ("no NECK given and no budget config found (necktool.toml, or pyproject.toml with "
+           "[tool.necktool], here or in a parent directory): name a neck, e.g. 'necktool "
+           "export scrfd_2.5g --onnx', or give --weights FILE holding one (see 'necktool "
+           "inspect FILE'), or put [[budget]] entries (neck = \"scrfd_2.5g\") in "
+           "necktool.toml, or pass --config PATH, to export every entry")
 
-def neck_or_weights(neck: str | None, weights: Weights) -> tuple[str | NeckSpec, Weights]:
-    """The neck to export: NECK, else the one ``--weights`` holds (with its prefix).
 
-    The one place that handles an omitted NECK.
-    """
-    if neck is not None:
-        return neck, weights
-    if weights.path is None:
-        raise InputError("export needs a NECK (a preset, a family or package.module:factory; "
-                         "see 'necktool list'), or --weights FILE holding a neck necktool "
-                         "recognises (see 'necktool inspect FILE')")
+def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
+    """The neck ``--weights`` holds, as ``necktool inspect`` finds it, with its prefix
+    (unless ``--prefix`` was given)."""
+    assert weights.path is not None
     load_heavy()
     from necktool.identify import identify_checkpoint
 
@@ -78,38 +87,81 @@ def export_command(
     output: Output = None,
     static: Static = False,
     opset: Opset = None,
+    precision: PrecisionOpt = None,
+    calibration: CalibrationOpt = None,
+    config: ConfigOpt = None,
     verify: VerifyFlag = True,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
     options: VerifyOpt,
     fmt: FormatOpt,
-) -> ExportResult:
+) -> ExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
-    (necktool version, resolved spec, export size, FLOPs, params, weights' origin) and
-    passes onnx.checker (full) and shape inference. Exit 1 if verification fails: the
-    destination is then left untouched.
+    (necktool version, resolved spec, export size, the sizes it serves, precision, FLOPs,
+    params, weights' origin) and passes onnx.checker (full) and shape inference. Exit 1 if
+    verification fails: the destination is then left untouched.
 
-    NECK may be omitted when --weights holds a neck necktool recognises, as 'necktool
-    inspect' finds it (its prefix too, unless --prefix is given).
+    Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
+    (its prefix too, unless --prefix is given); otherwise every budget entry of the
+    project's config, each to <entry name>.onnx.
     """
-    chosen, weights = neck_or_weights(neck, weights)
+    precision = precision or Precision.FP32
+    check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
+    if neck is None and weights.path is None:
+        return _export_config(config, output, static, opset, precision, calibration, verify,
+                              flags=flags, weights=weights, options=options)
+    if config is not None:
+        raise InputError("--config names the budget config whose entries are exported when "
+                         "no NECK is given; with a NECK (or --weights), leave it out")
+    chosen: str | NeckSpec
+    chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
     resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
     load_heavy()
     from necktool.errors import VerificationFailed
-    from necktool.export import STEPS, ExportResult, export_onnx
+    from necktool.export import ExportResult, export_onnx, export_steps
 
-    steps = len(STEPS) - (0 if verify else 1)
     try:
-        with progress(steps, "export") as advance:
+        with progress(len(export_steps(verify, precision)), "export") as advance:
             return export_onnx(
                 chosen, output, batch=flags.batch, dynamic=not static,
                 opset=DEFAULT_OPSET if opset is None else opset,
                 seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
-                verify=verify, options=options, on_step=advance, **flags.overrides())
+                verify=verify, options=options, precision=precision, calibration=calibration,
+                on_step=advance, **flags.overrides())
     except VerificationFailed as exc:
         if not isinstance(exc.result, ExportResult):
             raise
         return exc.result  # rendered like a passing one; its falseness is exit 1
+
+
+def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
+                   opset: int | None, precision: Precision, calibration: int | None,
+                   verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
+    """Every budget entry of the project's config (see :mod:`necktool.project_export`)."""
+    from necktool.budgets.config import ConfigNotFound, load_config
+
+    given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
+    given += ["--batch"] if flags.given("batch") is not None else []
+    given += [f for f, v in (("--weights", weights.path), ("--prefix", weights.prefix))
+              if v is not None]
+    if given:
+        verb = "describes" if len(given) == 1 else "describe"
+        raise InputError(f"{', '.join(given)} {verb} one neck; with no NECK every budget "
+                         "entry is exported with its own settings from the config (name a "
+                         "NECK to use them)")
+    try:
+        cfg = load_config(config, pathlib.Path.cwd())
+    except ConfigNotFound:
+        raise InputError(NO_NECK) from None
+    load_heavy()
+    from necktool.export import export_steps
+    from necktool.project_export import export_config
+
+    steps = len(export_steps(verify, precision)) * len(cfg.budgets)
+    with progress(steps, "export") as advance:
+        return export_config(cfg, output, dynamic=not static, opset=opset,
+                             seed=weights.seed or 0, verify=verify, options=options,
+                             precision=precision, calibration=calibration, on_step=advance)

@@ -27,16 +27,19 @@ from necktool.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, descri
 from necktool.registry import bare_families
 from necktool.report import OutputFormat, Result
 from necktool.tolerance import (
-    DEFAULT_ATOL,
+    DEFAULT_CALIBRATION,
     DEFAULT_PROVIDER,
-    DEFAULT_RTOL,
     DEFAULT_TRIALS,
+    MAX_CALIBRATION,
     MAX_TRIALS,
+    PRECISION_DEFAULTS,
     ErrorStat,
+    Precision,
     VerifyOptions,
 )
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
+PRECISION_PANEL = "Precision"
 WEIGHTS_PANEL = "Weights"
 VERIFY_PANEL = "Verification (ONNX Runtime vs PyTorch)"
 OUTPUT_PANEL = "Output"
@@ -173,17 +176,21 @@ class WeightsGroup(OptionGroup):
         return Weights(**values)
 
 
+def _defaults(index: int) -> str:
+    return ", ".join(f"{v[index]:g} ({p.value})" for p, v in PRECISION_DEFAULTS.items())
+
+
 class VerifyGroup(OptionGroup):
     def parameters(self, prefix: str) -> list[inspect.Parameter]:
         return [
             _option(f"{prefix}atol", Annotated[list[str] | None, typer.Option(
                 "--atol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
                 help=f"Absolute tolerance, Polygraphy-style: a value for every output and/or "
-                f"OUTPUT:VALUE for one, e.g. --atol 1e-4 p5:1e-3. Default: {DEFAULT_ATOL:g} "
-                "(fp32).")]),
+                f"OUTPUT:VALUE for one, e.g. --atol 1e-4 p5:1e-3. Default: by the file's "
+                f"precision, {_defaults(0)}.")]),
             _option(f"{prefix}rtol", Annotated[list[str] | None, typer.Option(
                 "--rtol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
-                help=f"Relative tolerance, same syntax. Default: {DEFAULT_RTOL:g} (fp32). An "
+                help=f"Relative tolerance, same syntax. Default: {_defaults(1)}. An "
                 "output passes when every element has |ort - torch| <= atol + rtol*|torch|.")]),
             _option(f"{prefix}error_stat", Annotated[Any, typer.Option(
                 "--error-stat", metavar="[" + "|".join(s.value for s in ErrorStat) + "]",
@@ -245,6 +252,36 @@ WeightsOpt = Annotated[Weights, WeightsGroup()]
 VerifyOpt = Annotated[VerifyOptions, VerifyGroup()]
 FormatOpt = Annotated[OutputFormat, FormatGroup()]
 CheckFormatOpt = Annotated[OutputFormat, FormatGroup(tuple(OutputFormat))]
+
+def parse_precisions(text: str) -> list[Precision]:
+    """``fp32,fp16,int8``: distinct precisions, in the order given."""
+    words = [w.strip() for w in text.split(",")]
+    kind: ChoiceKind[Precision] = ChoiceKind(Precision)
+    if not all(words):
+        raise BadValue(f"a comma-separated list of {', '.join(Precision)}")
+    return list(dict.fromkeys(kind.from_text(w) for w in words))
+
+
+PrecisionOpt = Annotated[Any, typer.Option(
+    "--precision", metavar="[" + "|".join(Precision) + "]", rich_help_panel=PRECISION_PANEL,
+    parser=typer_parser(ChoiceKind(Precision).from_text), show_default=False,
+    help="The file's arithmetic: fp32 (default); fp16: weights and compute float16; int8: "
+    "ONNX Runtime static quantization (QDQ). Inputs and outputs stay float32; verification "
+    "compares with the fp32 PyTorch module, with the precision's default tolerances.")]
+PrecisionsOpt = Annotated[Any, typer.Option(
+    "--precision", metavar="fp32,fp16,int8", rich_help_panel=PRECISION_PANEL,
+    parser=typer_parser(parse_precisions), show_default=False,
+    help="Time ONNX Runtime at each of these precisions, in one table with file size, "
+    "max abs error and SQNR against fp32 PyTorch.")]
+CalibrationOpt = Annotated[Any, typer.Option(
+    "--calibration", metavar="N", rich_help_panel=PRECISION_PANEL, show_default=False,
+    parser=typer_parser(IntKind(high=MAX_CALIBRATION).from_text),
+    help=f"int8: seeded calibration batches at the export size. Default: "
+    f"{DEFAULT_CALIBRATION}.")]
+ConfigOpt = Annotated[Any, typer.Option(
+    "--config", metavar="PATH", show_default=False, parser=PATH,
+    help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "
+    "working directory for necktool.toml, then a pyproject.toml with a tool.necktool table.")]
 
 NECK_HELP = (f"A preset (see 'necktool list'), a family ({', '.join(bare_families())}) to vary "
              "with flags, or your own module as package.module:factory.")

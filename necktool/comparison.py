@@ -1,0 +1,252 @@
+"""The result of comparing ONNX Runtime with PyTorch, per output, case and file
+(torch-free; :mod:`necktool.verify` runs the comparison and fills these in).
+
+Per output: the max and mean absolute error, the max relative error, the smallest passing
+``atol`` under the error statistic, NaN/Inf counts, and the sums behind the SQNR
+(``10 log10(sum torch^2 / sum (ort - torch)^2)``, dB) and the cosine similarity; trials
+merge by adding those sums, so both figures cover every element of every trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from necktool.report import Block, Table, num, table
+from necktool.served import Case
+from necktool.tolerance import ErrorStat, Precision, VerifyOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputComparison:
+    """ONNX Runtime vs PyTorch for one output level over a case's trials."""
+
+    name: str
+    shape: tuple[int, ...]
+    atol: float
+    rtol: float
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    min_atol: float  # the error statistic of the excess (>= 0): the smallest passing atol
+    failed: int  # elements over tolerance (non-finite ones included)
+    elements: int
+    nonfinite_ort: int
+    nonfinite_torch: int
+    error_stat: ErrorStat = ErrorStat.ELEMWISE
+    note: str = ""
+    # Sums over every finite element of every trial, for SQNR and cosine similarity.
+    signal: float = 0.0  # sum torch^2
+    noise: float = 0.0  # sum (ort - torch)^2
+    dot: float = 0.0  # sum ort * torch
+    energy: float = 0.0  # sum ort^2
+
+    @property
+    def sqnr_db(self) -> float:
+        """``10 log10(sum torch^2 / sum (ort - torch)^2)``; inf when equal, NaN if no signal."""
+        if self.noise == 0:
+            return math.inf if self.signal > 0 else math.nan
+        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity of the ORT and torch outputs (NaN when either is all zero)."""
+        norm = math.sqrt(self.signal * self.energy)
+        return self.dot / norm if norm > 0 else math.nan
+
+    @property
+    def passed(self) -> bool:
+        within = self.failed == 0 if self.error_stat is ErrorStat.ELEMWISE \
+            else self.min_atol <= self.atol
+        return within and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
+            and not self.note
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def merge(self, other: OutputComparison) -> OutputComparison:
+        """Aggregate two trials of the same output."""
+        n = self.elements + other.elements
+        return dataclasses.replace(
+            self,
+            max_abs=max(self.max_abs, other.max_abs),
+            mean_abs=(self.mean_abs * self.elements + other.mean_abs * other.elements) / n
+            if n else 0.0,
+            max_rel=max(self.max_rel, other.max_rel),
+            min_atol=max(self.min_atol, other.min_atol),
+            failed=self.failed + other.failed,
+            elements=n,
+            nonfinite_ort=self.nonfinite_ort + other.nonfinite_ort,
+            nonfinite_torch=self.nonfinite_torch + other.nonfinite_torch,
+            note=self.note or other.note,
+            signal=self.signal + other.signal,
+            noise=self.noise + other.noise,
+            dot=self.dot + other.dot,
+            energy=self.energy + other.energy,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "max_abs": _finite(self.max_abs),
+            "mean_abs": _finite(self.mean_abs),
+            "max_rel": _finite(self.max_rel),
+            "min_atol": _finite(self.min_atol),
+            "sqnr_db": _finite(self.sqnr_db),
+            "cosine": _finite(self.cosine),
+            "failed_elements": self.failed,
+            "elements": self.elements,
+            "nonfinite_ort": self.nonfinite_ort,
+            "nonfinite_torch": self.nonfinite_torch,
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseComparison:
+    """Every output at one input shape."""
+
+    case: Case
+    seeds: tuple[int, ...]
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.case.label,
+            "input_size": list(self.case.input_size),
+            "batch": self.case.batch,
+            "seeds": list(self.seeds),
+            "passed": self.passed,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class VerificationResult:
+    """The whole comparison; true when every output of every case passed."""
+
+    path: str
+    neck: str
+    options: VerifyOptions
+    provider: str  # the resolved ONNX Runtime provider
+    dynamic: bool
+    weights: str
+    cases: tuple[CaseComparison, ...]
+    precision: Precision = Precision.FP32  # the file's; the reference is always fp32 torch
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.passed for c in self.cases)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def checks(self) -> list[tuple[Case, OutputComparison]]:
+        return [(c.case, o) for c in self.cases for o in c.outputs]
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for _, o in self.checks), default=0.0)
+
+    @property
+    def min_atol(self) -> float:
+        return max((o.min_atol for _, o in self.checks), default=0.0)
+
+    @property
+    def min_sqnr_db(self) -> float:
+        return min((o.sqnr_db for _, o in self.checks), default=math.inf)
+
+    @property
+    def min_cosine(self) -> float:
+        return min((o.cosine for _, o in self.checks), default=1.0)
+
+    @property
+    def tolerance_text(self) -> str:
+        o = self.options
+        stat = "" if o.error_stat is ErrorStat.ELEMWISE else f", {o.error_stat.value} error"
+        return f"atol={o.atol}, rtol={o.rtol}{stat}"
+
+    def summary(self) -> str:
+        """One line: verdict, how many checks, and how close it came."""
+        checks = self.checks
+        tol = self.tolerance_text
+        what = f" ({self.precision.value} file)" if self.precision is not Precision.FP32 else ""
+        if self.passed:
+            return (f"PASS{what}: {len(checks)} output checks in {len(self.cases)} case(s) "
+                    f"within {tol} (largest |ort - torch| {self.max_abs:.2e}; smallest "
+                    f"passing atol {self.min_atol:.2e}; SQNR >= {_db(self.min_sqnr_db)} dB)")
+        bad = [(c, o) for c, o in checks if not o.passed]
+        case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed))
+        detail = worst.note or (f"{worst.failed} of {worst.elements} elements over tolerance, "
+                                f"max |ort - torch| {worst.max_abs:.3g}, max rel "
+                                f"{worst.max_rel:.3g}, smallest passing atol "
+                                f"{worst.min_atol:.3g}, SQNR {_db(worst.sqnr_db)} dB, "
+                                f"cosine {worst.cosine:.6f}")
+        return (f"FAIL{what}: {len(bad)} of {len(checks)} output checks over {tol}; worst "
+                f"{worst.name} at {case.title}: {detail}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "path": self.path,
+            "neck": self.neck,
+            "precision": self.precision.value,
+            **self.options.to_dict(),
+            "provider": self.provider,
+            "dynamic": self.dynamic,
+            "weights": self.weights,
+            "max_abs": _finite(self.max_abs),
+            "min_atol": _finite(self.min_atol),
+            "min_sqnr_db": _finite(self.min_sqnr_db),
+            "min_cosine": _finite(self.min_cosine),
+            "summary": self.summary(),
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    def table(self) -> Table:
+        """One row per case and output (shapes are in the export summary)."""
+        rows, sections = [], []
+        for cmp in self.cases:
+            for i, out in enumerate(cmp.outputs):
+                nonfinite = out.nonfinite_ort + out.nonfinite_torch
+                verdict = "PASS" if out.passed else "FAIL" + (
+                    f" {out.note}" if out.note else f" {nonfinite:,} NaN/Inf" if nonfinite
+                    else f" {out.failed:,} el.")
+                rows.append((cmp.case.title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
+                             f"{out.max_rel:.1e}", f"{out.min_atol:.1e}", _db(out.sqnr_db),
+                             f"{out.cosine:.6f}", verdict))
+            sections.append(len(rows) - 1)
+        against = "PyTorch" if self.precision is Precision.FP32 else \
+            f"fp32 PyTorch ({self.precision.value} file)"
+        return table(
+            f"ONNX Runtime ({self.provider}) vs {against}: {self.neck}",
+            ["case", "out", num("max abs"), num("max rel"), num("min atol"), num("SQNR dB"),
+             num("cosine"), "result"], rows, sections=tuple(sections), verdict=7,
+            caption=f"{self.options.trials} seeded trial(s) per case; an output passes when "
+                    f"every element has |ort - torch| <= atol + rtol * |torch| "
+                    f"({self.tolerance_text}); max rel over elements where torch != 0; "
+                    f"SQNR = 10 log10(sum torch^2 / sum (ort - torch)^2); mean abs errors and "
+                    f"NaN/Inf counts in --format json; weights: {self.weights}\n"
+                    f"{self.summary()}")
+
+    def blocks(self) -> list[Block]:
+        return [self.table()]
+
+
+def _db(value: float) -> str:
+    return f"{value:.1f}" if math.isfinite(value) else "inf" if value > 0 else str(value)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf/NaN: those become null."""
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,199 @@
+"""fp16 and int8 versions of an exported fp32 graph, made in memory (no torch here but
+:func:`necktool.build.make_inputs` for the calibration batches).
+
+* ``fp16``: ONNX Runtime's converter (``onnxruntime.transformers.float16``) with
+  ``keep_io_types=True``: weights and compute in float16, inputs and outputs float32, so
+  the file is a drop-in. The converter appends the input Casts at the end of the node
+  list; the graph is then sorted topologically, which ``onnx.checker`` requires.
+* ``int8``: ONNX Runtime's static quantization in QDQ format (int8 activations and
+  weights, per-tensor, MinMax calibration), calibrated on ``calibration`` seeded batches
+  drawn as verification draws its inputs (standard normal, one seed per batch; seeds of
+  their own, so verification runs on inputs the calibration never saw), cycling through
+  the given ``(size, batch)`` shapes (:func:`necktool.served.calibration_shapes`).
+
+Before quantizing, every initializer that several nodes share gets one copy per
+consumer: the dynamo exporter's optimiser shares the ``InstanceNormalization`` scale and
+bias constants between all GroupNorms, and ONNX Runtime's quantizer renames the copies it
+makes in a way that collides with activation names (``val_29`` + ``0`` = ``val_290``),
+silently corrupting the graph.
+
+Neither converter may talk to the user: their ``logging`` records, prints and C-level
+output are captured; ONNX Runtime's quantizer logs on the root logger, which would
+install a permanent handler there (``logging.basicConfig``), so the root handlers are
+restored afterwards; its temporary directories go into a private one, removed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from necktool.errors import ExportError
+from necktool.quiet import quiet
+from necktool.tolerance import DEFAULT_CALIBRATION, MAX_CALIBRATION, Precision
+
+if TYPE_CHECKING:
+    import onnx
+
+    from necktool.specs import NeckSpec
+
+CALIBRATION_SEED = 5000  # batch i of the calibration uses seed 5000 + i
+
+
+Shape = tuple[tuple[int, int], int]  # ((H, W), batch) of calibration inputs
+
+
+def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpec,
+            shapes: Sequence[Shape], calibration: int = DEFAULT_CALIBRATION
+            ) -> onnx.ModelProto:
+    """``proto`` (fp32, left unchanged) at ``precision``; fp32 returns it as it is.
+    ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`).
+
+    Raises:
+        ExportError: the converter failed or made a graph that does not load.
+    """
+    precision = Precision(precision)
+    if precision is Precision.FP32:
+        return proto
+    if precision is Precision.FP16:
+        return to_fp16(proto)
+    return to_int8(proto, spec, shapes, calibration)
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights and compute in float16, float32 inputs and outputs (see the module doc)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    with _silenced():
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        try:
+            half = convert_float_to_float16(copy, keep_io_types=True)
+        except Exception as exc:  # the converter raises plain Exceptions
+            raise ExportError(f"the fp16 conversion failed: {_first_line(exc)}") from None
+    return _sorted(half)
+
+
+def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx_ir
+
+    model = onnx_ir.from_proto(proto)
+    model.graph.sort()
+    return onnx_ir.to_proto(model)
+
+
+def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
+            calibration: int = DEFAULT_CALIBRATION) -> onnx.ModelProto:
+    """ONNX Runtime static QDQ quantization, calibrated on ``calibration`` seeded batches;
+    batch ``i`` has shape ``shapes[i % len(shapes)]`` and seed ``CALIBRATION_SEED + i``."""
+    import onnx
+
+    if isinstance(calibration, bool) or not isinstance(calibration, int) \
+            or not 1 <= calibration <= MAX_CALIBRATION:
+        raise ExportError(f"calibration must be 1 to {MAX_CALIBRATION} batches, "
+                          f"got {calibration!r}")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    unshare_initializers(copy)
+    reader_cls = _reader_class()
+    with _silenced() as private:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        out = pathlib.Path(private) / "int8.onnx"
+        try:
+            quantize_static(copy, out, reader_cls(spec, list(shapes), calibration),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, per_channel=False,
+                            calibrate_method=CalibrationMethod.MinMax)
+            return onnx.load(str(out))
+        except Exception as exc:  # ORT's quantizer raises many error types
+            raise ExportError(f"the int8 quantization failed: {_first_line(exc)}") from None
+
+
+def unshare_initializers(proto: onnx.ModelProto) -> int:
+    """Give every node input that reads an initializer already read elsewhere its own,
+    uniquely named copy (see the module doc). Returns the number of copies made."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    taken = set(inits) | {o for n in proto.graph.node for o in n.output} \
+        | {v.name for v in proto.graph.input}
+    seen: set[str] = set()
+    copies = 0
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            n = 1
+            while f"{name}__necktool{n}" in taken:
+                n += 1
+            fresh = f"{name}__necktool{n}"
+            taken.add(fresh)
+            dup = proto.graph.initializer.add()
+            dup.CopyFrom(inits[name])
+            dup.name = fresh
+            node.input[k] = fresh
+            copies += 1
+    return copies
+
+
+def _reader_class() -> Any:
+    """A ``CalibrationDataReader`` over seeded batches (made here: ORT is imported late)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from necktool.build import make_inputs
+
+    class SeededBatches(CalibrationDataReader):
+        def __init__(self, spec: NeckSpec, shapes: list[Shape], count: int) -> None:
+            self.spec, self.shapes, self.count = spec, shapes, count
+            self.index = 0
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.index >= self.count:
+                return None
+            size, batch = self.shapes[self.index % len(self.shapes)]
+            inputs = make_inputs(self.spec, size, batch, seed=CALIBRATION_SEED + self.index)
+            self.index += 1
+            return {n: t.numpy() for n, t in zip(self.spec.input_names, inputs, strict=True)}
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    return SeededBatches
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[str]:
+    """:func:`necktool.quiet.quiet`, plus the root logger's handlers and level restored
+    and ``tempfile``'s default directory pointed at a private one (yielded), removed on
+    the way out."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="necktool-convert-") as private:
+        tempfile.tempdir = private
+        try:
+            with quiet():
+                yield private
+        finally:
+            tempfile.tempdir = previous
+            root.handlers[:] = handlers
+            root.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else \
+        type(exc).__name__
