@@ -138,6 +138,12 @@ def test_python_dash_m_and_version() -> None:
     proc = subprocess.run([sys.executable, "-m", "necktool", "--version"], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("necktool ")
+    # one version everywhere: the installed package's metadata reads necktool/version.py
+    from importlib.metadata import version
+
+    from necktool import __version__
+
+    assert proc.stdout.split()[1] == __version__ == version("necktool")
     proc = subprocess.run([sys.executable, "-m", "necktool", "profile", "bogus"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("necktool: error: unknown neck")
