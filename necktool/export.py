@@ -48,7 +48,7 @@ from necktool.artifact import (
 from necktool.build import make_inputs
 from necktool.errors import ExportError, InputError, SpecError, VerificationFailed
 from necktool.files import check_writable, write_file
-from necktool.precision import CALIBRATION_SEED, convert
+from necktool.precision import CALIBRATION_SEED, REDUCE_RANGE, convert
 from necktool.profiling import analyze, check_batch
 from necktool.quiet import quiet
 from necktool.registry import resolve_spec
@@ -211,9 +211,9 @@ def precision_text(m: ExportMetadata) -> str:
     if m.precision is Precision.INT8:
         shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
         at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
-        return (f"int8: ONNX Runtime static quantization, QDQ, int8 weights and activations, "
-                f"MinMax calibration on {m.calibration} seeded batch(es) ({at}); inputs and "
-                "outputs float32")
+        return (f"int8: ONNX Runtime static quantization, QDQ, int8 weights (7-bit range) and "
+                f"activations, MinMax calibration on {m.calibration} seeded batch(es) ({at}); "
+                "inputs and outputs float32")
     return "fp32"
 
 
@@ -224,7 +224,7 @@ def _calibration(m: ExportMetadata) -> dict[str, Any] | None:
     return {"batches": m.calibration,
             "shapes": [{"input_size": list(s), "batch": b} for s, b in shapes],
             "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + m.calibration - 1],
-            "method": "MinMax", "format": "QDQ"}
+            "method": "MinMax", "format": "QDQ", "reduce_range": REDUCE_RANGE}
 
 
 # -- helpers ----------------------------------------------------------------------------

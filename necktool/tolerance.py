@@ -56,15 +56,17 @@ class Precision(enum.StrEnum):
 
 #: Default ``(atol, rtol)`` per precision, against the fp32 PyTorch module. Measured on
 #: every preset at its default size and verification's two odd sizes (seeded weights with
-#: randomised norms, 3 trials per case, outputs of magnitude up to about 7; the README's
-#: "Precision" table has every figure): the largest max abs error was 7e-6 (fp32), 5.4e-3
-#: (fp16) and 0.81 (int8), the largest smallest-passing atol at these rtols 3.6e-6,
-#: 3.7e-3 and 0.54. The defaults leave a margin of about 2x (int8) to 25x over that, while
-#: a damaged weight or a broken norm is far above them.
+#: randomised norms, 3 trials per case; ``python scripts/precision_table.py``; README's
+#: "Precision" table): the largest max abs error was 3.0e-5 (fp32), 6.1e-3 (fp16) and 2.6
+#: (int8, insightface_scrfd_500m, whose norm-free outputs have an RMS of 3.1 against 0.8
+#: for the seed tiers), the largest smallest-passing atol at these rtols 1.0e-5, 4.5e-3
+#: and 1.17. The defaults leave a margin of about 1.7x (int8) to 10x (fp32) over that,
+#: while a damaged weight, a broken norm or int8 kernels that saturate (4.3 on the same
+#: neck) are above them.
 PRECISION_DEFAULTS: dict[Precision, tuple[float, float]] = {
     Precision.FP32: (1e-4, 1e-4),
     Precision.FP16: (1e-2, 1e-2),
-    Precision.INT8: (1.0, 0.1),
+    Precision.INT8: (2.0, 0.1),
 }
 
 
