@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from common import NECKTOOL, PY, row, wall
+from common import NECKTOOL, PY, interleaved, paired, row
 
 NECK = "scrfd_2.5g"
 
@@ -138,19 +138,32 @@ def _precision_table(repeat: int) -> None:
 def run(repeat: int) -> None:
     repeat = max(3, repeat // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        floor = wall([PY, "-W", "ignore", "-c", FLOOR_SCRIPT, f"{tmp}/floor.onnx"], repeat)
-        print(row("floor: import torch + torch.onnx.export(dynamo)", floor))
-        fp32 = None
-        for extra, label in (([], "(verification on)"), (["--no-verify"], "--no-verify"),
-                             (["--precision", "fp16"], "--precision fp16"),
-                             (["--precision", "int8"], "--precision int8")):
-            cmd = [*NECKTOOL, "export", NECK, "--onnx", "-o", f"{tmp}/n.onnx", *extra]
-            t = wall(cmd, repeat)
-            target = "(target: ratio <= 1.05x)" if not extra else ""
-            if extra and extra[0] == "--precision" and fp32 is not None:
-                target = f"(+{t - fp32:.2f} s over the fp32 export; target <= 1 s)"
-            print(row(f"necktool export {NECK} {label}", t, floor, target))
-            fp32 = t if not extra else fp32
+        base = [*NECKTOOL, "export", NECK, "--onnx", "-o", f"{tmp}/n.onnx"]
+        variants = {
+            "floor": [PY, "-W", "ignore", "-c", FLOOR_SCRIPT, f"{tmp}/floor.onnx"],
+            "(verification on)": base,
+            "--no-verify": [*base, "--no-verify"],
+            "--precision fp16": [*base, "--precision", "fp16"],
+            "--precision int8": [*base, "--precision", "int8"],
+        }
+        times = interleaved(variants, repeat)
+    floor = statistics.median(times["floor"])
+    print(f"(interleaved: {repeat} rounds of the five commands in turn; medians, and the "
+          "median of the per-round differences)")
+    print(row("floor: import torch + torch.onnx.export(dynamo)", floor))
+    for label, seconds in times.items():
+        if label == "floor":
+            continue
+        t = statistics.median(seconds)
+        if label.startswith("--precision"):
+            extra = paired(seconds, times["(verification on)"])
+            target = f"(+{extra:.2f} s over the fp32 export, paired; target <= 1 s)"
+        else:
+            ratio = statistics.median(x / y for x, y in zip(seconds, times["floor"],
+                                                            strict=True))
+            target = f"(paired ratio {ratio:.2f}x" + ("; target <= 1.05x)" if label.startswith(
+                "(") else ")")
+        print(row(f"necktool export {NECK} {label}", t, floor, target))
     sys.stdout.flush()
     _precision_table(repeat)
     _runtime_table(max(repeat, 3))

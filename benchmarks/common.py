@@ -47,6 +47,29 @@ def wall(cmd: Sequence[str], repeat: int = 5, cwd: str | None = None) -> float:
     return statistics.median(times)
 
 
+def interleaved(cmds: dict[str, Sequence[str]], repeat: int = 5,
+                cwd: str | None = None) -> dict[str, list[float]]:
+    """Wall times of several commands run in alternating rounds (one untimed round first):
+    on a shared machine, load that drifts over minutes then falls on every command alike,
+    so per-round differences (:func:`paired`) are steadier than separate medians."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for i in range(repeat + 1):
+        for label, cmd in cmds.items():
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, cwd=cwd, env=ENV, check=False)
+            if i:
+                times[label].append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: "
+                                   f"{proc.stderr.decode()[-500:]}")
+    return times
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """Median of the per-round differences ``a - b`` (see :func:`interleaved`)."""
+    return statistics.median(x - y for x, y in zip(a, b, strict=True))
+
+
 def imports_torch(cmd: Sequence[str]) -> bool:
     """Whether running ``cmd`` (a ``python -m necktool ...`` line) imports torch."""
     probe = ("import runpy, sys; sys.argv = ['necktool', *sys.argv[1:]]\n"
