@@ -90,3 +90,11 @@ class VerificationFailed(CheckFailed):
     def __init__(self, message: str, result: object | None = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters of it), for a
+    third-party exception quoted inside a one-line error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else \
+        type(exc).__name__

@@ -46,7 +46,13 @@ from necktool.artifact import (
     tensor_infos,
 )
 from necktool.build import make_inputs
-from necktool.errors import ExportError, InputError, SpecError, VerificationFailed
+from necktool.errors import (
+    ExportError,
+    InputError,
+    SpecError,
+    VerificationFailed,
+    first_line,
+)
 from necktool.files import check_writable, write_file
 from necktool.precision import CALIBRATION_SEED, REDUCE_RANGE, convert
 from necktool.profiling import analyze, check_batch
@@ -294,12 +300,8 @@ def _check_model(model: onnx.ModelProto, what: str = "the exported graph") -> No
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # checker raises ValidationError or InferenceError
         raise ExportError(f"onnx.checker (full check, strict shape inference) rejected "
-                          f"{what}: {_first_line(exc)}") from None
+                          f"{what}: {first_line(exc)}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def exporter_name() -> str:
@@ -332,7 +334,7 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
         except Exception as exc:  # the exporter raises many error types
             said = [ln for ln in log.getvalue().splitlines() if ln.strip()]
             hint = f" (last exporter output: {said[-1].strip()[:200]})" if said else ""
-            raise ExportError(f"the ONNX exporter failed: {_first_line(exc)[:300]}{hint}") \
+            raise ExportError(f"the ONNX exporter failed: {first_line(exc)}{hint}") \
                 from None
         if program is None:  # only when f= is given; kept for the type checker
             raise ExportError("the ONNX exporter returned no program")

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.errors import ExportError
+from necktool.errors import ExportError, first_line
 from necktool.quiet import quiet
 from necktool.tolerance import DEFAULT_CALIBRATION, MAX_CALIBRATION, Precision
 
@@ -85,7 +85,7 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
         try:
             half = convert_float_to_float16(copy, keep_io_types=True)
         except Exception as exc:  # the converter raises plain Exceptions
-            raise ExportError(f"the fp16 conversion failed: {_first_line(exc)}") from None
+            raise ExportError(f"the fp16 conversion failed: {first_line(exc)}") from None
     return _sorted(half)
 
 
@@ -128,7 +128,7 @@ def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
                             calibrate_method=CalibrationMethod.MinMax)
             return onnx.load(str(out))
         except Exception as exc:  # ORT's quantizer raises many error types
-            raise ExportError(f"the int8 quantization failed: {_first_line(exc)}") from None
+            raise ExportError(f"the int8 quantization failed: {first_line(exc)}") from None
 
 
 def unshare_initializers(proto: onnx.ModelProto) -> int:
@@ -202,8 +202,3 @@ def _silenced() -> Iterator[str]:
             root.handlers[:] = handlers
             root.setLevel(level)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else \
-        type(exc).__name__
