@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-from common import NECKTOOL, TORCH_FVCORE_FLOOR, row, wall
+from common import NECKTOOL, TORCH_FVCORE_FLOOR, interleaved, paired, row
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "examples/necktool.toml"
 
 
 def run(repeat: int) -> None:
-    floor = wall(TORCH_FVCORE_FLOOR, repeat)
+    commands = {"floor": TORCH_FVCORE_FLOOR,
+                "check": [*NECKTOOL, "check", "--config", CONFIG],
+                "check --json": [*NECKTOOL, "check", "--config", CONFIG, "--json"]}
+    times = interleaved(commands, repeat, cwd=str(REPO))
+    floor = statistics.median(times["floor"])
+    print(f"(interleaved: {repeat} rounds of the three commands in turn)")
     print(row("floor: python -c 'import torch, fvcore.nn'", floor))
-    for args, target in (
-        (["check", "--config", CONFIG], "(target: delta < 1.000 s)"),
-        (["check", "--config", CONFIG, "--json"], "(target: delta < 1.000 s)"),
-    ):
-        t = wall([*NECKTOOL, *args], repeat, cwd=str(REPO))
-        print(row(f"necktool {' '.join(args)}", t, floor, target))
+    for label in ("check", "check --json"):
+        delta = paired(times[label], times["floor"])
+        print(row(f"necktool {label} --config {CONFIG}", statistics.median(times[label]), floor,
+                  f"paired delta {delta:+.3f} s (target: < 1.000 s)"))

@@ -6,20 +6,40 @@
 
 from __future__ import annotations
 
-from common import NECKTOOL, TORCH_FVCORE_FLOOR, TYPER_FLOOR, imports_torch, row, wall
+import statistics
+
+from common import (
+    NECKTOOL,
+    TORCH_FVCORE_FLOOR,
+    TYPER_FLOOR,
+    imports_torch,
+    interleaved,
+    paired,
+    row,
+)
 
 
 def run(repeat: int) -> None:
     repeat = max(repeat, 9)  # start-up figures are small: take more samples
-    typer_floor = wall(TYPER_FLOOR, repeat)
-    print(row("floor: a minimal Typer app's --help", typer_floor))
+    print(f"(interleaved: {repeat} rounds of each group's commands in turn; medians, and "
+          "the median of the per-round differences from the floor)")
+    times = interleaved({"floor": TYPER_FLOOR, "--help": [*NECKTOOL, "--help"],
+                         "list": [*NECKTOOL, "list"]}, repeat)
+    floor = statistics.median(times["floor"])
+    print(row("floor: a minimal Typer app's --help", floor))
     for args, target in ((["--help"], "(target: ratio <= 1.15x)"),
                          (["list"], "(target: ratio <= 1.25x)")):
-        cmd = [*NECKTOOL, *args]
-        print(row(f"necktool {' '.join(args)}", wall(cmd, repeat), typer_floor, target)
-              + f"  imports torch: {imports_torch(cmd)}")
-    floor = wall(TORCH_FVCORE_FLOOR, repeat)
+        seconds = times[args[0]]
+        ratio = statistics.median(x / y for x, y in zip(seconds, times["floor"], strict=True))
+        print(row(f"necktool {' '.join(args)}", statistics.median(seconds), floor,
+                  f"paired ratio {ratio:.2f}x {target}")
+              + f"  imports torch: {imports_torch([*NECKTOOL, *args])}")
+    necks = ("scrfd_2.5g", "retinaface_r50")
+    times = interleaved({"floor": TORCH_FVCORE_FLOOR,
+                         **{n: [*NECKTOOL, "profile", n] for n in necks}}, repeat)
+    floor = statistics.median(times["floor"])
     print(row("floor: python -c 'import torch, fvcore.nn'", floor))
-    for neck in ("scrfd_2.5g", "retinaface_r50"):
-        t = wall([*NECKTOOL, "profile", neck], repeat)
-        print(row(f"necktool profile {neck}", t, floor, "(target: delta < 0.150 s)"))
+    for neck in necks:
+        delta = paired(times[neck], times["floor"])
+        print(row(f"necktool profile {neck}", statistics.median(times[neck]), floor,
+                  f"paired delta {delta:+.3f} s (target: < 0.150 s)"))
