@@ -23,7 +23,8 @@ from necktool.artifact import conv_macs, read_metadata
 from necktool.build import make_inputs
 from necktool.errors import ExportError, VerificationFailed, WeightsError
 from necktool.export import export_onnx
-from necktool.registry import PRESETS, get_spec
+from necktool.families import FAMILIES
+from necktool.registry import PRESETS, get_spec, resolve_spec
 from necktool.tolerance import VerifyOptions
 from necktool.verify import open_session
 from necktool.weights import WeightsReport, load_weights, seeded_model
@@ -52,6 +53,25 @@ def leftovers(directory: pathlib.Path) -> list[str]:
 # the next, which ties the levels to one image.
 SERVED_LEVELS = {"fpn": "independent", "mmdet_fpn": "independent",
                  "pafpn": "one-image", "mmdet_pafpn": "one-image"}
+
+
+@pytest.mark.parametrize("family", [f for f, info in FAMILIES.items() if info.levels])
+def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
+    """What a family's registry entry claims its dynamic files serve, checked on the module:
+    levels of no one image (c3 20x30, c4 7x9, c5 2x5) run where the levels are free and
+    fail where a bottom-up path ties them."""
+    spec = resolve_spec(family, in_channels=(8, 16, 32), out_channels=8)
+    model = seeded_model(spec)
+    x = [torch.randn(1, c, h, w) for c, (h, w) in zip(spec.in_channels,
+                                                      [(20, 30), (7, 9), (2, 5)], strict=True)]
+    if SERVED_LEVELS[family] == "independent":
+        with torch.no_grad():
+            outs = model(x)
+        assert [tuple(o.shape[2:]) for o in outs[:3]] == [(20, 30), (7, 9), (2, 5)]
+    else:
+        with pytest.raises(RuntimeError, match="size of tensor"), torch.no_grad():
+            model(x)
+    assert FAMILIES[family].levels == SERVED_LEVELS[family]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
