@@ -8,7 +8,7 @@ Each preset is exported at its default size (dynamic, so verification runs at th
 size and the two odd sizes), 3 trials per case, with the precision's default tolerances.
 Prints, per preset and precision: PASS/FAIL, max abs error, the smallest atol that would
 pass at the default rtol, lowest SQNR and cosine over the outputs, the largest output's
-RMS, and the file size; then the worst figures per precision. Takes minutes.
+RMS, and the file size; then the worst figures per precision. Takes about 4 minutes.
 """
 
 from __future__ import annotations
