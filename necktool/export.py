@@ -362,6 +362,30 @@ def check_export_request(spec: NeckSpec, *, opset: int, dynamic: bool,
             f", or --static for {h}x{w} only")
 
 
+def check_export(spec: NeckSpec, *, batch: int, opset: int, dynamic: bool,
+                 precision: Precision | str, calibration: int | None,
+                 options: VerifyOptions | None) -> tuple[int, Precision, int | None, Served]:
+    """Everything that can be wrong with an export of ``spec``, checked before any work:
+    batch, opset, traced size, precision and calibration, the memory it needs and, when
+    ``options`` is given (verification on), the outputs they name and the provider.
+
+    Returns:
+        The checked batch, precision, calibration and what a dynamic file would serve.
+    """
+    batch = check_batch(batch)
+    precision, calibration = check_precision(precision, calibration)
+    served = served_by(spec, dynamic=dynamic)
+    check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
+    need = export_bytes(spec, spec.input_size, batch)
+    if calibration:  # ONNX Runtime's calibrator keeps every batch's activations
+        need += calibration * forward_bytes(spec, spec.input_size, batch)
+    require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
+    if options is not None:
+        options.check_outputs(spec.output_names)
+        resolve_provider(options.provider)
+    return batch, precision, calibration, served
+
+
 # -- the export ------------------------------------------------------------------------
 def export_onnx(
     neck: str | NeckSpec,
@@ -432,17 +456,9 @@ def export_onnx(
 
     # Everything that can be wrong with the request is reported before any work.
     spec = resolve_spec(neck, **overrides)
-    batch = check_batch(batch)
-    precision, calibration = check_precision(precision, calibration)
-    served = served_by(spec, dynamic=dynamic)
-    check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
-    need = export_bytes(spec, spec.input_size, batch)
-    if calibration:  # ONNX Runtime's calibrator keeps every batch's activations
-        need += calibration * forward_bytes(spec, spec.input_size, batch)
-    require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
-    if verify:
-        options.check_outputs(spec.output_names)
-        resolve_provider(options.provider)
+    batch, precision, calibration, served = check_export(
+        spec, batch=batch, opset=opset, dynamic=dynamic, precision=precision,
+        calibration=calibration, options=options if verify else None)
     dest = check_writable(output if output is not None else f"{spec.label}.onnx",
                           "the ONNX file")
 

@@ -27,11 +27,9 @@ from typing import Any
 
 from necktool.budgets.config import Budget, BudgetConfig
 from necktool.errors import ConfigError, InputError, NecktoolError, VerificationFailed
-from necktool.export import ExportResult, check_export_request, export_onnx, served_by
+from necktool.export import ExportResult, check_export, export_onnx
 from necktool.files import check_writable
-from necktool.profiling import check_batch
 from necktool.report import Block, Note, num, size_text, table
-from necktool.resources import export_bytes, forward_bytes, require
 from necktool.served import Images
 from necktool.tolerance import Precision, VerifyOptions, check_precision
 from necktool.verify import resolve_provider
@@ -163,6 +161,7 @@ def export_config(
         state = "does not exist" if not folder.exists() else "is not a directory"
         raise InputError(f"{folder}: {state}; with no NECK, -o names the directory that gets "
                          "one <entry name>.onnx per budget entry (create it first)")
+    # What applies to every entry is reported once, without an entry's place in front.
     precision, calibration = check_precision(precision, calibration)
     if verify:
         resolve_provider(options.provider)
@@ -171,16 +170,9 @@ def export_config(
         where = f"{config.display_path}: {entry.key_path} ({entry.name})"
         dest = folder / _file_name(config, entry)
         try:
-            check_batch(entry.batch)
-            check_export_request(entry.spec, opset=opset, dynamic=dynamic,
-                                 served=served_by(entry.spec, dynamic=dynamic))
-            need = export_bytes(entry.spec, entry.input_size, entry.batch)
-            if calibration:
-                need += calibration * forward_bytes(entry.spec, entry.input_size, entry.batch)
-            require(need, f"exporting {entry.name} at {size_text(entry.input_size)}, batch "
-                          f"{entry.batch},")
-            if verify:
-                options.check_outputs(entry.spec.output_names)
+            check_export(entry.spec, batch=entry.batch, opset=opset, dynamic=dynamic,
+                         precision=precision, calibration=calibration,
+                         options=options if verify else None)
         except NecktoolError as exc:
             _prefix(exc, where)
             raise
