@@ -36,6 +36,7 @@ from torch import nn
 from necktool import quiet
 from necktool.artifact import DEFAULT_OPSET
 from necktool.build import build_neck, make_inputs
+from necktool.comparison import sqnr_db
 from necktool.errors import InputError
 from necktool.export import export_model
 from necktool.precision import convert
@@ -207,8 +208,6 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
 
 def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
     """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's."""
-    import math
-
     import numpy as np
 
     feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
@@ -219,8 +218,7 @@ def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple
     diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
     noise = sum(float((d * d).sum()) for d in diff)
     signal = sum(float((r * r).sum()) for r in ref)
-    sqnr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
-    return max(float(np.abs(d).max()) for d in diff), sqnr
+    return max(float(np.abs(d).max()) for d in diff), sqnr_db(signal, noise)
 
 
 def bench(

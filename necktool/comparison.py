@@ -18,6 +18,14 @@ from necktool.served import Case
 from necktool.tolerance import ErrorStat, Precision, VerifyOptions
 
 
+def sqnr_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` for ``signal = sum torch^2`` and ``noise = sum (ort -
+    torch)^2``: inf when the two are equal, NaN when both are zero, -inf for noise alone."""
+    if noise == 0:
+        return math.inf if signal > 0 else math.nan
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputComparison:
     """ONNX Runtime vs PyTorch for one output level over a case's trials."""
@@ -44,10 +52,7 @@ class OutputComparison:
 
     @property
     def sqnr_db(self) -> float:
-        """``10 log10(sum torch^2 / sum (ort - torch)^2)``; inf when equal, NaN if no signal."""
-        if self.noise == 0:
-            return math.inf if self.signal > 0 else math.nan
-        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+        return sqnr_db(self.signal, self.noise)
 
     @property
     def cosine(self) -> float:
