@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.errors import ExportError, first_line
 from necktool.quiet import quiet
-from necktool.tolerance import DEFAULT_CALIBRATION, MAX_CALIBRATION, Precision
+from necktool.tolerance import DEFAULT_CALIBRATION, Precision, check_precision
 
 if TYPE_CHECKING:
     import onnx
@@ -63,6 +63,7 @@ def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpe
     ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`).
 
     Raises:
+        InputError: ``calibration`` is not 1 to ``MAX_CALIBRATION`` batches (int8).
         ExportError: the converter failed or made a graph that does not load.
     """
     precision = Precision(precision)
@@ -103,10 +104,7 @@ def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
     batch ``i`` has shape ``shapes[i % len(shapes)]`` and seed ``CALIBRATION_SEED + i``."""
     import onnx
 
-    if isinstance(calibration, bool) or not isinstance(calibration, int) \
-            or not 1 <= calibration <= MAX_CALIBRATION:
-        raise ExportError(f"calibration must be 1 to {MAX_CALIBRATION} batches, "
-                          f"got {calibration!r}")
+    calibration = check_precision(Precision.INT8, calibration)[1] or DEFAULT_CALIBRATION
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     unshare_initializers(copy)
