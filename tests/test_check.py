@@ -580,6 +580,41 @@ def test_github_annotations_and_step_summary(tmp_path: Path, monkeypatch: pytest
     assert "| tight | scrfd_2.5g 64x64 | GFLOPs |" in text and "**FAIL**" in text
 
 
+@pytest.mark.parametrize("root", ["workspace", "git"])
+def test_annotations_name_the_file_from_the_repository_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str) -> None:
+    """GitHub places annotations by path from the repository root, so a check run from a
+    subdirectory must not write file=../pyproject.toml."""
+    import subprocess
+
+    project = tmp_path / "models" / "neck"
+    (project / "src").mkdir(parents=True)
+    pyproject(project, entry("max-gflops = 1e-9"))  # fails: one annotation
+    if root == "workspace":
+        monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    else:
+        monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(project / "src")  # found upwards, as a CI step in a subdirectory would
+    code, out, err = run("check", "--format", "github")
+    assert code == 1, err
+    errors = [ln for ln in out.splitlines() if ln.startswith("::error ")]
+    assert len(errors) == 1 and errors[0].startswith("::error file=models/neck/pyproject.toml,")
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    ("# caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 5"),
+    (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "levels deep; at most"),
+])
+def test_hostile_config_files_are_one_line_exit_2(tmp_path: Path, data: bytes,
+                                                   says: str) -> None:
+    config = tmp_path / "necktool.toml"
+    config.write_bytes(data)
+    code, out, err = run("check", "--config", str(config))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("necktool: error: ") and says in err, err
+
+
 def test_markdown_format_for_a_pr_comment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           small: ProfileResult) -> None:
     pyproject(tmp_path, entry(f"max-gflops = {exact(small.flops * 2, 10**9)}\n"
