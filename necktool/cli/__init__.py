@@ -235,7 +235,7 @@ class _Group(TyperGroup):
         if interrupts.requested():  # even if a library swallowed the KeyboardInterrupt
             code = ExitCode.INTERRUPTED
         if code == ExitCode.INTERRUPTED:  # also Typer's own 130, from an interrupt in parsing
-            sys.stderr.write("necktool: interrupted\n")
+            interrupts.report()
         if standalone_mode:
             sys.exit(code)
         return code

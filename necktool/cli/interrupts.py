@@ -10,11 +10,13 @@ reported as the interrupt it is. :func:`checkpoint` raises again at safe points.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _requested = threading.Event()
+_reported = threading.Event()
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -25,6 +27,7 @@ def _handler(signum: int, frame: Any) -> None:
 def install() -> dict[int, Any] | None:
     """Handle SIGINT and SIGTERM (main thread only); return the previous handlers."""
     _requested.clear()
+    _reported.clear()
     if threading.current_thread() is not threading.main_thread():
         return None
     return {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
@@ -43,3 +46,10 @@ def checkpoint() -> None:
     """Raise ``KeyboardInterrupt`` if an interrupt came and was swallowed somewhere."""
     if _requested.is_set():
         raise KeyboardInterrupt
+
+
+def report() -> None:
+    """Say ``necktool: interrupted`` on stderr, once per invocation."""
+    if not _reported.is_set():
+        _reported.set()
+        sys.stderr.write("necktool: interrupted\n")
