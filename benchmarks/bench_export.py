@@ -27,7 +27,7 @@ NECK = "scrfd_2.5g"
 FLOOR_SCRIPT = f"""
 import sys, torch
 from torch.export import Dim
-from necktool.build import build_neck, make_inputs
+from necktool.necks.build import build_neck, make_inputs
 model = build_neck({NECK!r})
 spec = model.spec
 batch = Dim("batch", min=1)
@@ -55,11 +55,11 @@ def _latency(fn: object, repeat: int) -> float:
 def _runtime_table(repeat: int) -> None:
     import torch
 
-    from necktool.build import make_inputs
-    from necktool.export import export_onnx
-    from necktool.registry import PRESETS
-    from necktool.verify import open_session
-    from necktool.weights import seeded_model
+    from necktool.deploy.export import export_onnx
+    from necktool.deploy.verify import open_session
+    from necktool.necks.build import make_inputs
+    from necktool.necks.weights import seeded_model
+    from necktool.spec.registry import PRESETS
 
     print(f"ONNX Runtime (CPU) vs PyTorch eager, batch 1, static export at the preset's size, "
           f"median of {repeat}, torch threads {torch.get_num_threads()}")
@@ -87,14 +87,14 @@ def _runtime_table(repeat: int) -> None:
 
 def _precision_table(repeat: int) -> None:
     """Per preset at its default size: conversion seconds and the verification delta."""
-    from necktool.build import make_inputs
-    from necktool.export import export_model, served_by
-    from necktool.precision import convert
-    from necktool.registry import PRESETS
-    from necktool.served import calibration_shapes, default_cases
-    from necktool.tolerance import DEFAULT_CALIBRATION, Precision, VerifyOptions
-    from necktool.verify import compare_onnx
-    from necktool.weights import seeded_model
+    from necktool.deploy.convert import convert
+    from necktool.deploy.export import export_model, served_by
+    from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, VerifyOptions
+    from necktool.deploy.serving import calibration_shapes, default_cases
+    from necktool.deploy.verify import compare_onnx
+    from necktool.necks.build import make_inputs
+    from necktool.necks.weights import seeded_model
+    from necktool.spec.registry import PRESETS
 
     print(f"\nWhat --precision adds per preset at its default size (in process; min of "
           f"{repeat} conversions; verification: 3 cases x 3 trials, min of 2; int8 "

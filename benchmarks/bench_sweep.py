@@ -23,7 +23,7 @@ SIZES = {1: "256", 4: "256:352:32", 8: "256:480:32"}
 IN_PROCESS = """
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
-from necktool.sweep import parse_sizes, sweep
+from necktool.analysis.sweep import parse_sizes, sweep
 repeat, specs = int(sys.argv[1]), json.loads(sys.argv[2])
 sweep(["scrfd_2.5g"], parse_sizes(specs["8"]))  # warm-up: imports, JIT, every shape once
 out = {count: float("inf") for count in specs}

@@ -32,51 +32,53 @@ from necktool.version import __version__
 # Everything else loads on first use: ``import necktool`` (and so the CLI's ``--help``)
 # pays only for what it touches.
 _LAZY = {
-    "FAMILIES": "necktool.families",
-    "Family": "necktool.families",
-    "FamilyInfo": "necktool.families",
-    "register_family": "necktool.families",
-    "Activation": "necktool.fields",
-    "ExtraConvs": "necktool.fields",
-    "Norm": "necktool.fields",
-    "PRESETS": "necktool.registry",
-    "get_spec": "necktool.registry",
-    "list_necks": "necktool.registry",
-    "register_neck": "necktool.registry",
-    "resolve_spec": "necktool.registry",
-    "NeckSpec": "necktool.specs",
-    "parse_channels": "necktool.specs",
-    "parse_size": "necktool.specs",
-    "ErrorStat": "necktool.tolerance",
-    "Tolerance": "necktool.tolerance",
-    "VerifyOptions": "necktool.tolerance",
-    "build_neck": "necktool.build",
-    "make_inputs": "necktool.build",
-    "profile": "necktool.profiling",
-    "ProfileResult": "necktool.profiling",
+    "FAMILIES": "necktool.spec.families",
+    "Family": "necktool.spec.families",
+    "FamilyInfo": "necktool.spec.families",
+    "register_family": "necktool.spec.families",
+    "Activation": "necktool.spec.fields",
+    "ExtraConvs": "necktool.spec.fields",
+    "Norm": "necktool.spec.fields",
+    "PRESETS": "necktool.spec.registry",
+    "get_spec": "necktool.spec.registry",
+    "list_necks": "necktool.spec.registry",
+    "register_neck": "necktool.spec.registry",
+    "resolve_spec": "necktool.spec.registry",
+    "NeckSpec": "necktool.spec.neck_spec",
+    "parse_channels": "necktool.spec.neck_spec",
+    "parse_size": "necktool.spec.neck_spec",
+    "ErrorStat": "necktool.deploy.options",
+    "Tolerance": "necktool.deploy.options",
+    "VerifyOptions": "necktool.deploy.options",
+    "build_neck": "necktool.necks.build",
+    "make_inputs": "necktool.necks.build",
+    "profile": "necktool.analysis.profiling",
+    "ProfileResult": "necktool.analysis.profiling",
     "BudgetConfig": "necktool.budgets",
     "CheckReport": "necktool.budgets",
     "check_budgets": "necktool.budgets",
     "load_baseline": "necktool.budgets",
     "load_config": "necktool.budgets",
     "save_baseline": "necktool.budgets",
-    "export_onnx": "necktool.export",
-    "ExportResult": "necktool.export",
-    "verify_onnx": "necktool.verify",
-    "VerificationResult": "necktool.verify",
-    "VerifyReport": "necktool.verify",
-    "load_weights": "necktool.weights",
-    "inspect_file": "necktool.identify",
-    "InspectResult": "necktool.identify",
-    "sweep": "necktool.sweep",
-    "parse_sizes": "necktool.sweep",
-    "SweepResult": "necktool.sweep",
-    "bench": "necktool.bench",
-    "BenchResult": "necktool.bench",
+    "export_onnx": "necktool.deploy.export",
+    "ExportResult": "necktool.deploy.export",
+    "verify_onnx": "necktool.deploy.verify",
+    "VerificationResult": "necktool.deploy.verify",
+    "VerifyReport": "necktool.deploy.verify",
+    "load_weights": "necktool.necks.weights",
+    "inspect_file": "necktool.necks.identify",
+    "InspectResult": "necktool.necks.identify",
+    "sweep": "necktool.analysis.sweep",
+    "parse_sizes": "necktool.analysis.sweep",
+    "SweepResult": "necktool.analysis.sweep",
+    "bench": "necktool.analysis.bench",
+    "BenchResult": "necktool.analysis.bench",
 }
 
 if TYPE_CHECKING:
-    from necktool.bench import BenchResult, bench
+    from necktool.analysis.bench import BenchResult, bench
+    from necktool.analysis.profiling import ProfileResult, profile
+    from necktool.analysis.sweep import SweepResult, parse_sizes, sweep
     from necktool.budgets import (
         BudgetConfig,
         CheckReport,
@@ -85,18 +87,16 @@ if TYPE_CHECKING:
         load_config,
         save_baseline,
     )
-    from necktool.build import build_neck, make_inputs
-    from necktool.export import ExportResult, export_onnx
-    from necktool.families import FAMILIES, Family, FamilyInfo, register_family
-    from necktool.fields import Activation, ExtraConvs, Norm
-    from necktool.identify import InspectResult, inspect_file
-    from necktool.profiling import ProfileResult, profile
-    from necktool.registry import PRESETS, get_spec, list_necks, register_neck, resolve_spec
-    from necktool.specs import NeckSpec, parse_channels, parse_size
-    from necktool.sweep import SweepResult, parse_sizes, sweep
-    from necktool.tolerance import ErrorStat, Tolerance, VerifyOptions
-    from necktool.verify import VerificationResult, VerifyReport, verify_onnx
-    from necktool.weights import load_weights
+    from necktool.deploy.export import ExportResult, export_onnx
+    from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
+    from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
+    from necktool.necks.build import build_neck, make_inputs
+    from necktool.necks.identify import InspectResult, inspect_file
+    from necktool.necks.weights import load_weights
+    from necktool.spec.families import FAMILIES, Family, FamilyInfo, register_family
+    from necktool.spec.fields import Activation, ExtraConvs, Norm
+    from necktool.spec.neck_spec import NeckSpec, parse_channels, parse_size
+    from necktool.spec.registry import PRESETS, get_spec, list_necks, register_neck, resolve_spec
 
 
 def __getattr__(name: str) -> Any:

@@ -57,7 +57,7 @@ class WeightsError(NecktoolError, ValueError):
     """A weights file that cannot be read or does not fit the neck.
 
     ``report`` holds the key-by-key comparison when there is one
-    (a :class:`necktool.weights.WeightsReport`), so callers can show or test it.
+    (a :class:`necktool.necks.weights.WeightsReport`), so callers can show or test it.
     """
 
     def __init__(self, message: str, report: object | None = None,
@@ -83,7 +83,7 @@ class ExportError(CheckFailed):
 class VerificationFailed(CheckFailed):
     """ONNX Runtime's outputs differ from PyTorch's beyond tolerance; nothing was written.
 
-    ``result`` is the full result (an :class:`necktool.export.ExportResult`) so a caller
+    ``result`` is the full result (an :class:`necktool.deploy.export.ExportResult`) so a caller
     can show the report; the CLI renders it like a passing one.
     """
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from necktool.units import UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
-    from necktool.specs import NeckSpec
+    from necktool.spec.neck_spec import NeckSpec
 
 
 class OutputFormat(enum.StrEnum):

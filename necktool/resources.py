@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from necktool.errors import InputError, SpecError
 
 if TYPE_CHECKING:
-    from necktool.specs import NeckSpec
+    from necktool.spec.neck_spec import NeckSpec
 
 ENV = "NECKTOOL_MAX_MEMORY"
 FLOAT32 = 4

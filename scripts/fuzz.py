@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     count = int(argv[0]) if argv else 10_000
     start = int(argv[1]) if len(argv) > 1 else 0
     warnings.simplefilter("ignore")
-    from necktool.export import export_onnx
+    from necktool.deploy.export import export_onnx
 
     codes: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     problems: list[str] = []

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from necktool import PRESETS, VerifyOptions
+from necktool.deploy.export import ExportResult, export_onnx
+from necktool.deploy.options import PRECISION_DEFAULTS, Precision
 from necktool.errors import VerificationFailed
-from necktool.export import ExportResult, export_onnx
-from necktool.tolerance import PRECISION_DEFAULTS, Precision
 
 
 def measure(name: str, precision: Precision, where: Path) -> ExportResult:

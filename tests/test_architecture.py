@@ -20,11 +20,14 @@ from necktool.cli import COMMANDS, app
 
 PACKAGE = Path(necktool.__file__).parent
 TORCH_FREE = [
-    "necktool", "necktool.version", "necktool.errors", "necktool.units", "necktool.fields",
-    "necktool.families", "necktool.specs", "necktool.registry", "necktool.tolerance",
-    "necktool.artifact", "necktool.report", "necktool.files", "necktool.quiet",
-    "necktool.timing", "necktool.sweep", "necktool.budgets", "necktool.budgets.config",
-    "necktool.budgets.baseline", "necktool.budgets.check", "necktool.cli",
+    "necktool", "necktool.version", "necktool.errors", "necktool.units", "necktool.report",
+    "necktool.files", "necktool.quiet",
+    "necktool.spec", "necktool.spec.fields", "necktool.spec.families", "necktool.spec.neck_spec",
+    "necktool.spec.registry",
+    "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
+    "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
+    "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
+    "necktool.budgets.check", "necktool.cli",
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",
 ]
@@ -47,7 +50,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # 'from necktool import profiling' names a module; 'from necktool import X' not
+            # 'from necktool.analysis import profiling' names a module; 'from necktool import X' not
             names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
                      else node.module for a in node.names]
         found.update(n for n in names if n in modules)
@@ -145,7 +148,7 @@ def test_build_flags_are_built_by_keyword_only() -> None:
 
 def test_every_field_is_an_option_and_a_toml_key() -> None:
     from necktool.budgets.config import ENTRY_KEYS, TOP_KEYS
-    from necktool.fields import FIELDS
+    from necktool.spec.fields import FIELDS
 
     result = CliRunner().invoke(app, ["profile", "--help"], env={"COLUMNS": "200"})
     for field in FIELDS:
@@ -155,9 +158,9 @@ def test_every_field_is_an_option_and_a_toml_key() -> None:
 
 def test_a_flag_the_family_does_not_take_names_the_families_that_do(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from necktool import families
+    from necktool.spec import families
     from necktool.errors import SpecError
-    from necktool.specs import NeckSpec
+    from necktool.spec.neck_spec import NeckSpec
 
     toy = families.FamilyInfo("toy", "a family without norms", "necktool.necks.pafpn:PAFPN",
                               ("in_channels", "out_channels", "input_size"))
@@ -241,12 +244,12 @@ def test_json_and_another_format_conflict() -> None:
 
 # -- exits --------------------------------------------------------------------------------
 def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.registry
+    import necktool.spec.registry
 
     def broken(*args: object) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(necktool.registry.NeckList, "matching", broken)
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", broken)
     code, out, err = run("list")
     assert code == 70 and out == ""
     assert err == ("necktool: internal error: ZeroDivisionError: division by zero (a bug in "
@@ -257,12 +260,12 @@ def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.Monkey
 
 
 def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.registry
+    import necktool.spec.registry
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(necktool.registry.NeckList, "matching", interrupted)
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
     code, out, err = run("list")
     assert code == 130 and out == "" and err == "necktool: interrupted\n"
 
@@ -273,7 +276,7 @@ def test_a_signal_while_the_cli_restores_its_handlers_is_exit_130(
     """A signal can land after the command's own handling, while the CLI puts the previous
     handlers back: it must still be exit 130 with one line, never Python's death by SIGINT
     (returncode -2, seen once in CI with SIGTERM during an export)."""
-    import necktool.registry
+    import necktool.spec.registry
     from necktool.__main__ import run as entry_point
     from necktool.cli import interrupts
 
@@ -287,10 +290,22 @@ def test_a_signal_while_the_cli_restores_its_handlers_is_exit_130(
         def interrupted(*args: object) -> None:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(necktool.registry.NeckList, "matching", interrupted)
+        monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
     monkeypatch.setattr(interrupts, "restore", late_signal)
     monkeypatch.setattr("sys.argv", ["necktool", "list", "scrfd_*"])
     with pytest.raises(SystemExit) as stop:
         entry_point()
     assert stop.value.code == 130
     assert capsys.readouterr().err == "necktool: interrupted\n"  # once, even when both came
+
+
+def test_the_top_of_the_package_holds_at_most_ten_modules_and_each_subpackage_says_its_purpose(
+        ) -> None:
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+    subpackages = sorted(p.parent for p in PACKAGE.glob("*/__init__.py"))
+    names = {p.name for p in subpackages}
+    assert {"spec", "necks", "analysis", "deploy", "budgets", "cli"} <= names, names
+    for package in subpackages:
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert doc, f"{package.name}/__init__.py says nothing of its purpose"

@@ -233,10 +233,10 @@ def test_memory_growth_against_a_baseline_and_older_baselines_still_load(
 
 def test_a_cross_check_disagreement_fails_the_gate_with_both_figures(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: ProfileResult) -> None:
-    import necktool.memory
+    import necktool.analysis.memory
 
-    real = necktool.memory.conv_flop_count
-    monkeypatch.setattr(necktool.memory, "conv_flop_count",
+    real = necktool.analysis.memory.conv_flop_count
+    monkeypatch.setattr(necktool.analysis.memory, "conv_flop_count",
                         lambda *a, **k: real(*a, **k) + 2)  # one MAC too many per conv
     pyproject(tmp_path, entry("max-gflops = 1.0"))
     monkeypatch.chdir(tmp_path)
@@ -275,16 +275,16 @@ def test_extra_levels_and_mmdet_keys_are_budgeted_like_the_others(
 
 def test_entries_resolving_to_the_same_neck_are_profiled_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.profiling
+    import necktool.analysis.profiling
 
     calls: list[object] = []
-    real = necktool.profiling.profile
+    real = necktool.analysis.profiling.profile
 
     def counting(*args: object, **kwargs: object) -> ProfileResult:
         calls.append(args)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(necktool.profiling, "profile", counting)
+    monkeypatch.setattr(necktool.analysis.profiling, "profile", counting)
     # 'fpn' and 'retinaface_mnet' differ only in name: one trace serves both.
     pyproject(tmp_path, entry("max-gflops = 1.0", "fpn") + entry("max-gflops = 1.0",
                                                                  "retinaface_mnet"))
@@ -496,12 +496,12 @@ def test_save_baseline_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_unwritable_save_baseline_fails_before_profiling(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.profiling
+    import necktool.analysis.profiling
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("profiled before checking the output path")
 
-    monkeypatch.setattr(necktool.profiling, "profile", boom)
+    monkeypatch.setattr(necktool.analysis.profiling, "profile", boom)
     pyproject(tmp_path, entry("max-gflops = 1.0"))
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from necktool import profile
 from necktool.cli import app
-from necktool.registry import PRESETS
+from necktool.spec.registry import PRESETS
 
 runner = CliRunner()
 

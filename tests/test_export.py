@@ -19,15 +19,15 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.artifact import conv_macs, read_metadata
-from necktool.build import make_inputs
+from necktool.deploy.export import export_onnx
+from necktool.deploy.metadata import conv_macs, read_metadata
+from necktool.deploy.options import VerifyOptions
+from necktool.deploy.verify import open_session
 from necktool.errors import ExportError, VerificationFailed, WeightsError
-from necktool.export import export_onnx
-from necktool.families import FAMILIES
-from necktool.registry import PRESETS, get_spec, resolve_spec
-from necktool.tolerance import VerifyOptions
-from necktool.verify import open_session
-from necktool.weights import WeightsReport, load_weights, seeded_model
+from necktool.necks.build import make_inputs
+from necktool.necks.weights import WeightsReport, load_weights, seeded_model
+from necktool.spec.families import FAMILIES
+from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 
 SMALL = (96, 128)  # the extra cases: odd, no multiples of 32, 65x91 and 93x71 in batch 2
 EXPORTER_NOISE = ("[torch.onnx]", "Warning", "torchvision", "W11", "✅", "Obtain model graph")
@@ -292,10 +292,10 @@ def test_tables_on_stdout_and_nothing_on_stderr(tmp_path: pathlib.Path) -> None:
 
 def test_counts_that_differ_refuse_the_export_with_all_three(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.memory
+    import necktool.analysis.memory
 
-    real = necktool.memory.conv_flop_count
-    monkeypatch.setattr(necktool.memory, "conv_flop_count",
+    real = necktool.analysis.memory.conv_flop_count
+    monkeypatch.setattr(necktool.analysis.memory, "conv_flop_count",
                         lambda *a, **k: real(*a, **k) + 2)  # one MAC too many per conv
     dest = tmp_path / "d.onnx"
     code, stdout, stderr = invoke("export", "fpn", "--input-size", "64", "-o", str(dest))
@@ -433,7 +433,7 @@ def test_unwritable_destinations_fail_before_work(tmp_path: pathlib.Path) -> Non
 
 def test_no_permission_fails_before_work(tmp_path: pathlib.Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.export
+    import necktool.deploy.export
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -449,7 +449,7 @@ def test_no_permission_fails_before_work(tmp_path: pathlib.Path,
 
     # chmod does not bind root (the usual CI user), so deny the write probe itself.
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    monkeypatch.setattr(necktool.export, "analyze", no_work)
+    monkeypatch.setattr(necktool.deploy.export, "analyze", no_work)
     code, stdout, stderr = invoke("export", "fpn", "-o", str(locked / "a.onnx"))
     assert code == 2 and stdout == ""
     assert "a.onnx: cannot write the ONNX file: permission denied" in stderr
@@ -474,7 +474,7 @@ def test_failed_verification_leaves_existing_file_untouched(tmp_path: pathlib.Pa
 
 def test_broken_model_fails_verification(tmp_path: pathlib.Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.verify as verify_mod
+    import necktool.deploy.verify as verify_mod
 
     real = verify_mod._run_torch
 

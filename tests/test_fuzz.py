@@ -13,7 +13,7 @@ from fuzzing import Files, execute, fuzz_environment, invocation, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from necktool.export import export_onnx
+from necktool.deploy.export import export_onnx
 
 EXAMPLES = int(os.environ.get("NECKTOOL_FUZZ_EXAMPLES", "150"))
 

@@ -166,7 +166,7 @@ def test_help_shows_readable_metavars(command: str) -> None:
 
 # -- weights --------------------------------------------------------------------------------
 def _fpn_state() -> dict[str, object]:
-    from necktool.weights import seeded_model
+    from necktool.necks.weights import seeded_model
 
     return dict(seeded_model(__import__("necktool").get_spec("fpn")).state_dict())
 

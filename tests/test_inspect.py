@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool import NeckSpec
+from necktool.deploy.verify import open_session
 from necktool.errors import WeightsError
-from necktool.identify import find_necks, identify_checkpoint, layout_of
-from necktool.registry import PRESETS, get_spec, resolve_spec
-from necktool.verify import open_session
-from necktool.weights import load_weights, read_checkpoint, seeded_model
+from necktool.necks.identify import find_necks, identify_checkpoint, layout_of
+from necktool.necks.weights import load_weights, read_checkpoint, seeded_model
+from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 
 SIZE = "64x96"  # multiples of 32; small enough for quick exports
 
@@ -184,7 +184,7 @@ def _save_neck(tmp_path: pathlib.Path, spec: NeckSpec, layout: str) -> pathlib.P
 
 def _command_spec(command: str) -> NeckSpec:
     """The spec that a printed ``necktool profile NAME --flag value ...`` line builds."""
-    from necktool.fields import FIELDS
+    from necktool.spec.fields import FIELDS
 
     words = shlex.split(command)
     assert words[:2] == ["necktool", "profile"]

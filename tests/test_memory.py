@@ -1,5 +1,5 @@
 """Memory figures and the second conv count, against hand-worked values and against
-measurements taken here, independently of necktool's tracker (necktool.memory)."""
+measurements taken here, independently of necktool's tracker (necktool.analysis.memory)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from necktool import NeckSpec, build_neck, make_inputs, profile
 from necktool.cli import app
-from necktool.registry import PRESETS
-from necktool.specs import seed_gn_groups
+from necktool.spec.neck_spec import seed_gn_groups
+from necktool.spec.registry import PRESETS
 
 runner = CliRunner()
 
@@ -207,7 +207,7 @@ def test_memory_comes_from_the_profiles_own_single_forward() -> None:
     calls: list[bool] = []
     hook = model.register_forward_pre_hook(
         lambda mod, args: calls.append(torch.is_grad_enabled()))
-    from necktool.profiling import analyze
+    from necktool.analysis.profiling import analyze
 
     try:
         r = analyze(model, spec, (64, 64), 1)
@@ -220,12 +220,12 @@ def test_memory_comes_from_the_profiles_own_single_forward() -> None:
 @pytest.mark.parametrize("name", ["scrfd_2.5g", "retinaface_mnet"])
 def test_the_same_figures_without_pausing_the_tracer(name: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # necktool.memory pauses the TorchScript tracer during its bookkeeping through a
+    # necktool.analysis.memory pauses the TorchScript tracer during its bookkeeping through a
     # private torch._C pair; should a PyTorch release drop it, the figures must not move.
-    import necktool.memory
+    import necktool.analysis.memory
 
     ref = profile(name, input_size=(96, 128), batch=2)
-    monkeypatch.setattr(necktool.memory, "_get_tracing", None)
+    monkeypatch.setattr(necktool.analysis.memory, "_get_tracing", None)
     r = profile(name, input_size=(96, 128), batch=2)
     assert r.memory == ref.memory and r.cross_check == ref.cross_check
     assert r.levels == ref.levels and r.operators == ref.operators and r.stages == ref.stages
@@ -264,10 +264,10 @@ def test_profile_table_and_json_carry_memory_and_the_cross_check() -> None:
 
 
 def test_a_disagreement_is_exit_1_with_both_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.memory
+    import necktool.analysis.memory
 
-    real = necktool.memory.conv_flop_count
-    monkeypatch.setattr(necktool.memory, "conv_flop_count",
+    real = necktool.analysis.memory.conv_flop_count
+    monkeypatch.setattr(necktool.analysis.memory, "conv_flop_count",
                         lambda *a, **k: real(*a, **k) + 2)  # one MAC too many per conv
     r = profile("scrfd_0.5g", input_size=(64, 64))
     assert not r and not r.cross_check.agree

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from necktool import FAMILIES, InputError, NeckSpec, build_neck, make_inputs
-from necktool.registry import PRESETS
-from necktool.specs import seed_gn_groups
-from necktool.weights import randomize_norms
+from necktool.necks.weights import randomize_norms
+from necktool.spec.neck_spec import seed_gn_groups
+from necktool.spec.registry import PRESETS
 
 CASES = [
     # family, in_channels, out, norm, act, slope, size

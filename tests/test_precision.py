@@ -16,11 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.artifact import graph_precision, read_metadata
+from necktool.deploy.convert import unshare_initializers
+from necktool.deploy.export import export_onnx
+from necktool.deploy.metadata import graph_precision, read_metadata
+from necktool.deploy.options import PRECISION_DEFAULTS, Precision, VerifyOptions
 from necktool.errors import InputError
-from necktool.export import export_onnx
-from necktool.precision import unshare_initializers
-from necktool.tolerance import PRECISION_DEFAULTS, Precision, VerifyOptions
 
 NECK = "scrfd_0.5g"  # GroupNorm (the shared InstanceNormalization constants) and small
 SIZE = "64x96"
@@ -199,8 +199,8 @@ def test_int8_fused_kernels_equal_the_reference_qdq_graph(tmp_path: pathlib.Path
     computes exactly what its unfused QDQ graph does, on any CPU."""
     import onnxruntime as ort
 
-    from necktool.build import make_inputs
-    from necktool.registry import resolve_spec
+    from necktool.necks.build import make_inputs
+    from necktool.spec.registry import resolve_spec
 
     path = tmp_path / "q.onnx"
     export_onnx("insightface_scrfd_500m", path, input_size=(64, 96), precision="int8",

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from necktool import InputError, NeckSpec, SpecError, build_neck, make_inputs, profile
-from necktool.registry import PRESETS
-from necktool.specs import seed_gn_groups
+from necktool.spec.neck_spec import seed_gn_groups
+from necktool.spec.registry import PRESETS
 
 
 def _analytic(spec: NeckSpec, h: int, w: int, batch: int = 1) -> tuple[list[int], int]:

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import necktool.build
-import necktool.profiling
+import necktool.analysis.profiling
+import necktool.necks.build
 from necktool import profile
+from necktool.analysis.sweep import MATPLOTLIB_MISSING, MAX_SIZES, Y_LABEL, parse_sizes, sweep
 from necktool.cli import app
 from necktool.errors import InputError, SpecError
-from necktool.sweep import MATPLOTLIB_MISSING, MAX_SIZES, Y_LABEL, parse_sizes, sweep
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,7 +111,7 @@ def test_sweep_equals_a_separate_profile_at_each_size(two_necks: Any, index: int
 def test_sweep_builds_once_per_neck_and_traces_once_per_size(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"build": 0, "analyze": 0}
-    real_build, real_analyze = necktool.build.build_neck, necktool.profiling.analyze
+    real_build, real_analyze = necktool.necks.build.build_neck, necktool.analysis.profiling.analyze
 
     def build(*args: Any, **kwargs: Any) -> Any:
         calls["build"] += 1
@@ -121,8 +121,8 @@ def test_sweep_builds_once_per_neck_and_traces_once_per_size(
         calls["analyze"] += 1
         return real_analyze(*args, **kwargs)
 
-    monkeypatch.setattr(necktool.build, "build_neck", build)
-    monkeypatch.setattr(necktool.profiling, "analyze", analyze)
+    monkeypatch.setattr(necktool.necks.build, "build_neck", build)
+    monkeypatch.setattr(necktool.analysis.profiling, "analyze", analyze)
     result = sweep(["retinaface_mnet", "pafpn"], [(64, 64), (96, 96), (64, 64), (128, 128)])
     assert calls == {"build": 2, "analyze": 6}  # the repeated 64x64 is dropped
     assert result.sizes == ((64, 64), (96, 96), (128, 128))
@@ -140,7 +140,7 @@ def test_sweep_applies_overrides_and_batch() -> None:
 
 def test_too_small_size_is_a_spec_error_before_any_trace(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(necktool.profiling, "analyze",
+    monkeypatch.setattr(necktool.analysis.profiling, "analyze",
                         lambda *a, **k: pytest.fail("traced before validating"))
     with pytest.raises(SpecError, match="coarsest stride 32"):
         sweep(["scrfd_2.5g"], [(640, 640), (16, 16)])
@@ -250,7 +250,7 @@ def test_plot_non_square_sizes(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize("name", ["sweep.jpg", "sweep", "sweep.png.txt"])
 def test_plot_suffix_is_checked_before_profiling(tmp_path: pathlib.Path, name: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("necktool.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
+    monkeypatch.setattr("necktool.analysis.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
     code, out, err = run("sweep", "scrfd_2.5g", "--sizes", "64", "--plot", str(tmp_path / name))
     assert code == 2 and out == ""
     assert ".png or .svg" in err and err.count("\n") == 1
@@ -259,7 +259,7 @@ def test_plot_suffix_is_checked_before_profiling(tmp_path: pathlib.Path, name: s
 
 def test_unwritable_plot_path_fails_before_profiling(tmp_path: pathlib.Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("necktool.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
+    monkeypatch.setattr("necktool.analysis.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
     code, _, err = run("sweep", "scrfd_2.5g", "--sizes", "64", "--plot",
                        str(tmp_path / "missing" / "sweep.png"))
     assert code == 2 and "does not exist" in err
@@ -271,7 +271,7 @@ def test_unwritable_plot_path_fails_before_profiling(tmp_path: pathlib.Path,
 
 def test_missing_matplotlib_is_a_clear_exit_2(tmp_path: pathlib.Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("necktool.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
+    monkeypatch.setattr("necktool.analysis.sweep.sweep", lambda *a, **k: pytest.fail("profiled"))
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes 'import matplotlib' fail

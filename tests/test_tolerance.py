@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from necktool.cli import app, fold_tolerances
+from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
+from necktool.deploy.verify import compare_arrays
 from necktool.errors import InputError
-from necktool.tolerance import ErrorStat, Tolerance, VerifyOptions
-from necktool.verify import compare_arrays
 
 
 def run(*args: str) -> tuple[int, str, str]:

@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.registry import get_spec
-from necktool.tolerance import VerifyOptions
-from necktool.verify import compare_arrays, open_session, reference_threads, verify_onnx
-from necktool.weights import seeded_model
+from necktool.deploy.options import VerifyOptions
+from necktool.deploy.verify import compare_arrays, open_session, reference_threads, verify_onnx
+from necktool.necks.weights import seeded_model
+from necktool.spec.registry import get_spec
 
 NECK = "scrfd_0.5g"  # GroupNorm, the smallest tier: fast to export
 
@@ -150,7 +150,7 @@ def test_an_older_file_is_fp32_and_serves_multiples(exported: pathlib.Path,
     # necktool before 'serves' and 'precision': verified where it served, at multiples
     model = onnx.load(str(exported))
     keep = [p for p in model.metadata_props
-            if p.key not in ("necktool.serves", "necktool.serves_note", "necktool.precision")]
+            if p.key not in ("necktool.serves", "necktool.serves_note", "necktool.deploy.convert")]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     old = tmp_path / "old.onnx"
@@ -164,7 +164,7 @@ def test_an_older_file_is_fp32_and_serves_multiples(exported: pathlib.Path,
 
 
 @pytest.mark.parametrize(("key", "value", "says"), [
-    ("precision", "fp8", "necktool.precision is damaged: 'fp8' is not one of fp32"),
+    ("precision", "fp8", "necktool.deploy.convert is damaged: 'fp8' is not one of fp32"),
     ("serves", '{"images": "all", "levels": "tied"}', "necktool.serves is damaged"),
     ("serves", '{"images": "static", "levels": "tied"}', "says static for a dynamic file"),
     ("calibration", "0", "necktool.calibration is damaged"),

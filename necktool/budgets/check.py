@@ -29,8 +29,8 @@ from necktool.report import Block, Column, Heading, Note, num, size_text, table
 from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
-    from necktool.profiling import ProfileResult
-    from necktool.specs import NeckSpec
+    from necktool.analysis.profiling import ProfileResult
+    from necktool.spec.neck_spec import NeckSpec
 
 HINT_LIMIT = "raise the budget or reduce the neck"
 HINT_BASELINE = ("reduce the neck, or if the growth is intended save a new baseline "
@@ -412,7 +412,7 @@ def check_budgets(
         ConfigError: ``max_increase`` without a ``baseline``, or an entry's neck that cannot
             be profiled (a custom neck that fails to build, say).
     """
-    from necktool import profiling  # torch: only once the config is known to be good
+    from necktool.analysis import profiling  # torch: only once the config is known to be good
 
     if max_increase is not None and baseline is None:
         raise ConfigError("max_increase needs a baseline to compare against (--baseline FILE)")

@@ -2,7 +2,7 @@
 
 A budget config is a ``[tool.necktool]`` table in ``pyproject.toml``, or a standalone
 ``necktool.toml`` (top-level keys with ``[[budget]]`` entries, or a ``[tool.necktool]``
-table). The schema is strict and derived from the build flags (:mod:`necktool.fields`)
+table). The schema is strict and derived from the build flags (:mod:`necktool.spec.fields`)
 and the metrics (:data:`METRICS`): an unknown key, a wrong type or an unknown neck raises
 :class:`~necktool.errors.ConfigError` naming the file and the key path, because a budget
 that is silently ignored is the worst failure a gate can have. Every neck is resolved
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckError
-from necktool.fields import FIELDS, BadValue, describe_value, field_for_key
-from necktool.registry import resolve_spec
-from necktool.specs import NeckSpec
+from necktool.spec.fields import FIELDS, BadValue, describe_value, field_for_key
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 from necktool.units import GFLOPS, MIB, MPARAMS
 
 CONFIG_NAME = "necktool.toml"
@@ -38,7 +38,7 @@ class Metric:
     """A budgeted figure: its TOML limit key, its unit, and how to read it off a profile.
 
     ``total`` and ``level`` read exact integer counts off a
-    :class:`~necktool.profiling.ProfileResult` and its levels (``level`` is ``None`` for
+    :class:`~necktool.analysis.profiling.ProfileResult` and its levels (``level`` is ``None`` for
     a figure with no per-level meaning); ``base`` names the count in baselines and JSON
     (growth is gated on it), ``base_label`` in messages. ``label`` names the check in
     tables; ``unit`` is the unit of ``count / scale`` in messages (default: ``label``).

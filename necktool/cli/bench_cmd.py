@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -15,12 +16,11 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
-from necktool.fields import IntKind
-from necktool.registry import resolve_spec
-from necktool.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.spec.fields import IntKind
+from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
-    from necktool.bench import BenchResult
+    from necktool.analysis.bench import BenchResult
 
 TIMING = "Timing"
 _runs = typer_parser(IntKind(high=MAX_RUNS).from_text)
@@ -70,7 +70,7 @@ def bench_command(
     warmup = DEFAULT_WARMUP if warmup is None else warmup
     repeat = DEFAULT_REPEAT if repeat is None else repeat
     load_heavy()
-    from necktool.bench import bench
+    from necktool.analysis.bench import bench
 
     with progress(repeat * series, "timing") as advance:
         return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.artifact import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from necktool.cli.params import (
     NECK_HELP,
     PATH,
@@ -25,15 +24,16 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
+from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from necktool.deploy.options import Precision, check_precision
 from necktool.errors import InputError
-from necktool.fields import IntKind
-from necktool.registry import resolve_spec
-from necktool.specs import NeckSpec
-from necktool.tolerance import Precision, check_precision
+from necktool.spec.fields import IntKind
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
-    from necktool.export import ExportResult
-    from necktool.project_export import ConfigExport
+    from necktool.deploy.export import ExportResult
+    from necktool.deploy.project import ConfigExport
 
 EXPORT = "Export"
 
@@ -74,7 +74,7 @@ def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
     (unless ``--prefix`` was given)."""
     assert weights.path is not None
     load_heavy()
-    from necktool.identify import identify_checkpoint
+    from necktool.necks.identify import identify_checkpoint
 
     found = identify_checkpoint(weights.path, weights.prefix)
     return found.neck_spec, dataclasses.replace(weights,
@@ -120,8 +120,8 @@ def export_command(
     chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
     resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
     load_heavy()
+    from necktool.deploy.export import ExportResult, export_onnx, export_steps
     from necktool.errors import VerificationFailed
-    from necktool.export import ExportResult, export_onnx, export_steps
 
     try:
         with progress(len(export_steps(verify, precision)), "export") as advance:
@@ -140,7 +140,7 @@ def export_command(
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
                    opset: int | None, precision: Precision, calibration: int | None,
                    verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
-    """Every budget entry of the project's config (see :mod:`necktool.project_export`)."""
+    """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
     given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
@@ -157,8 +157,8 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, sta
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
     load_heavy()
-    from necktool.export import export_steps
-    from necktool.project_export import export_config
+    from necktool.deploy.export import export_steps
+    from necktool.deploy.project import export_config
 
     steps = len(export_steps(verify, precision)) * len(cfg.budgets)
     with progress(steps, "export") as advance:

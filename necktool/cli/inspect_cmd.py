@@ -10,7 +10,7 @@ from necktool.cli.params import PATH, FormatOpt
 from necktool.cli.render import load_heavy
 
 if TYPE_CHECKING:
-    from necktool.identify import InspectResult
+    from necktool.necks.identify import InspectResult
 
 FileArg = Annotated[Any, typer.Argument(
     metavar="FILE", show_default=False, parser=PATH,
@@ -31,6 +31,6 @@ def inspect_command(file: FileArg, prefix: PrefixOpt = None, *,
     command that reproduces it. Exit 2 if the file holds no neck necktool recognises.
     """
     load_heavy()
-    from necktool.identify import inspect_file
+    from necktool.necks.identify import inspect_file
 
     return inspect_file(file, prefix)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from necktool.cli.params import FormatOpt
-from necktool.registry import NeckList
+from necktool.spec.registry import NeckList
 
 PatternArg = Annotated[str, typer.Argument(
     metavar="PATTERN", help="Shell wildcard, e.g. 'scrfd_*' (quoted).")]

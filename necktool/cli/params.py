@@ -3,7 +3,7 @@
 Typer builds options from a function's signature and has no notion of a group. A command
 here declares one parameter per group, e.g. ``flags: BuildFlagsOpt`` or
 ``fmt: FormatOpt``; :func:`expand` replaces it with the group's options (the build flags
-come from :data:`necktool.fields.FIELDS`) and hands the command one object built by
+come from :data:`necktool.spec.fields.FIELDS`) and hands the command one object built by
 keyword. Every value is parsed and range-checked here, at the border, by the field's kind.
 
 :func:`expand` also renders what the command returns through the one output pipeline, so
@@ -21,12 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from necktool.errors import InputError
-from necktool.families import FAMILIES, families_taking
-from necktool.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
-from necktool.registry import bare_families
-from necktool.report import OutputFormat, Result
-from necktool.tolerance import (
+from necktool.deploy.options import (
     DEFAULT_CALIBRATION,
     DEFAULT_PROVIDER,
     DEFAULT_TRIALS,
@@ -37,6 +32,11 @@ from necktool.tolerance import (
     Precision,
     VerifyOptions,
 )
+from necktool.errors import InputError
+from necktool.report import OutputFormat, Result
+from necktool.spec.families import FAMILIES, families_taking
+from necktool.spec.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
+from necktool.spec.registry import bare_families
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
 PRECISION_PANEL = "Precision"
@@ -136,7 +136,7 @@ def _families_note(field: str) -> str:
 
 
 class BuildGroup(OptionGroup):
-    """Every build flag of :data:`~necktool.fields.FIELDS` (minus ``exclude``)."""
+    """Every build flag of :data:`~necktool.spec.fields.FIELDS` (minus ``exclude``)."""
 
     def __init__(self, exclude: Sequence[str] = ()) -> None:
         self.fields = [f for f in FIELDS if f.name not in exclude]

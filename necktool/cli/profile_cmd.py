@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 from necktool.cli.params import BuildFlagsOpt, FormatOpt, NecksArg
 from necktool.cli.render import load_heavy, progress
-from necktool.registry import expand_names, resolve_spec
+from necktool.spec.registry import expand_names, resolve_spec
 
 if TYPE_CHECKING:
-    from necktool.profiling import ProfileResult, ProfileSet
+    from necktool.analysis.profiling import ProfileResult, ProfileSet
 
 
 def profile_command(necks: NecksArg, *, flags: BuildFlagsOpt,
@@ -25,7 +25,7 @@ def profile_command(necks: NecksArg, *, flags: BuildFlagsOpt,
     # Every name and flag is checked before torch is imported.
     specs = [resolve_spec(name, **flags.overrides()) for name in expand_names(necks)]
     load_heavy(counting=True)
-    from necktool.profiling import ProfileSet, profile
+    from necktool.analysis.profiling import ProfileSet, profile
 
     results = []
     with progress(len(specs), "profiling") as advance:

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.analysis.sweep import PlotMetric, check_matplotlib, check_plot_path, parse_sizes
 from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt, typer_parser
 from necktool.cli.render import diagnostic, load_heavy, progress
 from necktool.errors import InputError
-from necktool.fields import ChoiceKind
-from necktool.registry import expand_names, resolve_spec
-from necktool.sweep import PlotMetric, check_matplotlib, check_plot_path, parse_sizes
+from necktool.spec.fields import ChoiceKind
+from necktool.spec.registry import expand_names, resolve_spec
 
 if TYPE_CHECKING:
-    from necktool.sweep import SweepResult
+    from necktool.analysis.sweep import SweepResult
 
 DEFAULT_SIZES = "320,480,640,960,1280"
 
@@ -54,7 +54,7 @@ def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = No
         check_plot_path(plot)
         check_matplotlib()
     load_heavy(counting=True)
-    from necktool.sweep import sweep
+    from necktool.analysis.sweep import sweep
 
     with progress(len(names) * len(size_list), "sweeping") as advance:
         result = sweep(names, size_list, batch=flags.batch, on_point=advance,

@@ -10,7 +10,7 @@ from necktool.cli.params import PATH, BuildFlagsOpt, FormatOpt, VerifyOpt, Weigh
 from necktool.cli.render import load_heavy, progress
 
 if TYPE_CHECKING:
-    from necktool.verify import VerifyReport
+    from necktool.deploy.verify import VerifyReport
 
 ModelArg = Annotated[Any, typer.Argument(
     metavar="MODEL.onnx", show_default=False, parser=PATH,
@@ -31,7 +31,7 @@ def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOp
     is over tolerance.
     """
     load_heavy()
-    from necktool.verify import verify_onnx
+    from necktool.deploy.verify import verify_onnx
 
     with progress(1, "verify") as advance:
         report = verify_onnx(model, neck=neck, seed=weights.seed, weights=weights.path,

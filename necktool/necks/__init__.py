@@ -1,6 +1,6 @@
 """The neck families' modules; each family lives in its own module here.
 
 A family's module defines an :class:`~necktool.necks.base.Neck` subclass built from a
-:class:`~necktool.specs.NeckSpec` and is registered by import path in
-:mod:`necktool.families`, so this package needs no list of them.
+:class:`~necktool.spec.neck_spec.NeckSpec` and is registered by import path in
+:mod:`necktool.spec.families`, so this package needs no list of them.
 """

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from necktool.errors import InputError
-from necktool.layers import conv_norm_act
-from necktool.specs import NeckSpec
+from necktool.necks.layers import conv_norm_act
+from necktool.spec.neck_spec import NeckSpec
 
 Levels = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from necktool.families import Inferred, lateral_weights, norm_from
-from necktool.fields import Activation, ExtraConvs, Norm
-from necktool.layers import Add, UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
-from necktool.specs import NeckSpec
+from necktool.necks.layers import Add, UpsampleAdd
+from necktool.spec.families import Inferred, lateral_weights, norm_from
+from necktool.spec.fields import Activation, ExtraConvs, Norm
+from necktool.spec.neck_spec import NeckSpec
 
 #: the order stages are reported in, following the data
 STAGE_ORDER = ("lateral", "top-down", "fpn", "bottom-up", "pafpn", "extra")

@@ -10,11 +10,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from necktool.families import Inferred, lateral_weights, norm_from
-from necktool.fields import Activation, Norm
-from necktool.layers import SEED_GN_NAMES, Add, UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
-from necktool.specs import NeckSpec
+from necktool.necks.layers import SEED_GN_NAMES, Add, UpsampleAdd
+from necktool.spec.families import Inferred, lateral_weights, norm_from
+from necktool.spec.fields import Activation, Norm
+from necktool.spec.neck_spec import NeckSpec
 
 
 class PAFPN(Neck):

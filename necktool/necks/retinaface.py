@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import torch
 
-from necktool.families import Inferred, lateral_weights, norm_from
-from necktool.fields import Activation
-from necktool.layers import UpsampleAdd
 from necktool.necks.base import Levels, Neck, as_levels
-from necktool.specs import NeckSpec, retinaface_leaky_slope
+from necktool.necks.layers import UpsampleAdd
+from necktool.spec.families import Inferred, lateral_weights, norm_from
+from necktool.spec.fields import Activation
+from necktool.spec.neck_spec import NeckSpec, retinaface_leaky_slope
 
 
 class RetinaFaceFPN(Neck):

@@ -1,6 +1,6 @@
 """Which neck a file holds: ``necktool inspect``, and NECK from ``--weights``.
 
-A checkpoint (``.pt``/``.pth``) is read with :func:`necktool.weights.read_checkpoint`
+A checkpoint (``.pt``/``.pth``) is read with :func:`necktool.necks.weights.read_checkpoint`
 (``weights_only=True``). Every registered family with a key layout is looked for under
 every prefix its marker keys appear at (``neck.``, ``fpn.``, ``module.fpn.``, none); the
 family's ``infer`` reads the spec fields off the tensor shapes, and a candidate counts
@@ -21,20 +21,20 @@ from typing import Any
 
 import torch
 
-from necktool.artifact import read_metadata
+from necktool.deploy.metadata import read_metadata
 from necktool.errors import InputError, NecktoolError, WeightsError
-from necktool.families import FAMILIES, FamilyInfo, Inferred, load
-from necktool.fields import FIELD
-from necktool.registry import PRESETS
-from necktool.report import Block, Note, size_text, table
-from necktool.specs import NeckSpec
-from necktool.weights import (
+from necktool.necks.weights import (
     DATA_PARALLEL_PREFIX,
     OPTIONAL_KEYS,
     SUFFIXES,
     Checkpoint,
     read_checkpoint,
 )
+from necktool.report import Block, Note, size_text, table
+from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, load
+from necktool.spec.fields import FIELD
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import PRESETS
 
 Shapes = Mapping[str, tuple[int, ...]]
 ONNX_SUFFIX = ".onnx"

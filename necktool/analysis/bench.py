@@ -11,12 +11,12 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
 * ``torch``: the model in eval mode under :func:`torch.inference_mode`, with
   ``torch.set_num_threads(threads)`` for the duration (restored afterwards).
 * ``onnxruntime``: the neck exported statically at the same size and batch by
-  :func:`necktool.export.export_model` (in memory, silenced), run by an
+  :func:`necktool.deploy.export.export_model` (in memory, silenced), run by an
   ``InferenceSession`` on ``CPUExecutionProvider`` with ``intra_op_num_threads=threads``,
   ``inter_op_num_threads=1``, sequential execution and full graph optimisation.
 
 ``precisions`` (``fp32``, ``fp16``, ``int8``) times that export at each precision
-(:mod:`necktool.precision`, int8 calibrated as ``necktool export`` calibrates it) in one
+(:mod:`necktool.deploy.convert`, int8 calibrated as ``necktool export`` calibrates it) in one
 run, and reports per precision the file's size and its max abs error and SQNR against the
 fp32 PyTorch module on the timed inputs.
 """
@@ -34,17 +34,8 @@ import torch
 from torch import nn
 
 from necktool import quiet
-from necktool.artifact import DEFAULT_OPSET
-from necktool.build import build_neck, make_inputs
-from necktool.comparison import sqnr_db
-from necktool.errors import InputError
-from necktool.export import export_model
-from necktool.precision import convert
-from necktool.profiling import analyze
-from necktool.registry import resolve_spec
-from necktool.report import Block, neck_header, num, size_text, table
-from necktool.specs import NeckSpec
-from necktool.timing import (
+from necktool.analysis.profiling import analyze
+from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -53,7 +44,16 @@ from necktool.timing import (
     RuntimeTiming,
     percentile,
 )
-from necktool.tolerance import Precision, check_precision
+from necktool.deploy.comparison import sqnr_db
+from necktool.deploy.convert import convert
+from necktool.deploy.export import export_model
+from necktool.deploy.metadata import DEFAULT_OPSET
+from necktool.deploy.options import Precision, check_precision
+from necktool.errors import InputError
+from necktool.necks.build import build_neck, make_inputs
+from necktool.report import Block, neck_header, num, size_text, table
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 from necktool.units import UNIT_SHORT
 
 __all__ = ["ALL_RUNTIMES", "BenchResult", "Runtime", "RuntimeTiming", "bench", "percentile"]

@@ -10,7 +10,7 @@ Rules:
   name is usable as a file name, every destination is writable, every request (opset,
   precision, memory, tolerances naming outputs) is valid. Nothing is built before that.
 * Each file is made and verified in memory and written atomically once it passed
-  (:func:`necktool.export.export_onnx`); an existing file of that name is replaced then,
+  (:func:`necktool.deploy.export.export_onnx`); an existing file of that name is replaced then,
   and only then. An entry whose verification fails leaves its existing file untouched;
   the other entries are still exported, and the result is falsy (exit 1).
 * Any other error (the exporter fails, a custom neck cannot be built) stops the run with
@@ -26,13 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from necktool.budgets.config import Budget, BudgetConfig
+from necktool.deploy.export import ExportResult, check_export, export_onnx
+from necktool.deploy.options import Precision, VerifyOptions, check_precision
+from necktool.deploy.serving import Images
+from necktool.deploy.verify import resolve_provider
 from necktool.errors import ConfigError, InputError, NecktoolError, VerificationFailed
-from necktool.export import ExportResult, check_export, export_onnx
 from necktool.files import check_writable
 from necktool.report import Block, Note, num, size_text, table
-from necktool.served import Images
-from necktool.tolerance import Precision, VerifyOptions, check_precision
-from necktool.verify import resolve_provider
 
 MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on the usual file systems
 
@@ -142,7 +142,7 @@ def export_config(
         config: From :func:`necktool.budgets.config.load_config`.
         directory: Where the files go; default the current directory. Must exist.
         dynamic, opset, seed, verify, options, precision, calibration: As for
-            :func:`necktool.export.export_onnx`, for every entry (each entry's own spec,
+            :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
 
@@ -152,7 +152,7 @@ def export_config(
         ConfigError: an entry's name cannot be a file name (nothing exported), or an
             entry's export failed for another reason than verification.
     """
-    from necktool.artifact import DEFAULT_OPSET
+    from necktool.deploy.metadata import DEFAULT_OPSET
 
     options = options or VerifyOptions()
     opset = DEFAULT_OPSET if opset is None else opset

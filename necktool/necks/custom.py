@@ -7,7 +7,7 @@ shipped necks. The current directory is importable, as with ``python -m``, so
 ``necktool profile examples.custom_neck:BiFPN --in-channels 40,80,160`` works from a checkout.
 
 This module is the ``custom`` family's builder; its spec is made torch-free by
-:func:`necktool.registry.custom_spec`.
+:func:`necktool.spec.registry.custom_spec`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from necktool.errors import CustomNeckError
-from necktool.specs import NeckSpec
+from necktool.spec.neck_spec import NeckSpec
 
 
 def build_custom(spec: NeckSpec) -> nn.Module:

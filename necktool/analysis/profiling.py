@@ -18,9 +18,9 @@ lands on a level, so the levels sum exactly to the total; anything that matches 
 is reported as ``unattributed``. That includes ops at a size two levels share (extra
 levels of a tiny image, P6 and P7 both 1x1), which no size can tell apart.
 
-Memory and the second count come from the same forward (:mod:`necktool.memory`): the
+Memory and the second count come from the same forward (:mod:`necktool.analysis.memory`): the
 trace runs under ``torch.no_grad()`` (an inference forward; fvcore's counts are the same
-with and without grad) with a :class:`~necktool.memory.ForwardTracker` active, which
+with and without grad) with a :class:`~necktool.analysis.memory.ForwardTracker` active, which
 records the bytes of every tensor the forward creates, by level and at peak, and the
 conv multiply-adds by ``torch.utils.flop_counter``'s formula.
 """
@@ -37,14 +37,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.build import build_neck, make_inputs
-from necktool.custom import check_outputs
+from necktool.analysis.memory import ForwardTracker
 from necktool.errors import CustomNeckError, InputError
-from necktool.fields import FIELD, BadValue
-from necktool.memory import ForwardTracker
-from necktool.registry import resolve_spec
+from necktool.necks.build import build_neck, make_inputs
+from necktool.necks.custom import check_outputs
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
-from necktool.specs import NeckSpec
+from necktool.spec.fields import FIELD, BadValue
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,

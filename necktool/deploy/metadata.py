@@ -19,11 +19,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from necktool.deploy.options import MAX_CALIBRATION, Precision
+from necktool.deploy.serving import Served
 from necktool.errors import ExportError, InputError, NecktoolError
-from necktool.fields import BadValue, SizeKind, describe_value, parse_int_text
-from necktool.served import Served
-from necktool.specs import NeckSpec
-from necktool.tolerance import MAX_CALIBRATION, Precision
+from necktool.spec.fields import BadValue, SizeKind, describe_value, parse_int_text
+from necktool.spec.neck_spec import NeckSpec
 from necktool.units import UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:

@@ -27,10 +27,10 @@ import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from necktool.families import Levels
+from necktool.spec.families import Levels
 
 if TYPE_CHECKING:
-    from necktool.specs import NeckSpec
+    from necktool.spec.neck_spec import NeckSpec
 
 __all__ = ["Case", "Images", "Levels", "Served", "calibration_shapes", "default_cases"]
 

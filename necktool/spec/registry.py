@@ -16,10 +16,10 @@ import re
 from typing import Any
 
 from necktool.errors import SpecError, UnknownNeckError
-from necktool.families import FAMILIES
-from necktool.fields import Activation, ExtraConvs, Norm
 from necktool.report import Block, num, size_text, table
-from necktool.specs import NeckSpec, retinaface_leaky_slope
+from necktool.spec.families import FAMILIES
+from necktool.spec.fields import Activation, ExtraConvs, Norm
+from necktool.spec.neck_spec import NeckSpec, retinaface_leaky_slope
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Compare an ONNX file, run by ONNX Runtime, with the PyTorch neck it came from.
 
-The rule is :mod:`necktool.tolerance`'s: per output, with the element excess
+The rule is :mod:`necktool.deploy.options`'s: per output, with the element excess
 ``e = |ort - torch| - rtol * |torch|``, the output passes when ``stat(e) <= atol``
 (``elemwise``: every element, i.e. ``numpy.isclose``'s rule; this is stricter than
 Polygraphy, which fails an element only when it breaks both tolerances). Per output and
@@ -14,8 +14,8 @@ survives, which matters for fp16 and int8 files: the SQNR,
 outputs, both over every element of every trial.
 
 The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to its
-precision's default tolerances (:data:`necktool.tolerance.PRECISION_DEFAULTS`) unless the
-user gives others. The cases are :func:`necktool.served.default_cases`: the export size,
+precision's default tolerances (:data:`necktool.deploy.options.PRECISION_DEFAULTS`) unless the
+user gives others. The cases are :func:`necktool.deploy.serving.default_cases`: the export size,
 and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
 """
 
@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from necktool import quiet
-from necktool.artifact import (
+from necktool.deploy.comparison import (
+    CaseComparison,
+    OutputComparison,
+    VerificationResult,
+)
+from necktool.deploy.metadata import (
     DamagedMetadata,
     GraphInfo,
     WeightSource,
@@ -43,19 +48,14 @@ from necktool.artifact import (
     load_model,
     read_metadata,
 )
-from necktool.build import make_inputs
-from necktool.comparison import (
-    CaseComparison,
-    OutputComparison,
-    VerificationResult,
-)
+from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError
-from necktool.registry import resolve_spec
+from necktool.necks.build import make_inputs
+from necktool.necks.weights import make_model, sha256_of
 from necktool.report import Block, Note, neck_header
-from necktool.served import Case, Served, default_cases
-from necktool.specs import NeckSpec
-from necktool.tolerance import ErrorStat, Precision, VerifyOptions
-from necktool.weights import make_model, sha256_of
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 # Re-exported: the results and cases live in torch-free modules.
@@ -362,7 +362,7 @@ def verify_onnx(
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
         neck: Which neck the file holds; needed when the file has no necktool metadata,
-            unless ``weights`` holds a neck :mod:`necktool.identify` recognises; and for a
+            unless ``weights`` holds a neck :mod:`necktool.necks.identify` recognises; and for a
             custom neck: the file's import path is imported only when ``neck`` names the
             same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded).
@@ -406,7 +406,7 @@ def verify_onnx(
         spec = resolve_spec(neck, **overrides)
         source = WeightSource("seed", seed=seed or 0)
     elif weights is not None:  # no metadata, but the weights say which neck they hold
-        from necktool.identify import identify_checkpoint
+        from necktool.necks.identify import identify_checkpoint
 
         found = identify_checkpoint(weights, prefix)
         spec = found.neck_spec.replace(**overrides)

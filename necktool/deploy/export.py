@@ -4,14 +4,14 @@ The exporter is PyTorch's maintained one, ``torch.onnx.export(..., dynamo=True)`
 A dynamic export gives each input level's height and width a ``torch.export.Dim`` of its
 own (``H_div8, W_div8, H_div16, ...``: level ``k`` of an ``H x W`` image is
 ``ceil(H/s_k) x ceil(W/s_k)``), so one file serves every image size from the coarsest
-stride up (:mod:`necktool.served` says exactly which, per family, and the file's metadata
+stride up (:mod:`necktool.deploy.serving` says exactly which, per family, and the file's metadata
 repeats it). A custom neck that cannot run at such sizes in PyTorch gets the levels tied
 as the strides tie them (``4*H_div32, 2*H_div32, H_div32``): images whose sides are
 multiples of the coarsest stride. Extra output levels (mmdetection's P6, P7) are computed
 from the coarsest level, so their sizes follow.
 
 ``precision`` fp16 or int8 converts the checked fp32 graph in memory
-(:mod:`necktool.precision`); verification then compares the converted graph with the fp32
+(:mod:`necktool.deploy.convert`); verification then compares the converted graph with the fp32
 PyTorch module, held to that precision's default tolerances.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
@@ -36,7 +36,9 @@ import onnx
 import torch
 from torch import nn
 
-from necktool.artifact import (
+from necktool.analysis.profiling import analyze, check_batch
+from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE, convert
+from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     MAX_OPSET,
     MIN_OPSET,
@@ -45,7 +47,19 @@ from necktool.artifact import (
     conv_macs,
     tensor_infos,
 )
-from necktool.build import make_inputs
+from necktool.deploy.options import (
+    DEFAULT_CALIBRATION,
+    Precision,
+    VerifyOptions,
+    check_precision,
+)
+from necktool.deploy.serving import Images, Levels, Served, calibration_shapes, default_cases
+from necktool.deploy.verify import (
+    VerificationResult,
+    compare_onnx,
+    reference_threads,
+    resolve_provider,
+)
 from necktool.errors import (
     ExportError,
     InputError,
@@ -54,29 +68,15 @@ from necktool.errors import (
     first_line,
 )
 from necktool.files import check_writable, write_file
-from necktool.precision import CALIBRATION_SEED, REDUCE_RANGE, convert
-from necktool.profiling import analyze, check_batch
+from necktool.necks.build import make_inputs
+from necktool.necks.weights import make_model
 from necktool.quiet import quiet
-from necktool.registry import resolve_spec
 from necktool.report import Block, neck_header, size_text, table
 from necktool.resources import export_bytes, forward_bytes, require
-from necktool.served import Images, Levels, Served, calibration_shapes, default_cases
-from necktool.specs import NeckSpec
-from necktool.tolerance import (
-    DEFAULT_CALIBRATION,
-    Precision,
-    VerifyOptions,
-    check_precision,
-)
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 from necktool.units import CROSS_CHECK, UNIT_SHORT
-from necktool.verify import (
-    VerificationResult,
-    compare_onnx,
-    reference_threads,
-    resolve_provider,
-)
 from necktool.version import __version__
-from necktool.weights import make_model
 
 STEPS = ("build", "count", "export", "check", "convert", "verify", "write")
 
@@ -411,7 +411,7 @@ def export_onnx(
         output: Destination file; default ``<neck>.onnx`` in the current directory.
         batch: Batch size traced (and fixed, for a static export).
         dynamic: Dynamic batch, height and width (every image size from the coarsest
-            stride up; see :mod:`necktool.served`); ``False`` fixes the export size.
+            stride up; see :mod:`necktool.deploy.serving`); ``False`` fixes the export size.
         opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
         seed: Weight init seed when ``weights`` is not given (norms randomised too).
         weights: A ``.pt``/``.pth`` state dict, loaded strictly (see ``load_weights``).
@@ -422,7 +422,7 @@ def export_onnx(
         precision: ``fp32``, ``fp16`` (float16 weights and compute, float32 inputs and
             outputs) or ``int8`` (ONNX Runtime static QDQ quantization).
         calibration: int8 only: seeded calibration batches (default
-            :data:`~necktool.tolerance.DEFAULT_CALIBRATION`).
+            :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are :func:`export_steps`).
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).

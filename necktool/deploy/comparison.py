@@ -1,5 +1,5 @@
 """The result of comparing ONNX Runtime with PyTorch, per output, case and file
-(torch-free; :mod:`necktool.verify` runs the comparison and fills these in).
+(torch-free; :mod:`necktool.deploy.verify` runs the comparison and fills these in).
 
 Per output: the max and mean absolute error, the max relative error, the smallest passing
 ``atol`` under the error statistic, NaN/Inf counts, and the sums behind the SQNR
@@ -13,9 +13,9 @@ import dataclasses
 import math
 from typing import Any
 
+from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.serving import Case
 from necktool.report import Block, Table, num, table
-from necktool.served import Case
-from necktool.tolerance import ErrorStat, Precision, VerifyOptions
 
 
 def sqnr_db(signal: float, noise: float) -> float:

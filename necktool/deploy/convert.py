@@ -1,5 +1,5 @@
 """fp16 and int8 versions of an exported fp32 graph, made in memory (no torch here but
-:func:`necktool.build.make_inputs` for the calibration batches).
+:func:`necktool.necks.build.make_inputs` for the calibration batches).
 
 * ``fp16``: ONNX Runtime's converter (``onnxruntime.transformers.float16``) with
   ``keep_io_types=True``: weights and compute in float16, inputs and outputs float32, so
@@ -10,7 +10,7 @@
   calibration), calibrated on ``calibration`` seeded batches
   drawn as verification draws its inputs (standard normal, one seed per batch; seeds of
   their own, so verification runs on inputs the calibration never saw), cycling through
-  the given ``(size, batch)`` shapes (:func:`necktool.served.calibration_shapes`).
+  the given ``(size, batch)`` shapes (:func:`necktool.deploy.serving.calibration_shapes`).
 
 Before quantizing, every initializer that several nodes share gets one copy per
 consumer: the dynamo exporter's optimiser shares the ``InstanceNormalization`` scale and
@@ -33,14 +33,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, check_precision
 from necktool.errors import ExportError, first_line
 from necktool.quiet import quiet
-from necktool.tolerance import DEFAULT_CALIBRATION, Precision, check_precision
 
 if TYPE_CHECKING:
     import onnx
 
-    from necktool.specs import NeckSpec
+    from necktool.spec.neck_spec import NeckSpec
 
 CALIBRATION_SEED = 5000  # batch i of the calibration uses seed 5000 + i
 
@@ -161,7 +161,7 @@ def _reader_class() -> Any:
     """A ``CalibrationDataReader`` over seeded batches (made here: ORT is imported late)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from necktool.build import make_inputs
+    from necktool.necks.build import make_inputs
 
     class SeededBatches(CalibrationDataReader):
         def __init__(self, spec: NeckSpec, shapes: list[Shape], count: int) -> None:

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.artifact import WeightSource
-from necktool.build import build_neck
+from necktool.deploy.metadata import WeightSource
 from necktool.errors import WeightsError
-from necktool.specs import NeckSpec
+from necktool.necks.build import build_neck
+from necktool.spec.neck_spec import NeckSpec
 
 SUFFIXES = (".pt", ".pth")
 DATA_PARALLEL_PREFIX = "module."

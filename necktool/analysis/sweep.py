@@ -1,6 +1,6 @@
 """FLOPs, parameters and memory of one or more necks over a range of input sizes.
 
-Each neck is built once and traced once per size (:func:`necktool.profiling.analyze`),
+Each neck is built once and traced once per size (:func:`necktool.analysis.profiling.analyze`),
 so the cost grows linearly with the number of sizes. FLOPs follow fvcore: one fused
 multiply-add counts as one flop. Memory is the profile's (fp32 bytes; MiB = 2^20 bytes).
 
@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from necktool.errors import InputError
-from necktool.fields import BadValue, parse_int_text
 from necktool.files import check_writable, write_file
 from necktool.quiet import quiet
-from necktool.registry import expand_names, resolve_spec
 from necktool.report import Block, Note, num, size_text, table
-from necktool.specs import NeckSpec, parse_size
+from necktool.spec.fields import BadValue, parse_int_text
+from necktool.spec.neck_spec import NeckSpec, parse_size
+from necktool.spec.registry import expand_names, resolve_spec
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
@@ -161,7 +161,7 @@ class SweepPoint:
     ``level_flops`` sums to ``flops`` and ``level_activation_bytes`` to
     ``memory["activation_bytes"]``; an ``unattributed`` entry appears only when something
     matched no level (possible with custom necks, never with the presets). ``cross_check``
-    is the profile's second conv count (see :class:`necktool.profiling.CrossCheck`).
+    is the profile's second conv count (see :class:`necktool.analysis.profiling.CrossCheck`).
     """
 
     input_size: tuple[int, int]
@@ -352,8 +352,8 @@ def sweep(
         >>> r.necks[0].points[1].flops == 4 * r.necks[0].points[0].flops
         True
     """
-    from necktool.build import build_neck  # torch: the sweep itself
-    from necktool.profiling import analyze, check_batch
+    from necktool.analysis.profiling import analyze, check_batch
+    from necktool.necks.build import build_neck  # torch: the sweep itself
 
     unique = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
     if not unique:

@@ -3,7 +3,7 @@
 :class:`ForwardTracker` is a ``TorchFunctionMode``: it sees every torch call the neck's
 forward makes (``torch.conv2d``, ``group_norm``, ``interpolate``, ``Tensor.__add__``...)
 without changing it, so it rides along fvcore's TorchScript trace in
-:func:`necktool.profiling.analyze` and the neck still runs once. (A
+:func:`necktool.analysis.profiling.analyze` and the neck still runs once. (A
 ``TorchDispatchMode`` such as ``torch.utils.flop_counter.FlopCounterMode`` cannot: active
 during fvcore's trace, it changes the recorded graph and fvcore's counts.)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from necktool.errors import InputError
-from necktool.fields import BadValue, parse_float_text
+from necktool.spec.fields import BadValue, parse_float_text
 
 DEFAULT_ATOL = 1e-4  # fp32 (see PRECISION_DEFAULTS for fp16 and int8)
 DEFAULT_RTOL = 1e-4
@@ -239,7 +239,7 @@ def provider_name(name: str) -> str:
 def check_precision(precision: Precision | str, calibration: int | None) -> tuple[Precision,
                                                                                   int | None]:
     """The precision, and the calibration batch count (int8 only; default
-    :data:`~necktool.tolerance.DEFAULT_CALIBRATION`)."""
+    :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`)."""
     try:
         precision = Precision(precision)
     except ValueError:

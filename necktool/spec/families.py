@@ -5,7 +5,7 @@ the spec fields it accepts, and the key layout of its weights in a checkpoint. T
 ``Family`` choices, help texts and "valid: ..." lists are all derived from here.
 
 Adding a family: write its module (an ``nn.Module`` built from a
-:class:`~necktool.specs.NeckSpec`) and register it below; nothing else in necktool changes.
+:class:`~necktool.spec.neck_spec.NeckSpec`) and register it below; nothing else in necktool changes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from necktool.errors import SpecError
-from necktool.fields import FIELD, Norm
+from necktool.spec.fields import FIELD, Norm
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -203,7 +203,7 @@ register_family(FamilyInfo(
 register_family(FamilyInfo(
     name="custom",
     description="your own module, named by an import path package.module:factory",
-    builder="necktool.custom:build_custom",
+    builder="necktool.necks.custom:build_custom",
     fields=("in_channels", "out_channels", "input_size"),
     needs_factory=True,
 ))

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.registry import resolve_spec
 from necktool.report import size_text
 from necktool.resources import FLOAT32, forward_bytes, param_bound, require
-from necktool.specs import NeckSpec
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
 
 
 def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.Module:
@@ -18,7 +18,7 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
 
     Args:
         neck: A preset name (``necktool list``), an import path ``pkg.module:factory``
-            (see :mod:`necktool.custom`) or a :class:`NeckSpec`.
+            (see :mod:`necktool.necks.custom`) or a :class:`NeckSpec`.
         seed: Seed for the weight init; the global RNG state is left untouched.
         **overrides: Spec fields to change (``out_channels=32``...); ``None`` is ignored.
 

@@ -1,8 +1,8 @@
 """Typed neck specifications: every knob of a neck, validated in one place (torch-free).
 
 A :class:`NeckSpec` is a frozen description of a neck. ``family`` names a registered
-family (:mod:`necktool.families`), which says which fields it takes; the field kinds
-(:mod:`necktool.fields`) check each value's type and range. Validation happens here,
+family (:mod:`necktool.spec.families`), which says which fields it takes; the field kinds
+(:mod:`necktool.spec.fields`) check each value's type and range. Validation happens here,
 before any tensor exists, so a bad value is a one-line :class:`~necktool.errors.SpecError`
 instead of a shape error deep in torch.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
-from necktool.families import FamilyInfo, families_taking, get_family
-from necktool.fields import (
+from necktool.spec.families import FamilyInfo, families_taking, get_family
+from necktool.spec.fields import (
     BASE_STRIDE,
     FIELD,
     MAX_INPUT_SIDE,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from necktool.fields import Activation, Norm
+from necktool.spec.fields import Activation, Norm
 
 # Child names of the SCRFD seed's ConvGNReLU; a BN or norm-free block keeps the seed's
 # (and Pytorch_Retinaface's) nn.Sequential indices 0/1/2 so checkpoints load strictly.

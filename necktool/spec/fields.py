@@ -4,7 +4,7 @@ Every knob of a neck is one :class:`SpecField`: its CLI flag, its TOML key, its 
 kind (which parses command-line text and checks TOML/JSON values, with the range), its
 help text and metavar. The CLI options, the budget schema and the validation messages
 are all produced from :data:`FIELDS`; which families take a field is declared by each
-family (:mod:`necktool.families`), never here.
+family (:mod:`necktool.spec.families`), never here.
 
 Numbers are parsed from ASCII digits only and range-checked where they enter, so a
 Unicode digit, a 5,000-digit integer, NaN or an overflowing float is a clear error, never
@@ -344,7 +344,7 @@ class SpecField:
     """One build knob, described once.
 
     Attributes:
-        name: The :class:`~necktool.specs.NeckSpec` attribute (or run setting, for batch).
+        name: The :class:`~necktool.spec.neck_spec.NeckSpec` attribute (or run setting, for batch).
         flag: The CLI flag; the TOML key is the flag without its dashes.
         kind: Parses and checks values, with the range.
         help: One sentence for ``--help`` (the families that take it are appended).

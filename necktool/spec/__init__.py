@@ -1,0 +1,2 @@
+"""What a neck is, torch-free: the build flags (fields), the families, the validated spec
+and the preset registry."""
