@@ -158,8 +158,8 @@ def test_every_field_is_an_option_and_a_toml_key() -> None:
 
 def test_a_flag_the_family_does_not_take_names_the_families_that_do(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from necktool.spec import families
     from necktool.errors import SpecError
+    from necktool.spec import families
     from necktool.spec.neck_spec import NeckSpec
 
     toy = families.FamilyInfo("toy", "a family without norms", "necktool.necks.pafpn:PAFPN",

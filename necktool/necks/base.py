@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -29,6 +30,9 @@ class Neck(nn.Module):
 
     #: top-level child name (without index) -> stage shown in profiles
     STAGES: ClassVar[Mapping[str, str]] = {}
+    #: top-level child name -> what to add to its index to get the output level it feeds
+    #: (``bu_convs.0`` makes the stride-2 input of level 1, P4)
+    LEVEL_OFFSET: ClassVar[Mapping[str, int]] = {}
     #: child names of a conv/norm/act block; ``None`` keeps ``Sequential`` indices 0, 1, 2
     block_names: tuple[str, str, str] | None = None
 
@@ -54,3 +58,26 @@ class Neck(nn.Module):
     def stage_of(cls, child: str) -> str:
         """Stage of a top-level child (``merge2`` -> ``merge``, ``td_convs`` -> ``top-down``)."""
         return cls.STAGES.get(child.rstrip("0123456789"), child)
+
+    def part_of(self, path: str) -> tuple[str, int] | None:
+        """The stage and the output level (0 = P3) that the submodule at ``path`` computes,
+        or ``None`` for a path outside the neck's children.
+
+        ``td_convs.1.conv`` -> ``("top-down", 1)``; RetinaFace's ``merge1.0`` ->
+        ``("merge", 0)`` (its children are numbered from 1).
+        """
+        head, _, rest = path.partition(".")
+        numbered = _NUMBERED.fullmatch(head)
+        if numbered:  # RetinaFace's output1, merge1, fuse1: level i is child i + 1
+            name, index = numbered.group(1), int(numbered.group(2)) - 1
+        else:
+            first = rest.partition(".")[0]
+            if not first.isdigit():
+                return None
+            name, index = head, int(first)
+        if name not in self.STAGES or not hasattr(self, head):
+            return None
+        return self.STAGES[name], index + self.LEVEL_OFFSET.get(name, 0)
+
+
+_NUMBERED = re.compile(r"([A-Za-z_]+?)(\d+)")

@@ -75,6 +75,8 @@ class MMDetFPN(Neck):
         "bu_fuse": "bottom-up",
         "pafpn_convs": "pafpn",
     }
+    LEVEL_OFFSET: ClassVar[Mapping[str, int]] = {
+        "downsample_convs": 1, "bu_fuse": 1, "pafpn_convs": 1}
 
     def __init__(self, spec: NeckSpec) -> None:
         super().__init__(spec)
@@ -120,6 +122,19 @@ class MMDetFPN(Neck):
             else:
                 parts.append((name, self.stage_of(name), child))
         return sorted(parts, key=lambda part: STAGE_ORDER.index(part[1]))
+
+    def part_of(self, path: str) -> tuple[str, int] | None:
+        """Like :meth:`Neck.part_of`; the extra convs appended to ``fpn_convs`` and the
+        extra pools are stage ``extra`` at the levels past the inputs."""
+        part = super().part_of(path)
+        if part is None:
+            return None
+        stage, level = part
+        if path.startswith("extra_pools."):
+            return "extra", level + self.used_levels
+        if path.startswith("fpn_convs.") and level >= self.used_levels:
+            return "extra", level
+        return stage, level
 
     def _top_down(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, feats, strict=True)]

@@ -30,6 +30,7 @@ class PAFPN(Neck):
         "bu_fuse": "bottom-up",
         "bu_out_convs": "output",
     }
+    LEVEL_OFFSET: ClassVar[Mapping[str, int]] = {"bu_convs": 1, "bu_fuse": 1}
 
     def __init__(self, spec: NeckSpec) -> None:
         super().__init__(spec)
