@@ -24,8 +24,8 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
-from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
+from necktool.deploy.options import Precision
 from necktool.errors import InputError
 from necktool.spec.fields import IntKind
 from necktool.spec.neck_spec import NeckSpec
@@ -33,6 +33,7 @@ from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
     from necktool.deploy.export import ExportResult
+    from necktool.deploy.plan import ExportSettings
     from necktool.deploy.project import ConfigExport
 
 EXPORT = "Export"
@@ -108,45 +109,41 @@ def export_command(
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
     project's config, each to <entry name>.onnx.
     """
-    precision = precision or Precision.FP32
-    check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
+    from necktool.deploy.plan import ExportPlan, ExportSettings
+
+    # What applies to any neck (precision, calibration, opset, provider): checked once.
+    settings = ExportSettings.check(
+        dynamic=not static, opset=DEFAULT_OPSET if opset is None else opset, weights=weights,
+        verify=verify, options=options, precision=precision or Precision.FP32,
+        calibration=calibration)
     if neck is None and weights.path is None:
-        return _export_config(config, output, static, opset, precision, calibration, verify,
-                              flags=flags, weights=weights, options=options)
+        return _export_config(config, output, settings, flags=flags)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
     chosen: str | NeckSpec
     chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
-    resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
+    # A bad name or flag: exit 2 before torch loads (unless --weights needed it to say
+    # which neck it holds).
+    spec = resolve_spec(chosen, **flags.overrides())
+    plan = ExportPlan.for_spec(spec, output, flags.batch,
+                               dataclasses.replace(settings, weights=weights))
     load_heavy()
-    from necktool.deploy.export import ExportResult, export_onnx, export_steps
-    from necktool.errors import VerificationFailed
+    from necktool.deploy.export import run_export
 
-    try:
-        with progress(len(export_steps(verify, precision)), "export") as advance:
-            return export_onnx(
-                chosen, output, batch=flags.batch, dynamic=not static,
-                opset=DEFAULT_OPSET if opset is None else opset,
-                seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
-                verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=advance, **flags.overrides())
-    except VerificationFailed as exc:
-        if not isinstance(exc.result, ExportResult):
-            raise
-        return exc.result  # rendered like a passing one; its falseness is exit 1
+    with progress(len(plan.steps), "export") as advance:
+        return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
 
 
-def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
-                   opset: int | None, precision: Precision, calibration: int | None,
-                   verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
+def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
+                   settings: ExportSettings, *, flags: Any) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
     given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
     given += ["--batch"] if flags.given("batch") is not None else []
-    given += [f for f, v in (("--weights", weights.path), ("--prefix", weights.prefix))
-              if v is not None]
+    given += [f for f, v in (("--weights", settings.weights.path),
+                             ("--prefix", settings.weights.prefix)) if v is not None]
     if given:
         verb = "describes" if len(given) == 1 else "describe"
         raise InputError(f"{', '.join(given)} {verb} one neck; with no NECK every budget "
@@ -156,12 +153,10 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, sta
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
-    load_heavy()
-    from necktool.deploy.export import export_steps
-    from necktool.deploy.project import export_config
+    from necktool.deploy.project import plan_config, run_config
 
-    steps = len(export_steps(verify, precision)) * len(cfg.budgets)
-    with progress(steps, "export") as advance:
-        return export_config(cfg, output, dynamic=not static, opset=opset,
-                             seed=weights.seed or 0, verify=verify, options=options,
-                             precision=precision, calibration=calibration, on_step=advance)
+    plan = plan_config(cfg, output, dataclasses.replace(
+        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)))
+    load_heavy()
+    with progress(plan.steps, "export") as advance:
+        return run_config(plan, on_step=advance)

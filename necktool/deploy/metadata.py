@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +44,79 @@ class DamagedMetadata(InputError):
     """The file's ``necktool.*`` metadata is there but cannot be trusted."""
 
 
+class WeightsKind(enum.StrEnum):
+    """What a weights request reads: nothing (a seed), a checkpoint or an ONNX file."""
+
+    SEED = "seed"  # drawn from a seed (see SEEDED_INIT)
+    CHECKPOINT = "checkpoint"  # a .pt/.pth state dict (torch.load(weights_only=True))
+    ONNX = "onnx"  # a detector or neck ONNX file's initializers (not loaded yet)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRequest:
+    """Where a command's weights should come from: the one request type from the CLI's
+    ``--seed``/``--weights``/``--prefix`` to :func:`necktool.necks.weights.make_model`.
+
+    ``None`` means "not given": a command fills it (``export``: seed 0; ``verify``: what
+    the file records). A file wins over a seed. What was actually loaded is recorded as a
+    :class:`WeightSource` (with the file's SHA-256).
+
+    Example:
+        >>> WeightsRequest(path=pathlib.Path("det.onnx")).kind.value
+        'onnx'
+    """
+
+    seed: int | None = None
+    path: pathlib.Path | None = None
+    prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, pathlib.Path):
+            object.__setattr__(self, "path", pathlib.Path(self.path))
+
+    @property
+    def kind(self) -> WeightsKind:
+        if self.path is None:
+            return WeightsKind.SEED
+        return WeightsKind.ONNX if self.path.suffix.lower() == ".onnx" \
+            else WeightsKind.CHECKPOINT
+
+    @property
+    def given(self) -> bool:
+        """A seed or a file was asked for."""
+        return self.seed is not None or self.path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What decides the weights (a plan's content hash): the seed, or the file's kind,
+        SHA-256 and prefix (not its path: the same bytes elsewhere are the same weights)."""
+        if self.path is None:
+            return {"kind": WeightsKind.SEED.value, "seed": self.seed or 0}
+        return {"kind": self.kind.value, "sha256": file_sha256(self.path),
+                "prefix": self.prefix}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes.
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
-    """How a model's weights were made; written into an exported file's metadata."""
+    """How a model's weights were made; written into an exported file's metadata (the
+    record of what a :class:`WeightsRequest` loaded)."""
 
     source: str  # "seed" or "file"
     seed: int | None = None
@@ -74,6 +146,12 @@ class WeightSource:
         if not isinstance(stripped, list) or not all(isinstance(s, str) for s in stripped):
             raise ValueError("weights stripped must be a list of strings")
         return cls(source=data["source"], seed=seed, stripped=tuple(stripped), **strings)
+
+    def request(self) -> WeightsRequest:
+        """The request that makes these weights again."""
+        if self.source == "seed":
+            return WeightsRequest(seed=self.seed or 0)
+        return WeightsRequest(path=pathlib.Path(self.path or ""), prefix=self.prefix)
 
     def describe(self) -> str:
         if self.source == "seed":
