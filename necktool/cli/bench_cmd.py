@@ -62,11 +62,9 @@ def bench_command(
     from necktool.analysis.plan import BenchPlan
 
     # Every check, once, before torch loads; the plan also knows how many runs it times.
-    plan = BenchPlan.build(neck, batch=flags.batch,
-                           warmup=DEFAULT_WARMUP if warmup is None else warmup,
-                           repeat=DEFAULT_REPEAT if repeat is None else repeat,
-                           threads=threads, runtimes=runtime or None,
-                           precisions=precision or (), calibration=calibration,
+    counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
+    plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtime or None,
+                           precisions=precision or (), calibration=calibration, **counts,
                            **flags.overrides())
     load_heavy()
     from necktool.analysis.bench import run_bench

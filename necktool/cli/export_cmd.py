@@ -25,7 +25,6 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
-from necktool.deploy.options import Precision
 from necktool.errors import InputError
 from necktool.spec.fields import IntKind
 from necktool.spec.neck_spec import NeckSpec
@@ -112,10 +111,9 @@ def export_command(
     from necktool.deploy.plan import ExportPlan, ExportSettings
 
     # What applies to any neck (precision, calibration, opset, provider): checked once.
-    settings = ExportSettings.check(
-        dynamic=not static, opset=DEFAULT_OPSET if opset is None else opset, weights=weights,
-        verify=verify, options=options, precision=precision or Precision.FP32,
-        calibration=calibration)
+    given = {k: v for k, v in (("opset", opset), ("precision", precision)) if v is not None}
+    settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
+                                    options=options, calibration=calibration, **given)
     if neck is None and weights.path is None:
         return _export_config(config, output, settings, flags=flags)
     if config is not None:
