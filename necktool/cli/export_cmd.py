@@ -25,9 +25,9 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.options import Precision, Upsample, check_precision
 from necktool.errors import InputError
-from necktool.spec.fields import IntKind
+from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
@@ -58,6 +58,14 @@ Opset = Annotated[Any, typer.Option(
     "--opset", metavar="N", rich_help_panel=EXPORT, show_default=False,
     parser=typer_parser(IntKind(low=MIN_OPSET, high=MAX_OPSET).from_text),
     help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}. Default: {DEFAULT_OPSET}.")]
+UpsampleOpt = Annotated[Any, typer.Option(
+    "--upsample", metavar="[" + "|".join(Upsample) + "]", rich_help_panel=EXPORT,
+    parser=typer_parser(ChoiceKind(Upsample).from_text), show_default=False,
+    help="How the file writes nearest upsampling. size (default): a Resize to the finer "
+    "level's size, computed from its Shape. scale2: a constant x2 Resize, then a crop to the "
+    "finer level's size, for converters that freeze a size-computed Resize at the export "
+    "size (ncnn, OpenCV). The same numbers, FLOPs and conv MACs; a scale2 file's levels must "
+    "be the ceil(H/stride) sizes of one image.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -91,6 +99,7 @@ def export_command(
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
+    upsample: UpsampleOpt = None,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -100,9 +109,9 @@ def export_command(
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
-    (necktool version, resolved spec, export size, the sizes it serves, precision, FLOPs,
-    params, weights' origin) and passes onnx.checker (full) and shape inference. Exit 1 if
-    verification fails: the destination is then left untouched.
+    (necktool version, resolved spec, export size, the sizes it serves, precision, upsample
+    form, FLOPs, params, weights' origin) and passes onnx.checker (full) and shape
+    inference. Exit 1 if verification fails: the destination is then left untouched.
 
     Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
@@ -112,7 +121,8 @@ def export_command(
     check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
     if neck is None and weights.path is None:
         return _export_config(config, output, static, opset, precision, calibration, verify,
-                              flags=flags, weights=weights, options=options)
+                              flags=flags, weights=weights, options=options,
+                              upsample=upsample or Upsample.SIZE)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
@@ -130,7 +140,7 @@ def export_command(
                 opset=DEFAULT_OPSET if opset is None else opset,
                 seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
                 verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=advance, **flags.overrides())
+                on_step=advance, upsample=upsample or Upsample.SIZE, **flags.overrides())
     except VerificationFailed as exc:
         if not isinstance(exc.result, ExportResult):
             raise
@@ -139,7 +149,8 @@ def export_command(
 
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
                    opset: int | None, precision: Precision, calibration: int | None,
-                   verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
+                   verify: bool, *, flags: Any, weights: Any, options: Any,
+                   upsample: Upsample = Upsample.SIZE) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
@@ -164,4 +175,5 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, sta
     with progress(steps, "export") as advance:
         return export_config(cfg, output, dynamic=not static, opset=opset,
                              seed=weights.seed or 0, verify=verify, options=options,
-                             precision=precision, calibration=calibration, on_step=advance)
+                             precision=precision, calibration=calibration, on_step=advance,
+                             upsample=upsample)

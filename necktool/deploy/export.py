@@ -50,8 +50,10 @@ from necktool.deploy.metadata import (
 from necktool.deploy.options import (
     DEFAULT_CALIBRATION,
     Precision,
+    Upsample,
     VerifyOptions,
     check_precision,
+    check_upsample,
 )
 from necktool.deploy.serving import Images, Levels, Served, calibration_shapes, default_cases
 from necktool.deploy.verify import (
@@ -69,6 +71,7 @@ from necktool.errors import (
 )
 from necktool.files import check_writable, write_file
 from necktool.necks.build import make_inputs
+from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.necks.weights import make_model
 from necktool.quiet import quiet
 from necktool.report import Block, neck_header, size_text, table
@@ -160,6 +163,7 @@ class ExportResult:
             "dynamic": m.dynamic,
             "serves": m.serves_text(),
             "precision": m.precision.value,
+            "upsample": m.upsample.value,
             "calibration": _calibration(m),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -187,6 +191,7 @@ class ExportResult:
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("precision", precision_text(m)),
+            ("upsample", m.upsample_text()),
             ("serves", m.serves_text()),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
@@ -269,6 +274,15 @@ def served_by(spec: NeckSpec, model: nn.Module | None = None, *,
     if model is not None and not _runs_at_odd_sizes(model, spec):
         return Served(Images.MULTIPLES, Levels.TIED)
     return Served(Images.ANY, Levels.ONE_IMAGE)
+
+
+def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
+    """What a file serves once its upsampling is ``upsample``: a ``scale2`` crop computes
+    the ``size`` form's numbers only where each level is ``ceil(finer / 2)``, so it ties
+    independent levels to the sizes of one image."""
+    if upsample is Upsample.SCALE2 and served.levels is Levels.INDEPENDENT:
+        return dataclasses.replace(served, levels=Levels.ONE_IMAGE)
+    return served
 
 
 def _runs_at_odd_sizes(model: nn.Module, spec: NeckSpec) -> bool:
@@ -364,7 +378,8 @@ def check_export_request(spec: NeckSpec, *, opset: int, dynamic: bool,
 
 def check_export(spec: NeckSpec, *, batch: int, opset: int, dynamic: bool,
                  precision: Precision | str, calibration: int | None,
-                 options: VerifyOptions | None) -> tuple[int, Precision, int | None, Served]:
+                 options: VerifyOptions | None, upsample: Upsample | str = Upsample.SIZE
+                 ) -> tuple[int, Precision, int | None, Served]:
     """Everything that can be wrong with an export of ``spec``, checked before any work:
     batch, opset, traced size, precision and calibration, the memory it needs and, when
     ``options`` is given (verification on), the outputs they name and the provider.
@@ -374,7 +389,7 @@ def check_export(spec: NeckSpec, *, batch: int, opset: int, dynamic: bool,
     """
     batch = check_batch(batch)
     precision, calibration = check_precision(precision, calibration)
-    served = served_by(spec, dynamic=dynamic)
+    served = tied_by_upsample(served_by(spec, dynamic=dynamic), check_upsample(upsample))
     check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
     need = export_bytes(spec, spec.input_size, batch)
     if calibration:  # ONNX Runtime's calibrator keeps every batch's activations
@@ -402,6 +417,7 @@ def export_onnx(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -425,13 +441,18 @@ def export_onnx(
             :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are :func:`export_steps`).
+        upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
+            level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
+            which converters that freeze a size-computed Resize keep). The numbers, the
+            FLOPs (counted on the ``size`` form) and the conv MACs are the same.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
         The result; the file is at ``result.path``.
 
     Raises:
-        InputError: bad destination, opset, size, precision or provider (nothing done).
+        InputError: bad destination, opset, size, precision, provider or upsample form
+            (nothing done).
         WeightsError: the weights file does not fit.
         ExportError: the exporter, the conversion or a check failed (nothing written).
         VerificationFailed: ONNX Runtime disagrees (nothing written; ``.result`` has the
@@ -456,21 +477,31 @@ def export_onnx(
 
     # Everything that can be wrong with the request is reported before any work.
     spec = resolve_spec(neck, **overrides)
+    upsample = check_upsample(upsample)
     batch, precision, calibration, served = check_export(
         spec, batch=batch, opset=opset, dynamic=dynamic, precision=precision,
-        calibration=calibration, options=options if verify else None)
+        calibration=calibration, options=options if verify else None, upsample=upsample)
     dest = check_writable(output if output is not None else f"{spec.label}.onnx",
                           "the ONNX file")
 
     model, source = make_model(spec, seed=seed, prefix=prefix,
                                weights=None if weights is None else pathlib.Path(weights))
+    if upsample is not Upsample.SIZE \
+            and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
+        raise InputError(f"--upsample {upsample.value} rewrites necktool's UpsampleAdd "
+                         f"modules, and {spec.label} has none (it upsamples in its own code); "
+                         f"leave --upsample at {Upsample.SIZE.value}")
     if dynamic and spec.info.levels is None:  # a custom neck: can it run at every size?
-        served = served_by(spec, model)
+        served = tied_by_upsample(served_by(spec, model), upsample)
         check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
     done("build")
     with reference_threads():  # a traced forward: no fast kernels needed
         counted = analyze(model, spec, spec.input_size, batch)
     done("count")
+    # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
+    # would count a scale2 upsample's uncropped 2x output). Verification then compares the
+    # file with the module in the form it was exported in.
+    set_upsample(model, upsample)
     inputs = make_inputs(spec, spec.input_size, batch, seed=0)
     proto = export_model(model, spec, inputs, dynamic=dynamic, opset=opset, served=served)
     done("export")
@@ -482,7 +513,7 @@ def export_onnx(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
         batch=batch, dynamic=dynamic, opset=opset, flops=counted.flops,
         params=counted.params, conv_macs=onnx_macs, weights=source, exporter=exporter_name(),
-        precision=precision, served=served, calibration=calibration)
+        precision=precision, served=served, calibration=calibration, upsample=upsample)
     _stamp(proto, meta)
     _check_model(proto)
     counter_macs = counted.cross_check.flop_counter_conv_macs

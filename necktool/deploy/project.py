@@ -27,7 +27,7 @@ from typing import Any
 
 from necktool.budgets.config import Budget, BudgetConfig
 from necktool.deploy.export import ExportResult, check_export, export_onnx
-from necktool.deploy.options import Precision, VerifyOptions, check_precision
+from necktool.deploy.options import Precision, Upsample, VerifyOptions, check_precision
 from necktool.deploy.serving import Images
 from necktool.deploy.verify import resolve_provider
 from necktool.errors import ConfigError, InputError, NecktoolError, VerificationFailed
@@ -135,13 +135,14 @@ def export_config(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
 ) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
     Args:
         config: From :func:`necktool.budgets.config.load_config`.
         directory: Where the files go; default the current directory. Must exist.
-        dynamic, opset, seed, verify, options, precision, calibration: As for
+        dynamic, opset, seed, verify, options, precision, calibration, upsample: As for
             :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
@@ -172,7 +173,7 @@ def export_config(
         try:
             check_export(entry.spec, batch=entry.batch, opset=opset, dynamic=dynamic,
                          precision=precision, calibration=calibration,
-                         options=options if verify else None)
+                         options=options if verify else None, upsample=upsample)
         except NecktoolError as exc:
             _prefix(exc, where)
             raise
@@ -189,7 +190,7 @@ def export_config(
             result = export_onnx(
                 entry.spec, dest, batch=entry.batch, dynamic=dynamic, opset=opset, seed=seed,
                 verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=entry_step)
+                on_step=entry_step, upsample=upsample)
         except VerificationFailed as exc:
             if not isinstance(exc.result, ExportResult):
                 raise

@@ -48,10 +48,11 @@ from necktool.deploy.metadata import (
     load_model,
     read_metadata,
 )
-from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions, check_upsample
 from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
+from necktool.necks.layers import set_upsample
 from necktool.necks.weights import make_model, sha256_of
 from necktool.report import Block, Note, neck_header
 from necktool.spec.neck_spec import NeckSpec
@@ -72,6 +73,7 @@ class VerifyReport:
     graph: GraphInfo
     verification: VerificationResult
     serves: str = ""  # which inputs the file serves, in one sentence
+    upsample: Upsample = Upsample.SIZE  # the form the neck was rebuilt in (the file's)
 
     @property
     def passed(self) -> bool:
@@ -105,6 +107,7 @@ class VerifyReport:
             "dynamic": self.graph.dynamic,
             "precision": self.precision.value,
             "serves": self.serves,
+            "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
@@ -113,7 +116,8 @@ class VerifyReport:
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
         if self.serves:
-            out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
+            out.append(Note(f"{self.path} ({self.precision.value}, upsample "
+                            f"{self.upsample.value}) serves {self.serves}"))
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
@@ -355,6 +359,7 @@ def verify_onnx(
     prefix: str | None = None,
     batch: int | None = None,
     options: VerifyOptions | None = None,
+    upsample: Upsample | str | None = None,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -370,6 +375,8 @@ def verify_onnx(
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
             one, or converted after export, what its graph holds).
+        upsample: The form the neck is rebuilt in (``size`` or ``scale2``); default: the
+            file's (its metadata; ``size`` for a file without one).
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -384,6 +391,7 @@ def verify_onnx(
         >>> bool(report), report.summary()  # doctest: +SKIP
     """
     options = options or VerifyOptions()
+    chosen = None if upsample is None else check_upsample(upsample)
     file = pathlib.Path(path)
     if not file.is_file():
         raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
@@ -429,6 +437,8 @@ def verify_onnx(
                              "has changed; pass --weights FILE (and --prefix)")
     model, source = make_model(spec, seed=source.seed or 0, weights=source.path,
                                prefix=source.prefix if source.source == "file" else None)
+    form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
+    set_upsample(model, form)  # the file's own form: compare it with what it was made from
     graph = describe(proto)
     if batch is None:
         batch = meta.batch if meta is not None and neck is None else 1
@@ -442,4 +452,4 @@ def verify_onnx(
                                 weights=source.describe(), dynamic=graph.dynamic,
                                 precision=precision)
     return VerifyReport(str(file), spec, batch, graph, verification,
-                        served.describe(spec, spec.input_size, batch))
+                        served.describe(spec, spec.input_size, batch), form)
