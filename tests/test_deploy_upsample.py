@@ -245,3 +245,53 @@ def test_a_custom_neck_without_upsampleadd_refuses_scale2(tmp_path: pathlib.Path
         export_onnx("examples.custom_neck:BiFPN", tmp_path / "b.onnx", upsample="scale2",
                     in_channels=(8, 16, 32), out_channels=8)
     assert not list(tmp_path.iterdir())
+
+
+# -- a converter that freezes a size-computed Resize ------------------------------------
+def _ncnn_outputs(param: pathlib.Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    ncnn = pytest.importorskip("ncnn")
+    net = ncnn.Net()
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = False
+    net.opt.use_fp16_arithmetic = False
+    assert net.load_param(str(param)) == 0
+    assert net.load_model(str(param.with_suffix(".bin"))) == 0
+    arrays = [np.ascontiguousarray(x[0]) for x in inputs]  # kept alive: ncnn.Mat borrows
+    mats = [ncnn.Mat(a) for a in arrays]
+    extractor = net.create_extractor()
+    for i, mat in enumerate(mats):
+        extractor.input(f"in{i}", mat)
+    outs = []
+    for i in range(len(inputs)):
+        code, mat = extractor.extract(f"out{i}")
+        assert code == 0
+        outs.append(np.array(mat)[None])
+    return outs
+
+
+def test_pnnx_freezes_size_but_keeps_scale2_at_multiples_of_32(
+        files: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    """Both dynamic files converted to ncnn by pnnx at 64x64 (ncnn#6332's route): the size
+    file's Resize is frozen at 4x4 and 8x8 and reads past its input at 96x128; the scale2
+    file's x2 Resize is kept and its crop, a no-op at 64x64, dropped, so it is right at
+    every multiple of 32 (here 96x128, against ONNX Runtime on the same file)."""
+    pnnx = pytest.importorskip("pnnx")
+    spec = resolve_spec("fpn", **NECK)
+    at_64 = make_inputs(spec, (64, 64), 1, seed=0)
+    inputs = [t.numpy() for t in make_inputs(spec, (96, 128), 1, seed=7)]
+    errors = {}
+    for form in ("size", "scale2"):
+        onnx_file = tmp_path / f"{form}.onnx"
+        onnx_file.write_bytes((files["folder"] / f"{form}.onnx").read_bytes())
+        pnnx.convert(str(onnx_file), at_64, fp16=False)
+        param = tmp_path / f"{form}.ncnn.param"
+        interps = [ln.split() for ln in param.read_text().splitlines()
+                   if ln.startswith("Interp")]
+        frozen = [ln for ln in interps if any(w.startswith(("3=", "4=")) for w in ln)]
+        assert len(interps) == 2 and bool(frozen) == (form == "size"), interps
+        session = open_session(onnx_file, "CPUExecutionProvider")
+        want = session.run(None, dict(zip(spec.input_names, inputs, strict=True)))
+        got = _ncnn_outputs(param, inputs)
+        errors[form] = max(float(np.abs(g - w).max()) if g.shape == w.shape else math.inf
+                           for g, w in zip(got, want, strict=True))
+    assert errors["scale2"] < 1e-4
+    assert errors["size"] > 1e-2  # wrong numbers (reads past the map), not an error
