@@ -8,7 +8,8 @@
   as what an older necktool wrote (fp32, ``size`` upsampling, serving multiples of the
   coarsest stride when dynamic).
 * :func:`describe`: the graph's opset, inputs and outputs; :func:`conv_macs`: the graph's
-  own conv multiply-add count, from ONNX shape inference.
+  own conv multiply-add count, from ONNX shape inference (:func:`static_shapes`, which sees
+  through ``GroupNormalization`` and Shape-fed Slices).
 """
 
 from __future__ import annotations
@@ -406,8 +407,8 @@ def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]
       has no shape inference for it) becomes an ``Identity`` of its first input;
     * a ``Shape`` of a tensor whose shape is known becomes a ``Constant``: a Slice whose
       ``ends`` come from a Shape op (``--upsample scale2``'s crop to the finer level) gets
-      no output shape from propagated data, only from constants. This repeats until no
-      such ``Shape`` is left (one more pass per Shape-of-a-Shape-dependent-tensor).
+      no output shape from propagated data, only from constants. Inference runs again
+      while a pass folds a ``Shape`` (a shape may become known only after one is folded).
     """
     import onnx
     from onnx import helper, shape_inference
