@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool.analysis.profiling import analyze, profile
+from necktool.deploy.convert import to_fp16
 from necktool.deploy.export import ExportResult, export_onnx
 from necktool.deploy.metadata import DamagedMetadata, ExportMetadata, read_metadata
 from necktool.deploy.options import Upsample, VerifyOptions
@@ -204,6 +205,26 @@ def test_the_report_and_metadata_say_the_form_and_what_it_serves(
     assert scale2["conv_macs"]["match"]
     rows = dict(size.blocks()[0].rows)  # type: ignore[attr-defined]
     assert rows["upsample"].startswith("size: a Resize to the finer level's size")
+
+
+def test_a_scale2_graph_converts_to_fp16(files: dict[str, Any]) -> None:
+    """ONNX Runtime's float16 converter keeps Resize's constant scales float32 but flipped
+    their exporter-written value_info to float16, which onnx.checker rejected; converted
+    now, the fp16 graph passes the checker and stays within fp16 error of the fp32 file."""
+    folder: pathlib.Path = files["folder"]
+    fp32 = onnx.load(str(folder / "scale2.onnx"))
+    half = to_fp16(fp32)
+    onnx.checker.check_model(half, full_check=True)
+    scales = [i for i in half.graph.initializer
+              if i.name in {n.input[2] for n in half.graph.node if n.op_type == "Resize"}]
+    assert [i.data_type for i in scales] == [onnx.TensorProto.FLOAT]
+    spec = resolve_spec("fpn", **NECK)
+    feeds = {n: t.numpy() for n, t in zip(spec.input_names,
+                                          make_inputs(spec, (95, 129), 2, seed=3), strict=True)}
+    want = open_session(folder / "scale2.onnx", "CPUExecutionProvider").run(None, feeds)
+    got = open_session(half.SerializeToString(), "CPUExecutionProvider").run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and 0 < float(np.abs(g - w).max()) < 1e-2
 
 
 def test_verify_rebuilds_the_files_form(files: dict[str, Any]) -> None:
