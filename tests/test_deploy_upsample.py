@@ -227,9 +227,19 @@ def test_a_scale2_graph_converts_to_fp16(files: dict[str, Any]) -> None:
         assert g.shape == w.shape and 0 < float(np.abs(g - w).max()) < 1e-2
 
 
-def test_verify_rebuilds_the_files_form(files: dict[str, Any]) -> None:
+def test_verify_rebuilds_the_files_form(files: dict[str, Any],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     folder: pathlib.Path = files["folder"]
+    rebuilt: list[tuple[str, int]] = []
+
+    def spy(model: torch.nn.Module, form: Upsample | str) -> int:
+        count = set_upsample(model, form)
+        rebuilt.append((str(form), count))
+        return count
+
+    monkeypatch.setattr("necktool.deploy.verify.set_upsample", spy)
     report = verify_onnx(folder / "scale2.onnx", options=VerifyOptions(trials=1))
+    assert rebuilt == [("scale2", 2)]  # both fusions of the rebuilt neck, before comparing
     assert report.passed and report.upsample is Upsample.SCALE2
     assert report.to_dict()["upsample"] == "scale2"
     assert [c.case.input_size for c in report.verification.cases][1:] == [(65, 91), (93, 71)]
