@@ -25,8 +25,9 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
+from necktool.deploy.options import Upsample
 from necktool.errors import InputError
-from necktool.spec.fields import IntKind
+from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
@@ -58,6 +59,14 @@ Opset = Annotated[Any, typer.Option(
     "--opset", metavar="N", rich_help_panel=EXPORT, show_default=False,
     parser=typer_parser(IntKind(low=MIN_OPSET, high=MAX_OPSET).from_text),
     help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}. Default: {DEFAULT_OPSET}.")]
+UpsampleOpt = Annotated[Any, typer.Option(
+    "--upsample", metavar="[" + "|".join(Upsample) + "]", rich_help_panel=EXPORT,
+    parser=typer_parser(ChoiceKind(Upsample).from_text), show_default=False,
+    help="How the file writes nearest upsampling. size (default): a Resize to the finer "
+    "level's size, computed from its Shape. scale2: a constant x2 Resize, then a crop to the "
+    "finer level's size, for converters that freeze a size-computed Resize at the export "
+    "size (ncnn, OpenCV). The same numbers, FLOPs and conv MACs; a scale2 file's levels must "
+    "be the ceil(H/stride) sizes of one image.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -91,6 +100,7 @@ def export_command(
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
+    upsample: UpsampleOpt = None,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -100,9 +110,9 @@ def export_command(
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
-    (necktool version, resolved spec, export size, the sizes it serves, precision, FLOPs,
-    params, weights' origin) and passes onnx.checker (full) and shape inference. Exit 1 if
-    verification fails: the destination is then left untouched.
+    (necktool version, resolved spec, export size, the sizes it serves, precision, upsample
+    form, FLOPs, params, weights' origin) and passes onnx.checker (full) and shape
+    inference. Exit 1 if verification fails: the destination is then left untouched.
 
     Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
@@ -111,7 +121,8 @@ def export_command(
     from necktool.deploy.plan import ExportPlan, ExportSettings
 
     # What applies to any neck (precision, calibration, opset, provider): checked once.
-    given = {k: v for k, v in (("opset", opset), ("precision", precision)) if v is not None}
+    given = {k: v for k, v in (("opset", opset), ("precision", precision),
+                               ("upsample", upsample)) if v is not None}
     settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
                                     options=options, calibration=calibration, **given)
     if neck is None and weights.path is None:

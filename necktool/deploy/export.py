@@ -45,13 +45,14 @@ from necktool.deploy.metadata import (
     conv_macs,
     tensor_infos,
 )
-from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, VerifyOptions
+from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import ExportPlan, planned_served
 from necktool.deploy.serving import Images, Levels, Served, calibration_shapes
 from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
-from necktool.errors import ExportError, SpecError, first_line
+from necktool.errors import ExportError, InputError, SpecError, first_line
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
+from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.necks.weights import make_model
 from necktool.quiet import quiet
 from necktool.report import Block, neck_header, size_text, table
@@ -139,6 +140,7 @@ class ExportResult:
             "serves": m.serves_text(),
             "precision": m.precision.value,
             "calibration": _calibration(m),
+            "upsample": m.upsample.value,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "weights": m.weights.to_dict(),
@@ -165,6 +167,7 @@ class ExportResult:
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("precision", precision_text(m)),
+            ("upsample", m.upsample_text()),
             ("serves", m.serves_text()),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
@@ -332,6 +335,7 @@ def export_onnx(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -361,6 +365,10 @@ def export_onnx(
             :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
+        upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
+            level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
+            which converters that freeze a size-computed Resize keep). The numbers, the
+            FLOPs (counted on the ``size`` form) and the conv MACs are the same.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -369,7 +377,8 @@ def export_onnx(
         untouched (no exception: ``result.failure()`` says why).
 
     Raises:
-        InputError: bad destination, opset, size, precision or provider (nothing done).
+        InputError: bad destination, opset, size, precision, provider or upsample form
+            (nothing done).
         WeightsError: the weights file does not fit.
         ExportError: the exporter, the conversion or a check failed (nothing written).
 
@@ -382,7 +391,8 @@ def export_onnx(
         seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
     plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
                             weights=request, verify=verify, options=options,
-                            precision=precision, calibration=calibration, **overrides)
+                            precision=precision, calibration=calibration,
+                            upsample=upsample, **overrides)
     return run_export(plan, on_step=on_step)
 
 
@@ -412,6 +422,11 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
 
     spec, batch, precision = plan.spec, plan.batch, plan.precision
     model, source = make_model(spec, plan.weights)
+    if plan.upsample is not Upsample.SIZE \
+            and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
+        raise InputError(f"--upsample {plan.upsample.value} rewrites necktool's UpsampleAdd "
+                         f"modules, and {spec.label} has none (it upsamples in its own code); "
+                         f"leave --upsample at {Upsample.SIZE.value}")
     if plan.probe:  # a custom neck: can it run at every size?
         plan = plan.with_served(served_by(spec, model))
     served = plan.served
@@ -419,6 +434,10 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     with reference_threads():  # a traced forward: no fast kernels needed
         counted = analyze(model, spec, spec.input_size, batch)
     done("count")
+    # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
+    # would count a scale2 upsample's uncropped 2x output). Verification then compares the
+    # file with the module in the form it was exported in.
+    set_upsample(model, plan.upsample)
     inputs = input_tensors(spec, spec.input_size, batch, seed=0)
     proto = export_model(model, spec, inputs, dynamic=plan.dynamic, opset=plan.opset,
                          served=served)
@@ -431,7 +450,7 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         batch=batch, dynamic=plan.dynamic, opset=plan.opset, flops=counted.flops,
         params=counted.params, conv_macs=int(cross_check.onnx_conv_macs or 0),
         weights=source, exporter=exporter_name(), precision=precision, served=served,
-        calibration=plan.calibration)
+        calibration=plan.calibration, upsample=plan.upsample)
     _stamp(proto, meta)
     _check_model(proto)
     if not cross_check.agree:

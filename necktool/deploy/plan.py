@@ -46,8 +46,10 @@ from necktool.deploy.metadata import (
 from necktool.deploy.options import (
     PRECISION_DEFAULTS,
     Precision,
+    Upsample,
     VerifyOptions,
     check_precision,
+    check_upsample,
 )
 from necktool.deploy.serving import Case, Images, Levels, Served, default_cases
 from necktool.errors import InputError
@@ -97,6 +99,15 @@ def planned_served(spec: NeckSpec, dynamic: bool) -> Served:
     return Served(Images.ANY, Levels.ONE_IMAGE)
 
 
+def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
+    """What a file serves once its upsampling is ``upsample``: a ``scale2`` crop computes
+    the ``size`` form's numbers only where each level is ``ceil(finer / 2)``, so it ties
+    independent levels to the sizes of one image."""
+    if upsample is Upsample.SCALE2 and served.levels is Levels.INDEPENDENT:
+        return dataclasses.replace(served, levels=Levels.ONE_IMAGE)
+    return served
+
+
 def check_opset(opset: int) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) \
             or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -132,6 +143,7 @@ class ExportSettings:
         weights: Where the weights come from.
         options: Verification options, tolerances resolved for ``precision`` and the
             provider's full name; ``None``: no verification.
+        upsample: How the file writes nearest upsampling (``size`` or ``scale2``).
     """
 
     dynamic: bool = True
@@ -140,22 +152,26 @@ class ExportSettings:
     calibration: int | None = None
     weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
     options: VerifyOptions | None = None
+    upsample: Upsample = Upsample.SIZE
 
     @classmethod
     def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
               weights: WeightsRequest = WeightsRequest(), verify: bool = True,
               options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
-              calibration: int | None = None) -> ExportSettings:
-        """Raises ``InputError`` for a bad precision, calibration, opset or provider."""
+              calibration: int | None = None,
+              upsample: Upsample | str = Upsample.SIZE) -> ExportSettings:
+        """Raises ``InputError`` for a bad precision, calibration, opset, provider or
+        upsample form."""
         precision, calibration = check_precision(precision, calibration)
         check_opset(opset)
+        form = check_upsample(upsample)
         checked = checked_options(options or VerifyOptions(), precision) if verify else None
-        return cls(bool(dynamic), opset, precision, calibration, weights, checked)
+        return cls(bool(dynamic), opset, precision, calibration, weights, checked, form)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "opset": self.opset,
                 "precision": self.precision.value, "calibration": self.calibration,
-                "weights": self.weights.to_dict(),
+                "weights": self.weights.to_dict(), "upsample": self.upsample.value,
                 "verification": None if self.options is None else self.options.to_dict()}
 
 
@@ -195,6 +211,7 @@ class ExportPlan:
         options: VerifyOptions | None = None,
         precision: Precision | str = Precision.FP32,
         calibration: int | None = None,
+        upsample: Upsample | str = Upsample.SIZE,
         **overrides: Any,
     ) -> ExportPlan:
         """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
@@ -210,7 +227,7 @@ class ExportPlan:
         batch = check_batch(batch)
         settings = ExportSettings.check(dynamic=dynamic, opset=opset, weights=weights,
                                         verify=verify, options=options, precision=precision,
-                                        calibration=calibration)
+                                        calibration=calibration, upsample=upsample)
         return cls.for_spec(spec, output, batch, settings)
 
     @classmethod
@@ -220,7 +237,7 @@ class ExportPlan:
         serves, the memory, the tolerances' output names, the destination (default
         ``<neck>.onnx``; ``check_output=False`` leaves it to the caller). ``spec``,
         ``batch`` and ``settings`` are already checked."""
-        served = planned_served(spec, settings.dynamic)
+        served = tied_by_upsample(planned_served(spec, settings.dynamic), settings.upsample)
         check_traced_size(spec, served)
         need = export_bytes(spec, spec.input_size, batch)
         if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
@@ -242,6 +259,7 @@ class ExportPlan:
             InputError: the file would serve multiples of the coarsest stride and the
                 traced size is none.
         """
+        served = tied_by_upsample(served, self.upsample)
         check_traced_size(self.spec, served)
         return dataclasses.replace(self, served=served, probe=False)
 
@@ -264,6 +282,10 @@ class ExportPlan:
     @property
     def weights(self) -> WeightsRequest:
         return self.settings.weights
+
+    @property
+    def upsample(self) -> Upsample:
+        return self.settings.upsample
 
     @property
     def options(self) -> VerifyOptions | None:
@@ -320,6 +342,7 @@ class VerifyPlan:
         served: What the file serves (its metadata, else what its graph says).
         precision: The file's precision (its metadata; its graph's when converted later).
         options: Tolerances resolved for ``precision``, the provider's full name.
+        upsample: The form the neck is rebuilt in (the file's, unless one is asked for).
     """
 
     path: pathlib.Path
@@ -330,13 +353,16 @@ class VerifyPlan:
     served: Served
     precision: Precision
     options: VerifyOptions
+    upsample: Upsample = Upsample.SIZE
 
     @classmethod
     def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
               weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
-              options: VerifyOptions | None = None, **overrides: Any) -> VerifyPlan:
+              options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
+              **overrides: Any) -> VerifyPlan:
         """See :func:`necktool.verify_onnx` for the arguments and errors."""
         options = options or VerifyOptions()
+        chosen = None if upsample is None else check_upsample(upsample)
         file = pathlib.Path(path)
         if not file.is_file():
             raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
@@ -393,7 +419,8 @@ class VerifyPlan:
             else in_graph
         checked = checked_options(options, precision)
         checked.check_outputs([t.name for t in graph.outputs])
-        return cls(file, spec, batch, request, graph, served, precision, checked)
+        form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
+        return cls(file, spec, batch, request, graph, served, precision, checked, form)
 
     @property
     def cases(self) -> tuple[Case, ...]:
@@ -411,7 +438,8 @@ class VerifyPlan:
         return {"file_sha256": file_sha256(self.path), "spec": self.spec.to_dict(),
                 "name": self.spec.label, "batch": self.batch,
                 "weights": self.weights.to_dict(), "verification": self.options.to_dict(),
-                "serves": self.served.to_json(), "precision": self.precision.value}
+                "serves": self.served.to_json(), "precision": self.precision.value,
+                "upsample": self.upsample.value}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.budgets.config import Budget, BudgetConfig
 from necktool.deploy.metadata import DEFAULT_OPSET, WeightsRequest
-from necktool.deploy.options import Precision, VerifyOptions
+from necktool.deploy.options import Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import ExportPlan, ExportSettings
 from necktool.deploy.serving import Images
 from necktool.errors import ConfigError, InputError, NecktoolError
@@ -193,13 +193,14 @@ def export_config(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
 ) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
     Args:
         config: From :func:`necktool.budgets.config.load_config`.
         directory: Where the files go; default the current directory. Must exist.
-        dynamic, opset, seed, verify, options, precision, calibration: As for
+        dynamic, opset, seed, verify, options, precision, calibration, upsample: As for
             :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
@@ -215,7 +216,7 @@ def export_config(
                                     opset=DEFAULT_OPSET if opset is None else opset,
                                     weights=WeightsRequest(seed=seed), verify=verify,
                                     options=options, precision=precision,
-                                    calibration=calibration)
+                                    calibration=calibration, upsample=upsample)
     return run_config(plan_config(config, directory, settings), on_step=on_step)
 
 

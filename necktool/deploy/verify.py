@@ -40,11 +40,12 @@ from necktool.deploy.comparison import (
     VerificationResult,
 )
 from necktool.deploy.metadata import GraphInfo, WeightsRequest
-from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import VerifyPlan, checked_options, resolve_provider
 from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError
 from necktool.necks.build import input_tensors
+from necktool.necks.layers import set_upsample
 from necktool.necks.weights import make_model
 from necktool.report import Block, Note, neck_header
 from necktool.spec.neck_spec import NeckSpec
@@ -65,6 +66,7 @@ class VerifyReport:
     graph: GraphInfo
     verification: VerificationResult
     served: Served | None = None  # which inputs the file serves
+    upsample: Upsample = Upsample.SIZE  # the form the neck was rebuilt in (the file's)
 
     @property
     def serves(self) -> str:
@@ -105,6 +107,7 @@ class VerifyReport:
             "dynamic": self.graph.dynamic,
             "precision": self.precision.value,
             "serves": self.serves,
+            "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
@@ -113,7 +116,8 @@ class VerifyReport:
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
         if self.serves:
-            out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
+            out.append(Note(f"{self.path} ({self.precision.value}, upsample "
+                            f"{self.upsample.value}) serves {self.serves}"))
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
@@ -370,6 +374,7 @@ def verify_onnx(
     prefix: str | None = None,
     batch: int | None = None,
     options: VerifyOptions | None = None,
+    upsample: Upsample | str | None = None,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -389,6 +394,8 @@ def verify_onnx(
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
             one, or converted after export, what its graph holds).
+        upsample: The form the neck is rebuilt in (``size`` or ``scale2``); default: the
+            file's (its metadata; ``size`` for a file without one).
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -405,7 +412,7 @@ def verify_onnx(
     request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
         seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
     plan = VerifyPlan.build(path, neck=neck, weights=request, batch=batch, options=options,
-                            **overrides)
+                            upsample=upsample, **overrides)
     return run_verify(plan)
 
 
@@ -422,9 +429,10 @@ def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
             inputs and outputs.
     """
     model, source = make_model(plan.spec, plan.weights)
+    set_upsample(model, plan.upsample)  # the file's own form: compare like with like
     verification = run_comparison(plan.path, model, plan.spec, cases=plan.cases,
                                   options=plan.options, weights=source.describe(),
                                   dynamic=plan.graph.dynamic, precision=plan.precision,
                                   path=str(plan.path), on_case=on_case)
     return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
-                        plan.served)
+                        plan.served, plan.upsample)
