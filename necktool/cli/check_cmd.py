@@ -29,6 +29,9 @@ MaxIncreaseOpt = Annotated[str | None, typer.Option(
 SaveBaselineOpt = Annotated[Any, typer.Option(
     "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
     help="Write the measured figures to FILE as JSON (also when a budget fails).")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Measure every entry; do not read or write the result cache "
+    "(.necktool_cache/ beside the config, or $NECKTOOL_CACHE_DIR).")]
 
 
 def check_command(
@@ -36,6 +39,7 @@ def check_command(
     baseline: BaselineOpt = None,
     max_increase: MaxIncreaseOpt = None,
     save_baseline_to: SaveBaselineOpt = None,
+    no_cache: NoCacheOpt = False,
     *,
     fmt: CheckFormatOpt,
 ) -> CheckReport:
@@ -61,11 +65,13 @@ def check_command(
     if save_baseline_to is not None:
         check_writable(save_baseline_to, "baseline", ConfigError)
 
-    load_heavy(counting=True)
+    from necktool.budgets.cache import ResultCache, cache_dir
     from necktool.budgets.check import check_budgets
 
+    cache = None if no_cache else ResultCache(cache_dir(cfg.path))
     with progress(len(cfg.budgets), "checking budgets") as advance:
-        report = check_budgets(cfg, base, allowed, on_progress=advance)
+        report = check_budgets(cfg, base, allowed, on_progress=advance, cache=cache,
+                               before_profiling=lambda: load_heavy(counting=True))
     if save_baseline_to is not None:
         save_baseline(report, save_baseline_to)
         stderr_console().print(f"saved baseline to {save_baseline_to}", markup=False)
