@@ -28,6 +28,7 @@ TORCH_FREE = [
     "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
     "necktool.budgets.check", "necktool.budgets.cache", "necktool.budgets.schema",
+    "necktool.budgets.hints",
     "necktool.cli",
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",

@@ -31,6 +31,7 @@ from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNI
 if TYPE_CHECKING:
     from necktool.analysis.profiling import ProfileResult
     from necktool.budgets.cache import CachedFigures, ResultCache
+    from necktool.budgets.hints import Hints
     from necktool.spec.neck_spec import NeckSpec
 
 HINT_LIMIT = "raise the budget or reduce the neck"
@@ -261,6 +262,8 @@ class CheckReport:
         baseline: The baseline compared against, if any.
         dropped: Baseline names no longer in the config.
         cache: The result cache's folder, or ``None`` when no cache was used.
+        hints: Looser limits and stale baseline entries (``check --suggest``), if asked.
+        strict: A hint fails the check too (``--strict``).
     """
 
     config: BudgetConfig
@@ -268,6 +271,8 @@ class CheckReport:
     baseline: Baseline | None = None
     dropped: tuple[str, ...] = ()
     cache: str | None = None
+    hints: Hints | None = None
+    strict: bool = False
 
     @property
     def from_cache(self) -> int:
@@ -282,7 +287,10 @@ class CheckReport:
 
     @property
     def passed(self) -> bool:
-        return all(e.passed for e in self.entries)
+        return all(e.passed for e in self.entries) and not self._strict_hints()
+
+    def _strict_hints(self) -> bool:
+        return self.strict and self.hints is not None and len(self.hints) > 0
 
     def __bool__(self) -> bool:
         return self.passed
@@ -304,12 +312,16 @@ class CheckReport:
             (e, f"{e.budget.name}: not in the baseline {self.baseline.path}, so its growth "
                 "was not checked; save a new baseline with --save-baseline")
             for e in self.entries if e.in_baseline is False]
-        out.extend((None, f"{name}: in the baseline {self.baseline.path} but no longer in "
-                          f"{self.config.display_path}")
+        out.extend((None, f"{name}: stale baseline entry: in the baseline "
+                          f"{self.baseline.path}, but no entry of {self.config.display_path} "
+                          "produces it any more; save a new baseline with --save-baseline")
                    for name in self.dropped)
         return out
 
     def failure(self) -> str | None:
+        if self._strict_hints() and all(e.passed for e in self.entries):
+            assert self.hints is not None
+            return f"--strict: {self.hints.summary()}; tighten them or drop --strict"
         return None  # the failures are part of the report on stdout
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +337,9 @@ class CheckReport:
             "warnings": [msg for _, msg in self.warnings()],
             "cache": None if self.cache is None else
             {"directory": str(self.cache), "from_cache": self.from_cache},
+            "stale_baseline": list(self.dropped),
+            **({"hints": self.hints.to_dict(), "strict": self.strict}
+               if self.hints is not None else {}),
         }
 
     def baseline_document(self) -> dict[str, Any]:
@@ -359,6 +374,7 @@ class CheckReport:
                                            for e in self.entries) else []),
             *(Note(msg, "fail") for _, msg in self.failures()),
             *(Note(msg, "warn") for _, msg in self.warnings()),
+            *(self.hints.blocks() if self.hints is not None else []),
             *([Note(note)] if (note := self.cache_note()) else []),
         ]
 

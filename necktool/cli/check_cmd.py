@@ -32,6 +32,15 @@ SaveBaselineOpt = Annotated[Any, typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Measure every entry; do not read or write the result cache "
     "(.necktool_cache/ beside the config, or $NECKTOOL_CACHE_DIR).")]
+HINTS = "Hints"
+SuggestOpt = Annotated[bool, typer.Option(
+    "--suggest", rich_help_panel=HINTS,
+    help="For each limit with more than 10% headroom, print the tighter limit that passes "
+    "with 3% to spare (rounded up to 3 significant digits). Does not change the exit code.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", rich_help_panel=HINTS,
+    help="Exit 1 when a hint is found (a loose limit, a stale baseline entry); implies "
+    "--suggest.")]
 
 
 def check_command(
@@ -40,6 +49,8 @@ def check_command(
     max_increase: MaxIncreaseOpt = None,
     save_baseline_to: SaveBaselineOpt = None,
     no_cache: NoCacheOpt = False,
+    suggest: SuggestOpt = False,
+    strict: StrictOpt = False,
     *,
     fmt: CheckFormatOpt,
 ) -> CheckReport:
@@ -72,6 +83,10 @@ def check_command(
     with progress(len(cfg.budgets), "checking budgets") as advance:
         report = check_budgets(cfg, base, allowed, on_progress=advance, cache=cache,
                                before_profiling=lambda: load_heavy(counting=True))
+    if suggest or strict:
+        from necktool.budgets.hints import with_hints
+
+        report = with_hints(report, strict=strict)
     if save_baseline_to is not None:
         save_baseline(report, save_baseline_to)
         stderr_console().print(f"saved baseline to {save_baseline_to}", markup=False)
