@@ -3,8 +3,10 @@ the project's budget config."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -61,6 +63,11 @@ Opset = Annotated[Any, typer.Option(
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
+ForceFlag = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=EXPORT,
+    help="Without a NECK: export every budget entry, also those whose file is up to date "
+    "(its metadata matches the export this run would make: spec, size, batch, precision, "
+    "opset, weights, necktool version). Default: keep those.")]
 
 NO_NECK = ("no NECK given and no budget config found (necktool.toml, or pyproject.toml with "
            "[tool.necktool], here or in a parent directory): name a neck, e.g. 'necktool "
@@ -91,6 +98,7 @@ def export_command(
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
+    force: ForceFlag = False,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -112,7 +120,7 @@ def export_command(
     check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
     if neck is None and weights.path is None:
         return _export_config(config, output, static, opset, precision, calibration, verify,
-                              flags=flags, weights=weights, options=options)
+                              flags=flags, weights=weights, options=options, force=force)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
@@ -139,7 +147,8 @@ def export_command(
 
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
                    opset: int | None, precision: Precision, calibration: int | None,
-                   verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
+                   verify: bool, *, flags: Any, weights: Any, options: Any,
+                   force: bool = False) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
@@ -156,12 +165,22 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, sta
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
-    load_heavy()
-    from necktool.deploy.export import export_steps
     from necktool.deploy.project import export_config
 
-    steps = len(export_steps(verify, precision)) * len(cfg.budgets)
-    with progress(steps, "export") as advance:
+    # Up-to-date entries are decided from their files' metadata first; torch loads, and the
+    # progress bar starts, only once an entry must be exported.
+    with contextlib.ExitStack() as stack:
+        advance: list[Callable[[str], None]] = []
+
+        def start(count: int) -> None:
+            load_heavy()
+            from necktool.deploy.export import export_steps
+
+            steps = len(export_steps(verify, precision)) * count
+            advance.append(stack.enter_context(progress(steps, "export")))
+
         return export_config(cfg, output, dynamic=not static, opset=opset,
                              seed=weights.seed or 0, verify=verify, options=options,
-                             precision=precision, calibration=calibration, on_step=advance)
+                             precision=precision, calibration=calibration,
+                             on_step=lambda label: advance[0](label) if advance else None,
+                             force=force, before_export=start)

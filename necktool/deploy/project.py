@@ -16,6 +16,11 @@ Rules:
 * Any other error (the exporter fails, a custom neck cannot be built) stops the run with
   the entry's place in the config in front of the message; the files already written are
   verified ones and stay.
+* An entry whose file already exists and whose metadata matches what this run would
+  export (:func:`up_to_date`: spec, size, batch, precision, opset, upsample form, weights,
+  necktool version) is not exported again but reported "up to date"; ``force`` re-exports
+  it. Deciding that reads the file's metadata only (onnx, never torch), so a second run
+  over an unchanged config answers without importing torch.
 """
 
 from __future__ import annotations
@@ -23,31 +28,74 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necktool.budgets.config import Budget, BudgetConfig
-from necktool.deploy.export import ExportResult, check_export, export_onnx
+from necktool.deploy.metadata import DamagedMetadata, ExportMetadata, WeightSource
 from necktool.deploy.options import Precision, VerifyOptions, check_precision
 from necktool.deploy.serving import Images
-from necktool.deploy.verify import resolve_provider
 from necktool.errors import ConfigError, InputError, NecktoolError, VerificationFailed
 from necktool.files import check_writable
-from necktool.report import Block, Note, num, size_text, table
+from necktool.report import Block, Note, neck_header, num, size_text, table
+from necktool.version import __version__
+
+if TYPE_CHECKING:  # the exporter imports torch: only once an entry must be exported
+    from necktool.deploy.export import ExportResult
 
 MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on the usual file systems
+UPSAMPLE_KEY = "necktool.upsample"
+# MERGE (upsample forms): the form this run exports; until export takes one, every file
+# is exported with the "size" form, which is also what a file without the key holds.
+PLAN_UPSAMPLE = "size"
+
+
+@dataclasses.dataclass(frozen=True)
+class UpToDate:
+    """An existing file whose metadata matches the plan: kept, not exported again."""
+
+    path: pathlib.Path
+    metadata: ExportMetadata
+    nbytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metadata
+        return {**neck_header(m.spec, m.input_size, m.batch), "path": str(self.path),
+                "written": False, "up_to_date": True, "bytes": self.nbytes,
+                "opset": m.opset, "dynamic": m.dynamic, "precision": m.precision.value,
+                "serves": m.serves.to_json(), "necktool_version": m.version,
+                "weights": m.weights.to_dict(), "verification": None}
 
 
 @dataclasses.dataclass(frozen=True)
 class EntryExport:
-    """One budget entry's export."""
+    """One budget entry's export: the export made now (``result``), or the file kept
+    because it was already up to date (``kept``)."""
 
     name: str
     key_path: str
-    result: ExportResult
+    result: ExportResult | None
+    kept: UpToDate | None = None
 
     @property
     def passed(self) -> bool:
-        return self.result.passed
+        return self.result is None or self.result.passed
+
+    @property
+    def metadata(self) -> ExportMetadata:
+        if self.result is not None:
+            return self.result.metadata
+        assert self.kept is not None
+        return self.kept.metadata
+
+    def failure(self) -> str | None:
+        return None if self.result is None else self.result.failure()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            assert self.kept is not None
+            return {"entry": self.name, "key_path": self.key_path, **self.kept.to_dict()}
+        return {"entry": self.name, "key_path": self.key_path, **self.result.to_dict(),
+                "up_to_date": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,37 +118,43 @@ class ConfigExport:
         if not bad:
             return None
         return (f"{len(bad)} of {len(self.entries)} export(s) of {self.config} failed "
-                f"verification: " + "; ".join(f"{e.name}: {e.result.failure()}" for e in bad))
+                f"verification: " + "; ".join(f"{e.name}: {e.failure()}" for e in bad))
 
     def to_dict(self) -> list[dict[str, Any]]:
         """One object per entry: ``entry`` (its name), ``key_path``, then what
-        ``export --format json`` prints for one neck."""
-        return [{"entry": e.name, "key_path": e.key_path, **e.result.to_dict()}
-                for e in self.entries]
+        ``export --format json`` prints for one neck, and ``up_to_date`` (true: the
+        existing file was kept, nothing exported or verified now)."""
+        return [e.to_dict() for e in self.entries]
 
     def blocks(self) -> list[Block]:
         rows = []
         for e in self.entries:
-            r = e.result
-            m = r.metadata
-            v = r.verification
-            verdict = "not verified" if v is None else ("PASS" if v.passed else "FAIL")
+            m = e.metadata
             served = {Images.STATIC: "static", Images.ANY: "any HxW",
                       Images.MULTIPLES: "multiples"}[m.serves.images]
-            rows.append((e.name, m.neck, r.path.name, f"{size_text(m.input_size)} b{m.batch}",
-                         served, m.precision.value, f"{r.nbytes / 1e6:.2f}",
-                         "-" if v is None else f"{v.max_abs:.1e}",
-                         f"{verdict}, {'written' if r.written else 'NOT written'}"))
+            if e.result is None:
+                assert e.kept is not None
+                path, nbytes, max_abs, verdict = e.kept.path, e.kept.nbytes, "-", "up to date"
+            else:
+                r = e.result
+                v = r.verification
+                path, nbytes, max_abs = r.path, r.nbytes, "-" if v is None else f"{v.max_abs:.1e}"
+                verdict = ("not verified" if v is None else ("PASS" if v.passed else "FAIL")) \
+                    + f", {'written' if r.written else 'NOT written'}"
+            rows.append((e.name, m.neck, path.name, f"{size_text(m.input_size)} b{m.batch}",
+                         served, m.precision.value, f"{nbytes / 1e6:.2f}", max_abs, verdict))
         out: list[Block] = [table(
             f"{len(self.entries)} budget entries of {self.config} -> {self.directory}",
             ["entry", "neck", "file", "size", "serves", "precision", num("MB"),
              num("max abs"), "result"], rows, verdict=8,
             caption="size: the export size and batch; serves 'any HxW': every image size "
                     "from the coarsest stride up, any batch; max abs: the largest |ort - "
-                    "torch| of the verification; every file's details in --format json")]
+                    "torch| of the verification; up to date: the file's metadata matches "
+                    "this export, so it was kept (--force re-exports); every file's details "
+                    "in --format json")]
         for e in self.entries:
             if not e.passed:
-                out.append(Note(f"{e.name}: {e.result.failure()}", "fail"))
+                out.append(Note(f"{e.name}: {e.failure()}", "fail"))
         return out
 
 
@@ -135,6 +189,8 @@ def export_config(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    force: bool = False,
+    before_export: Callable[[int], None] | None = None,
 ) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
@@ -145,6 +201,9 @@ def export_config(
             :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
+        force: Export every entry, also those whose file is up to date (:func:`up_to_date`).
+        before_export: Called once, with the number of entries to export, before the
+            first of them (the CLI loads torch and starts its progress bar there).
 
     Raises:
         InputError: the directory is missing or not a directory, a destination cannot be
@@ -163,10 +222,34 @@ def export_config(
                          "one <entry name>.onnx per budget entry (create it first)")
     # What applies to every entry is reported once, without an entry's place in front.
     precision, calibration = check_precision(precision, calibration)
+    kept: dict[str, UpToDate] = {}
+    for entry in config.budgets:
+        dest = folder / _file_name(config, entry)
+        if verify:  # torch-free, so a bad tolerance is exit 2 even when nothing is exported
+            try:
+                options.check_outputs(entry.spec.output_names)
+            except NecktoolError as exc:
+                _prefix(exc, f"{config.display_path}: {entry.key_path} ({entry.name})")
+                raise
+        current = None if force else up_to_date(dest, entry, dynamic=dynamic, opset=opset,
+                                                 seed=seed, precision=precision,
+                                                 calibration=calibration)
+        if current is not None:
+            kept[entry.name] = current
+    todo = [entry for entry in config.budgets if entry.name not in kept]
+    if todo and before_export is not None:
+        before_export(len(todo))
+    if not todo:
+        return ConfigExport(config.display_path, folder,
+                            tuple(EntryExport(e.name, e.key_path, None, kept[e.name])
+                                  for e in config.budgets))
+    from necktool.deploy.export import ExportResult, check_export, export_onnx  # torch
+    from necktool.deploy.verify import resolve_provider
+
     if verify:
         resolve_provider(options.provider)
     plan = []
-    for entry in config.budgets:
+    for entry in todo:
         where = f"{config.display_path}: {entry.key_path} ({entry.name})"
         dest = folder / _file_name(config, entry)
         try:
@@ -180,7 +263,7 @@ def export_config(
         plan.append((entry, dest, where))
 
     step = on_step or (lambda _label: None)
-    done = []
+    done = {}
     for entry, dest, where in plan:
         def entry_step(name: str, label: str = entry.name) -> None:
             step(f"{label}: {name}")
@@ -197,8 +280,45 @@ def export_config(
         except NecktoolError as exc:
             _prefix(exc, where)
             raise
-        done.append(EntryExport(entry.name, entry.key_path, result))
-    return ConfigExport(config.display_path, folder, tuple(done))
+        done[entry.name] = EntryExport(entry.name, entry.key_path, result)
+    entries = tuple(done.get(e.name) or EntryExport(e.name, e.key_path, None, kept[e.name])
+                    for e in config.budgets)
+    return ConfigExport(config.display_path, folder, entries)
+
+
+def up_to_date(path: pathlib.Path, entry: Budget, *, dynamic: bool, opset: int, seed: int,
+               precision: Precision, calibration: int | None) -> UpToDate | None:
+    """The file at ``path``, if it is a necktool export whose metadata matches what
+    :func:`export_config` would export for ``entry`` now: the resolved spec, size and
+    batch, dynamic or static, opset, precision (and int8 calibration count), upsample form,
+    weights (seeded with ``seed``; a weights file by its SHA-256) and necktool version.
+    Anything else (no file, not ONNX, damaged or foreign metadata, any difference):
+    ``None``, and the entry is exported. Reads with onnx only, never torch.
+    """
+    from necktool.deploy.metadata import load_model, read_metadata
+
+    if not path.is_file():
+        return None
+    try:
+        model = load_model(str(path))
+        meta = read_metadata(model)
+    except (InputError, DamagedMetadata):
+        return None
+    if meta is None:
+        return None
+    props = {p.key: p.value for p in model.metadata_props}
+    found = {"version": meta.version, "spec": meta.spec.to_dict(),
+             "input_size": meta.input_size, "batch": meta.batch, "dynamic": meta.dynamic,
+             "opset": meta.opset, "precision": meta.precision, "calibration": meta.calibration,
+             "upsample": props.get(UPSAMPLE_KEY, "size"), "weights": meta.weights.to_dict()}
+    plan = {"version": __version__, "spec": entry.spec.to_dict(),
+            "input_size": entry.input_size, "batch": entry.batch, "dynamic": dynamic,
+            "opset": opset, "precision": precision,
+            "calibration": calibration if precision is Precision.INT8 else None,
+            "upsample": PLAN_UPSAMPLE, "weights": WeightSource("seed", seed=seed).to_dict()}
+    if found != plan:
+        return None
+    return UpToDate(path, meta, path.stat().st_size)
 
 
 def _prefix(exc: NecktoolError, where: str) -> None:
