@@ -58,7 +58,9 @@ def check_command(
 
     FLOPs follow fvcore (1 multiply-add = 1 flop); GFLOPs = flops / 1e9; the max-*-mb
     memory limits are MiB (2^20 bytes).
-    Exit 0 when all pass, 1 when any budget is exceeded, 2 for a config or usage error.
+    Exit 0 when all pass, 1 when any budget is exceeded (with --strict also when a hint
+    is found), 2 for a config or usage error. Unchanged entries come from the result cache
+    (.necktool_cache/ beside the config) without importing torch.
     """
     from necktool.budgets.baseline import load_baseline, save_baseline
     from necktool.budgets.config import load_config, parse_percent
