@@ -67,6 +67,11 @@ UpsampleOpt = Annotated[Any, typer.Option(
     "finer level's size, for converters that freeze a size-computed Resize at the export "
     "size (ncnn, OpenCV). The same numbers, FLOPs and conv MACs; a scale2 file's levels must "
     "be the ceil(H/stride) sizes of one image.")]
+ForceFlag = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=EXPORT,
+    help="Without a NECK: export every budget entry, also those whose file is up to date "
+    "(its metadata matches the export this run would make: spec, size, batch, precision, "
+    "opset, upsample form, weights, necktool version). Default: keep those.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -101,6 +106,7 @@ def export_command(
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
     upsample: UpsampleOpt = None,
+    force: ForceFlag = False,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -126,7 +132,7 @@ def export_command(
     settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
                                     options=options, calibration=calibration, **given)
     if neck is None and weights.path is None:
-        return _export_config(config, output, settings, flags=flags)
+        return _export_config(config, output, settings, flags=flags, force=force)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
@@ -145,7 +151,8 @@ def export_command(
 
 
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
-                   settings: ExportSettings, *, flags: Any) -> ConfigExport:
+                   settings: ExportSettings, *, flags: Any, force: bool = False
+                   ) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
@@ -165,7 +172,9 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
     from necktool.deploy.project import plan_config, run_config
 
     plan = plan_config(cfg, output, dataclasses.replace(
-        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)))
+        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)), force=force)
+    if not plan.todo:  # every file is up to date: answered from their metadata, no torch
+        return run_config(plan)
     load_heavy()
     with progress(plan.steps, "export") as advance:
         return run_config(plan, on_step=advance)
