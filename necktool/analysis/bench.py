@@ -24,6 +24,7 @@ fp32 PyTorch module on the timed inputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -35,6 +36,7 @@ from torch import nn
 
 from necktool import quiet
 from necktool.analysis.profiling import analyze
+from necktool.analysis.stage_timing import RuntimeStages, StageRun, stage_times
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
@@ -72,6 +74,7 @@ class BenchResult:
     timings: tuple[RuntimeTiming, ...]
     precisions: tuple[Precision, ...] = ()  # given: one row per precision
     calibration: int | None = None
+    stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -96,6 +99,9 @@ class BenchResult:
             "precisions": [p.value for p in self.precisions],
             "calibration": self.calibration,
             "ort_speedup": self.ort_speedup,
+            **({"stages": [row.to_dict(s.runtime, self.spec.level_names)
+                           for s in self.stages for row in s.rows],
+                "stage_runs": [s.summary() for s in self.stages]} if self.stages else {}),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.machine()},
         }
@@ -112,10 +118,12 @@ class BenchResult:
         rows = [(t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
                  _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
                 for t in self.timings]
+        stage_blocks = [s.block(f"{s.runtime}: time by stage and level", self.spec.level_names)
+                        for s in self.stages]
         return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
                       f"{self.threads} thread(s)",
                       ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),
-                       num("GFLOP/s"), num("runs")], rows, caption=caption)]
+                       num("GFLOP/s"), num("runs")], rows, caption=caption), *stage_blocks]
 
 
     def _precision_table(self) -> Block:
@@ -234,6 +242,7 @@ def bench(
     precisions: Sequence[Precision | str] = (),
     calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
+    stages: bool = False,
     **overrides: Any,
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
@@ -253,6 +262,8 @@ def bench(
             PyTorch (see the module docstring).
         calibration: int8 calibration batches (default as ``necktool export``).
         on_run: Called with the runtime's name after each timed run (for a progress bar).
+        stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
+            time of every stage x level (:mod:`necktool.analysis.stage_timing`).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
     Raises:
@@ -316,5 +327,14 @@ def bench(
             max_abs, sqnr = _errors(session, model, inputs) if order else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
+    profiled = []
+    if stages:
+        data = proto.SerializeToString() if Runtime.ONNXRUNTIME in chosen else None
+        for runtime in chosen:
+            plain = next((t.median_ms / 1e3 for t in timings if t.runtime is runtime
+                          and t.precision == Precision.FP32.value), None)
+            run = StageRun(model, spec, inputs, data, threads, warmup, repeat, plain,
+                           on_run=functools.partial(step, f"{runtime.value} stages"))
+            profiled.append(stage_times(runtime.value, run))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), tuple(order), calibration)
+                       tuple(timings), tuple(order), calibration, tuple(profiled))

@@ -29,7 +29,7 @@ Warmup = Annotated[Any, typer.Option(
     "--warmup", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
     help=f"Untimed runs per runtime first. Default: {DEFAULT_WARMUP}.")]
 Repeat = Annotated[Any, typer.Option(
-    "--repeat", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
+    "--repeat", "--runs", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
     help=f"Timed runs per runtime. Default: {DEFAULT_REPEAT}.")]
 Threads = Annotated[Any, typer.Option(
     "--threads", metavar="N", parser=typer_parser(IntKind(high=1024).from_text),
@@ -39,6 +39,11 @@ Runtimes = Annotated[list[Runtime] | None, typer.Option(
     "--runtime", rich_help_panel=TIMING, show_default=False,
     help="Time only this runtime (repeat the flag for several). Default: both; with "
     "--precision, onnxruntime.")]
+Stages = Annotated[bool, typer.Option(
+    "--stages", rich_help_panel=TIMING,
+    help="Also profile N more runs per runtime and show the median time of every stage x "
+    "level (PyTorch: module hooks; ONNX Runtime: its profiler, mapped to stages), the "
+    "unattributed rest, and the profiling overhead.")]
 
 
 def bench_command(
@@ -49,6 +54,7 @@ def bench_command(
     runtime: Runtimes = None,
     precision: PrecisionsOpt = None,
     calibration: CalibrationOpt = None,
+    stages: Stages = False,
     *,
     flags: BuildFlagsOpt,
     fmt: FormatOpt,
@@ -58,7 +64,8 @@ def bench_command(
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
-    against fp32 PyTorch.
+    against fp32 PyTorch. --stages adds a stage x level table per runtime (median time per
+    run), with the unattributed rest and the profiling overhead.
     """
     resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
     precisions = list(precision or [])
@@ -72,7 +79,7 @@ def bench_command(
     load_heavy()
     from necktool.analysis.bench import bench
 
-    with progress(repeat * series, "timing") as advance:
+    with progress(repeat * (series + (len(chosen) if stages else 0)), "timing") as advance:
         return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,
                      runtimes=chosen, precisions=precisions, calibration=calibration,
-                     on_run=advance, **flags.overrides())
+                     on_run=advance, stages=stages, **flags.overrides())
