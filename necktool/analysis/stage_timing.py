@@ -27,6 +27,7 @@ without (``bench``'s own timing), and their ratio is the profiling overhead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +35,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -189,12 +190,14 @@ def _placed_modules(model: nn.Module) -> list[tuple[nn.Module, Cell]]:
     return placed
 
 
-def profile_eager(run: StageRun) -> RuntimeStages:
-    """Per-stage times of PyTorch eager through forward hooks (see the module docstring)."""
+@contextlib.contextmanager
+def stage_hooks(model: nn.Module) -> Iterator[dict[Cell, float]]:
+    """While active, every forward of ``model`` adds each placed module's seconds to the
+    yielded ``(stage, level) -> seconds`` dict (clear it between runs)."""
     current: dict[Cell, float] = defaultdict(float)
     started: dict[int, int] = {}
     hooks = []
-    for module, cell in _placed_modules(run.model):
+    for module, cell in _placed_modules(model):
         def pre(mod: nn.Module, args: Any) -> None:
             started[id(mod)] = time.perf_counter_ns()
 
@@ -202,11 +205,20 @@ def profile_eager(run: StageRun) -> RuntimeStages:
             current[cell] += (time.perf_counter_ns() - started.pop(id(mod))) / 1e9
 
         hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield current
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def profile_eager(run: StageRun) -> RuntimeStages:
+    """Per-stage times of PyTorch eager through forward hooks (see the module docstring)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(run.threads)
     per_run, whole = [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), stage_hooks(run.model) as current:
             for i in range(run.warmup + run.runs):
                 current.clear()
                 start = time.perf_counter_ns()
@@ -220,8 +232,6 @@ def profile_eager(run: StageRun) -> RuntimeStages:
                     run.ran()
     finally:
         torch.set_num_threads(previous)
-        for h in hooks:
-            h.remove()
     return summarise("torch", per_run, whole, run.plain_s,
                      "forward hooks on each stage's modules (perf_counter); unattributed: "
                      "the forward's own code between them")
@@ -266,15 +276,22 @@ def ort_cells(exported: Iterable[Any], optimised: Iterable[Any],
     return cells
 
 
-def _ort_options(ort: Any, threads: int) -> Any:
-    # The same settings as bench's own session, so the profiled graph is the timed one.
+def ort_session(data: bytes, threads: int, profile_dir: str | None = None) -> Any:
+    """An ONNX Runtime CPU session set up as ``bench`` sets up its own (so the profiled
+    graph is the timed one); with ``profile_dir``, profiling on and the optimised graph
+    saved there (``optimised.onnx``)."""
+    ort = quiet.onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
+    if profile_dir is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(profile_dir, "profile")
+        options.optimized_model_filepath = os.path.join(profile_dir, "optimised.onnx")
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def ort_runs(events: list[Mapping[str, Any]], warmup: int) -> list[tuple[float,
@@ -301,14 +318,8 @@ def profile_ort(run: StageRun) -> RuntimeStages:
 
     if run.onnx is None:
         raise InputError("ONNX Runtime stage timing needs the exported file")
-    ort = quiet.onnxruntime()
     with tempfile.TemporaryDirectory(prefix="necktool-stages-") as tmp:
-        options = _ort_options(ort, run.threads)
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "profile")
-        options.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
-        session = ort.InferenceSession(run.onnx, sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort_session(run.onnx, run.threads, tmp)
         feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), run.inputs,
                                                          strict=True)}
         for i in range(run.warmup + run.runs):
@@ -317,7 +328,7 @@ def profile_ort(run: StageRun) -> RuntimeStages:
                 run.ran()
         with open(session.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
-        optimised = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        optimised = onnx.load(os.path.join(tmp, "optimised.onnx"), load_external_data=False)
     exported = onnx.load_from_string(run.onnx)
     part_of = getattr(run.model, "part_of", None)
     cells = ort_cells(exported.graph.node, optimised.graph.node,
