@@ -107,8 +107,10 @@ class BenchResult:
         }
 
     def blocks(self) -> list[Block]:
+        stage_blocks = [s.block(f"{s.runtime}: time by stage and level", self.spec.level_names)
+                        for s in self.stages]
         if self.precisions:
-            return [self._precision_table()]
+            return [self._precision_table(), *stage_blocks]
         speedup = self.ort_speedup
         caption = (f"{self.flops:,} FLOPs ({UNIT_SHORT}), {self.params:,} params; "
                    "GFLOP/s = FLOPs / median; runs = warm-up + timed")
@@ -118,8 +120,6 @@ class BenchResult:
         rows = [(t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
                  _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
                 for t in self.timings]
-        stage_blocks = [s.block(f"{s.runtime}: time by stage and level", self.spec.level_names)
-                        for s in self.stages]
         return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
                       f"{self.threads} thread(s)",
                       ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),

@@ -343,7 +343,8 @@ def profile_ort(run: StageRun) -> RuntimeStages:
     if not per_run:
         raise InputError("ONNX Runtime's profile holds no runs")
     return summarise("onnxruntime", per_run, whole, run.plain_s,
-                     "ONNX Runtime profiler kernel times, nodes mapped through the export's "
+                     "ONNX Runtime profiler kernel times (fp32 export), nodes mapped through the "
+                     "export's "
                      "name scopes; reorder: ORT's inserted layout conversions")
 
 
