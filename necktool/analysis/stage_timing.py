@@ -344,8 +344,7 @@ def profile_ort(run: StageRun) -> RuntimeStages:
         raise InputError("ONNX Runtime's profile holds no runs")
     return summarise("onnxruntime", per_run, whole, run.plain_s,
                      "ONNX Runtime profiler kernel times (fp32 export), nodes mapped through the "
-                     "export's "
-                     "name scopes; reorder: ORT's inserted layout conversions")
+                     "export's name scopes; reorder: ORT's inserted layout conversions")
 
 
 #: runtime name -> its stage profiler; a runtime whose profile can be read adds one entry
