@@ -21,8 +21,10 @@ from necktool.spec.fields import ExtraConvs, Norm
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
-#: image side in coarsest-level pixels: every block below stays inside the borders (asserted)
-SIDE_IN_COARSEST = 12
+#: image side in coarsest-level pixels: every block below stays inside the borders (asserted);
+#: the PAFPNs' fields reach further (P5 sees 17 pixels of c3), so they run larger
+SIDE_IN_COARSEST = 8
+WIDER = {"scrfd_2.5g": 12, "pafpn-4": 12, "insightface_scrfd_500m": 12}
 
 CASES = {
     # family pafpn (the SCRFD seed), 3 and 4 levels, GroupNorm replaced by no norm
@@ -97,7 +99,7 @@ def test_matches_autograd_bounding_boxes(case: str) -> None:
     fields = receptive_fields(model, spec)
     assert fields.levels is not None, fields.unreadable
     for level, rf in enumerate(fields.levels):
-        seen = measured(model, spec, level)
+        seen = measured(model, spec, level, WIDER.get(case, SIDE_IN_COARSEST))
         assert rf.inputs == seen, (spec.level_names[level], rf.inputs, seen)
         assert rf.image == tuple(
             max(hw[axis] * s for hw, s in zip(seen.values(), spec.input_strides, strict=True))
@@ -150,7 +152,7 @@ def test_custom_neck_matches_autograd() -> None:
     assert fields.levels is not None, fields.unreadable
     assert fields.levels[0].inputs["c3"] == (9, 5)  # 2 * (5 - 1) + 1 by 2 * (3 - 1) + 1
     for level, rf in enumerate(fields.levels):
-        assert rf.inputs == measured(model, spec, level, side_in_coarsest=24)
+        assert rf.inputs == measured(model, spec, level, side_in_coarsest=16)
 
 
 class Unmodelled(nn.Module):

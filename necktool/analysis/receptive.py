@@ -9,11 +9,12 @@ block x the level's stride. Normalisation statistics are excluded (GroupNorm's m
 variance span the whole map, so strictly every pixel would see everything): norms count
 as per-pixel operations.
 
-How it is computed: the neck's own ``forward`` runs once under a
+How it is computed: the neck's own ``forward`` runs under a
 :class:`~torch.overrides.TorchFunctionMode` on ``meta`` tensors (shapes, no arithmetic, so
-the size costs nothing), and beside every tensor derived from the inputs rides, per input
-level and per axis, the interval of input rows (columns) each of its rows (columns)
-depends on. Each operation maps intervals from its kernel size, stride, padding and
+the size costs nothing; the result of each modelled op is made from its shapes, views
+and shape queries run as they are), and beside every tensor derived from the inputs
+rides, per input level and per axis, the interval of input rows (columns) each of its
+rows (columns) depends on. Each operation maps intervals from its kernel size, stride, padding and
 dilation (convolutions, pooling), its index mapping (upsampling, slicing, padding), or
 takes their hull (adds, concatenation along channels, products). A box's dependency is
 the product of its row and column intervals, so the per-axis hulls are exactly the
@@ -30,14 +31,14 @@ the size once and getting the same figures.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 from necktool.report import Note, Table, num, table
 from necktool.spec.neck_spec import NeckSpec
@@ -57,7 +58,7 @@ _POINTWISE = frozenset({
 })
 # Elementwise with broadcasting: the result depends on every operand.
 _ELEMENTWISE = frozenset({
-    "add", "sub", "mul", "div", "true_divide", "maximum", "minimum", "max", "min", "where",
+    "add", "sub", "mul", "div", "true_divide", "maximum", "minimum", "where",
     "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__",
     "__rmul__", "__imul__", "__truediv__", "__rtruediv__", "__itruediv__", "addcmul",
     "lerp", "__pow__", "__rpow__",
@@ -67,6 +68,17 @@ _POOLS = frozenset({"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg
 _ADAPTIVE = frozenset({"adaptive_avg_pool2d", "adaptive_max_pool2d",
                        "_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"})
 _REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
+_NORMS = frozenset({"batch_norm", "group_norm", "instance_norm", "layer_norm",
+                    "local_response_norm"})
+_FRESH = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
+                    "randn_like", "new_zeros", "new_ones", "new_empty", "new_full"})
+_WITH_INDICES = frozenset({"max_pool2d_with_indices", "adaptive_max_pool2d_with_indices",
+                           "_max_pool2d", "_adaptive_max_pool2d"})
+_SPLITS = frozenset({"split", "chunk", "split_with_sizes", "tensor_split", "unbind"})
+# Views and queries: called as they are on the meta tensors (PyTorch's C++ handles them
+# without loading its Python meta kernels); every other op's result is made from shapes.
+_VIEWS = frozenset({"__getitem__", "view", "reshape", "expand", "expand_as", "squeeze",
+                    "unsqueeze", "flatten", "contiguous", *_SPLITS})
 
 
 class Unreadable(Exception):
@@ -194,37 +206,47 @@ class _Tracker(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: Mapping[str, Any] | None = None) -> Any:
         kwargs = dict(kwargs or {})
-        tracked: list[Deps] = []
-
-        def to_meta(value: Any) -> Any:
-            if isinstance(value, torch.Tensor):
-                deps = self.of(value)
-                if deps is not None:
-                    tracked.append(deps)
-                    return value
-                return value.to("meta") if value.device.type != "meta" else value
-            return value
-
-        args, kwargs = tree_map(to_meta, (tuple(args), kwargs))
-        result = func(*args, **kwargs)
-        if not tracked or not isinstance(result, torch.Tensor):
-            if tracked and isinstance(result, (tuple, list)) and any(
-                    isinstance(r, torch.Tensor) for r in result):
-                name = getattr(func, "__name__", repr(func))
-                if name in ("max_pool2d_with_indices", "adaptive_max_pool2d_with_indices",
-                            "_max_pool2d", "_adaptive_max_pool2d"):
-                    deps = self._rule(name, args, kwargs, result[0])
-                    self.track(result[0], deps)
-                    return result
-                raise Unreadable(f"the forward calls {name} on level data")
-            return result
+        tracked = [d for v in _leaves((args, kwargs)) if (d := self.of(v)) is not None]
+        if not tracked:  # parameters, constants: real, small, computed as they are
+            return func(*args, **kwargs)
         name = getattr(func, "__name__", repr(func))
+        base = _base(name)
+        if base == "__setitem__":
+            self._assign(args)
+            return None
+        result = None if base in _VIEWS else _shaped(base, name, args, kwargs)
+        if result is None:
+            result = func(*args, **kwargs)  # a view, a query (size, dim...), or unmodelled
+        if base in _FRESH:  # zeros_like(x) and kin: the shape of level data, not its values
+            return result
+        if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+            if base in _WITH_INDICES or base in _POOLS | _ADAPTIVE:
+                self.track(result[0], self._rule(name, args, kwargs, result[0]))
+                return result
+            if base in _SPLITS and _dim(args, kwargs, 1) in (0, 1):  # along channels
+                for part in result:
+                    self.track(part, _union(tracked))
+                return result
+            raise Unreadable(f"the forward calls {name} on level data, which is not modelled")
+        if not isinstance(result, torch.Tensor):
+            return result
         self.track(result, self._rule(name, args, kwargs, result))
         return result
 
+    def _assign(self, args: Sequence[Any]) -> None:
+        """``x[key] = value``: followed when ``key`` takes whole rows and columns."""
+        target, key, value = args[0], args[1], args[2]
+        items = list(key) if isinstance(key, tuple) else [key]
+        spatial = items[2:4] if Ellipsis not in items else items[items.index(Ellipsis) + 1:]
+        if any(not (isinstance(i, slice) and i == slice(None)) for i in spatial) or \
+                not isinstance(target, torch.Tensor) or target.dim() != 4:
+            raise Unreadable("the forward assigns level data into part of a map")
+        found = [d for d in (self.of(target), self.of(value)) if d is not None]
+        self.track(target, _union(found))
+
     def _rule(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               result: torch.Tensor) -> Deps:
-        base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+        base = _base(name)
         first = self.of(args[0]) if args else None
         if result.dim() != 4:
             raise Unreadable(f"{name} makes a {result.dim()}-d tensor from level data "
@@ -294,6 +316,159 @@ class _Tracker(TorchFunctionMode):
                 and (h, w) == (n_h, n_w) and x.dim() == 4:
             return first
         raise Unreadable(f"the forward calls {name} on level data, which is not modelled")
+
+
+def _base(name: str) -> str:
+    """``relu_`` -> ``relu`` (in-place variants follow the same rule)."""
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    """Everything inside nested tuples, lists and dicts (the arguments of a torch call)."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def _dim(args: Sequence[Any], kwargs: Mapping[str, Any], at: int) -> int:
+    dim = kwargs.get("dim", args[at + 1] if len(args) > at + 1 else 0)
+    return int(dim) % 4
+
+
+def _meta(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(tuple(int(n) for n in shape), device="meta", dtype=like.dtype)
+
+
+def _given(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any],
+           skip: int = 1) -> dict[str, Any]:
+    """The named arguments of a call, positional ones (after ``skip``) included."""
+    return dict(zip(names, args[skip:], strict=False)) | {k: v for k, v in kwargs.items()
+                                                          if k in names}
+
+
+def _broadcast(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes (a size-1 dimension stretches)."""
+    rank = max(len(shape) for shape in shapes)
+    out = [1] * rank
+    for shape in shapes:
+        for i, size in enumerate(shape, start=rank - len(shape)):
+            if size != 1:
+                out[i] = size
+    return tuple(out)
+
+
+def _pool_size(n: int, k: int, st: int, p: int, d: int, ceil: bool) -> int:
+    """PyTorch's pooling output size (``pooling_output_shape``)."""
+    span = n + 2 * p - d * (k - 1) - 1 + (st - 1 if ceil else 0)
+    out = span // st + 1
+    if ceil and (out - 1) * st >= n + p:
+        out -= 1
+    return out
+
+
+def _shaped(base: str, name: str, args: Sequence[Any],
+            kwargs: Mapping[str, Any]) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+    """The result of a modelled op on level data, made from shapes as an empty meta tensor
+    (PyTorch's meta kernels for convolutions, norms or leaky_relu would load seconds of its
+    decomposition machinery on first use); ``None`` for an op not modelled here."""
+    x = args[0] if args else kwargs.get("tensors")
+    if base == "cat" and isinstance(x, (list, tuple)) and x:
+        dim = _dim(args, kwargs, 0)
+        shape = list(x[0].shape)
+        shape[dim] = sum(int(t.shape[dim]) for t in x)
+        return _meta(shape, x[0])
+    if not isinstance(x, torch.Tensor):
+        return None
+    inplace = name != base or kwargs.get("inplace") is True
+    if base in _POINTWISE:
+        if inplace or (base not in _NORMS and len(args) > 1 and args[-1] is True):
+            return x  # F.leaky_relu(x, slope, True): in place
+        return _meta(x.shape, x)
+    if base in _ELEMENTWISE:
+        if base.startswith("__i"):
+            return x
+        shapes = [tuple(v.shape) for v in _leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
+        return x if inplace else _meta(_broadcast(shapes), x)
+    if x.dim() != 4:
+        return None
+    n, c, h, w = (int(v) for v in x.shape)
+    if base in _CONVS:
+        return _conv_shape(base, args, kwargs, x)
+    if base in _POOLS:
+        given = _given(("kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                        "return_indices"), args, kwargs)
+        if "avg" in base:  # avg_pool2d(x, kernel, stride, padding, ceil_mode, ...)
+            given = _given(("kernel_size", "stride", "padding", "ceil_mode"), args, kwargs)
+        kernel = _pair(given["kernel_size"])
+        stride = _pair(given.get("stride")) if given.get("stride") not in (None, [], ()) \
+            else kernel
+        pad, dil = _pair(given.get("padding")), _pair(given.get("dilation"), 1)
+        ceil = bool(given.get("ceil_mode"))
+        out = _meta((n, c, *(_pool_size(size, k, st, p, d, ceil) for size, k, st, p, d in
+                             zip((h, w), kernel, stride, pad, dil, strict=True))), x)
+        return (out, _meta(out.shape, x)) if given.get("return_indices") or \
+            base in _WITH_INDICES else out
+    if base in _ADAPTIVE:
+        size = _given(("output_size", "return_indices"), args, kwargs)["output_size"]
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size, size]
+        out = _meta((n, c, *(old if new is None else new
+                             for old, new in zip((h, w), sizes, strict=True))), x)
+        return (out, _meta(out.shape, x)) if base in _WITH_INDICES or \
+            _given(("output_size", "return_indices"), args, kwargs).get("return_indices") \
+            else out
+    if base in ("interpolate", "upsample"):
+        given = _given(("size", "scale_factor"), args, kwargs)
+        if given.get("size") is not None:
+            size = given["size"]
+            sizes = list(size) if isinstance(size, (list, tuple)) else [size, size]
+        else:
+            factor = given["scale_factor"]
+            factors = list(factor) if isinstance(factor, (list, tuple)) else [factor] * 2
+            sizes = [math.floor(old * float(f)) for old, f in zip((h, w), factors,
+                                                                   strict=True)]
+        return _meta((n, c, *sizes), x)
+    if base in _REDUCTIONS:
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        dims = {int(d) % 4 for d in (dims if isinstance(dims, (list, tuple)) else [dims])} \
+            if dims is not None else None
+        if dims == {2, 3} and keep:
+            return _meta((n, c, 1, 1), x)
+        return None
+    if base == "pad":
+        pads = [*(args[1] if len(args) > 1 else kwargs["pad"]), 0, 0, 0, 0]
+        return _meta((n, c, h + int(pads[2]) + int(pads[3]), w + int(pads[0]) + int(pads[1])),
+                     x)
+    return None
+
+
+def _conv_shape(base: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                x: torch.Tensor) -> torch.Tensor:
+    weight = args[1] if len(args) > 1 else kwargs["weight"]
+    transposed = _CONVS[base]
+    names = ("bias", "stride", "padding", "output_padding", "groups", "dilation") \
+        if transposed else ("bias", "stride", "padding", "dilation", "groups")
+    given = _given(names, args, kwargs, skip=2)
+    stride, dilation = _pair(given.get("stride"), 1), _pair(given.get("dilation"), 1)
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    pad = given.get("padding", 0)
+    if isinstance(pad, str):
+        pad = (0, 0) if pad == "valid" else tuple(
+            d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
+    padding, extra = _pair(pad), _pair(given.get("output_padding"))
+    sizes = []
+    for size, k, st, p, d, e in zip(x.shape[2:], kernel, stride, padding, dilation, extra,
+                                    strict=True):
+        sizes.append((size - 1) * st - 2 * p + d * (k - 1) + e + 1 if transposed
+                     else (size + 2 * p - d * (k - 1) - 1) // st + 1)
+    channels = int(weight.shape[1]) * int(given.get("groups", 1)) if transposed \
+        else int(weight.shape[0])
+    return _meta((x.shape[0], channels, *sizes), x)
 
 
 def _resize(n: int, out: int, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -429,7 +604,7 @@ def receptive_fields(model: nn.Module, spec: NeckSpec) -> ReceptiveFields:
         ((1, 1), (0, 0))
     """
     coarsest = spec.strides[-1]
-    side = coarsest * 2 ** (spec.num_levels + 2)
+    side = coarsest * 4
     try:
         previous = None
         while side <= MAX_SIDE:
