@@ -155,6 +155,37 @@ def test_custom_neck_matches_autograd() -> None:
         assert rf.inputs == measured(model, spec, level, side_in_coarsest=16)
 
 
+class Cspish(nn.Module):
+    """A custom neck in the YOLO manner: channel split and concat, average-pool down,
+    a transposed conv up, in-place activations, and a scale_factor upsample."""
+
+    def __init__(self, in_channels: list[int], out_channels: int) -> None:
+        super().__init__()
+        self.halves = nn.ModuleList(nn.Conv2d(c // 2, c // 2, 3, padding=1) for c in in_channels)
+        self.up = nn.ConvTranspose2d(in_channels[1], in_channels[0], 4, stride=2, padding=1)
+        self.out = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        mixed = []
+        for conv, x in zip(self.halves, feats, strict=True):
+            a, b = x.chunk(2, dim=1)
+            mixed.append(torch.cat([nn.functional.relu(conv(a), inplace=True), b], dim=1))
+        p3 = mixed[0] + self.up(mixed[1])
+        p4 = mixed[1] + nn.functional.avg_pool2d(p3, 3, 2, 1)
+        p5 = mixed[2] + nn.functional.interpolate(
+            nn.functional.avg_pool2d(p4, 2), scale_factor=1.0)
+        return tuple(conv(x) for conv, x in zip(self.out, (p3, p4, p5), strict=True))
+
+
+def test_split_concat_pool_and_transposed_conv_match_autograd() -> None:
+    spec = NeckSpec("pafpn", (4, 4, 4), 4)
+    model = _positive(Cspish([4, 4, 4], 4))
+    fields = receptive_fields(model, spec)
+    assert fields.levels is not None, fields.unreadable
+    for level, rf in enumerate(fields.levels):
+        assert rf.inputs == measured(model, spec, level, side_in_coarsest=16)
+
+
 class Unmodelled(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.fft.fft2(x).real for x in feats)
