@@ -75,6 +75,9 @@ class RuntimeStages:
         rows: Every stage x level cell seen, in the order first met, then ``unattributed``.
         runs: Profiled runs (after the warm-up).
         sum_s: The sum of the rows' medians (stages and unattributed).
+        run_sum_s: The median over runs of what the rows add up to in each run (above
+            ``sum_s`` when slow outliers, a busy machine's pre-emptions, fall on
+            different rows in different runs).
         profiled_s: Whole-run median with profiling on.
         plain_s: Whole-run median without profiling (``bench``'s timing), when known.
         method: How the times were taken (one line).
@@ -84,6 +87,7 @@ class RuntimeStages:
     rows: tuple[StageTime, ...]
     runs: int
     sum_s: float
+    run_sum_s: float
     profiled_s: float
     plain_s: float | None
     method: str
@@ -100,6 +104,7 @@ class RuntimeStages:
 
     def summary(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "runs": self.runs, "sum_s": self.sum_s,
+                "run_sum_s": self.run_sum_s,
                 "profiled_median_s": self.profiled_s, "plain_median_s": self.plain_s,
                 "attributed": round(self.attributed, 5),
                 "overhead": None if self.overhead is None else round(self.overhead, 5),
@@ -121,8 +126,8 @@ class RuntimeStages:
             f"{100 * self.overhead:+.1f}%)"
         caption = (f"median ms per run over {self.runs} profiled runs; {self.method}\n"
                    f"attributed to stages: {100 * self.attributed:.1f}%; sum of the rows "
-                   f"{_ms(self.sum_s)} ms beside the whole-run median {_ms(self.profiled_s)}"
-                   f" ms with profiling{overhead}")
+                   f"{_ms(self.sum_s)} ms (per run, median: {_ms(self.run_sum_s)} ms) beside "
+                   f"the whole-run median {_ms(self.profiled_s)} ms with profiling{overhead}")
         return table(title, ["stage", *(num(level_names[lv]) for lv in levels),
                              num("all ms"), num("share")], body, caption=caption)
 
@@ -147,7 +152,8 @@ def summarise(runtime: str, per_run: list[dict[Cell, float]], whole: list[float]
     total = sum(medians)
     rows = tuple(StageTime(stage, level, median, median / total if total else 0.0)
                  for (stage, level), median in zip(cells, medians, strict=True))
-    return RuntimeStages(runtime, rows, len(per_run), total, statistics.median(whole),
+    run_sum = statistics.median(sum(run.values()) for run in per_run)
+    return RuntimeStages(runtime, rows, len(per_run), total, run_sum, statistics.median(whole),
                          plain_s, method)
 
 
