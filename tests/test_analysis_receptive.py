@@ -10,6 +10,8 @@ block must equal :func:`receptive_fields`' figure exactly, on every input level.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -196,6 +198,21 @@ def test_unreadable_structure_is_said() -> None:
     fields = receptive_fields(Unmodelled(), spec)
     assert fields.levels is None
     assert "fft2" in (fields.unreadable or "")
+
+
+def test_profile_cli_json_carries_it() -> None:
+    from typer.testing import CliRunner
+
+    from necktool.cli import app
+
+    result = CliRunner().invoke(app, ["profile", "scrfd_2.5g", "--input-size", "128",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    levels = json.loads(result.stdout)["levels"]
+    assert [lv["receptive_field"]["image"] for lv in levels] == [[64, 64], [96, 96],
+                                                                 [160, 160]]
+    assert levels[2]["receptive_field"]["inputs"] == {"c3": [17, 17], "c4": [9, 9],
+                                                      "c5": [5, 5]}
 
 
 def test_profile_reports_it() -> None:
