@@ -36,7 +36,12 @@ from torch import nn
 
 from necktool import quiet
 from necktool.analysis.profiling import analyze
-from necktool.analysis.stage_timing import RuntimeStages, StageRun, stage_times
+from necktool.analysis.stage_timing import (
+    STAGE_PROFILERS,
+    RuntimeStages,
+    StageRun,
+    stage_times,
+)
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
@@ -299,6 +304,10 @@ def bench(
         raise InputError("no runtime to time; valid: torch, onnxruntime")
     if order and Runtime.ONNXRUNTIME not in chosen:
         raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
+    missing = [r.value for r in chosen if r.value not in STAGE_PROFILERS] if stages else []
+    if missing:
+        raise InputError(f"--stages: no per-stage profile for runtime {missing[0]!r}; "
+                         f"available: {', '.join(STAGE_PROFILERS)}")
     spec = resolve_spec(neck, input_size=input_size, **overrides)
     size = spec.input_size
 
