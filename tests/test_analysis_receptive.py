@@ -14,6 +14,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from necktool.analysis.profiling import profile
@@ -222,3 +224,37 @@ def test_profile_reports_it() -> None:
         "image": [32, 32], "inputs": {"c3": [0, 0], "c4": [0, 0], "c5": [1, 1]}}
     titles = [getattr(b, "title", "") for b in result.blocks()]
     assert any(t.startswith("receptive field") for t in titles)
+
+
+# -- any chain of size-keeping ops on each level -------------------------------------
+def _op(kind: str, k: int, d: int) -> nn.Module:
+    if kind == "conv":
+        return nn.Conv2d(2, 2, k, padding=d * (k // 2), dilation=d)
+    if kind == "wide":  # a non-square kernel
+        return nn.Conv2d(2, 2, (k, 1), padding=(d * (k // 2), 0), dilation=d)
+    if kind == "pool":  # average 3x3, stride 1: every pixel of the window counts
+        return nn.AvgPool2d(3, 1, 1)
+    # down then up: a 2x2 average pool, then nearest 2x upsampling
+    return nn.Sequential(nn.AvgPool2d(2), nn.Upsample(scale_factor=2.0, mode="nearest"))
+
+
+class Chains(nn.Module):
+    def __init__(self, ops: list[tuple[str, int, int]]) -> None:
+        super().__init__()
+        self.chains = nn.ModuleList(nn.Sequential(*(_op(*o) for o in ops)) for _ in range(2))
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(chain(x) for chain, x in zip(self.chains, feats, strict=True))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["conv", "wide", "pool", "down-up"]),
+                          st.sampled_from([1, 3, 5]), st.sampled_from([1, 2])),
+                min_size=1, max_size=3))
+def test_any_chain_of_ops_matches_autograd(ops: list[tuple[str, int, int]]) -> None:
+    spec = NeckSpec("fpn", (2, 2), 2)
+    model = _positive(Chains(ops))
+    fields = receptive_fields(model, spec)
+    assert fields.levels is not None, fields.unreadable
+    for level, rf in enumerate(fields.levels):
+        assert rf.inputs == measured(model, spec, level, side_in_coarsest=24)
