@@ -19,9 +19,8 @@ from typer.testing import CliRunner
 import necktool.deploy.project as project_mod
 from necktool.budgets.config import load_config
 from necktool.cli import app
-from necktool.deploy.metadata import DEFAULT_OPSET
+from necktool.deploy.metadata import DEFAULT_OPSET, WeightsRequest
 from necktool.deploy.options import DEFAULT_CALIBRATION, Precision
-from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.plan import ExportPlan, ExportSettings
 from necktool.deploy.project import up_to_date
 

@@ -24,6 +24,7 @@ fp32 PyTorch module on the timed inputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -36,6 +37,11 @@ from torch import nn
 from necktool import quiet
 from necktool.analysis.plan import BenchPlan
 from necktool.analysis.profiling import analyze
+from necktool.analysis.stage_timing import (
+    RuntimeStages,
+    StageRun,
+    stage_times,
+)
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
@@ -71,6 +77,7 @@ class BenchResult:
     timings: tuple[RuntimeTiming, ...]
     precisions: tuple[Precision, ...] = ()  # given: one row per precision
     calibration: int | None = None
+    stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -95,13 +102,18 @@ class BenchResult:
             "precisions": [p.value for p in self.precisions],
             "calibration": self.calibration,
             "ort_speedup": self.ort_speedup,
+            **({"stages": [row.to_dict(s.runtime, self.spec.level_names)
+                           for s in self.stages for row in s.rows],
+                "stage_runs": [s.summary() for s in self.stages]} if self.stages else {}),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.machine()},
         }
 
     def blocks(self) -> list[Block]:
+        stage_blocks = [s.block(f"{s.runtime}: time by stage and level", self.spec.level_names)
+                        for s in self.stages]
         if self.precisions:
-            return [self._precision_table()]
+            return [self._precision_table(), *stage_blocks]
         speedup = self.ort_speedup
         caption = (f"{self.flops:,} FLOPs ({UNIT_SHORT}), {self.params:,} params; "
                    "GFLOP/s = FLOPs / median; runs = warm-up + timed")
@@ -114,7 +126,7 @@ class BenchResult:
         return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
                       f"{self.threads} thread(s)",
                       ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),
-                       num("GFLOP/s"), num("runs")], rows, caption=caption)]
+                       num("GFLOP/s"), num("runs")], rows, caption=caption), *stage_blocks]
 
 
     def _precision_table(self) -> Block:
@@ -228,6 +240,7 @@ def bench(
     precisions: Sequence[Precision | str] = (),
     calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
+    stages: bool = False,
     **overrides: Any,
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
@@ -251,6 +264,8 @@ def bench(
         calibration: int8 calibration batches (default as ``necktool export``).
         on_run: Called with the runtime's name after each timed run (for a progress bar
             of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
+        stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
+            time of every stage x level (:mod:`necktool.analysis.stage_timing`).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
     Raises:
@@ -265,13 +280,15 @@ def bench(
     """
     plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
                            threads=threads, runtimes=runtimes, seed=seed,
-                           precisions=precisions, calibration=calibration, **overrides)
+                           precisions=precisions, calibration=calibration, stages=stages,
+                           **overrides)
     return run_bench(plan, on_run=on_run)
 
 
 def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
               ) -> BenchResult:
-    """Run a checked plan: count, export (and convert) once, then time each series.
+    """Run a checked plan: count, export (and convert) once, then time each series (and,
+    with ``plan.stages``, profile each runtime's stages).
 
     Raises:
         ExportError: the ONNX export failed.
@@ -302,5 +319,14 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
                 else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
+    profiled = []
+    if plan.stages:
+        data = proto.SerializeToString() if Runtime.ONNXRUNTIME in plan.runtimes else None
+        for runtime in plan.runtimes:
+            plain = next((t.median_ms / 1e3 for t in timings if t.runtime is runtime
+                          and t.precision == Precision.FP32.value), None)
+            run = StageRun(model, spec, inputs, data, threads, plan.warmup, plan.repeat, plain,
+                           on_run=functools.partial(step, f"{runtime.value} stages"))
+            profiled.append(stage_times(runtime.value, run))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), plan.precisions, plan.calibration)
+                       tuple(timings), plan.precisions, plan.calibration, tuple(profiled))

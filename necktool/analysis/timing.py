@@ -22,6 +22,8 @@ class Runtime(enum.StrEnum):
 
 
 ALL_RUNTIMES = (Runtime.TORCH, Runtime.ONNXRUNTIME)
+#: runtimes with a stage profiler (``bench --stages``; see ``stage_timing.STAGE_PROFILERS``)
+STAGED_RUNTIMES = (Runtime.TORCH.value, Runtime.ONNXRUNTIME.value)
 
 
 @dataclasses.dataclass(frozen=True)

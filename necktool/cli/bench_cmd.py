@@ -28,7 +28,7 @@ Warmup = Annotated[Any, typer.Option(
     "--warmup", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
     help=f"Untimed runs per runtime first. Default: {DEFAULT_WARMUP}.")]
 Repeat = Annotated[Any, typer.Option(
-    "--repeat", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
+    "--repeat", "--runs", metavar="N", parser=_runs, rich_help_panel=TIMING, show_default=False,
     help=f"Timed runs per runtime. Default: {DEFAULT_REPEAT}.")]
 Threads = Annotated[Any, typer.Option(
     "--threads", metavar="N", parser=typer_parser(IntKind(high=1024).from_text),
@@ -38,6 +38,11 @@ Runtimes = Annotated[list[Runtime] | None, typer.Option(
     "--runtime", rich_help_panel=TIMING, show_default=False,
     help="Time only this runtime (repeat the flag for several). Default: both; with "
     "--precision, onnxruntime.")]
+Stages = Annotated[bool, typer.Option(
+    "--stages", rich_help_panel=TIMING,
+    help="Also profile N more runs per runtime and show the median time of every stage x "
+    "level (PyTorch: module hooks; ONNX Runtime: its profiler, mapped to stages), the "
+    "unattributed rest, and the profiling overhead.")]
 
 
 def bench_command(
@@ -48,6 +53,7 @@ def bench_command(
     runtime: Runtimes = None,
     precision: PrecisionsOpt = None,
     calibration: CalibrationOpt = None,
+    stages: Stages = False,
     *,
     flags: BuildFlagsOpt,
     fmt: FormatOpt,
@@ -57,15 +63,16 @@ def bench_command(
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
-    against fp32 PyTorch.
+    against fp32 PyTorch. --stages adds a stage x level table per runtime (median time per
+    run), with the unattributed rest and the profiling overhead.
     """
     from necktool.analysis.plan import BenchPlan
 
     # Every check, once, before torch loads; the plan also knows how many runs it times.
     counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
     plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtime or None,
-                           precisions=precision or (), calibration=calibration, **counts,
-                           **flags.overrides())
+                           precisions=precision or (), calibration=calibration,
+                           stages=stages, **counts, **flags.overrides())
     load_heavy()
     from necktool.analysis.bench import run_bench
 
