@@ -4,6 +4,7 @@ the project's budget config."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +19,7 @@ from necktool.cli.params import (
     ConfigOpt,
     FormatOpt,
     PrecisionOpt,
+    RuntimeOpt,
     VerifyOpt,
     Weights,
     WeightsOpt,
@@ -27,15 +29,24 @@ from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from necktool.deploy.options import Precision, check_precision
 from necktool.errors import InputError
-from necktool.spec.fields import IntKind
+from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
     from necktool.deploy.export import ExportResult
+    from necktool.deploy.ncnn import NcnnExportResult
     from necktool.deploy.project import ConfigExport
 
 EXPORT = "Export"
+
+
+class ExportTo(enum.StrEnum):
+    """``--to``: necktool.deploy.export.ExportFormat's values (that module imports torch)."""
+
+    ONNX = "onnx"
+    NCNN = "ncnn"
+
 
 OptionalNeckArg = Annotated[str | None, typer.Argument(
     metavar="[NECK]", show_default=False,
@@ -45,6 +56,13 @@ OptionalNeckArg = Annotated[str | None, typer.Argument(
 OnnxFlag = Annotated[bool, typer.Option(
     "--onnx", rich_help_panel=EXPORT, show_default=False,
     help="Write ONNX, the export format (the default; the result names it).")]
+To = Annotated[Any, typer.Option(
+    "--to", metavar="[onnx|ncnn]", rich_help_panel=EXPORT, show_default=False,
+    parser=typer_parser(ChoiceKind(ExportTo).from_text),
+    help="The format: onnx (default), or ncnn: the .param/.bin pair converted by pnnx from "
+    "the PyTorch module (fp32 weights unless --precision fp16), verified in ncnn at the "
+    "same sizes as an ONNX export; the report names the input and output blobs. -o X.param "
+    "names the pair (default <neck>.ncnn.param/.bin). Needs pip install 'necktool[ncnn]'.")]
 Output = Annotated[Any, typer.Option(
     "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False, parser=PATH,
     help="With a NECK: the destination file (default <neck>.onnx). Without one: the "
@@ -91,12 +109,14 @@ def export_command(
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
+    to: To = None,
+    runtime: RuntimeOpt = None,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
     options: VerifyOpt,
     fmt: FormatOpt,
-) -> ExportResult | ConfigExport:
+) -> ExportResult | NcnnExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
@@ -106,11 +126,18 @@ def export_command(
 
     Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
-    project's config, each to <entry name>.onnx.
+    project's config, each to <entry name>.onnx. --to ncnn writes the ncnn .param/.bin
+    pair instead; --runtime ort,openvino,ncnn verifies the ONNX file in each runtime.
     """
     precision = precision or Precision.FP32
     check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
+    if to is ExportTo.NCNN:
+        return _export_ncnn(neck, output, static, opset, precision, calibration, config, verify,
+                            runtime, flags=flags, weights=weights, options=options)
     if neck is None and weights.path is None:
+        if runtime:
+            raise InputError("--runtime verifies one neck's file; with no NECK (every budget "
+                             "entry) leave it out, or name a NECK")
         return _export_config(config, output, static, opset, precision, calibration, verify,
                               flags=flags, weights=weights, options=options)
     if config is not None:
@@ -130,11 +157,45 @@ def export_command(
                 opset=DEFAULT_OPSET if opset is None else opset,
                 seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
                 verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=advance, **flags.overrides())
+                on_step=advance, runtimes=runtime or ["ort"], **flags.overrides())
     except VerificationFailed as exc:
         if not isinstance(exc.result, ExportResult):
             raise
         return exc.result  # rendered like a passing one; its falseness is exit 1
+
+
+def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, opset: int | None,
+                 precision: Precision, calibration: int | None, config: pathlib.Path | None,
+                 verify: bool, runtime: list[Any] | None, *, flags: Any, weights: Weights,
+                 options: Any) -> NcnnExportResult:
+    """``--to ncnn``: one neck's pair (see :mod:`necktool.deploy.ncnn`)."""
+    given = [flag for flag, on in (("--static", static), ("--opset", opset is not None),
+                                   ("--calibration", calibration is not None),
+                                   ("--config", config is not None)) if on]
+    if runtime and [r.value for r in runtime] != ["ncnn"]:
+        given.append("--runtime")
+    if given:
+        raise InputError(f"{', '.join(given)} apply to ONNX files; --to ncnn writes an ncnn "
+                         "pair (every size, verified in ncnn): leave them out")
+    if neck is None and weights.path is None:
+        raise InputError("--to ncnn needs a NECK (or --weights FILE holding one)")
+    chosen: str | NeckSpec
+    chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
+    resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
+    load_heavy()
+    from necktool.deploy.ncnn import NcnnExportResult, export_ncnn, ncnn_steps
+    from necktool.errors import VerificationFailed
+
+    try:
+        with progress(len(ncnn_steps(verify)), "export") as advance:
+            return export_ncnn(chosen, output, batch=flags.batch, seed=weights.seed or 0,
+                               weights=weights.path, prefix=weights.prefix, verify=verify,
+                               options=options, precision=precision, on_step=advance,
+                               **flags.overrides())
+    except VerificationFailed as exc:
+        if not isinstance(exc.result, NcnnExportResult):
+            raise
+        return exc.result
 
 
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,

@@ -29,7 +29,7 @@ import enum
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import onnx
@@ -53,10 +53,11 @@ from necktool.deploy.options import (
     VerifyOptions,
     check_precision,
 )
+from necktool.deploy.runtimes import RuntimeName, RuntimesVerification, require_runtime
 from necktool.deploy.serving import Images, Levels, Served, calibration_shapes, default_cases
 from necktool.deploy.verify import (
     VerificationResult,
-    compare_onnx,
+    compare_runtimes,
     reference_threads,
     resolve_provider,
 )
@@ -91,9 +92,10 @@ def export_steps(verify: bool = True, precision: Precision | str = Precision.FP3
 
 
 class ExportFormat(enum.StrEnum):
-    """The file formats ``necktool export`` writes (``--onnx``)."""
+    """The file formats ``necktool export`` writes (``--to``; ``--onnx``)."""
 
     ONNX = "onnx"
+    NCNN = "ncnn"  # the .param/.bin pair, converted by pnnx (necktool.deploy.ncnn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +109,7 @@ class ExportResult:
     conv_macs_onnx: int
     conv_macs_fvcore: int
     conv_macs_flop_counter: int
-    verification: VerificationResult | None
+    verification: VerificationResult | RuntimesVerification | None
     written: bool
     seconds: dict[str, float]
     format: ExportFormat = ExportFormat.ONNX
@@ -402,6 +404,7 @@ def export_onnx(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -425,6 +428,9 @@ def export_onnx(
             :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are :func:`export_steps`).
+        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes`):
+            ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
+            give one result, which passes when every runtime passed.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -456,6 +462,7 @@ def export_onnx(
 
     # Everything that can be wrong with the request is reported before any work.
     spec = resolve_spec(neck, **overrides)
+    runtimes = [require_runtime(r) for r in runtimes] if verify else []
     batch, precision, calibration, served = check_export(
         spec, batch=batch, opset=opset, dynamic=dynamic, precision=precision,
         calibration=calibration, options=options if verify else None)
@@ -504,10 +511,13 @@ def export_onnx(
                           counter_macs, None, False, seconds, nbytes=len(data))
 
     if verify:
-        verification = compare_onnx(
-            data, model, spec, cases=default_cases(spec, spec.input_size, batch, served),
+        checked = compare_runtimes(
+            data, model, spec, runtimes=runtimes,
+            cases=default_cases(spec, spec.input_size, batch, served),
             options=options, weights=source.describe(), dynamic=dynamic, precision=precision)
-        verification = dataclasses.replace(verification, path=str(dest))
+        verification = dataclasses.replace(checked, path=str(dest)) \
+            if isinstance(checked, VerificationResult) else RuntimesVerification(tuple(
+                dataclasses.replace(r, path=str(dest)) for r in checked.results))
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:

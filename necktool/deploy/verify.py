@@ -49,6 +49,16 @@ from necktool.deploy.metadata import (
     read_metadata,
 )
 from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.runtimes import (
+    NcnnPair,
+    NcnnRunner,
+    OpenVinoRunner,
+    OrtRunner,
+    Runner,
+    RuntimeName,
+    RuntimesVerification,
+    require_runtime,
+)
 from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
@@ -70,7 +80,7 @@ class VerifyReport:
     spec: NeckSpec
     batch: int
     graph: GraphInfo
-    verification: VerificationResult
+    verification: VerificationResult | RuntimesVerification
     serves: str = ""  # which inputs the file serves, in one sentence
 
     @property
@@ -186,23 +196,12 @@ def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndar
     return [o.detach().cpu().numpy() for o in outs]
 
 
-def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray] | str:
-    """The outputs, or ONNX Runtime's error (first line) when the run fails."""
-    names = [i.name for i in session.get_inputs()]
-    feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True)}
-    try:
-        return list(session.run(None, feeds))
-    except Exception as exc:  # ORT's untyped runtime errors, e.g. a broadcast mismatch
-        text = str(exc).strip()
-        return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
-                error_stat: ErrorStat, why: str) -> OutputComparison:
+                error_stat: ErrorStat, why: str, who: str = "ONNX Runtime") -> OutputComparison:
     shape = tuple(int(d) for d in torch_out.shape)
     n = int(np.prod(shape))
     return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                            n, n, 0, 0, error_stat, note=f"ONNX Runtime failed: {why}")
+                            n, n, 0, 0, error_stat, note=f"{who} failed: {why}")
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
@@ -272,8 +271,11 @@ def compare_onnx(
     weights: str = "",
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
+    runtime: RuntimeName | str = RuntimeName.ORT,
+    ncnn_pair: NcnnPair | None = None,
 ) -> VerificationResult:
-    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
+    """Run ``path`` in ONNX Runtime (or ``runtime``) and ``model`` in PyTorch on the same
+    seeded inputs.
 
     Args:
         source: The ONNX file, or its bytes.
@@ -283,6 +285,9 @@ def compare_onnx(
         options: Tolerances, error statistic, trials per case and provider; tolerances
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes`): ``ort``, ``openvino``,
+            ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default: ``model``
+            converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
     whose note quotes ORT's error.
@@ -293,24 +298,56 @@ def compare_onnx(
     """
     precision = Precision(precision)
     options = options.resolved(precision)
-    provider = resolve_provider(options.provider)
-    session = open_session(source, provider)
-    n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
+    runner = make_runner(require_runtime(runtime), source, model, spec, options.provider,
+                         ncnn_pair)
+    provider = runner.provider if isinstance(runner, OrtRunner) else runner.describe()
+    n_in, n_out = len(runner.input_names), len(runner.output_names)
     if n_in != spec.num_inputs or n_out != spec.num_levels:
         raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
-    out_names = [o.name for o in session.get_outputs()]
+    out_names = runner.output_names
     options.check_outputs(out_names)
     with reference_threads():
-        results = [_compare_case(session, model, spec, c, case, out_names, options, source)
+        results = [_compare_case(runner, model, spec, c, case, out_names, options, source)
                    for c, case in enumerate(cases)]
     path = "" if isinstance(source, bytes) else str(source)
     return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results), precision)
+                              tuple(results), precision, runner.runtime.value)
 
 
-def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: Case,
+def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spec: NeckSpec,
+                provider: str = "cpu", ncnn_pair: NcnnPair | None = None) -> Runner:
+    """The runner of ``runtime`` for an ONNX ``source`` (ncnn: for ``ncnn_pair``, else for
+    ``model`` converted by pnnx)."""
+    if runtime is RuntimeName.ORT:
+        name = resolve_provider(provider)
+        return OrtRunner(open_session(source, name), name)
+    if runtime in (RuntimeName.OPENVINO, RuntimeName.OPENVINO_BF16):
+        return OpenVinoRunner(source, hint="f32" if runtime is RuntimeName.OPENVINO else None)
+    if ncnn_pair is None:
+        from necktool.deploy.ncnn_convert import neck_to_ncnn
+
+        ncnn_pair = neck_to_ncnn(model, spec)
+    return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
+
+
+def compare_runtimes(
+    source: ModelSource,
+    model: nn.Module,
+    spec: NeckSpec,
+    *,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    **kwargs: Any,
+) -> VerificationResult | RuntimesVerification:
+    """:func:`compare_onnx` in each runtime: one runtime's result, or all of them as one
+    (see :class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
+    chosen = [require_runtime(r) for r in runtimes] or [RuntimeName.ORT]
+    results = tuple(compare_onnx(source, model, spec, runtime=r, **kwargs) for r in chosen)
+    return results[0] if len(results) == 1 else RuntimesVerification(results)
+
+
+def _compare_case(runner: Runner, model: nn.Module, spec: NeckSpec, c: int, case: Case,
                   out_names: list[str], options: VerifyOptions,
                   source: ModelSource) -> CaseComparison:
     """Case ``c``: ``options.trials`` seeded inputs, the statistics merged over them."""
@@ -318,11 +355,12 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
     merged: list[OutputComparison] = []
     for s in seeds:
         inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
-        _check_static_shapes(session, inputs, source)
+        _check_static_shapes(runner, inputs, source)
         ref = _run_torch(model, inputs)
-        got = _run_ort(session, inputs)
+        got = runner.run([t.numpy() for t in inputs])
         if isinstance(got, str):
-            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
+            who = runner.runtime.label
+            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got, who)
                      for n, r in zip(out_names, ref, strict=True)]
         else:
             trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
@@ -332,15 +370,15 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
     return CaseComparison(case, seeds, tuple(merged))
 
 
-def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
+def _check_static_shapes(runner: Runner, inputs: Sequence[torch.Tensor],
                          source: ModelSource) -> None:
-    """A clear error instead of ORT's when a static file expects other input shapes."""
-    for meta, tensor in zip(session.get_inputs(), inputs, strict=True):
-        want = list(meta.shape)
+    """A clear error instead of the runtime's when a static file expects other shapes."""
+    for name, want, tensor in zip(runner.input_names, runner.input_shapes(), inputs,
+                                  strict=False):
         got = list(tensor.shape)
         if len(want) != len(got) or any(isinstance(w, int) and w != g
                                          for w, g in zip(want, got, strict=True)):
-            raise InputError(f"{_name(source)} expects input {meta.name} of shape {want}, but the "
+            raise InputError(f"{_name(source)} expects input {name} of shape {want}, but the "
                              f"neck at this size gives {got}; check --input-size, --batch and "
                              "the build flags")
 
@@ -355,6 +393,7 @@ def verify_onnx(
     prefix: str | None = None,
     batch: int | None = None,
     options: VerifyOptions | None = None,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -370,6 +409,8 @@ def verify_onnx(
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
             one, or converted after export, what its graph holds).
+        runtimes: What runs the file (``ort``, ``openvino``, ``openvino:bf16``, ``ncnn``:
+            the neck converted by pnnx from the PyTorch module); several give one result.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -384,6 +425,7 @@ def verify_onnx(
         >>> bool(report), report.summary()  # doctest: +SKIP
     """
     options = options or VerifyOptions()
+    runtimes = [require_runtime(r) for r in runtimes]
     file = pathlib.Path(path)
     if not file.is_file():
         raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
@@ -438,8 +480,8 @@ def verify_onnx(
     in_graph = graph_precision(proto)
     precision = meta.precision if meta is not None and in_graph is Precision.FP32 else in_graph
     cases = default_cases(spec, spec.input_size, batch, served)
-    verification = compare_onnx(file, model, spec, cases=cases, options=options,
-                                weights=source.describe(), dynamic=graph.dynamic,
-                                precision=precision)
+    verification = compare_runtimes(file, model, spec, runtimes=runtimes, cases=cases,
+                                    options=options, weights=source.describe(),
+                                    dynamic=graph.dynamic, precision=precision)
     return VerifyReport(str(file), spec, batch, graph, verification,
                         served.describe(spec, spec.input_size, batch))
