@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.analysis.timing import (
+    ALL_RUNTIMES,
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    MAX_RUNS,
+    Runtime,
+    parse_bench_runtimes,
+)
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -35,10 +42,13 @@ Threads = Annotated[Any, typer.Option(
     "--threads", metavar="N", parser=typer_parser(IntKind(high=1024).from_text),
     rich_help_panel=TIMING, show_default=False,
     help="Intra-op threads for both runtimes. Default: torch.get_num_threads().")]
-Runtimes = Annotated[list[Runtime] | None, typer.Option(
-    "--runtime", rich_help_panel=TIMING, show_default=False,
-    help="Time only this runtime (repeat the flag for several). Default: both; with "
-    "--precision, onnxruntime.")]
+Runtimes = Annotated[list[Any] | None, typer.Option(
+    "--runtime", metavar="torch,ort,openvino,openvino:bf16,ncnn", rich_help_panel=TIMING,
+    show_default=False, parser=typer_parser(parse_bench_runtimes),
+    help="Time these runtimes, comma-separated (or repeat the flag): torch, ort "
+    "(onnxruntime), openvino (f32 hint), openvino:bf16 (OpenVINO's default hint), ncnn "
+    "(pnnx from the module, fp32); OpenVINO and ncnn rows add max abs and SQNR vs PyTorch. "
+    "Default: torch,ort; with --precision, ort.")]
 
 
 def bench_command(
@@ -55,6 +65,9 @@ def bench_command(
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
+    --runtime torch,ort,openvino,ncnn times OpenVINO and ncnn too, with each one's error
+    against PyTorch.
+
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
@@ -63,7 +76,7 @@ def bench_command(
     resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
     precisions = list(precision or [])
     if runtime:
-        chosen = list(dict.fromkeys(runtime))
+        chosen: list[Runtime] = list(dict.fromkeys(r for rs in runtime for r in rs))
     else:
         chosen = [Runtime.ONNXRUNTIME] if precisions else list(ALL_RUNTIMES)
     series = sum(max(1, len(precisions)) if r is Runtime.ONNXRUNTIME else 1 for r in chosen)

@@ -142,6 +142,7 @@ class Runner:
     say), ``run`` and ``describe``."""
 
     runtime: RuntimeName = RuntimeName.ORT
+    version: str = ""
     input_names: list[str]
     output_names: list[str]
 
