@@ -62,6 +62,8 @@ _LAZY = {
     "save_baseline": "necktool.budgets",
     "export_onnx": "necktool.deploy.export",
     "ExportResult": "necktool.deploy.export",
+    "export_ncnn": "necktool.deploy.ncnn",
+    "NcnnExportResult": "necktool.deploy.ncnn",
     "verify_onnx": "necktool.deploy.verify",
     "VerificationResult": "necktool.deploy.verify",
     "VerifyReport": "necktool.deploy.verify",
@@ -88,6 +90,7 @@ if TYPE_CHECKING:
         save_baseline,
     )
     from necktool.deploy.export import ExportResult, export_onnx
+    from necktool.deploy.ncnn import NcnnExportResult, export_ncnn
     from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
     from necktool.necks.build import build_neck, make_inputs
@@ -125,6 +128,7 @@ __all__ = [
     "FamilyInfo",
     "InputError",
     "InspectResult",
+    "NcnnExportResult",
     "NeckSpec",
     "NecktoolError",
     "Norm",
@@ -142,6 +146,7 @@ __all__ = [
     "bench",
     "build_neck",
     "check_budgets",
+    "export_ncnn",
     "export_onnx",
     "get_spec",
     "inspect_file",
