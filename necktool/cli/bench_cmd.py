@@ -43,7 +43,7 @@ Threads = Annotated[Any, typer.Option(
     rich_help_panel=TIMING, show_default=False,
     help="Intra-op threads for both runtimes. Default: torch.get_num_threads().")]
 Runtimes = Annotated[list[Any] | None, typer.Option(
-    "--runtime", metavar="torch,ort,openvino,openvino:bf16,ncnn", rich_help_panel=TIMING,
+    "--runtime", metavar="RUNTIMES", rich_help_panel=TIMING,
     show_default=False, parser=typer_parser(parse_bench_runtimes),
     help="Time these runtimes, comma-separated (or repeat the flag): torch, ort "
     "(onnxruntime), openvino (f32 hint), openvino:bf16 (OpenVINO's default hint), ncnn "

@@ -280,7 +280,7 @@ CalibrationOpt = Annotated[Any, typer.Option(
     help=f"int8: seeded calibration batches at the export size. Default: "
     f"{DEFAULT_CALIBRATION}.")]
 RuntimeOpt = Annotated[Any, typer.Option(
-    "--runtime", metavar="ort,openvino,openvino:bf16,ncnn", rich_help_panel=VERIFY_PANEL,
+    "--runtime", metavar="RUNTIMES", rich_help_panel=VERIFY_PANEL,
     parser=typer_parser(parse_runtimes), show_default=False,
     help="Where verification runs the file: ort (ONNX Runtime, default), openvino (f32 "
     "precision hint set), openvino:bf16 (OpenVINO's default hint, bf16 on CPUs with "
