@@ -272,6 +272,8 @@ def pnnx_convert(module: Any, inputs: Sequence[Any], inputs2: Sequence[Any], *,
         pt = f"{base}.pt"
         before = set(sys.modules)
         try:
+            # In the temporary directory too: pnnx's binary runs in the working directory,
+            # and the user's must receive nothing but the pair.
             with quiet.quiet(), _cwd(tmp):
                 pnnx.export(module, pt, tuple(inputs), tuple(inputs2), fp16=fp16)
         except Exception as exc:  # pnnx raises whatever its generated module raises

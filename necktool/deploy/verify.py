@@ -17,6 +17,10 @@ The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to
 precision's default tolerances (:data:`necktool.deploy.options.PRECISION_DEFAULTS`) unless the
 user gives others. The cases are :func:`necktool.deploy.serving.default_cases`: the export size,
 and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
+
+``runtime`` runs the file in OpenVINO, or the neck converted by pnnx in ncnn, instead of
+ONNX Runtime (:mod:`necktool.deploy.runtimes`), with the same cases and statistics;
+:func:`compare_runtimes` runs several and returns them as one result.
 """
 
 from __future__ import annotations
