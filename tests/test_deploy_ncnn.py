@@ -167,6 +167,12 @@ def test_a_broken_pair_fails_verification_and_writes_nothing(
     assert info.value.result.verification.max_abs > 1e-2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]  # nothing new, no temps
     assert (tmp_path / "x.bin").read_bytes() == b"old"
+    result = CliRunner().invoke(necktool.cli.app, [
+        "export", "pafpn", *FLAGS, "--to", "ncnn", "-o", str(tmp_path / "x"), "--trials", "1"])
+    assert result.exit_code == 1 and "FAIL" in result.stdout
+    assert result.stderr.startswith("necktool: error: verification in ncnn failed")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
 
 
 def test_output_paths() -> None:
