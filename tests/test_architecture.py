@@ -26,6 +26,7 @@ TORCH_FREE = [
     "necktool.spec.registry",
     "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
     "necktool.deploy.plan", "necktool.deploy.project",
+    "necktool.deploy.runtimes",
     "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
     "necktool.analysis.plan",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",

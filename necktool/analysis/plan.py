@@ -29,10 +29,12 @@ from necktool.analysis.timing import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
     MAX_RUNS,
+    OTHER_RUNTIMES,
     STAGED_RUNTIMES,
     Runtime,
 )
 from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.runtimes import require_runtime
 from necktool.errors import InputError
 from necktool.report import size_text
 from necktool.resources import forward_bytes, require
@@ -182,6 +184,9 @@ class BenchPlan:
             raise InputError("no runtime to time; valid: torch, onnxruntime")
         if order and Runtime.ONNXRUNTIME not in chosen:
             raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
+        for runtime in chosen:  # an optional extra not installed: exit 2 naming it
+            if runtime in OTHER_RUNTIMES:
+                require_runtime(runtime.value)
         missing = [r.value for r in chosen if r.value not in STAGED_RUNTIMES] if stages else []
         if missing:
             raise InputError(f"--stages: no per-stage profile for runtime {missing[0]!r}; "

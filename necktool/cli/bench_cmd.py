@@ -6,7 +6,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.analysis.timing import DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.analysis.timing import (
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    MAX_RUNS,
+    parse_bench_runtimes,
+)
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -34,10 +39,13 @@ Threads = Annotated[Any, typer.Option(
     "--threads", metavar="N", parser=typer_parser(IntKind(high=1024).from_text),
     rich_help_panel=TIMING, show_default=False,
     help="Intra-op threads for both runtimes. Default: torch.get_num_threads().")]
-Runtimes = Annotated[list[Runtime] | None, typer.Option(
-    "--runtime", rich_help_panel=TIMING, show_default=False,
-    help="Time only this runtime (repeat the flag for several). Default: both; with "
-    "--precision, onnxruntime.")]
+Runtimes = Annotated[list[Any] | None, typer.Option(
+    "--runtime", metavar="RUNTIMES", rich_help_panel=TIMING,
+    show_default=False, parser=typer_parser(parse_bench_runtimes),
+    help="Time these runtimes, comma-separated (or repeat the flag): torch, ort "
+    "(onnxruntime), openvino (f32 hint), openvino:bf16 (OpenVINO's default hint), ncnn "
+    "(pnnx from the module, fp32); OpenVINO and ncnn rows add max abs and SQNR vs PyTorch. "
+    "Default: torch,ort; with --precision, ort.")]
 Stages = Annotated[bool, typer.Option(
     "--stages", rich_help_panel=TIMING,
     help="Also profile N more runs per runtime and show the median time of every stage x "
@@ -60,6 +68,9 @@ def bench_command(
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
+    --runtime torch,ort,openvino,ncnn times OpenVINO and ncnn too, with each one's error
+    against PyTorch.
+
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
@@ -70,7 +81,8 @@ def bench_command(
 
     # Every check, once, before torch loads; the plan also knows how many runs it times.
     counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
-    plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtime or None,
+    runtimes = list(dict.fromkeys(r for rs in runtime for r in rs)) if runtime else None
+    plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtimes,
                            precisions=precision or (), calibration=calibration,
                            stages=stages, **counts, **flags.overrides())
     load_heavy()

@@ -32,6 +32,7 @@ from necktool.deploy.options import (
     Precision,
     VerifyOptions,
 )
+from necktool.deploy.runtimes import parse_runtimes
 from necktool.errors import InputError
 from necktool.report import OutputFormat, Result
 from necktool.spec.families import FAMILIES, families_taking
@@ -274,6 +275,14 @@ CalibrationOpt = Annotated[Any, typer.Option(
     parser=typer_parser(IntKind(high=MAX_CALIBRATION).from_text),
     help=f"int8: seeded calibration batches at the export size. Default: "
     f"{DEFAULT_CALIBRATION}.")]
+RuntimeOpt = Annotated[Any, typer.Option(
+    "--runtime", metavar="RUNTIMES", rich_help_panel=VERIFY_PANEL,
+    parser=typer_parser(parse_runtimes), show_default=False,
+    help="Where verification runs the file: ort (ONNX Runtime, default), openvino (f32 "
+    "precision hint set), openvino:bf16 (OpenVINO's default hint, bf16 on CPUs with "
+    "AVX512-BF16), ncnn (the neck converted by pnnx from the PyTorch module, fp32). Several, "
+    "comma-separated, give one table. Extras: pip install 'necktool[openvino]' or "
+    "'necktool[ncnn]'.")]
 ConfigOpt = Annotated[Any, typer.Option(
     "--config", metavar="PATH", show_default=False, parser=PATH,
     help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "

@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, BuildFlagsOpt, FormatOpt, VerifyOpt, WeightsOpt
+from necktool.cli.params import (
+    PATH,
+    BuildFlagsOpt,
+    FormatOpt,
+    RuntimeOpt,
+    VerifyOpt,
+    WeightsOpt,
+)
 from necktool.cli.render import load_heavy, progress
 
 if TYPE_CHECKING:
@@ -21,19 +28,21 @@ NeckOpt = Annotated[str | None, typer.Option(
     "metadata; for a file necktool did not write, the neck --weights holds.")]
 
 
-def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOpt,
+def verify_command(model: ModelArg, neck: NeckOpt = None, runtime: RuntimeOpt = None, *,
+                   flags: BuildFlagsOpt,
                    weights: WeightsOpt, options: VerifyOpt, fmt: FormatOpt) -> VerifyReport:
     """Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata.
 
     The neck, its weights (seed or file) and the export size come from the file's
     metadata unless --neck, build flags, --seed or --weights say otherwise; --batch sets
     the export-size case's batch (default: as recorded). Exit 1 if any output of any case
-    is over tolerance.
+    is over tolerance. --runtime ort,openvino,ncnn runs it in each runtime, in one table.
     """
     from necktool.deploy.plan import VerifyPlan
 
     plan = VerifyPlan.build(model, neck=neck, weights=weights, batch=flags.given("batch"),
-                            options=options, **flags.overrides())
+                            options=options, runtimes=runtime or ("ort",),
+                            **flags.overrides())
     load_heavy()
     from necktool.deploy.verify import run_verify
 
