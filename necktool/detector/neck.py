@@ -305,7 +305,11 @@ def find_neck(model: onnx.ModelProto, where: str = "the ONNX file") -> DetectorN
         >>> found.spec.family, found.presets  # doctest: +SKIP
         ('mmdet_pafpn', ('insightface_scrfd_2.5g',))
     """
-    graph = read_graph(model, where)
+    return find_in_graph(read_graph(model, where))
+
+
+def find_in_graph(graph: Graph) -> DetectorNeck:
+    """:func:`find_neck` for a graph already read."""
     return _Finder(graph).find()
 
 
@@ -510,8 +514,10 @@ class _Finder:
                    "out_channels": channels.pop(), "norm": norm,
                    "input_size": g.image_size or DEFAULT_SIZE}
         if family.startswith("mmdet"):
-            fields |= {"num_outs": len(outputs), "extra_convs": getattr(self, "mode",
-                                                                        ExtraConvs.NONE),
+            mode = getattr(self, "mode", ExtraConvs.NONE)
+            if len(outputs) == len(laterals) and family in PRESETS:
+                mode = PRESETS[family].spec.extra_convs  # no extra level: it does not matter
+            fields |= {"num_outs": len(outputs), "extra_convs": mode,
                        "relu_before_extra_convs": getattr(self, "relu_before", False)}
         if g.image_size is None:
             self.notes.append(f"the image input is dynamic; figures are at "

@@ -276,7 +276,8 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
 
     Args:
         model: The neck to fill, in place.
-        path: A ``.pt``/``.pth`` file holding a state dict.
+        path: A ``.pt``/``.pth`` file holding a state dict, or a detector ONNX file
+            (:func:`necktool.detector.weights.load_detector_weights`).
         prefix: Keep only keys starting with this (``"fpn."``, ``"neck."``) and strip it.
             A leading ``module.`` (DataParallel) is stripped first, automatically (so
             ``"module.fpn."`` and ``"fpn."`` select the same keys).
@@ -291,6 +292,13 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
         >>> neck = build_neck("retinaface_mnet")
         >>> load_weights(neck, "mobilenet0.25_Final.pth", prefix="fpn.")  # doctest: +SKIP
     """
+    if pathlib.Path(path).suffix.lower() == ".onnx":  # a detector: its neck's Conv nodes
+        if prefix:
+            raise WeightsError("--prefix selects a neck inside a checkpoint; a detector ONNX "
+                               "file's neck is found by the graph's structure")
+        from necktool.detector.weights import load_detector_weights
+
+        return load_detector_weights(model, path)
     state: dict[str, Any] = read_state_dict(path)
     stripped: list[str] = []
     if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
