@@ -57,7 +57,30 @@ def spec_of(kind: str) -> NeckSpec:
                         extra_convs=ExtraConvs.ON_INPUT, **common)
     if kind == "seed":  # the SCRFD seed PAFPN, BatchNorm variant (foldable)
         return NeckSpec("pafpn", BACKBONE, 16, Norm.BN, Activation.RELU, **common)
+    if kind == "scrfd_2.5g":  # the released SCRFD_2.5G neck, exactly
+        from necktool.spec.registry import PRESETS
+
+        return PRESETS["insightface_scrfd_2.5g"].spec.replace(input_size=SIZE)
     raise KeyError(kind)
+
+
+#: every variant of :func:`suite`: name -> (kind, static, norm state)
+VARIANTS = {
+    "retinaface_ts": ("retinaface", True, "folded"),
+    "retinaface_bn_dynamic": ("retinaface", False, "present"),
+    "retinaface_opset9": ("retinaface", True, "folded"),
+    "retinaface_rewritten": ("retinaface", True, "folded"),
+    "retinaface_fused": ("retinaface", True, "folded"),
+    "scrfd_dedup": ("scrfd3", True, "none"),
+    "scrfd_identity": ("scrfd3", True, "none"),
+    "scrfd_numbered": ("scrfd3", True, "none"),
+    "scrfd_dynamic": ("scrfd3", False, "none"),
+    "scrfd_extra_dynamo": ("scrfd", False, "none"),
+    "scrfd_2.5g": ("scrfd_2.5g", True, "none"),
+    "retinanet_ts": ("retinanet", True, "none"),
+    "seed_numbered": ("seed", True, "folded"),
+    "seed_bn": ("seed", True, "present"),
+}
 
 
 class Backbone(nn.Module):
@@ -236,20 +259,35 @@ def conv_by_weight(model: onnx.ModelProto, weight: str) -> onnx.NodeProto:
 
 
 def deduplicated(model: onnx.ModelProto, keep_bias_of: str, drop_bias_of: str) -> onnx.ModelProto:
-    """The Conv with weight ``drop_bias_of`` takes the bias of the one with weight
-    ``keep_bias_of`` (equal values), and its own bias initializer is removed."""
+    """The Conv with weight ``drop_bias_of`` reads the bias initializer of the one with
+    weight ``keep_bias_of`` directly (the two are equal), and its own bias no longer exists.
+
+    The TorchScript exporter already deduplicates equal initializers, but through an
+    ``Identity`` node; this is the form of the released SCRFD files: one tensor, named
+    after ``keep_bias_of``'s conv, read by two Conv nodes.
+    """
     out = copy.deepcopy(model)
-    keep = conv_by_weight(out, keep_bias_of)
-    drop = conv_by_weight(out, drop_bias_of)
-    dropped = drop.input[2]
-    a = onnx.numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == dropped))
-    b = onnx.numpy_helper.to_array(next(i for i in out.graph.initializer
-                                        if i.name == keep.input[2]))
-    assert (a == b).all(), "only equal biases are deduplicated"
-    drop.input[2] = keep.input[2]
-    kept = [i for i in out.graph.initializer if i.name != dropped]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    aliases = {n.output[0]: n.input[0] for n in g.node
+               if n.op_type == "Identity" and n.input[0] in inits}
+    keep, drop = conv_by_weight(out, keep_bias_of), conv_by_weight(out, drop_bias_of)
+    a = aliases.get(keep.input[2], keep.input[2])
+    b = aliases.get(drop.input[2], drop.input[2])
+    arrays = [onnx.numpy_helper.to_array(inits[n]) for n in (a, b)]
+    assert (arrays[0] == arrays[1]).all(), "only equal biases are deduplicated"
+    shared, kept_name = inits[a], keep.input[2]
+    identities = (keep.input[2], drop.input[2])
+    keep.input[2] = drop.input[2] = kept_name
+    kept_nodes = [n for n in g.node if not (n.op_type == "Identity"
+                                             and n.output[0] in identities)]
+    del g.node[:]
+    g.node.extend(kept_nodes)
+    old = {a, b}
+    rest = [i for i in g.initializer if i.name not in old]
+    shared.name = kept_name
+    del g.initializer[:]
+    g.initializer.extend([*rest, shared])
     return out
 
 
@@ -292,3 +330,77 @@ class Built:
 def save(proto: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
     onnx.save(proto, str(path))
     return path
+
+
+# -- the suite the tests share, built once per process ------------------------------------
+@dataclasses.dataclass
+class Suite:
+    """Every test detector file, by variant name, and the torch models they came from."""
+
+    root: pathlib.Path
+    files: dict[str, pathlib.Path]
+    models: dict[str, Detector]
+    kinds: dict[str, str]  # variant -> kind (spec_of)
+    static: dict[str, bool]
+
+
+_SUITE: Suite | None = None
+
+
+def suite() -> Suite:
+    """Build (once per process) and save every variant under a temporary directory."""
+    global _SUITE
+    if _SUITE is not None:
+        return _SUITE
+    import atexit
+    import shutil
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="necktool-detectors-"))
+    atexit.register(shutil.rmtree, root, True)
+    files: dict[str, pathlib.Path] = {}
+    models: dict[str, Detector] = {}
+    kinds: dict[str, str] = {}
+    static: dict[str, bool] = {}
+
+    def add(name: str, kind: str, model: Detector, proto: onnx.ModelProto,
+            is_static: bool = True) -> None:
+        files[name] = save(proto, root / f"{name}.onnx")
+        models[name], kinds[name], static[name] = model, kind, is_static
+
+    # RetinaFace: TorchScript opset 11 (BN folded, numbered initializers), BN kept + dynamic,
+    # opset-9 Upsample, all names rewritten, decoding fused; the dynamo exporter.
+    retina = Detector(spec_of("retinaface"))
+    ts = export_torchscript(retina)
+    add("retinaface_ts", "retinaface", retina, ts)
+    add("retinaface_bn_dynamic", "retinaface", retina,
+        export_torchscript(retina, fold_bn=False, dynamic=True), False)
+    add("retinaface_opset9", "retinaface", retina, export_torchscript(retina, opset=9))
+    add("retinaface_rewritten", "retinaface", retina, rewritten(ts))
+    fused = Detector(spec_of("retinaface"), fused=True)
+    add("retinaface_fused", "retinaface", fused, export_torchscript(fused, opset=17))
+    # SCRFD as insightface ships it: equal fpn_convs.1 / downsample_convs.0 biases
+    # deduplicated; numbered; dynamic; and the dynamo exporter with a dynamic input.
+    scrfd = Detector(spec_of("scrfd3"))
+    equal_biases(scrfd, "downsample_convs.0.conv", "fpn_convs.1.conv")
+    sts = export_torchscript(scrfd, opset=12)
+    dedup = deduplicated(sts, "neck.downsample_convs.0.conv.weight",
+                         "neck.fpn_convs.1.conv.weight")
+    add("scrfd_dedup", "scrfd3", scrfd, dedup)
+    add("scrfd_identity", "scrfd3", scrfd, sts)  # the exporter's own Identity dedup
+    add("scrfd_numbered", "scrfd3", scrfd, numbered(dedup))
+    add("scrfd_dynamic", "scrfd3", scrfd, export_torchscript(scrfd, dynamic=True), False)
+    extra = Detector(spec_of("scrfd"))
+    add("scrfd_extra_dynamo", "scrfd", extra, export_dynamo(extra, dynamic=True), False)
+    tier = Detector(spec_of("scrfd_2.5g"))
+    add("scrfd_2.5g", "scrfd_2.5g", tier, export_torchscript(tier, dynamic=False))
+    # RetinaNet-like mmdetection FPN (P6, P7 on the input) and the SCRFD seed PAFPN (BN).
+    net = Detector(spec_of("retinanet"))
+    add("retinanet_ts", "retinanet", net, export_torchscript(net))
+    seed = Detector(spec_of("seed"))
+    add("seed_numbered", "seed", seed, numbered(export_torchscript(seed)))
+    add("seed_bn", "seed", seed, export_torchscript(seed, fold_bn=False))
+    files["classifier"] = save(export_plain(classifier()), root / "classifier.onnx")
+    assert set(VARIANTS) == set(models), set(VARIANTS) ^ set(models)
+    _SUITE = Suite(root, files, models, kinds, static)
+    return _SUITE
