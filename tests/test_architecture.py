@@ -30,6 +30,8 @@ TORCH_FREE = [
     "necktool.budgets.check", "necktool.cli",
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",
+    "necktool.detector", "necktool.detector.loading", "necktool.detector.graph",
+    "necktool.detector.neck", "necktool.detector.inspect",
 ]
 
 
