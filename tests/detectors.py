@@ -61,6 +61,8 @@ def spec_of(kind: str) -> NeckSpec:
         from necktool.spec.registry import PRESETS
 
         return PRESETS["insightface_scrfd_2.5g"].spec.replace(input_size=SIZE)
+    if kind == "seed_gn":  # the SCRFD seed PAFPN as designed: GroupNorm (exported decomposed)
+        return NeckSpec("pafpn", BACKBONE, 16, Norm.GN, Activation.RELU, **common)
     raise KeyError(kind)
 
 
@@ -80,6 +82,7 @@ VARIANTS = {
     "retinanet_ts": ("retinanet", True, "none"),
     "seed_numbered": ("seed", True, "folded"),
     "seed_bn": ("seed", True, "present"),
+    "seed_gn": ("seed_gn", True, "present"),
 }
 
 
@@ -378,7 +381,11 @@ def suite() -> Suite:
     add("retinaface_opset9", "retinaface", retina, export_torchscript(retina, opset=9))
     add("retinaface_rewritten", "retinaface", retina, rewritten(ts))
     fused = Detector(spec_of("retinaface"), fused=True)
-    add("retinaface_fused", "retinaface", fused, export_torchscript(fused, opset=17))
+    # decoding fused into one output; opset 17, then converted to 21 with onnx
+    from onnx import version_converter
+
+    add("retinaface_fused", "retinaface", fused, version_converter.convert_version(
+        export_torchscript(fused, opset=17), 21))
     # SCRFD as insightface ships it: equal fpn_convs.1 / downsample_convs.0 biases
     # deduplicated; numbered; dynamic; and the dynamo exporter with a dynamic input.
     scrfd = Detector(spec_of("scrfd3"))
@@ -400,6 +407,8 @@ def suite() -> Suite:
     seed = Detector(spec_of("seed"))
     add("seed_numbered", "seed", seed, numbered(export_torchscript(seed)))
     add("seed_bn", "seed", seed, export_torchscript(seed, fold_bn=False))
+    gn = Detector(spec_of("seed_gn"))
+    add("seed_gn", "seed_gn", gn, export_torchscript(gn))
     files["classifier"] = save(export_plain(classifier()), root / "classifier.onnx")
     assert set(VARIANTS) == set(models), set(VARIANTS) ^ set(models)
     _SUITE = Suite(root, files, models, kinds, static)

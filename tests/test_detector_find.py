@@ -50,7 +50,8 @@ def _run_exposed(path: str, names: list[str], image: np.ndarray) -> dict[str, np
 
 @pytest.mark.parametrize("name", ["retinaface_bn_dynamic", "retinaface_opset9",
                                   "retinaface_rewritten", "scrfd_dedup", "scrfd_numbered",
-                                  "scrfd_extra_dynamo", "retinanet_ts", "seed_numbered"])
+                                  "scrfd_extra_dynamo", "retinanet_ts", "seed_numbered",
+                                  "seed_gn", "retinaface_fused"])
 def test_the_named_tensors_hold_the_backbone_and_neck_outputs(name: str) -> None:
     """Names are not evidence: the tensors found must hold what the torch model computes."""
     s = suite()
@@ -63,6 +64,17 @@ def test_the_named_tensors_hold_the_backbone_and_neck_outputs(name: str) -> None
     got = _run_exposed(str(s.files[name]), [*found.inputs, *found.outputs], image.numpy())
     for tensor, ref in zip([*found.inputs, *found.outputs], [*feats, *outs], strict=True):
         np.testing.assert_allclose(got[tensor], ref.numpy(), atol=TOL, rtol=TOL)
+
+
+def test_the_variants_cover_the_exporters_and_opsets() -> None:
+    opsets = {name: onnx.load(str(path)).opset_import[0].version
+              for name, path in suite().files.items()}
+    assert opsets["retinaface_opset9"] == 9 and opsets["retinaface_ts"] == 11
+    assert opsets["retinaface_fused"] == 21 and opsets["scrfd_extra_dynamo"] >= 18
+    ops = {n.op_type for n in onnx.load(str(suite().files["retinaface_opset9"])).graph.node}
+    assert "Upsample" in ops and "Resize" not in ops
+    fused = onnx.load(str(suite().files["retinaface_fused"]))
+    assert len(fused.graph.output) == 1
 
 
 def test_deduplicated_biases_are_followed_through_the_conv_nodes() -> None:

@@ -34,7 +34,8 @@ KEEPS = frozenset({
 #: single-input ops a conv's output passes through on its way to the next stage
 POINTWISE = frozenset({"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish",
                        "Clip", "Elu", "Selu", "Identity", "BatchNormalization",
-                       "GroupNormalization", "Mish", "Dropout"})
+                       "GroupNormalization", "InstanceNormalization", "Reshape", "Mish",
+                       "Dropout"})
 POOLS = frozenset({"Conv", "MaxPool", "AveragePool", "ConvTranspose"})
 UPSAMPLES = frozenset({"Resize", "Upsample"})
 _SEARCH_LIMIT = 64  # nodes walked up a size computation to find its Shape
@@ -290,7 +291,11 @@ def _out_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
         return _resize_stride(graph, node, s) if feats[0] == node.input[0] else None
     if op == "Slice":
         return _slice_stride(graph, node, s) if feats[0] == node.input[0] else None
-    if op == "Reshape":  # kept only when restored to a feature map's own shape (GroupNorm)
+    if op == "Reshape":  # a GroupNorm's group view and its restoring reshape keep it
+        readers = graph.readers(node.output[0])
+        if feats[0] == node.input[0] and readers and all(
+                r.op_type == "InstanceNormalization" for r in readers):
+            return s
         ref = _shape_source(graph, node.input[1], "") if len(node.input) > 1 else None
         return graph.strides.get(ref) if ref else None
     if op in KEEPS:  # an add of a map and an upsample to its size is at the map's stride

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from necktool.detector.graph import POINTWISE, UPSAMPLES, Graph, attr, read_graph
 from necktool.errors import InputError, NecktoolError
 from necktool.spec.fields import Activation, ExtraConvs, Norm
-from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.neck_spec import NeckSpec, seed_gn_groups
 from necktool.spec.registry import PRESETS
 
 if TYPE_CHECKING:
@@ -143,8 +143,8 @@ class _Walk:
     def forward(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
         """Follow ``tensor`` through single-reader pointwise nodes (activation, norm)."""
         chain: list[onnx.NodeProto] = []
-        while True:
-            readers = self.g.readers(tensor)
+        while True:  # a Shape reading the map (a GroupNorm's restoring reshape) is no reader
+            readers = [r for r in self.g.readers(tensor) if r.op_type != "Shape"]
             if len(readers) != 1 or not self._pointwise(readers[0]):
                 return tensor, chain
             chain.append(readers[0])
@@ -325,6 +325,8 @@ class _Finder:
         assert w is not None
         norms = [n for n in chain if n.op_type in ("BatchNormalization", "GroupNormalization",
                                                     "InstanceNormalization")]
+        if any(n.op_type == "Reshape" for n in chain) and not norms:
+            chain = []  # a reshape that is no GroupNorm: not part of the conv's block
         bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
         stride = int((attr(conv, "strides") or [1])[0])
         return ConvNode(role, level, conv.name, conv.input[1], bias, out,
@@ -467,6 +469,11 @@ class _Finder:
                 if "GroupNormalization" in ops else None
             if gn is not None:
                 fields["gn_groups"] = int(attr(gn, "num_groups"))
+            else:  # Reshape [N, groups, -1] -> InstanceNormalization -> Reshape back
+                view = next(n for n in chain if n.op_type == "Reshape")
+                shape = self.g.const(view.input[1])
+                if shape is not None and shape.size == 3 and int(shape[1]) > 0:
+                    fields["gn_groups"] = int(shape[1])
             return "present", Norm.GN, fields
         return self.folded_or_none(convs, family), Norm.NONE, fields
 
@@ -510,8 +517,11 @@ class _Finder:
                 self.notes.append("some neck convs have no bias: their folded shift is 0")
         input_strides = tuple(g.stride(n.input[0]) or 0 for n in levels.laterals)
         strides = tuple(input_strides[0] * 2 ** i for i in range(len(outputs)))
+        out_channels = channels.pop()
+        if fields.get("gn_groups") == seed_gn_groups(out_channels):
+            fields["gn_groups"] = None  # the seed's rule gives it: say so as the presets do
         fields |= {"in_channels": tuple(c.shape[1] for c in laterals),
-                   "out_channels": channels.pop(), "norm": norm,
+                   "out_channels": out_channels, "norm": norm,
                    "input_size": g.image_size or DEFAULT_SIZE}
         if family.startswith("mmdet"):
             mode = getattr(self, "mode", ExtraConvs.NONE)

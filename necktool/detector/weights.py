@@ -73,11 +73,42 @@ class _BatchNorm(NamedTuple):
     eps: float
 
 
+def _group_norm(graph: Graph, conv: ConvNode) -> tuple[np.ndarray, np.ndarray, float]:
+    """A present GroupNorm's ``(weight, bias, eps)``: a GroupNormalization node's inputs,
+    or the constants of the exporter's decomposition (Reshape -> InstanceNormalization ->
+    Reshape -> Mul weight -> Add bias)."""
+    node = next(n for n in graph.nodes if n.name == conv.norm)
+    eps = float(attr(node, "epsilon", 1e-5))
+    if node.op_type == "GroupNormalization":
+        w, b = graph.const(node.input[1]), graph.const(node.input[2])
+    else:
+        w = b = None
+        tensor = node.output[0]
+        for _ in range(4):
+            readers = [r for r in graph.readers(tensor) if r.op_type != "Shape"]
+            if len(readers) != 1:
+                break
+            r = readers[0]
+            other = [t for t in r.input if t != tensor]
+            if r.op_type == "Mul" and other:
+                w = graph.const(other[0])
+            elif r.op_type == "Add" and other:
+                b = graph.const(other[0])
+            tensor = r.output[0]
+    if w is None or b is None:
+        raise WeightsError(f"{graph.where}: cannot read the GroupNorm after the {conv.role} "
+                           f"conv at level {conv.level} (its scale and shift are not "
+                           "constants)")
+    return np.asarray(w, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1), eps
+
+
 def _norm_node(graph: Graph, conv: ConvNode) -> _BatchNorm | None:
     """A present BatchNormalization's parameters (``scale, bias, mean, var, eps``)."""
     if conv.norm is None:
         return None
     node = next(n for n in graph.nodes if n.name == conv.norm)
+    if node.op_type in ("InstanceNormalization", "GroupNormalization"):
+        return None  # a GroupNorm: see _group_norm
     if node.op_type != "BatchNormalization":
         raise WeightsError(f"{graph.where}: the neck's norm is {node.op_type}; necktool takes "
                            "weights from convs with BatchNorm (present or folded) or no norm")
@@ -113,10 +144,17 @@ def detector_state_dict(graph: Graph, found: DetectorNeck,
             else np.zeros(w.shape[0])
         bn = _norm_node(graph, conv)
         has_bn = f"{nkey}.running_var" in target
-        if f"{nkey}.weight" in target and not has_bn:
-            raise WeightsError(f"{graph.where}: {spec.label} has GroupNorm; the file's neck "
-                               f"has {'BatchNorm' if bn else 'no norm'} (build it with "
-                               "--norm bn or none)")
+        file_gn = conv.norm is not None and bn is None
+        if f"{nkey}.weight" in target and not has_bn:  # the neck has GroupNorm
+            if not file_gn:
+                raise WeightsError(f"{graph.where}: {spec.label} has GroupNorm; the file's "
+                                   f"neck has {'BatchNorm' if bn else 'no norm'} (build it "
+                                   "with --norm bn or none)")
+            gw, gb, _ = _group_norm(graph, conv)
+            state |= {f"{nkey}.weight": gw, f"{nkey}.bias": gb}
+        elif file_gn:
+            raise WeightsError(f"{graph.where}: the file's neck has GroupNorm; build "
+                               f"{spec.label} with --norm gn")
         if has_bn:
             eps = float(dict(model.named_modules())[nkey].eps)
             if bn is None:  # folded (or none): BatchNorm as the identity plus the bias
