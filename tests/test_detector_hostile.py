@@ -162,4 +162,5 @@ def test_inspect_shows_the_neck_and_its_share(tmp_path: pathlib.Path) -> None:
     assert data["neck"]["convs"] == 10
     no_neck = runner.invoke(app, ["inspect", str(suite().files["classifier"])])
     assert no_neck.exit_code == 2
-    assert "no neck found: 4 Conv nodes" in _one_line(no_neck.stderr)
+    assert "carries no necktool metadata (not written by 'necktool export'), and no neck " \
+        "was found in its graph: 4 Conv nodes (1 of them 1x1)" in _one_line(no_neck.stderr)

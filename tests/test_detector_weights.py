@@ -143,3 +143,11 @@ def test_images_are_read_with_the_decompression_bomb_limit_on(
     bomb = runner.invoke(app, ["verify", "--against", det, "--images", str(tmp_path)])
     assert bomb.exit_code == 2
     assert "cannot read image" in bomb.stderr and "decompression bomb" in bomb.stderr.lower()
+
+
+def test_necktools_own_file_keeps_its_metadata_answer(
+        exported: tuple[pathlib.Path, pathlib.Path]) -> None:
+    _, neck = exported
+    result = runner.invoke(app, ["inspect", str(neck), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"kind": "onnx"' in result.stdout and '"export"' in result.stdout

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from necktool.detector.graph import Graph, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
+from necktool.errors import InputError
 from necktool.report import Block, Note, share, size_text, table
 from necktool.spec.fields import FIELD
 from necktool.spec.neck_spec import NeckSpec
@@ -185,7 +186,15 @@ def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
     """Find the neck of ``model`` and cost it (see the module docstring)."""
     where = f"{path!r}"
     graph = read_graph(model, where)
-    neck = find_in_graph(graph)
+    try:
+        neck = find_in_graph(graph)
+    except InputError as exc:  # say first that necktool did not write it
+        text = str(exc)
+        if not text.startswith(f"{where}: no neck found: "):
+            raise
+        raise InputError(f"{where} carries no necktool metadata (not written by 'necktool "
+                         "export'), and no neck was found in its graph: "
+                         + text.removeprefix(f"{where}: no neck found: ")) from None
     size = graph.image_size or DEFAULT_SIZE
     names = {c.node for c in neck.convs}
     base = neck.presets[0] if neck.presets else None
