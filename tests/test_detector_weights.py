@@ -151,3 +151,14 @@ def test_necktools_own_file_keeps_its_metadata_answer(
     result = runner.invoke(app, ["inspect", str(neck), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert '"kind": "onnx"' in result.stdout and '"export"' in result.stdout
+
+
+def test_a_static_neck_alone_is_found_too(exported: tuple[pathlib.Path, pathlib.Path],
+                                          tmp_path: pathlib.Path) -> None:
+    _, neck = exported
+    model = onnx.load(str(neck))
+    del model.metadata_props[:]
+    found = find_neck(model)
+    assert (found.inputs, found.outputs) == (("c3", "c4", "c5"), ("p3", "p4", "p5"))
+    assert found.spec.to_dict() == suite().models["scrfd_dedup"].neck.spec.to_dict()
+    assert found.input_strides == (8, 16, 32)

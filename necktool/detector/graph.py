@@ -325,6 +325,14 @@ def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
     inits = {t.name: t for t in model.graph.initializer}
     graph = Graph(model, nodes, producer, consumers, image, size,
                   {image: (Fraction(1), Fraction(1))}, inits, where)
+    if size is not None:  # more static maps (a neck alone): strides relative to the first
+        for inp in model.graph.input:
+            dims = inp.type.tensor_type.shape.dim
+            if inp.name in inits or inp.name == image or len(dims) != 4:
+                continue
+            h, w = (d.dim_value if d.HasField("dim_value") else 0 for d in dims[2:])
+            if h > 0 and w > 0:
+                graph.strides[inp.name] = (Fraction(size[0], h), Fraction(size[1], w))
     for node in nodes:
         if node.op_type in ("Shape", "Constant", "Size"):
             continue

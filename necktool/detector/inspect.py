@@ -200,7 +200,7 @@ def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
     base = neck.presets[0] if neck.presets else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     command = reproduce(neck.spec, base)
-    return DetectorInspect(path, neck, size, graph.image_size is not None, opset,
+    return DetectorInspect(path, neck, neck.spec.input_size, graph.image_size is not None, opset,
                            conv_costs(graph, size, names), conv_costs(graph, size), command)
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.detector.graph import POINTWISE, UPSAMPLES, Graph, attr, read_graph
 from necktool.errors import InputError, NecktoolError
-from necktool.spec.fields import Activation, ExtraConvs, Norm
+from necktool.spec.fields import BASE_STRIDE, Activation, ExtraConvs, Norm
 from necktool.spec.neck_spec import NeckSpec, seed_gn_groups
 from necktool.spec.registry import PRESETS
 
@@ -516,13 +516,20 @@ class _Finder:
             if any(c.bias is None for c in convs):
                 self.notes.append("some neck convs have no bias: their folded shift is 0")
         input_strides = tuple(g.stride(n.input[0]) or 0 for n in levels.laterals)
+        size = g.image_size or DEFAULT_SIZE
+        if input_strides[0] == 1:  # the graph is a neck alone: its inputs are the levels
+            input_strides = tuple(BASE_STRIDE * s for s in input_strides)
+            if g.image_size is not None:
+                size = (size[0] * BASE_STRIDE, size[1] * BASE_STRIDE)
+            self.notes.append(f"the graph is a neck alone; its finest input is taken as "
+                              f"stride {BASE_STRIDE}")
         strides = tuple(input_strides[0] * 2 ** i for i in range(len(outputs)))
         out_channels = channels.pop()
         if fields.get("gn_groups") == seed_gn_groups(out_channels):
             fields["gn_groups"] = None  # the seed's rule gives it: say so as the presets do
         fields |= {"in_channels": tuple(c.shape[1] for c in laterals),
                    "out_channels": out_channels, "norm": norm,
-                   "input_size": g.image_size or DEFAULT_SIZE}
+                   "input_size": size}
         if family.startswith("mmdet"):
             mode = getattr(self, "mode", ExtraConvs.NONE)
             if len(outputs) == len(laterals) and family in PRESETS:
