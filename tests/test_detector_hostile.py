@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 from detectors import suite
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -164,3 +166,21 @@ def test_inspect_shows_the_neck_and_its_share(tmp_path: pathlib.Path) -> None:
     assert no_neck.exit_code == 2
     assert "carries no necktool metadata (not written by 'necktool export'), and no neck " \
         "was found in its graph: 4 Conv nodes (1 of them 1x1)" in _one_line(no_neck.stderr)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
+                     max_size=8))
+def test_damaged_bytes_never_crash(tmp_path: pathlib.Path,
+                                   cuts: list[tuple[int, int]]) -> None:
+    """Any byte changes: a neck found (exit 0) or one line, exit 2; never a traceback."""
+    data = bytearray(suite().files["scrfd_dedup"].read_bytes())
+    for at, value in cuts:
+        data[at % len(data)] = value
+    path = tmp_path / "det.onnx"
+    path.write_bytes(bytes(data))
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        _one_line(result.stderr)

@@ -179,16 +179,22 @@ class _Walk:
     def conv_readers(self, tensor: str, kernel: int, stride: int) -> list[onnx.NodeProto]:
         return [n for n in self.g.readers(tensor) if self.conv(n, kernel, stride)]
 
-    @functools.cache  # noqa: B019 (one walk per graph)
+    @functools.cached_property
+    def _depths(self) -> dict[str, int]:
+        """Tensor -> convs on the longest path from it to a graph output (one reverse
+        topological pass, so no recursion however deep the graph)."""
+        depth: dict[str, int] = {}
+        for node in reversed(self.g.nodes):
+            below = max((depth.get(o, 0) for o in node.output if o), default=0)
+            here = below + (1 if node.op_type == "Conv" else 0)
+            for t in node.input:
+                if t:
+                    depth[t] = max(depth.get(t, 0), here)
+        return depth
+
     def depth(self, tensor: str) -> int:
         """Convs on the longest path from ``tensor`` to a graph output."""
-        best = 0
-        for node in self.g.readers(tensor):
-            here = 1 if node.op_type == "Conv" else 0
-            for out in node.output:
-                if out:
-                    best = max(best, here + self.depth(out))
-        return best
+        return self._depths.get(tensor, 0)
 
 
 def _upsample_adds(graph: Graph) -> list[tuple[onnx.NodeProto, str, onnx.NodeProto]]:
