@@ -35,6 +35,8 @@ TORCH_FREE = [
     "necktool.cli",
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",
+    "necktool.detector", "necktool.detector.loading", "necktool.detector.graph",
+    "necktool.detector.neck", "necktool.detector.inspect",
 ]
 
 

@@ -66,6 +66,7 @@ from necktool.deploy.options import Precision
 from necktool.deploy.runtimes import NcnnRunner, OpenVinoRunner, Runner
 from necktool.errors import ExportError
 from necktool.necks.build import build_neck, input_tensors
+from necktool.necks.weights import make_model
 from necktool.report import Block, Column, neck_header, num, size_text, table
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import UNIT_SHORT
@@ -345,7 +346,10 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
     """
     spec, size, batch = plan.spec, plan.spec.input_size, plan.batch
     threads = torch.get_num_threads() if plan.threads is None else plan.threads
-    model = build_neck(spec, seed=plan.seed)
+    if plan.weights.path is None:
+        model = build_neck(spec, seed=plan.seed)
+    else:  # a checkpoint or a detector ONNX file: the error columns use its weights
+        model = make_model(spec, plan.weights)[0]
     # fvcore's count at exactly this size and batch: the numerator of GFLOP/s.
     counted = analyze(model, spec, size, batch)
     inputs = input_tensors(spec, size, batch, seed=plan.seed)

@@ -33,6 +33,7 @@ from necktool.analysis.timing import (
     STAGED_RUNTIMES,
     Runtime,
 )
+from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.options import Precision, check_precision
 from necktool.deploy.runtimes import require_runtime
 from necktool.errors import InputError
@@ -133,7 +134,8 @@ class BenchPlan:
         precisions: ONNX Runtime precisions timed (one series each); empty: fp32, without
             the error columns.
         calibration: int8 calibration batches (``None`` without int8).
-        seed: Seed of the weights and inputs.
+        seed: Seed of the inputs (and of the weights, unless ``weights`` names a file).
+        weights: Where the weights come from (a seed, a checkpoint, a detector ONNX file).
         stages: Also profile ``repeat`` runs per runtime, stage by stage.
     """
 
@@ -147,6 +149,7 @@ class BenchPlan:
     calibration: int | None = None
     seed: int = 0
     stages: bool = False
+    weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
 
     @classmethod
     def build(cls, neck: str | NeckSpec, input_size: Size | None = None, batch: int = 1, *,
@@ -154,7 +157,7 @@ class BenchPlan:
               threads: int | None = None, runtimes: Sequence[Runtime | str] | None = None,
               seed: int = 0, precisions: Sequence[Precision | str] = (),
               calibration: int | None = None, stages: bool = False,
-              **overrides: Any) -> BenchPlan:
+              weights: WeightsRequest = WeightsRequest(), **overrides: Any) -> BenchPlan:
         """Every check of :func:`necktool.bench`'s arguments, in its order.
 
         Raises:
@@ -196,7 +199,7 @@ class BenchPlan:
         require(forward_bytes(spec, spec.input_size, batch),
                 f"{spec.label} at {size_text(spec.input_size)}, batch {batch},")
         return cls(spec, batch, warmup, repeat, threads, chosen, order, calibration, seed,
-                   bool(stages))
+                   bool(stages), weights)
 
     @property
     def series(self) -> tuple[tuple[Runtime, Precision], ...]:
@@ -215,7 +218,8 @@ class BenchPlan:
                 "warmup": self.warmup, "repeat": self.repeat, "threads": self.threads,
                 "runtimes": [r.value for r in self.runtimes],
                 "precisions": [p.value for p in self.precisions],
-                "calibration": self.calibration, "seed": self.seed, "stages": self.stages}
+                "calibration": self.calibration, "seed": self.seed, "stages": self.stages,
+                "weights": self.weights.to_dict()}
 
     def content_hash(self) -> str:
         """SHA-256 of every field (see the module docstring); timings themselves vary."""

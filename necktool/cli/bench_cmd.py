@@ -16,8 +16,10 @@ from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
     FormatOpt,
-    NeckArg,
+    OptionalNeckArg,
     PrecisionsOpt,
+    WeightsOpt,
+    neck_in_weights,
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
@@ -54,7 +56,7 @@ Stages = Annotated[bool, typer.Option(
 
 
 def bench_command(
-    neck: NeckArg,
+    neck: OptionalNeckArg = None,
     warmup: Warmup = None,
     repeat: Repeat = None,
     threads: Threads = None,
@@ -64,6 +66,7 @@ def bench_command(
     stages: Stages = False,
     *,
     flags: BuildFlagsOpt,
+    weights: WeightsOpt,
     fmt: FormatOpt,
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
@@ -75,16 +78,30 @@ def bench_command(
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
     against fp32 PyTorch. --stages adds a stage x level table per runtime (median time per
-    run), with the unattributed rest and the profiling overhead.
+    run), with the unattributed rest and the profiling overhead. --weights FILE (a
+    checkpoint or a detector ONNX file) times the neck with those weights; NECK may be left
+    to the file.
     """
     from necktool.analysis.plan import BenchPlan
+    from necktool.errors import InputError
+    from necktool.spec.neck_spec import NeckSpec
+
+    chosen: str | NeckSpec
+    if neck is not None:
+        chosen = neck
+    elif weights.path is not None:
+        chosen, weights = neck_in_weights(weights)
+    else:
+        raise InputError("bench needs a NECK (a preset, family or package.module:factory; "
+                         "'necktool list' shows them) or --weights FILE")
 
     # Every check, once, before torch loads; the plan also knows how many runs it times.
     counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
     runtimes = list(dict.fromkeys(r for rs in runtime for r in rs)) if runtime else None
-    plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtimes,
+    plan = BenchPlan.build(chosen, batch=flags.batch, threads=threads, runtimes=runtimes,
                            precisions=precision or (), calibration=calibration,
-                           stages=stages, **counts, **flags.overrides())
+                           stages=stages, weights=weights, seed=weights.seed or 0,
+                           **counts, **flags.overrides())
     load_heavy()
     from necktool.analysis.bench import run_bench
 

@@ -21,8 +21,8 @@ from necktool.cli.params import (
     PrecisionOpt,
     RuntimeOpt,
     VerifyOpt,
-    Weights,
     WeightsOpt,
+    neck_in_weights,
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
@@ -49,7 +49,7 @@ class ExportTo(enum.StrEnum):
     NCNN = "ncnn"
 
 
-OptionalNeckArg = Annotated[str | None, typer.Argument(
+ExportNeckArg = Annotated[str | None, typer.Argument(
     metavar="[NECK]", show_default=False,
     help=NECK_HELP + " Without one: the neck --weights FILE holds, as 'necktool inspect' "
     "finds it; with no --weights either, every budget entry of the project's config (found "
@@ -101,20 +101,8 @@ NO_NECK = ("no NECK given and no budget config found (necktool.toml, or pyprojec
            "necktool.toml, or pass --config PATH, to export every entry")
 
 
-def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
-    """The neck ``--weights`` holds, as ``necktool inspect`` finds it, with its prefix
-    (unless ``--prefix`` was given)."""
-    assert weights.path is not None
-    load_heavy()
-    from necktool.necks.identify import identify_checkpoint
-
-    found = identify_checkpoint(weights.path, weights.prefix)
-    return found.neck_spec, dataclasses.replace(weights,
-                                                prefix=weights.prefix or found.load_prefix)
-
-
 def export_command(
-    neck: OptionalNeckArg = None,
+    neck: ExportNeckArg = None,
     onnx: OnnxFlag = True,
     output: Output = None,
     static: Static = False,

@@ -12,6 +12,7 @@ a command is: parse, one or two library calls, return the result.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import pathlib
@@ -37,6 +38,7 @@ from necktool.errors import InputError
 from necktool.report import OutputFormat, Result
 from necktool.spec.families import FAMILIES, families_taking
 from necktool.spec.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
+from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import bare_families
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
@@ -294,6 +296,28 @@ NeckArg = Annotated[str, typer.Argument(metavar="NECK", help=NECK_HELP, show_def
 NecksArg = Annotated[list[str], typer.Argument(
     metavar="NECK...", show_default=False,
     help=NECK_HELP + " Several, or shell patterns such as 'scrfd_*' (quoted).")]
+OptionalNecksArg = Annotated[list[str] | None, typer.Argument(
+    metavar="[NECK]...", show_default=False,
+    help=NECK_HELP + " Several, or shell patterns such as 'scrfd_*' (quoted). Without one: "
+    "the neck --weights FILE holds (a checkpoint or a detector ONNX file).")]
+OptionalNeckArg = Annotated[str | None, typer.Argument(
+    metavar="[NECK]", show_default=False,
+    help=NECK_HELP + " Without one: the neck --weights FILE holds (a checkpoint or a "
+    "detector ONNX file), as 'necktool inspect' finds it.")]
+
+
+def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
+    """The neck ``--weights`` holds, as ``necktool inspect`` finds it, with its prefix
+    (unless ``--prefix`` was given)."""
+    assert weights.path is not None
+    from necktool.cli.render import load_heavy
+
+    load_heavy()
+    from necktool.necks.identify import identify_checkpoint
+
+    found = identify_checkpoint(weights.path, weights.prefix)
+    return found.neck_spec, dataclasses.replace(weights,
+                                                prefix=weights.prefix or found.load_prefix)
 
 
 # -- expansion -------------------------------------------------------------------------
