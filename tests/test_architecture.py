@@ -25,6 +25,7 @@ TORCH_FREE = [
     "necktool.spec", "necktool.spec.fields", "necktool.spec.families", "necktool.spec.neck_spec",
     "necktool.spec.registry",
     "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
+    "necktool.deploy.data", "necktool.deploy.loss", "necktool.cli.data_params",
     "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
     "necktool.budgets.check", "necktool.cli",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.cli.data_params import DataOpt, ReduceOpt
 from necktool.cli.params import (
     NECK_HELP,
     PATH,
@@ -25,7 +26,7 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.options import CalibrationMethod, Precision, check_precision
 from necktool.errors import InputError
 from necktool.spec.fields import IntKind
 from necktool.spec.neck_spec import NeckSpec
@@ -96,6 +97,8 @@ def export_command(
     weights: WeightsOpt,
     options: VerifyOpt,
     fmt: FormatOpt,
+    data: DataOpt,
+    reduce: ReduceOpt,
 ) -> ExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
@@ -110,6 +113,11 @@ def export_command(
     """
     precision = precision or Precision.FP32
     check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
+    if calibration is not None and data.given:
+        raise InputError("--calibration counts seeded batches; with --calibration-data or "
+                         "--images every calibration set is used: leave it out")
+    if neck is None and weights.path is None and (data.given or reduce != type(reduce)()):
+        raise InputError("the data and reduced-precision flags describe one neck; name a NECK")
     if neck is None and weights.path is None:
         return _export_config(config, output, static, opset, precision, calibration, verify,
                               flags=flags, weights=weights, options=options)
@@ -118,10 +126,16 @@ def export_command(
                          "no NECK is given; with a NECK (or --weights), leave it out")
     chosen: str | NeckSpec
     chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
-    resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
+    spec = resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 at once
     load_heavy()
     from necktool.deploy.export import ExportResult, export_onnx, export_steps
+    from necktool.deploy.reduce import Reduction
     from necktool.errors import VerificationFailed
+
+    reduction = Reduction(data.load(spec), reduce.method or CalibrationMethod.MINMAX,
+                          keep_fp32=reduce.keep_fp32, stages=reduce.stages,
+                          min_sqnr=reduce.min_sqnr)
+    reduction.check(precision)
 
     try:
         with progress(len(export_steps(verify, precision)), "export") as advance:
@@ -130,7 +144,7 @@ def export_command(
                 opset=DEFAULT_OPSET if opset is None else opset,
                 seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
                 verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=advance, **flags.overrides())
+                on_step=advance, reduction=reduction, **flags.overrides())
     except VerificationFailed as exc:
         if not isinstance(exc.result, ExportResult):
             raise

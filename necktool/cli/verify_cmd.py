@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.cli.data_params import DataOpt, StagesOpt
 from necktool.cli.params import PATH, BuildFlagsOpt, FormatOpt, VerifyOpt, WeightsOpt
 from necktool.cli.render import load_heavy, progress
 
@@ -22,13 +23,15 @@ NeckOpt = Annotated[str | None, typer.Option(
 
 
 def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOpt,
-                   weights: WeightsOpt, options: VerifyOpt, fmt: FormatOpt) -> VerifyReport:
+                   weights: WeightsOpt, options: VerifyOpt, fmt: FormatOpt, data: DataOpt,
+                   reduce: StagesOpt) -> VerifyReport:
     """Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata.
 
     The neck, its weights (seed or file) and the export size come from the file's
     metadata unless --neck, build flags, --seed or --weights say otherwise; --batch sets
     the export-size case's batch (default: as recorded). Exit 1 if any output of any case
-    is over tolerance.
+    is over tolerance. With --calibration-data or --images/--backbone, the cases are the
+    held-out feature sets (the same split export calibrated on).
     """
     load_heavy()
     from necktool.deploy.verify import verify_onnx
@@ -36,6 +39,7 @@ def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOp
     with progress(1, "verify") as advance:
         report = verify_onnx(model, neck=neck, seed=weights.seed, weights=weights.path,
                              prefix=weights.prefix, batch=flags.given("batch"),
-                             options=options, **flags.overrides())
+                             options=options, data=data if data.given else None,
+                             stages=reduce.stages, **flags.overrides())
         advance(str(model))
     return report

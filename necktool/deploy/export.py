@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from necktool.analysis.profiling import analyze, check_batch
-from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE, convert
+from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.deploy.data import FeatureSet
+from necktool.deploy.loss import PrecisionReport, check_stages
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     MAX_OPSET,
@@ -49,11 +51,14 @@ from necktool.deploy.metadata import (
 )
 from necktool.deploy.options import (
     DEFAULT_CALIBRATION,
+    CalibrationMethod,
     Precision,
     VerifyOptions,
     check_precision,
 )
+from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.serving import Images, Levels, Served, calibration_shapes, default_cases
+from necktool.deploy.stages import PartOf
 from necktool.deploy.verify import (
     VerificationResult,
     compare_onnx,
@@ -112,6 +117,7 @@ class ExportResult:
     seconds: dict[str, float]
     format: ExportFormat = ExportFormat.ONNX
     nbytes: int = 0  # the file's size
+    reduced: PrecisionReport | None = None  # fp16/int8: what it was measured on and lost
 
     @property
     def precision(self) -> Precision:
@@ -119,7 +125,8 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
+        return (self.verification is None or self.verification.passed) \
+            and (self.reduced is None or self.reduced.passed)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -142,10 +149,14 @@ class ExportResult:
         return self.conv_macs_fvcore == self.conv_macs_flop_counter == self.conv_macs_onnx
 
     def failure(self) -> str | None:
-        if self.passed or self.verification is None:
+        if self.passed:
             return None
         state = "left untouched" if self.path.exists() else "not written"
-        return f"verification failed, {str(self.path)!r} {state}: {self.verification.summary()}"
+        if self.verification is not None and not self.verification.passed:
+            return (f"verification failed, {str(self.path)!r} {state}: "
+                    f"{self.verification.summary()}")
+        assert self.reduced is not None
+        return f"{str(self.path)!r} {state}: {self.reduced.summary()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON-ready dict (``verification`` is ``null`` when skipped)."""
@@ -160,7 +171,7 @@ class ExportResult:
             "dynamic": m.dynamic,
             "serves": m.serves_text(),
             "precision": m.precision.value,
-            "calibration": _calibration(m),
+            "calibration": _calibration(m, self.reduced),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "weights": m.weights.to_dict(),
@@ -174,6 +185,7 @@ class ExportResult:
             "verification": self.verification.to_dict() if self.verification is not None
             else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "reduced_precision": self.reduced.to_dict() if self.reduced is not None else None,
         }
 
     def blocks(self) -> list[Block]:
@@ -186,7 +198,7 @@ class ExportResult:
         match = "equal" if self.conv_macs_match else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
-            ("precision", precision_text(m)),
+            ("precision", precision_text(m, self.reduced)),
             ("serves", m.serves_text()),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
@@ -206,14 +218,26 @@ class ExportResult:
                                   rows, show_header=False)]
         if self.verification is not None:
             out.append(self.verification.table())
+        if self.reduced is not None:
+            out.extend(self.reduced.blocks())
         return out
 
 
-def precision_text(m: ExportMetadata) -> str:
+def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) -> str:
     """What the file's precision means, for the summary table."""
     if m.precision is Precision.FP16:
         return ("fp16: weights and compute float16, inputs and outputs float32 "
                 "(onnxruntime.transformers.float16)")
+    if m.precision is Precision.INT8 and reduced is not None and (
+            reduced.method is not CalibrationMethod.MINMAX or reduced.per_channel
+            or "synthetic" not in reduced.measured_on or reduced.keep_fp32):
+        method = reduced.method.value if reduced.method else "minmax"
+        weights = "per-channel" if reduced.per_channel else "per-tensor"
+        keep = f"; stages kept in fp32: {','.join(reduced.keep_fp32)}" \
+            if reduced.keep_fp32 else ""
+        return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights} weights (7-bit "
+                f"range) and activations, {method} calibration; measured on "
+                f"{reduced.measured_on}{keep}; inputs and outputs float32")
     if m.precision is Precision.INT8:
         shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
         at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
@@ -223,14 +247,21 @@ def precision_text(m: ExportMetadata) -> str:
     return "fp32"
 
 
-def _calibration(m: ExportMetadata) -> dict[str, Any] | None:
+def _calibration(m: ExportMetadata, reduced: PrecisionReport | None = None
+                 ) -> dict[str, Any] | None:
     if m.calibration is None:
         return None
+    method = reduced.method.value if reduced is not None and reduced.method else "minmax"
+    common = {"method": method, "format": "QDQ", "reduce_range": REDUCE_RANGE,
+              "per_channel": reduced.per_channel if reduced is not None else False}
+    if reduced is not None and reduced.data is not None:
+        return {"batches": len(reduced.data.calibration), "data": reduced.data.to_dict(),
+                **common}
     shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
     return {"batches": m.calibration,
             "shapes": [{"input_size": list(s), "batch": b} for s, b in shapes],
             "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + m.calibration - 1],
-            "method": "MinMax", "format": "QDQ", "reduce_range": REDUCE_RANGE}
+            "data": None, **common}
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -402,6 +433,7 @@ def export_onnx(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    reduction: Reduction | None = None,
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -425,6 +457,9 @@ def export_onnx(
             :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are :func:`export_steps`).
+        reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
+            SQNR, an SQNR floor (see :mod:`necktool.deploy.reduce`); with data, verification
+            runs on its held-out feature sets.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -459,6 +494,8 @@ def export_onnx(
     batch, precision, calibration, served = check_export(
         spec, batch=batch, opset=opset, dynamic=dynamic, precision=precision,
         calibration=calibration, options=options if verify else None)
+    if reduction is not None:
+        reduction.check(precision)
     dest = check_writable(output if output is not None else f"{spec.label}.onnx",
                           "the ONNX file")
 
@@ -467,6 +504,9 @@ def export_onnx(
     if dynamic and spec.info.levels is None:  # a custom neck: can it run at every size?
         served = served_by(spec, model)
         check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
+    if reduction is not None and reduction.keep_fp32:  # a bad stage name: before the work
+        parts = [_part_of(model)(n) for n, _ in model.named_modules()]
+        check_stages(reduction.keep_fp32, list(dict.fromkeys(p[0] for p in parts if p)))
     done("build")
     with reference_threads():  # a traced forward: no fast kernels needed
         counted = analyze(model, spec, spec.input_size, batch)
@@ -491,30 +531,47 @@ def export_onnx(
                           f"{fvcore_macs:,} from fvcore vs {counter_macs:,} from "
                           f"{CROSS_CHECK} at {size_text(spec.input_size)}; nothing written")
     done("check")
+    reduced = None
     if precision is not Precision.FP32:
-        proto = convert(proto, precision, spec=spec,
-                        shapes=calibration_shapes(spec, spec.input_size, batch, served),
-                        calibration=calibration or DEFAULT_CALIBRATION)
+        proto, reduced = reduce_precision(
+            proto, precision, spec=spec, part_of=_part_of(model),
+            shapes=calibration_shapes(spec, spec.input_size, batch, served),
+            calibration=calibration or DEFAULT_CALIBRATION, how=reduction)
         _stamp(proto, meta)
         _check_model(proto, f"the {precision.value} graph")
         done("convert")
     data = proto.SerializeToString()
     result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
                           tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
-                          counter_macs, None, False, seconds, nbytes=len(data))
+                          counter_macs, None, False, seconds, nbytes=len(data),
+                          reduced=reduced)
 
     if verify:
         verification = compare_onnx(
             data, model, spec, cases=default_cases(spec, spec.input_size, batch, served),
-            options=options, weights=source.describe(), dynamic=dynamic, precision=precision)
+            options=options, weights=source.describe(), dynamic=dynamic, precision=precision,
+            features=_verification_data(reduction),
+            measured_on=reduction.data.describe() if reduction and reduction.data else "")
         verification = dataclasses.replace(verification, path=str(dest))
         result = dataclasses.replace(result, verification=verification)
         done("verify")
-        if not verification.passed:
-            raise VerificationFailed(result.failure() or "verification failed", result)
+    if not result.passed:
+        raise VerificationFailed(result.failure() or "verification failed", result)
     write_file(dest, data, "the ONNX file")
     done("write")
     return dataclasses.replace(result, written=True)
+
+
+def _part_of(model: nn.Module) -> PartOf:
+    """The neck's stage map (a custom neck without one has no stages)."""
+    part_of = getattr(model, "part_of", None)
+    return part_of if callable(part_of) else (lambda _path: None)
+
+
+def _verification_data(reduction: Reduction | None) -> tuple[FeatureSet, ...] | None:
+    if reduction is None or reduction.data is None:
+        return None
+    return reduction.data.verification
 
 
 def _stamp(proto: onnx.ModelProto, meta: ExportMetadata) -> None:

@@ -39,6 +39,8 @@ from necktool.deploy.comparison import (
     OutputComparison,
     VerificationResult,
 )
+from necktool.deploy.data import SYNTHETIC, Data, DataRequest, FeatureSet, image_side
+from necktool.deploy.loss import PrecisionReport
 from necktool.deploy.metadata import (
     DamagedMetadata,
     GraphInfo,
@@ -72,6 +74,7 @@ class VerifyReport:
     graph: GraphInfo
     verification: VerificationResult
     serves: str = ""  # which inputs the file serves, in one sentence
+    reduced: PrecisionReport | None = None  # --stages: per-stage SQNR against fp32
 
     @property
     def passed(self) -> bool:
@@ -108,12 +111,15 @@ class VerifyReport:
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
+            "reduced_precision": self.reduced.to_dict() if self.reduced is not None else None,
         }
 
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
         if self.serves:
             out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
+        if self.reduced is not None:
+            out.extend(self.reduced.blocks())
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
@@ -206,10 +212,14 @@ def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
-                   rtol: float, error_stat: ErrorStat = ErrorStat.ELEMWISE
-                   ) -> OutputComparison:
-    """Statistics for one output of one trial (see the module docstring)."""
+                   rtol: float, error_stat: ErrorStat = ErrorStat.ELEMWISE, *,
+                   atol_scaled: bool = False) -> OutputComparison:
+    """Statistics for one output of one trial (see the module docstring); with
+    ``atol_scaled`` the ``atol`` is multiplied by ``max(1, RMS(torch_out))``."""
     shape = tuple(int(d) for d in torch_out.shape)
+    if atol_scaled and torch_out.size:
+        rms = math.sqrt(_dot(torch_out.ravel(), torch_out.ravel()) / torch_out.size)
+        atol = atol * max(1.0, rms) if math.isfinite(rms) else atol
     if tuple(ort_out.shape) != shape:
         return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
                                 int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
@@ -272,8 +282,11 @@ def compare_onnx(
     weights: str = "",
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
+    features: Sequence[FeatureSet] | None = None,
+    measured_on: str = "",
 ) -> VerificationResult:
-    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
+    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs
+    (or, with ``features``, on those feature sets instead of ``cases``: one case each).
 
     Args:
         source: The ONNX file, or its bytes.
@@ -303,11 +316,16 @@ def compare_onnx(
     out_names = [o.name for o in session.get_outputs()]
     options.check_outputs(out_names)
     with reference_threads():
-        results = [_compare_case(session, model, spec, c, case, out_names, options, source)
-                   for c, case in enumerate(cases)]
+        if features is not None:
+            results = [_compare_features(session, model, spec, f, out_names, options)
+                       for f in features]
+        else:
+            results = [_compare_case(session, model, spec, c, case, out_names, options,
+                                     source) for c, case in enumerate(cases)]
     path = "" if isinstance(source, bytes) else str(source)
     return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results), precision)
+                              tuple(results), precision,
+                              measured_on if features is not None else "")
 
 
 def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: Case,
@@ -325,11 +343,36 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
             trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
                      for n, r in zip(out_names, ref, strict=True)]
         else:
-            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
+            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat,
+                                    atol_scaled=options.atol_scaled)
                      for n, g, r in zip(out_names, got, ref, strict=True)]
         merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
                                                                        strict=True)]
     return CaseComparison(case, seeds, tuple(merged))
+
+
+def _compare_features(session: Any, model: nn.Module, spec: NeckSpec, features: FeatureSet,
+                      out_names: list[str], options: VerifyOptions) -> CaseComparison:
+    """One case on a given feature set (real data; no trials to repeat)."""
+    inputs = [torch.from_numpy(a) for a in features.arrays]
+    ref = _run_torch(model, inputs)
+    got = _run_ort(session, inputs)
+    if isinstance(got, str):
+        outs = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
+                for n, r in zip(out_names, ref, strict=True)]
+    else:
+        outs = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat,
+                                    atol_scaled=options.atol_scaled)
+                for n, g, r in zip(out_names, got, ref, strict=True)]
+    return CaseComparison(features_case(spec, features), (), tuple(outs))
+
+
+def features_case(spec: NeckSpec, features: FeatureSet) -> Case:
+    """A feature set as a case: the smallest image its finest level fits, its name."""
+    (h, w), stride = features.sizes[0], spec.input_strides[0]
+    sides = [image_side([s[axis] for s in features.sizes], spec.input_strides)
+             or (h, w)[axis] * stride for axis in (0, 1)]
+    return Case((sides[0], sides[1]), features.batch, features.name)
 
 
 def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
@@ -355,6 +398,8 @@ def verify_onnx(
     prefix: str | None = None,
     batch: int | None = None,
     options: VerifyOptions | None = None,
+    data: DataRequest | None = None,
+    stages: bool = False,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -370,6 +415,9 @@ def verify_onnx(
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
             one, or converted after export, what its graph holds).
+        data: Real feature sets (``--calibration-data`` or ``--images``): verification
+            runs on the held-out part (the same split the export calibrated on).
+        stages: An fp16/int8 file: per-stage SQNR against a fresh fp32 export of the neck.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -438,8 +486,43 @@ def verify_onnx(
     in_graph = graph_precision(proto)
     precision = meta.precision if meta is not None and in_graph is Precision.FP32 else in_graph
     cases = default_cases(spec, spec.input_size, batch, served)
+    loaded = data.load(spec) if data is not None else None
+    if stages and precision is Precision.FP32:
+        raise InputError(f"--stages compares an fp16 or int8 file's stages with fp32; "
+                         f"{str(file)!r} is fp32")
     verification = compare_onnx(file, model, spec, cases=cases, options=options,
                                 weights=source.describe(), dynamic=graph.dynamic,
-                                precision=precision)
+                                precision=precision,
+                                features=loaded.verification if loaded else None,
+                                measured_on=loaded.describe() if loaded else "")
+    reduced = _stage_report(proto, model, spec, precision, loaded, served, batch) \
+        if stages else None
     return VerifyReport(str(file), spec, batch, graph, verification,
-                        served.describe(spec, spec.input_size, batch))
+                        served.describe(spec, spec.input_size, batch), reduced)
+
+
+def _stage_report(proto: Any, model: nn.Module, spec: NeckSpec, precision: Precision,
+                  data: Data | None, served: Served, batch: int) -> PrecisionReport:
+    """Per-stage SQNR of ``proto`` against a fresh fp32 export of ``model`` (the exporter is
+    deterministic: the stage tensors have the same names in both)."""
+    from necktool.deploy.export import export_model
+    from necktool.deploy.loss import PrecisionReport, Reference
+    from necktool.deploy.reduce import synthetic_feeds
+    from necktool.deploy.serving import calibration_shapes
+
+    shapes = calibration_shapes(spec, spec.input_size, batch, served)
+    inputs = make_inputs(spec, spec.input_size, batch, seed=0)
+    fp32 = export_model(model, spec, inputs, dynamic=served.dynamic, opset=graph_opset(proto),
+                        served=served)
+    feeds = [s.feeds(spec.input_names) for s in data.verification] if data else \
+        synthetic_feeds(spec, shapes)
+    reference = Reference(fp32, feeds, model.part_of)  # type: ignore[arg-type]
+    rows = reference.stage_sqnr(proto)
+    measured_on = data.describe() if data else f"{SYNTHETIC} ({len(feeds)} seeded batches)"
+    return PrecisionReport(precision, measured_on, None, None, (), reference.output_sqnr(proto),
+                           stages=tuple(rows))
+
+
+def graph_opset(proto: Any) -> int:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                18)
