@@ -40,7 +40,7 @@ METHODS = (CalibrationMethod.MINMAX, CalibrationMethod.PERCENTILE, CalibrationMe
 SIZE = (128, 128)  # the export's traced size; the features keep the photos' own sizes
 
 
-def measure(name: str, photos: Path, where: Path) -> dict[str, float]:
+def measure(name: str, photos: Path, where: Path) -> dict[str, tuple[float, float]]:
     spec = resolve_spec(name, input_size=SIZE)
     backbone = backbones.export_backbone(where / f"{name}.backbone.onnx", spec.in_channels)
     data = load_data(spec, images=photos, backbone=backbone, holdout=DEFAULT_HOLDOUT)
@@ -53,15 +53,15 @@ def measure(name: str, photos: Path, where: Path) -> dict[str, float]:
     calib = [s.feeds(spec.input_names) for s in data.calibration]
     reference = Reference(proto, held, model.part_of)  # type: ignore[arg-type]
     shapes = calibration_shapes(spec, SIZE, 1, Served.legacy(True))
-    row: dict[str, float] = {}
+    row: dict[str, tuple[float, float]] = {}
     for method in METHODS:
         for per_channel in (True, False) if method is CalibrationMethod.MINMAX else (True,):
-            suffix = "" if per_channel else " per-tensor"
             random = to_int8(proto, spec, shapes, 8, method=method, per_channel=per_channel)
             real = to_int8(proto, spec, shapes, feeds=calib, method=method,
                            per_channel=per_channel)
-            row[f"{method.value}{suffix} random"] = min(reference.output_sqnr(random).values())
-            row[f"{method.value}{suffix} real"] = min(reference.output_sqnr(real).values())
+            key = f"{method.value}{' per-tensor' if not per_channel else ''}"
+            row[key] = (min(reference.output_sqnr(random).values()),
+                        min(reference.output_sqnr(real).values()))
     return row
 
 
@@ -81,9 +81,9 @@ def main() -> int:
             row = measure(name, photos, Path(tmp))
             if header is None:
                 header = list(row)
-                print(f"{'preset':<24}" + "".join(f"{h:>18}" for h in header))
-            print(f"{name:<24}" + "".join(f"{row[h]:>18.1f}" for h in header)
-                  + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+                print(f"{'preset (random / real)':<24}" + "".join(f"{h:>22}" for h in header))
+            cells = "".join(f"{f'{a:.1f} / {b:.1f}':>22}" for a, b in (row[h] for h in header))
+            print(f"{name:<24}{cells}  ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
 

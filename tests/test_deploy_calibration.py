@@ -281,25 +281,50 @@ def test_real_feature_calibration_beats_random_on_held_out_real_features(spec, d
 
 
 # -- the CLI ------------------------------------------------------------------------------
-def test_export_with_images_reports_what_it_measured_on(tmp_path, photos, backbone) -> None:
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, photos, backbone):
     import json
 
-    out = tmp_path / "q.onnx"
+    out = tmp_path_factory.mktemp("export") / "q.onnx"
     result = CliRunner().invoke(app, [
         "export", NECK, "--input-size", "96", "-o", str(out), "--precision", "int8",
         "--images", str(photos), "--backbone", str(backbone), "--calibration-method", "auto",
         "--format", "json"])
     assert result.exit_code == 0, result.output
-    got = json.loads(result.stdout)
+    return out, json.loads(result.stdout)
+
+
+def test_export_with_images_reports_what_it_measured_on(exported) -> None:
+    _, got = exported
     said = "real features from 8 images"
     assert said in got["reduced_precision"]["measured_on"]
     assert said in got["verification"]["measured_on"]
     assert [c["label"] for c in got["verification"]["cases"]] == \
         got["calibration"]["data"]["holdout"]
+    assert got["calibration"]["batches"] == 6 and len(got["calibration"]["data"]["holdout"]) == 2
     methods = got["reduced_precision"]["methods"]
     assert {m["method"] for m in methods} == {"minmax", "percentile", "entropy"}
     assert methods[0]["worst_sqnr_db"] == max(m["worst_sqnr_db"] for m in methods)
     assert got["reduced_precision"]["calibration_method"] == methods[0]["method"]
+
+
+def test_verify_runs_on_the_same_held_out_sets_and_shows_stages(exported, photos,
+                                                                backbone) -> None:
+    import json
+
+    path, got = exported
+    result = CliRunner().invoke(app, ["verify", str(path), "--images", str(photos),
+                                      "--backbone", str(backbone), "--stages",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    cases = again["verification"]["cases"]
+    assert [c["label"] for c in cases] == got["calibration"]["data"]["holdout"]
+    assert [c["outputs"][0]["sqnr_db"] for c in cases] == pytest.approx(
+        [c["outputs"][0]["sqnr_db"] for c in got["verification"]["cases"]], abs=1e-6)
+    stages = again["reduced_precision"]["stages"]
+    assert {s["stage"] for s in stages} == {"lateral", "top-down", "fpn", "bottom-up", "pafpn"}
+    assert "2 held out" in again["reduced_precision"]["measured_on"]
 
 
 def test_export_without_data_says_synthetic(tmp_path) -> None:

@@ -34,12 +34,13 @@ def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOp
     held-out feature sets (the same split export calibrated on).
     """
     load_heavy()
+    from necktool.deploy.file_stages import verify_stages
     from necktool.deploy.verify import verify_onnx
 
     with progress(1, "verify") as advance:
-        report = verify_onnx(model, neck=neck, seed=weights.seed, weights=weights.path,
-                             prefix=weights.prefix, batch=flags.given("batch"),
-                             options=options, data=data if data.given else None,
-                             stages=reduce.stages, **flags.overrides())
+        report = (verify_stages if reduce.stages else verify_onnx)(
+            model, neck=neck, seed=weights.seed, weights=weights.path, prefix=weights.prefix,
+            batch=flags.given("batch"), options=options, data=data if data.given else None,
+            **flags.overrides())
         advance(str(model))
     return report

@@ -404,9 +404,14 @@ class DataRequest:
         """The data for ``spec``, split; ``None`` when no data flag was given."""
         if not self.given and self.holdout != DEFAULT_HOLDOUT:
             raise InputError("--holdout splits --calibration-data or --images; give one")
-        return load_data(spec, calibration_data=self.calibration_data, images=self.images,
-                         backbone=self.backbone, preprocess=self.preprocess(spec.family),
-                         holdout=self.holdout)
+        try:
+            return load_data(spec, calibration_data=self.calibration_data, images=self.images,
+                             backbone=self.backbone, preprocess=self.preprocess(spec.family),
+                             holdout=self.holdout)
+        except OSError as exc:  # a name too long, a directory we may not list, a loop...
+            name = exc.filename if exc.filename is not None else "the data"
+            raise InputError(f"cannot read {str(name)[:200]!r}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
 
 
 def parse_triple(text: str) -> tuple[float, float, float]:

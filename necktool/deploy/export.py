@@ -247,12 +247,17 @@ def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) ->
     return "fp32"
 
 
+_ORT_NAMES = {CalibrationMethod.MINMAX: "MinMax", CalibrationMethod.PERCENTILE: "Percentile",
+              CalibrationMethod.ENTROPY: "Entropy", CalibrationMethod.AUTO: "auto"}
+
+
 def _calibration(m: ExportMetadata, reduced: PrecisionReport | None = None
                  ) -> dict[str, Any] | None:
     if m.calibration is None:
         return None
-    method = reduced.method.value if reduced is not None and reduced.method else "minmax"
-    common = {"method": method, "format": "QDQ", "reduce_range": REDUCE_RANGE,
+    method = reduced.method if reduced is not None and reduced.method else \
+        CalibrationMethod.MINMAX
+    common = {"method": _ORT_NAMES[method], "format": "QDQ", "reduce_range": REDUCE_RANGE,
               "per_channel": reduced.per_channel if reduced is not None else False}
     if reduced is not None and reduced.data is not None:
         return {"batches": len(reduced.data.calibration), "data": reduced.data.to_dict(),
@@ -518,6 +523,8 @@ def export_onnx(
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
     onnx_macs = conv_macs(proto, input_shapes)
     fvcore_macs = int(counted.operators.get("conv", 0))
+    if calibration and reduction is not None and reduction.data is not None:
+        calibration = len(reduction.data.calibration)  # what the metadata records
     meta = ExportMetadata(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
         batch=batch, dynamic=dynamic, opset=opset, flops=counted.flops,

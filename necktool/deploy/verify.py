@@ -39,7 +39,7 @@ from necktool.deploy.comparison import (
     OutputComparison,
     VerificationResult,
 )
-from necktool.deploy.data import SYNTHETIC, Data, DataRequest, FeatureSet, image_side
+from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
 from necktool.deploy.loss import PrecisionReport
 from necktool.deploy.metadata import (
     DamagedMetadata,
@@ -75,6 +75,10 @@ class VerifyReport:
     verification: VerificationResult
     serves: str = ""  # which inputs the file serves, in one sentence
     reduced: PrecisionReport | None = None  # --stages: per-stage SQNR against fp32
+    # How the reference was made, for a second look (file_stages); not rendered.
+    source: WeightSource | None = dataclasses.field(default=None, compare=False, repr=False)
+    served: Served | None = dataclasses.field(default=None, compare=False, repr=False)
+    data: Data | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -399,7 +403,6 @@ def verify_onnx(
     batch: int | None = None,
     options: VerifyOptions | None = None,
     data: DataRequest | None = None,
-    stages: bool = False,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -417,7 +420,7 @@ def verify_onnx(
             one, or converted after export, what its graph holds).
         data: Real feature sets (``--calibration-data`` or ``--images``): verification
             runs on the held-out part (the same split the export calibrated on).
-        stages: An fp16/int8 file: per-stage SQNR against a fresh fp32 export of the neck.
+            :func:`necktool.deploy.file_stages.verify_stages` adds the per-stage SQNR.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -487,42 +490,11 @@ def verify_onnx(
     precision = meta.precision if meta is not None and in_graph is Precision.FP32 else in_graph
     cases = default_cases(spec, spec.input_size, batch, served)
     loaded = data.load(spec) if data is not None else None
-    if stages and precision is Precision.FP32:
-        raise InputError(f"--stages compares an fp16 or int8 file's stages with fp32; "
-                         f"{str(file)!r} is fp32")
     verification = compare_onnx(file, model, spec, cases=cases, options=options,
                                 weights=source.describe(), dynamic=graph.dynamic,
                                 precision=precision,
                                 features=loaded.verification if loaded else None,
                                 measured_on=loaded.describe() if loaded else "")
-    reduced = _stage_report(proto, model, spec, precision, loaded, served, batch) \
-        if stages else None
     return VerifyReport(str(file), spec, batch, graph, verification,
-                        served.describe(spec, spec.input_size, batch), reduced)
-
-
-def _stage_report(proto: Any, model: nn.Module, spec: NeckSpec, precision: Precision,
-                  data: Data | None, served: Served, batch: int) -> PrecisionReport:
-    """Per-stage SQNR of ``proto`` against a fresh fp32 export of ``model`` (the exporter is
-    deterministic: the stage tensors have the same names in both)."""
-    from necktool.deploy.export import export_model
-    from necktool.deploy.loss import PrecisionReport, Reference
-    from necktool.deploy.reduce import synthetic_feeds
-    from necktool.deploy.serving import calibration_shapes
-
-    shapes = calibration_shapes(spec, spec.input_size, batch, served)
-    inputs = make_inputs(spec, spec.input_size, batch, seed=0)
-    fp32 = export_model(model, spec, inputs, dynamic=served.dynamic, opset=graph_opset(proto),
-                        served=served)
-    feeds = [s.feeds(spec.input_names) for s in data.verification] if data else \
-        synthetic_feeds(spec, shapes)
-    reference = Reference(fp32, feeds, model.part_of)  # type: ignore[arg-type]
-    rows = reference.stage_sqnr(proto)
-    measured_on = data.describe() if data else f"{SYNTHETIC} ({len(feeds)} seeded batches)"
-    return PrecisionReport(precision, measured_on, None, None, (), reference.output_sqnr(proto),
-                           stages=tuple(rows))
-
-
-def graph_opset(proto: Any) -> int:
-    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                18)
+                        served.describe(spec, spec.input_size, batch), None, source, served,
+                        loaded)
