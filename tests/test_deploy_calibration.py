@@ -355,3 +355,29 @@ def test_bad_data_flags_exit_2_with_one_line(tmp_path, args, says) -> None:
     assert says in result.output.replace("\n", " ") or says in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_calibrated_on_npz_verifies_on_the_held_out_files(tmp_path, spec,
+                                                                  data) -> None:
+    """The library call: .npz files (the photos' features saved by name), int8 calibrated
+    on the calibration files, verified on exactly the held-out ones."""
+    from necktool.deploy.export import export_onnx
+    from necktool.deploy.options import VerifyOptions
+    from necktool.deploy.reduce import Reduction
+
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    for s in data.calibration + data.holdout:
+        np.savez(folder / f"{s.name}.npz", **s.feeds(spec.input_names))
+    loaded = D.DataRequest(calibration_data=folder).load(spec)
+    assert loaded is not None and loaded.origin == "npz"
+    assert [s.name for s in loaded.holdout] == [f"{s.name}.npz" for s in data.holdout]
+    result = export_onnx(NECK, tmp_path / "q.onnx", input_size=SIZE, precision="int8",
+                         options=VerifyOptions(trials=1), reduction=Reduction(loaded))
+    assert result.written and result.verification is not None
+    assert [c.case.label for c in result.verification.cases] == \
+        [s.name for s in loaded.holdout]
+    assert "2 held out" in result.verification.summary()
+    assert result.metadata.calibration == 6  # the calibration sets, as the file records
+    row = dict(result.blocks()[0].rows)["precision"]
+    assert "6 real feature set(s)" in row and "per-channel" in row

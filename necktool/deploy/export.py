@@ -225,25 +225,25 @@ class ExportResult:
 
 def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) -> str:
     """What the file's precision means, for the summary table."""
+    keep = f"; stages kept in fp32: {','.join(reduced.keep_fp32)}" \
+        if reduced is not None and reduced.keep_fp32 else ""
     if m.precision is Precision.FP16:
         return ("fp16: weights and compute float16, inputs and outputs float32 "
-                "(onnxruntime.transformers.float16)")
-    if m.precision is Precision.INT8 and reduced is not None and (
-            reduced.method is not CalibrationMethod.MINMAX or reduced.per_channel
-            or "synthetic" not in reduced.measured_on or reduced.keep_fp32):
-        method = reduced.method.value if reduced.method else "minmax"
-        weights = "per-channel" if reduced.per_channel else "per-tensor"
-        keep = f"; stages kept in fp32: {','.join(reduced.keep_fp32)}" \
-            if reduced.keep_fp32 else ""
-        return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights} weights (7-bit "
-                f"range) and activations, {method} calibration; measured on "
-                f"{reduced.measured_on}{keep}; inputs and outputs float32")
+                f"(onnxruntime.transformers.float16){keep}")
     if m.precision is Precision.INT8:
-        shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
-        at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
-        return (f"int8: ONNX Runtime static quantization, QDQ, int8 weights (7-bit range) and "
-                f"activations, MinMax calibration on {m.calibration} seeded batch(es) ({at}); "
-                "inputs and outputs float32")
+        method = _ORT_NAMES[reduced.method] if reduced is not None and reduced.method \
+            else "MinMax"
+        weights = "per-channel " if reduced is None or reduced.per_channel else "per-tensor "
+        if reduced is not None and reduced.data is not None:
+            on = (f"{len(reduced.data.calibration)} real feature set(s) "
+                  f"({reduced.data.source})")
+        else:
+            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+            at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
+            on = f"{m.calibration} seeded batch(es) ({at})"
+        return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights}weights (7-bit "
+                f"range) and activations, {method} calibration on {on}{keep}; inputs and "
+                "outputs float32")
     return "fp32"
 
 
