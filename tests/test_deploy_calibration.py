@@ -381,3 +381,20 @@ def test_export_calibrated_on_npz_verifies_on_the_held_out_files(tmp_path, spec,
     assert result.metadata.calibration == 6  # the calibration sets, as the file records
     row = dict(result.blocks()[0].rows)["precision"]
     assert "6 real feature set(s)" in row and "per-channel" in row
+
+
+def test_bench_calibrates_its_static_file_on_features_of_its_size(spec, photos,
+                                                                   backbone, data) -> None:
+    from necktool.analysis.bench import bench
+
+    pre = D.DataRequest(images=photos, backbone=backbone,
+                        image_size=SIZE).preprocess(spec.family)
+    assert pre is not None and pre.size == SIZE
+    sized = D.load_data(spec, images=photos, backbone=backbone, preprocess=pre)
+    assert sized is not None
+    result = bench(NECK, SIZE, warmup=1, repeat=2, precisions=["int8"], data=sized)
+    (timing,) = result.timings
+    assert timing.sqnr_db is not None and timing.sqnr_db > 15  # on the held-out photos
+    assert "2 held out" in result.to_dict()["calibrated_on"]
+    with pytest.raises(InputError, match="bench times a static file at 96x96"):
+        bench(NECK, SIZE, warmup=1, repeat=1, precisions=["int8"], data=data)

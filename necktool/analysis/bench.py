@@ -46,6 +46,7 @@ from necktool.analysis.timing import (
 )
 from necktool.deploy.comparison import sqnr_db
 from necktool.deploy.convert import convert
+from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
 from necktool.deploy.metadata import DEFAULT_OPSET
 from necktool.deploy.options import Precision, check_precision
@@ -72,6 +73,7 @@ class BenchResult:
     timings: tuple[RuntimeTiming, ...]
     precisions: tuple[Precision, ...] = ()  # given: one row per precision
     calibration: int | None = None
+    calibrated_on: str = ""  # int8 on the user's data: which (empty: seeded batches)
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -95,6 +97,7 @@ class BenchResult:
             "runtimes": [t.to_dict(self.flops) for t in self.timings],
             "precisions": [p.value for p in self.precisions],
             "calibration": self.calibration,
+            "calibrated_on": self.calibrated_on or None,
             "ort_speedup": self.ort_speedup,
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.machine()},
@@ -130,13 +133,17 @@ class BenchResult:
                          "-" if t.sqnr_db is None else f"{t.sqnr_db:.1f}"))
         calib = f"; int8 calibrated on {self.calibration} seeded batch(es)" \
             if self.calibration else ""
+        on = "the timed inputs"
+        if self.calibrated_on:
+            calib = f"; int8 calibrated on {self.calibrated_on}"
+            on = "the held-out feature sets"
         return table(
             f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
             f"{self.threads} thread(s): ONNX Runtime by precision",
             ["precision", num("file MB"), num("median ms"), num("p10-p90 ms"), num("GFLOP/s"),
              num("max abs"), num("SQNR dB")], rows,
             caption=f"{self.flops:,} FLOPs ({UNIT_SHORT}); GFLOP/s = FLOPs / median; max abs "
-                    f"and SQNR of ONNX Runtime vs fp32 PyTorch on the timed inputs (torch: "
+                    f"and SQNR of ONNX Runtime vs fp32 PyTorch on {on} (torch: "
                     f"PyTorch eager, fp32, the reference); static exports{calib}; "
                     f"{self.timings[0].warmup} warm-up + {self.timings[0].repeat} timed runs")
 
@@ -206,19 +213,24 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
     return RuntimeTiming(Runtime.ONNXRUNTIME, ort.__version__, warmup, threads, times)
 
 
-def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's."""
+def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
+            ) -> tuple[float, float]:
+    """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's, over
+    every batch of inputs."""
     import numpy as np
 
-    feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
-                                                     strict=True)}
-    got = session.run(None, feeds)
-    with torch.inference_mode():
-        ref = [o.numpy().astype(np.float64) for o in model(inputs)]
-    diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
-    noise = sum(float((d * d).sum()) for d in diff)
-    signal = sum(float((r * r).sum()) for r in ref)
-    return max(float(np.abs(d).max()) for d in diff), sqnr_db(signal, noise)
+    worst, noise, signal = 0.0, 0.0, 0.0
+    for inputs in batches:
+        feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
+                                                         strict=True)}
+        got = session.run(None, feeds)
+        with torch.inference_mode():
+            ref = [o.numpy().astype(np.float64) for o in model(inputs)]
+        diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
+        noise += sum(float((d * d).sum()) for d in diff)
+        signal += sum(float((r * r).sum()) for r in ref)
+        worst = max(worst, *(float(np.abs(d).max()) for d in diff))
+    return worst, sqnr_db(signal, noise)
 
 
 def bench(
@@ -234,6 +246,7 @@ def bench(
     precisions: Sequence[Precision | str] = (),
     calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
+    data: Data | None = None,
     **overrides: Any,
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
@@ -252,6 +265,8 @@ def bench(
             ``int8``), one timing each, with the file size and the error against fp32
             PyTorch (see the module docstring).
         calibration: int8 calibration batches (default as ``necktool export``).
+        data: int8: calibrate on these feature sets' calibration part instead; the files
+            are static, so every set must have this size's levels.
         on_run: Called with the runtime's name after each timed run (for a progress bar).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
@@ -302,9 +317,11 @@ def bench(
     if Runtime.ONNXRUNTIME in chosen:
         proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
         for precision in order or [Precision.FP32]:
-            data = convert(proto, precision, spec=spec, shapes=[(size, batch)],
-                           calibration=calibration or 1).SerializeToString()
-            sessions.append((precision, _session(data, threads), len(data)))
+            converted = convert(proto, precision, spec=spec, shapes=[(size, batch)],
+                                calibration=calibration or 1,
+                                feeds=_static_feeds(data, spec, size, batch))
+            blob = converted.SerializeToString()
+            sessions.append((precision, _session(blob, threads), len(blob)))
     step = on_run or (lambda _label: None)
     timings = []
     for runtime in chosen:
@@ -313,8 +330,32 @@ def bench(
             continue
         for precision, session, nbytes in sessions:
             timing = _bench_ort(session, inputs, threads, warmup, repeat, step)
-            max_abs, sqnr = _errors(session, model, inputs) if order else (None, None)
+            max_abs, sqnr = _errors(session, model, *_error_inputs(data, inputs)) \
+                if order else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), tuple(order), calibration)
+                       tuple(timings), tuple(order), calibration,
+                       data.describe() if data is not None and calibration else "")
+
+
+def _error_inputs(data: Data | None, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Where the errors are measured: the held-out feature sets, else the timed inputs."""
+    if data is None:
+        return [inputs]
+    return [[torch.from_numpy(a) for a in s.arrays] for s in data.verification]
+
+
+def _static_feeds(data: Data | None, spec: NeckSpec, size: tuple[int, int],
+                  batch: int) -> list[dict[str, Any]] | None:
+    """The calibration sets as feeds of the static file (same level sizes and batch)."""
+    if data is None:
+        return None
+    want = tuple(tuple(s) for s in spec.input_sizes(size))
+    for s in data.calibration + data.verification:
+        if s.sizes != want or s.batch != batch:
+            raise InputError(f"bench times a static file at {size_text(size)}, batch {batch}; "
+                             f"feature set {s.name!r} has level sizes {list(s.sizes)}, batch "
+                             f"{s.batch}: give features of that size (--image-size "
+                             f"{size_text(size)} with --images)")
+    return [s.feeds(spec.input_names) for s in data.calibration]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.cli.data_params import DataOpt
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -16,6 +17,7 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
+from necktool.errors import InputError
 from necktool.spec.fields import IntKind
 from necktool.spec.registry import resolve_spec
 
@@ -52,15 +54,17 @@ def bench_command(
     *,
     flags: BuildFlagsOpt,
     fmt: FormatOpt,
+    data: DataOpt,
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
     Warm-up runs, then timed runs on the same seeded inputs. GFLOP/s are fvcore FLOPs
     (1 multiply-add = 1 flop) divided by the median time. --precision fp32,fp16,int8 times
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
-    against fp32 PyTorch.
+    against fp32 PyTorch. With --calibration-data or --images/--backbone, int8 is calibrated
+    on the data's calibration part (features at the benchmark size: --image-size).
     """
-    resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
+    spec = resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 at once
     precisions = list(precision or [])
     if runtime:
         chosen = list(dict.fromkeys(runtime))
@@ -69,10 +73,14 @@ def bench_command(
     series = sum(max(1, len(precisions)) if r is Runtime.ONNXRUNTIME else 1 for r in chosen)
     warmup = DEFAULT_WARMUP if warmup is None else warmup
     repeat = DEFAULT_REPEAT if repeat is None else repeat
+    if data.given and "int8" not in precisions:
+        raise InputError("--calibration-data and --images calibrate int8 here; add int8 to "
+                         "--precision")
+    loaded = data.load(spec)
     load_heavy()
     from necktool.analysis.bench import bench
 
     with progress(repeat * series, "timing") as advance:
         return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,
                      runtimes=chosen, precisions=precisions, calibration=calibration,
-                     on_run=advance, **flags.overrides())
+                     on_run=advance, data=loaded, **flags.overrides())

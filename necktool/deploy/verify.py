@@ -122,6 +122,11 @@ class VerifyReport:
         out: list[Block] = [self.verification.table()]
         if self.serves:
             out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
+        if self.precision is Precision.INT8 and not self.verification.measured_on:
+            out.append(Note("this int8 file was verified on synthetic normal inputs; "
+                            "backbone features are non-negative, skewed and heavy-tailed, so "
+                            "verify it on real features (--calibration-data, or --images "
+                            "with --backbone)", "warn"))
         if self.reduced is not None:
             out.extend(self.reduced.blocks())
         if not self.passed:
