@@ -398,3 +398,17 @@ def test_bench_calibrates_its_static_file_on_features_of_its_size(spec, photos,
     assert "2 held out" in result.to_dict()["calibrated_on"]
     with pytest.raises(InputError, match="bench times a static file at 96x96"):
         bench(NECK, SIZE, warmup=1, repeat=1, precisions=["int8"], data=data)
+
+
+def test_an_npz_whose_header_lies_is_refused_before_allocation(tmp_path, spec) -> None:
+    """A 100-byte member whose header claims 10**12 floats: refused from the header, before
+    numpy would allocate 4 TB."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)})
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as z:
+        z.writestr("c3.npy", header.getvalue() + b"\0" * 100)
+    with pytest.raises(InputError, match="claims shape"):
+        D.load_features(tmp_path / "liar.npz", spec)

@@ -197,11 +197,7 @@ def load_npz(path: pathlib.Path, spec: NeckSpec) -> FeatureSet:
     """One ``.npz``: arrays named like the neck's inputs (``c3, c4, ...``), or exactly one
     array per level in the file's order; loaded with ``allow_pickle=False``."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            total = sum(i.file_size for i in archive.infolist())
-        if total > MAX_FEATURE_BYTES:
-            raise InputError(f"{str(path)!r} holds {total / 2 ** 30:.1f} GiB of arrays; at most "
-                             f"{MAX_FEATURE_BYTES / 2 ** 30:g} GiB per file")
+        _check_headers(path)
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
             wanted = list(spec.input_names)
@@ -221,6 +217,31 @@ def load_npz(path: pathlib.Path, spec: NeckSpec) -> FeatureSet:
                          f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
                          ) from None
     return check_set(spec, arrays, path.name)
+
+
+def _check_headers(path: pathlib.Path) -> None:
+    """Refuse, before numpy allocates anything, arrays whose headers claim more data than
+    the file holds (numpy allocates the claimed size first) or more than
+    :data:`MAX_FEATURE_BYTES` in all."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed > info.file_size:
+                raise InputError(f"{str(path)!r}: array {info.filename[:-4]!r} claims shape "
+                                 f"{shape} ({claimed:,} bytes) but holds {info.file_size:,}")
+            total += claimed
+    if total > MAX_FEATURE_BYTES:
+        raise InputError(f"{str(path)!r} holds {total / 2 ** 30:.1f} GiB of arrays; at most "
+                         f"{MAX_FEATURE_BYTES / 2 ** 30:g} GiB per file")
 
 
 def load_features(path: str | pathlib.Path, spec: NeckSpec) -> list[FeatureSet]:
