@@ -27,10 +27,11 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
 from necktool.analysis.plan import check_batch, content_hash
+from necktool.deploy.data import DataRequest
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     MAX_OPSET,
@@ -45,7 +46,6 @@ from necktool.deploy.metadata import (
     read_metadata,
 )
 from necktool.deploy.options import (
-    PRECISION_DEFAULTS,
     Precision,
     Upsample,
     VerifyOptions,
@@ -60,6 +60,9 @@ from necktool.report import size_text
 from necktool.resources import export_bytes, forward_bytes, require
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
+
+if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when used
+    from necktool.deploy.reduce import Reduction
 
 #: Every step an export can report, in order (:attr:`ExportPlan.steps` drops the ones a
 #: plan skips).
@@ -84,11 +87,10 @@ def resolve_provider(name: str) -> str:
 
 
 def checked_options(options: VerifyOptions, precision: Precision) -> VerifyOptions:
-    """``options`` with ``precision``'s default tolerances where none was given and the
-    provider's full name (checked: ONNX Runtime has it here)."""
-    atol, rtol = PRECISION_DEFAULTS[precision]
-    return options.replace(atol=options.atol.filled(atol), rtol=options.rtol.filled(rtol),
-                           provider=resolve_provider(options.provider))
+    """``options`` with ``precision``'s default tolerances where none was given (fp32's
+    scaled by each output's magnitude, :meth:`VerifyOptions.resolved`) and the provider's
+    full name (checked: ONNX Runtime has it here)."""
+    return options.resolved(precision).replace(provider=resolve_provider(options.provider))
 
 
 def planned_served(spec: NeckSpec, dynamic: bool) -> Served:
@@ -195,6 +197,9 @@ class ExportPlan:
         served: What the file serves. For a custom neck exported dynamically this is
             provisional until its module has run at an odd size (``probe``).
         probe: Run the (custom) module at an odd size to learn what the file serves.
+        reduction: fp16/int8 beyond the conversion itself: the user's calibration data,
+            the method, stages kept in fp32, per-stage SQNR, an SQNR floor
+            (:class:`~necktool.deploy.reduce.Reduction`, checked against the precision).
     """
 
     spec: NeckSpec
@@ -203,6 +208,7 @@ class ExportPlan:
     settings: ExportSettings
     served: Served
     probe: bool = False
+    reduction: Reduction | None = None
 
     @classmethod
     def build(
@@ -220,6 +226,7 @@ class ExportPlan:
         calibration: int | None = None,
         upsample: Upsample | str = Upsample.SIZE,
         runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+        reduction: Reduction | None = None,
         **overrides: Any,
     ) -> ExportPlan:
         """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
@@ -237,17 +244,20 @@ class ExportPlan:
                                         verify=verify, options=options, precision=precision,
                                         calibration=calibration, upsample=upsample,
                                         runtimes=runtimes)
-        return cls.for_spec(spec, output, batch, settings)
+        return cls.for_spec(spec, output, batch, settings, reduction=reduction)
 
     @classmethod
     def for_spec(cls, spec: NeckSpec, output: str | os.PathLike[str] | None, batch: int,
-                 settings: ExportSettings, *, check_output: bool = True) -> ExportPlan:
+                 settings: ExportSettings, *, check_output: bool = True,
+                 reduction: Reduction | None = None) -> ExportPlan:
         """The checks that depend on the neck: the traced size against what the file
         serves, the memory, the tolerances' output names, the destination (default
         ``<neck>.onnx``; ``check_output=False`` leaves it to the caller). ``spec``,
         ``batch`` and ``settings`` are already checked."""
         served = tied_by_upsample(planned_served(spec, settings.dynamic), settings.upsample)
         check_traced_size(spec, served)
+        if reduction is not None:
+            reduction.check(settings.precision)
         need = export_bytes(spec, spec.input_size, batch)
         if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
             need += settings.calibration * forward_bytes(spec, spec.input_size, batch)
@@ -258,7 +268,7 @@ class ExportPlan:
         if check_output:
             dest = check_writable(dest, "the ONNX file")
         return cls(spec, dest, batch, settings, served,
-                   probe=settings.dynamic and spec.info.levels is None)
+                   probe=settings.dynamic and spec.info.levels is None, reduction=reduction)
 
     def with_served(self, served: Served) -> ExportPlan:
         """The plan once a custom module has shown what its file serves (the traced size
@@ -327,7 +337,8 @@ class ExportPlan:
         """The fields that decide the file and its verification (not the destination)."""
         return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
                 **self.settings.to_dict(), "serves": self.served.to_json(),
-                "probe": self.probe}
+                "probe": self.probe,
+                "reduction": None if self.reduction is None else self.reduction.describe()}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON: the key of a cached export.
@@ -357,6 +368,7 @@ class VerifyPlan:
         options: Tolerances resolved for ``precision``, the provider's full name.
         upsample: The form the neck is rebuilt in (the file's, unless one is asked for).
         runtimes: What runs the file (each installed), in order.
+        data: Real feature sets to verify on (their held-out part), else seeded inputs.
     """
 
     path: pathlib.Path
@@ -369,13 +381,14 @@ class VerifyPlan:
     options: VerifyOptions
     upsample: Upsample = Upsample.SIZE
     runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
+    data: DataRequest | None = None
 
     @classmethod
     def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
               weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
               options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
               runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
-              **overrides: Any) -> VerifyPlan:
+              data: DataRequest | None = None, **overrides: Any) -> VerifyPlan:
         """See :func:`necktool.verify_onnx` for the arguments and errors."""
         options = options or VerifyOptions()
         chosen_runtimes = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) \
@@ -439,7 +452,7 @@ class VerifyPlan:
         checked.check_outputs([t.name for t in graph.outputs])
         form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
         return cls(file, spec, batch, request, graph, served, precision, checked, form,
-                   chosen_runtimes)
+                   chosen_runtimes, data)
 
     @property
     def cases(self) -> tuple[Case, ...]:
@@ -459,7 +472,10 @@ class VerifyPlan:
                 "weights": self.weights.to_dict(), "verification": self.options.to_dict(),
                 "serves": self.served.to_json(), "precision": self.precision.value,
                 "upsample": self.upsample.value,
-                "runtimes": [r.value for r in self.runtimes]}
+                "runtimes": [r.value for r in self.runtimes],
+                "data": None if self.data is None else {
+                    k: str(v) if isinstance(v, pathlib.Path) else v
+                    for k, v in dataclasses.asdict(self.data).items()}}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON."""
