@@ -112,6 +112,13 @@ def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
     return served
 
 
+def onnx_file_name(name: str, precision: Precision) -> str:
+    """The default file of an export: ``NAME.onnx`` in fp32, ``NAME.fp16.onnx`` and
+    ``NAME.int8.onnx`` otherwise, so exports of one neck in several precisions never replace
+    each other."""
+    return f"{name}.onnx" if precision is Precision.FP32 else f"{name}.{precision.value}.onnx"
+
+
 def check_opset(opset: int) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) \
             or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -264,7 +271,8 @@ class ExportPlan:
         require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
         if settings.options is not None:
             settings.options.check_outputs(spec.output_names)
-        dest = pathlib.Path(output if output is not None else f"{spec.label}.onnx")
+        dest = pathlib.Path(output if output is not None
+                            else onnx_file_name(spec.label, settings.precision))
         if check_output:
             dest = check_writable(dest, "the ONNX file")
         return cls(spec, dest, batch, settings, served,
@@ -399,7 +407,7 @@ class VerifyPlan:
             raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
         proto = load_model(str(file))
         try:
-            meta = read_metadata(proto)
+            meta = read_metadata(proto, path=file)
         except DamagedMetadata:
             if neck is None:
                 raise
