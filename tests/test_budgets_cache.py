@@ -70,15 +70,15 @@ def project(tmp_path: Path, measured: tuple[Path, CheckReport]) -> Path:
 
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every real profile() call, recorded."""
+    """Every real profile run (``run_profile`` of a plan), recorded by its spec."""
     calls: list[Any] = []
-    real = necktool.analysis.profiling.profile
+    real = necktool.analysis.profiling.run_profile
 
-    def profile(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args[0])
-        return real(*args, **kwargs)
+    def run_profile(plan: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(plan.spec)
+        return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(necktool.analysis.profiling, "profile", profile)
+    monkeypatch.setattr(necktool.analysis.profiling, "run_profile", run_profile)
     return calls
 
 
