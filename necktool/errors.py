@@ -98,3 +98,21 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else \
         type(exc).__name__
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling or because of, an interrupt.
+
+    A third-party library that catches a ``KeyboardInterrupt`` and raises its own error
+    (the ONNX exporter does: ``TorchExportError ... from`` what stopped it) must not turn
+    Ctrl-C or SIGTERM into that error: callers wrapping third-party errors re-raise the
+    interrupt instead when this is true.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

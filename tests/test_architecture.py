@@ -270,35 +270,6 @@ def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == 130 and out == "" and err == "necktool: interrupted\n"
 
 
-@pytest.mark.parametrize("work", ["done", "interrupted"])
-def test_a_signal_while_the_cli_restores_its_handlers_is_exit_130(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], work: str) -> None:
-    """A signal can land after the command's own handling, while the CLI puts the previous
-    handlers back: it must still be exit 130 with one line, never Python's death by SIGINT
-    (returncode -2, seen once in CI with SIGTERM during an export)."""
-    import necktool.spec.registry
-    from necktool.__main__ import run as entry_point
-    from necktool.cli import interrupts
-
-    real = interrupts.restore
-
-    def late_signal(previous: object) -> None:
-        real(previous)  # type: ignore[arg-type]
-        raise KeyboardInterrupt  # what our handler raises for a signal in this instant
-
-    if work == "interrupted":
-        def interrupted(*args: object) -> None:
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
-    monkeypatch.setattr(interrupts, "restore", late_signal)
-    monkeypatch.setattr("sys.argv", ["necktool", "list", "scrfd_*"])
-    with pytest.raises(SystemExit) as stop:
-        entry_point()
-    assert stop.value.code == 130
-    assert capsys.readouterr().err == "necktool: interrupted\n"  # once, even when both came
-
-
 def test_the_top_of_the_package_holds_at_most_ten_modules_and_each_subpackage_says_its_purpose(
         ) -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))

@@ -66,6 +66,7 @@ from necktool.errors import (
     SpecError,
     VerificationFailed,
     first_line,
+    interrupted,
 )
 from necktool.files import check_writable, write_file
 from necktool.necks.build import make_inputs
@@ -332,6 +333,8 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
         try:
             program = torch.onnx.export(model, (inputs,), **kwargs)
         except Exception as exc:  # the exporter raises many error types
+            if interrupted(exc):  # it wraps a Ctrl-C/SIGTERM that landed inside it
+                raise KeyboardInterrupt from None
             said = [ln for ln in log.getvalue().splitlines() if ln.strip()]
             hint = f" (last exporter output: {said[-1].strip()[:200]})" if said else ""
             raise ExportError(f"the ONNX exporter failed: {first_line(exc)}{hint}") \
