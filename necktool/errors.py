@@ -8,6 +8,9 @@ value given, and what would be valid.
 from __future__ import annotations
 
 import enum
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # a library's colours (the exporter, torch.load)
 
 
 class ExitCode(enum.IntEnum):
@@ -92,12 +95,20 @@ class VerificationFailed(CheckFailed):
         self.result = result
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message`` (at most ``limit`` characters of it), for a
-    third-party exception quoted inside a one-line error."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else \
-        type(exc).__name__
+def first_line(exc: BaseException, limit: int = 300, *, typed: bool = True) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters of it, colour
+    codes removed), for a third-party exception quoted inside a one-line error; with
+    ``typed=False`` the line alone. Either is the type's name when the message is empty.
+
+    Example:
+        >>> first_line(ValueError("bad\\nmore")), first_line(KeyError(), typed=False)
+        ('ValueError: bad', 'KeyError')
+    """
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if typed else line
 
 
 def interrupted(exc: BaseException) -> bool:

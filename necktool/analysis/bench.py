@@ -52,6 +52,7 @@ from necktool.deploy.options import Precision, check_precision
 from necktool.errors import InputError
 from necktool.necks.build import build_neck, make_inputs
 from necktool.report import Block, neck_header, num, size_text, table
+from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 from necktool.units import UNIT_SHORT
@@ -147,7 +148,7 @@ def _ms(value: float) -> str:
 
 
 def _check_count(value: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUNS:
+    if not is_int(value) or not 1 <= value <= MAX_RUNS:
         raise InputError(f"{what} must be an integer from 1 to {MAX_RUNS:,}, got {value!r}")
 
 

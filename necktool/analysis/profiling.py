@@ -49,6 +49,7 @@ from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
     FP32_BYTES,
+    GFLOPS,
     MEMORY_NOTE,
     MEMORY_UNIT,
     MIB_CAPTION,
@@ -176,7 +177,7 @@ class ProfileResult:
 
     @property
     def gflops(self) -> float:
-        return self.flops / 1e9
+        return self.flops / GFLOPS
 
     @property
     def mparams(self) -> float:
@@ -215,15 +216,15 @@ class ProfileResult:
         naming the operators fvcore could not count, if any."""
         flops, params = self.flops, self.params
         rows = [(lv.name, str(lv.stride), str(tuple(lv.shape)), f"{lv.flops:,}",
-                 f"{lv.flops / 1e9:.4f}", f"{lv.params:,}") for lv in self.levels]
+                 f"{lv.flops / GFLOPS:.4f}", f"{lv.params:,}") for lv in self.levels]
         if self.unattributed_flops or self.unattributed_params:
             rows.append(("unattributed", "", "", f"{self.unattributed_flops:,}",
-                         f"{self.unattributed_flops / 1e9:.4f}",
+                         f"{self.unattributed_flops / GFLOPS:.4f}",
                          f"{self.unattributed_params:,}"))
         out: list[Block] = [
             table(self.title, ["level", num("stride"), num("output (N, C, H, W)"), num("FLOPs"),
                                num("GFLOPs"), num("params")], rows,
-                  footer=("total", "", "", f"{flops:,}", f"{flops / 1e9:.4f}", f"{params:,}"),
+                  footer=("total", "", "", f"{flops:,}", f"{flops / GFLOPS:.4f}", f"{params:,}"),
                   caption=UNIT_CAPTION),
             table("by stage", ["stage", num("FLOPs"), num("share"), num("params")],
                   [(name, f"{value:,}", share(value, flops),

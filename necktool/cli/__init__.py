@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from necktool.cli import interrupts
 from necktool.errors import ExitCode, NecktoolError, first_line
+from necktool.spec.fields import is_int
 from necktool.version import __version__
 
 MAX_DETAIL_LINES = 6
@@ -68,7 +69,7 @@ def _error(message: str, details: Sequence[str] = ()) -> None:
 
 def exit_code(outcome: Any) -> int:
     """The exit code of what a command returned: a result that failed is 1."""
-    if isinstance(outcome, int) and not isinstance(outcome, bool):
+    if is_int(outcome):
         return outcome
     if hasattr(outcome, "blocks") and not outcome:  # a Result (necktool.report) that failed
         failure = getattr(outcome, "failure", lambda: None)()

@@ -53,7 +53,7 @@ from necktool.deploy.options import (
     VerifyOptions,
     check_precision,
 )
-from necktool.deploy.serving import Images, Levels, Served, calibration_shapes, default_cases
+from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes, default_cases
 from necktool.deploy.verify import (
     VerificationResult,
     compare_onnx,
@@ -74,6 +74,7 @@ from necktool.necks.weights import make_model
 from necktool.quiet import quiet
 from necktool.report import Block, neck_header, size_text, table
 from necktool.resources import export_bytes, forward_bytes, require
+from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 from necktool.units import CROSS_CHECK, UNIT_SHORT
@@ -268,8 +269,8 @@ def served_by(spec: NeckSpec, model: nn.Module | None = None, *,
     if levels is not None:
         return Served(Images.ANY, levels)
     if model is not None and not _runs_at_odd_sizes(model, spec):
-        return Served(Images.MULTIPLES, Levels.TIED)
-    return Served(Images.ANY, Levels.ONE_IMAGE)
+        return Served(Images.MULTIPLES, LevelRelation.TIED)
+    return Served(Images.ANY, LevelRelation.ONE_IMAGE)
 
 
 def _runs_at_odd_sizes(model: nn.Module, spec: NeckSpec) -> bool:
@@ -348,8 +349,7 @@ def check_export_request(spec: NeckSpec, *, opset: int, dynamic: bool,
                          served: Served | None = None) -> None:
     """Reject an opset or a traced size the export cannot honour, before any work (a size
     only for a file that serves multiples of the coarsest stride)."""
-    if isinstance(opset, bool) or not isinstance(opset, int) \
-            or not MIN_OPSET <= opset <= MAX_OPSET:
+    if not is_int(opset) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"opset {opset!r} is not supported; use {MIN_OPSET} to {MAX_OPSET} "
                          f"(default {DEFAULT_OPSET})")
     h, w = spec.input_size

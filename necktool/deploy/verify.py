@@ -50,7 +50,7 @@ from necktool.deploy.metadata import (
 )
 from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
 from necktool.deploy.serving import Case, Served, default_cases
-from necktool.errors import InputError
+from necktool.errors import InputError, first_line
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import make_model, sha256_of
 from necktool.report import Block, Note, neck_header
@@ -154,8 +154,8 @@ def open_session(source: ModelSource, provider: str) -> Any:
     try:
         return ort.InferenceSession(model, sess_options=options, providers=[provider])
     except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"ONNX Runtime cannot load {_name(source)}: {first}") from None
+        raise InputError(f"ONNX Runtime cannot load {_name(source)}: "
+                         f"{first_line(exc, typed=False)}") from None
 
 
 @contextlib.contextmanager
@@ -193,8 +193,7 @@ def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray] |
     try:
         return list(session.run(None, feeds))
     except Exception as exc:  # ORT's untyped runtime errors, e.g. a broadcast mismatch
-        text = str(exc).strip()
-        return text.splitlines()[0][:160] if text else type(exc).__name__
+        return first_line(exc, 160, typed=False)
 
 
 def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,12 +31,11 @@ from necktool.necks.weights import (
     read_checkpoint,
 )
 from necktool.report import Block, Note, size_text, table
-from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, load
+from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, Shapes, load
 from necktool.spec.fields import FIELD
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import PRESETS
 
-Shapes = Mapping[str, tuple[int, ...]]
 ONNX_SUFFIX = ".onnx"
 _GROUPS_SHOWN = 8
 

@@ -135,8 +135,14 @@ def parse_float_text(text: str, expected: str) -> float:
     return float(raw)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (``True`` is an ``int`` to Python, never to necktool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An integer or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Kind(Generic[T]):
@@ -174,7 +180,7 @@ class IntKind(Kind[int]):
         return self.check(parse_int_text(text, self.expected))
 
     def check(self, value: Any) -> int:
-        if not _is_int(value) or value < self.low:
+        if not is_int(value) or value < self.low:
             raise BadValue(self.expected)
         if value > self.high:
             raise BadValue(f"{self.expected} up to {self.high:,}")
@@ -195,7 +201,7 @@ class FloatKind(Kind[float]):
         return self.check(parse_float_text(text, self.expected))
 
     def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise BadValue(self.expected)
         if not math.isfinite(value) or not self.low <= value <= self.high:
             raise BadValue(self.expected)
@@ -275,7 +281,7 @@ class ChannelsKind(Kind[tuple[int, ...]]):
 
     def check(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, (list, tuple)) or len(value) > self.max_count or \
-                not all(_is_int(v) and v > 0 for v in value):
+                not all(is_int(v) and v > 0 for v in value):
             raise BadValue(self.expected)
         return self._bounded(tuple(int(v) for v in value), self.expected)
 
@@ -316,9 +322,9 @@ class SizeKind(Kind[tuple[int, int]]):
                 return self.from_text(value)
             except BadValue as exc:
                 raise BadValue(self.expected, exc.note) from None
-        if _is_int(value):
+        if is_int(value):
             return self._bounded((value, value), self.expected)
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_int, value)):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_int, value)):
             return self._bounded((value[0], value[1]), self.expected)
         return self._fail()
 

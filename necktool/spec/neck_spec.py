@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
+from necktool.report import size_text
 from necktool.spec.families import FamilyInfo, families_taking, get_family
 from necktool.spec.fields import (
     BASE_STRIDE,
@@ -147,7 +148,7 @@ class NeckSpec:
 
     def check_size(self, input_size: Sequence[int]) -> None:
         """Raise :class:`SpecError` unless this neck can run at ``input_size`` ``(H, W)``."""
-        text = "x".join(map(str, input_size))
+        text = size_text(input_size)
         if len(input_size) != 2:
             raise SpecError(f"input_size must be (H, W), got {list(input_size)}")
         if any(s > MAX_INPUT_SIDE for s in input_size):
