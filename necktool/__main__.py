@@ -18,7 +18,8 @@ def run() -> None:
     """
     code = INTERRUPTED
     try:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # until the CLI's own
+        for sig in _SIGNALS:  # until the CLI's own, and again once it gives them back
+            signal.signal(sig, signal.default_int_handler)  # (also over an inherited SIG_IGN)
         from necktool.cli import main
 
         code = main(standalone=False)
