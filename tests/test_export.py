@@ -97,7 +97,7 @@ def test_every_preset_exports_and_verifies(name: str, tmp_path: pathlib.Path) ->
         (SMALL, 1), ((65, 91), 1), ((93, 71), 2)]
     for _, out in v.checks:
         assert 0 < out.max_abs < 1e-4  # real float noise, far below the tolerance
-        assert out.failed == 0 and out.nonfinite_ort == 0
+        assert out.failed_elements == 0 and out.nonfinite_ort == 0
     meta = read_metadata(path)
     assert meta is not None and meta.neck == name and meta.dynamic
     assert meta.precision == "fp32" and meta.serves.images == "any"
@@ -490,7 +490,7 @@ def test_broken_model_fails_verification(tmp_path: pathlib.Path,
     assert not v and not v.passed
     for _, out in v.checks:
         assert out.max_abs == pytest.approx(0.5, abs=1e-4)
-        assert out.failed == out.elements
+        assert out.failed_elements == out.elements
         assert out.min_atol == pytest.approx(0.5 - 1e-4 * 0.5, abs=2e-3)
     assert "FAIL: 9 of 9" in v.summary()
     assert not dest.exists() and leftovers(tmp_path) == []

@@ -39,8 +39,7 @@ from torch import nn
 
 from necktool.analysis.memory import ForwardTracker
 from necktool.errors import CustomNeckError, InputError
-from necktool.necks.build import build_neck, make_inputs
-from necktool.necks.custom import check_outputs
+from necktool.necks.build import build_neck, check_neck_outputs, make_inputs
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
 from necktool.spec.fields import FIELD, BadValue
 from necktool.spec.neck_spec import NeckSpec
@@ -425,7 +424,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
         for h in hooks:
             h.remove()
     outputs: Any = captured[0] if captured else None
-    check_outputs(spec, outputs, batch, input_size)
+    check_neck_outputs(spec, outputs, batch, input_size)
 
     level_params = [0] * spec.num_levels
     unattributed_params = 0

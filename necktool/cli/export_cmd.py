@@ -42,8 +42,8 @@ OptionalNeckArg = Annotated[str | None, typer.Argument(
     help=NECK_HELP + " Without one: the neck --weights FILE holds, as 'necktool inspect' "
     "finds it; with no --weights either, every budget entry of the project's config (found "
     "as 'necktool check' finds it, or --config).")]
-OnnxFlag = Annotated[bool, typer.Option(
-    "--onnx", rich_help_panel=EXPORT, show_default=False,
+OnnxFlag = Annotated[bool, typer.Option(  # accepted, never read: ONNX is the one format
+    "--onnx", rich_help_panel=EXPORT, show_default=False, expose_value=False,
     help="Write ONNX, the export format (the default; the result names it).")]
 Output = Annotated[Any, typer.Option(
     "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False, parser=PATH,
@@ -83,7 +83,7 @@ def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
 
 def export_command(
     neck: OptionalNeckArg = None,
-    onnx: OnnxFlag = True,
+    onnx_flag: OnnxFlag = True,
     output: Output = None,
     static: Static = False,
     opset: Opset = None,

@@ -25,7 +25,6 @@ destination untouched and no temporary file behind.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import pathlib
 import time
@@ -92,12 +91,6 @@ def export_steps(verify: bool = True, precision: Precision | str = Precision.FP3
     return tuple(s for s in STEPS if s not in skip)
 
 
-class ExportFormat(enum.StrEnum):
-    """The file formats ``necktool export`` writes (``--onnx``)."""
-
-    ONNX = "onnx"
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
     """An export: the file, what it holds, the conv cross-check and the verification."""
@@ -112,7 +105,6 @@ class ExportResult:
     verification: VerificationResult | None
     written: bool
     seconds: dict[str, float]
-    format: ExportFormat = ExportFormat.ONNX
     nbytes: int = 0  # the file's size
 
     @property
@@ -154,7 +146,7 @@ class ExportResult:
         m = self.metadata
         return {
             **neck_header(m.spec, m.input_size, m.batch),
-            "format": self.format.value,
+            "format": "onnx",  # the one format (--onnx)
             "path": str(self.path),
             "written": self.written,
             "bytes": self.nbytes,

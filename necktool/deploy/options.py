@@ -38,8 +38,6 @@ MAX_CALIBRATION = 1000
 DEFAULT_TRIALS = 3
 MAX_TRIALS = 100
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-TOLERANCE_NOTE = ("the file's precision sets the defaults; an output passes when every "
-                  "element has |ort - torch| <= atol + rtol * |torch|")
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][\w.\-/]*")
 _PROVIDER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 MAX_TOLERANCE = 1e6
@@ -76,6 +74,14 @@ class ErrorStat(enum.StrEnum):
     ELEMWISE = "elemwise"  # every element (the maximum)
     MEAN = "mean"
     MEDIAN = "median"
+
+    @property
+    def rule(self) -> str:
+        """When an output passes under this statistic, in words (captions, help)."""
+        if self is ErrorStat.ELEMWISE:
+            return "every element has |ort - torch| <= atol + rtol * |torch|"
+        return (f"the {self.value} over its elements of |ort - torch| - rtol * |torch| is "
+                f"<= atol (and no element is NaN/Inf)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,6 @@ import os
 import sys
 from typing import Any
 
-import torch
 from torch import nn
 
 from necktool.errors import CustomNeckError, first_line
@@ -60,21 +59,3 @@ def build_custom(spec: NeckSpec) -> nn.Module:
         raise CustomNeckError(f"custom neck {spec.factory!r} returned "
                               f"{type(model).__name__}; expected a torch.nn.Module")
     return model
-
-
-def check_outputs(spec: NeckSpec, outputs: Any, batch: int,
-                  input_size: tuple[int, int]) -> None:
-    """Raise unless ``outputs`` is one ``(batch, out_channels, H_i, W_i)`` tensor per level."""
-    name = spec.label
-    if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels or \
-            not all(isinstance(o, torch.Tensor) for o in outputs):
-        got = (f"{len(outputs)} item(s)" if isinstance(outputs, (tuple, list))
-               else type(outputs).__name__)
-        raise CustomNeckError(f"{name}: forward must return one tensor per level "
-                              f"({spec.num_levels}: {', '.join(spec.level_names)}), got {got}")
-    for level, out, (h, w) in zip(spec.level_names, outputs, spec.level_sizes(
-            input_size), strict=True):
-        expected = (batch, spec.out_channels, h, w)
-        if tuple(out.shape) != expected:
-            raise CustomNeckError(f"{name}: output {level} has shape {tuple(out.shape)}; "
-                                  f"expected {expected} (batch, out_channels, H, W)")

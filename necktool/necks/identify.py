@@ -222,7 +222,7 @@ def identify_checkpoint(path: str | pathlib.Path, prefix: str | None = None,
 
 
 # -- the command's result --------------------------------------------------------------
-def profile_command(spec: NeckSpec, base: str | None = None, *,
+def reproduce_command(spec: NeckSpec, base: str | None = None, *,
                     with_size: bool = False) -> str:
     """``necktool profile NAME [flags]`` that builds ``spec``: the flags are the fields
     that differ from ``base`` (a preset; default the family's bare preset)."""
@@ -230,7 +230,7 @@ def profile_command(spec: NeckSpec, base: str | None = None, *,
     ref = PRESETS[name].spec if name in PRESETS else None
     words = ["necktool", "profile", name]
     for field in FIELD.values():
-        if not field.spec or not spec.info.takes(field.name):
+        if not field.in_spec or not spec.info.takes(field.name):
             continue
         if field.name == "input_size" and not with_size:
             continue
@@ -346,7 +346,7 @@ def inspect_file(path: str | pathlib.Path, prefix: str | None = None) -> Inspect
         words += ["--prefix", found.load_prefix]
     return InspectResult(
         path=str(file), kind="checkpoint", spec=found.neck_spec, presets=found.presets,
-        command=profile_command(found.neck_spec, found.presets[0] if found.presets else None),
+        command=reproduce_command(found.neck_spec, found.presets[0] if found.presets else None),
         prefix=found.prefix, notes=found.notes, tensors=found.tensors,
         container=ckpt.container, follow_up=("export_command", " ".join([*words, "--onnx"])))
 
@@ -363,7 +363,7 @@ def _inspect_onnx(file: pathlib.Path) -> InspectResult:
     presets = tuple(n for n, p in PRESETS.items()
                     if {k: v for k, v in p.spec.to_dict().items() if k != "input_size"} == plain)
     base = meta.neck if meta.neck in presets else (presets[0] if presets else None)
-    command = profile_command(spec, base, with_size=True)
+    command = reproduce_command(spec, base, with_size=True)
     export = {"input_size": list(meta.input_size), "batch": meta.batch,
               "dynamic": meta.dynamic, "opset": meta.opset, "version": meta.version,
               "flops": meta.flops, "params": meta.params, "weights": meta.weights.describe()}

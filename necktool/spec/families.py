@@ -108,7 +108,7 @@ class FamilyInfo:
     levels: LevelRelation | None = None
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].spec]
+        unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].in_spec]
         if unknown:
             raise ValueError(f"family {self.name!r} names unknown spec fields {unknown}")
 
