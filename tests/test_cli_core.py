@@ -24,11 +24,15 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_list_table_and_json() -> None:
-    code, out, err = run("list")
-    assert code == 0 and err == ""
-    for name in PRESETS:
-        assert name[:8] in out
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and result.stderr == ""
+    # each preset is one row, its whole name in the first cell (a prefix such as
+    # 'insightf' would match five presets at once)
+    names = [line.split("│")[1].strip() for line in result.stdout.splitlines()
+             if line.startswith("│")]
+    assert names == list(PRESETS)
     code, out, _ = run("list", "scrfd_*", "--json")
+    assert code == 0
     rows = json.loads(out)
     assert [r["neck"] for r in rows] == ["scrfd_34g", "scrfd_10g", "scrfd_2.5g", "scrfd_0.5g"]
     config = rows[2]["config"]

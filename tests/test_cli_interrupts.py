@@ -6,15 +6,12 @@ into death by SIGINT, returncode -2)."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 
 import pytest
+from _cli import necktool_hooked
 from typer.testing import CliRunner
 
 from necktool.cli import app
@@ -30,18 +27,6 @@ def handlers() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
-
-
-def _necktool(tmp_path: pathlib.Path, hook: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m necktool ARGS`` with ``hook`` run first (as ``sitecustomize``), the way a
-    user runs it: a process of its own, signals delivered by the kernel."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(textwrap.dedent(hook))
-    path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "necktool", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
 
 
 # -- inside the exporter -------------------------------------------------------------------
@@ -85,7 +70,7 @@ def test_a_signal_sent_from_inside_the_exporter_is_exit_130_and_one_line(
     """SIGTERM while the real exporter runs (sent by the process to itself from within)."""
     dest = tmp_path / "n.onnx"
     dest.write_bytes(b"old export")
-    proc = _necktool(tmp_path, """
+    proc = necktool_hooked(tmp_path, """
         import os, signal, torch
         real = torch.onnx.export
         def export(*args, **kwargs):
@@ -103,7 +88,7 @@ def test_a_signal_after_the_write_is_exit_130_and_one_line(tmp_path: pathlib.Pat
     """The file is complete and stays; the process still says it was interrupted (it exited
     143 with no message when the signal came after the CLI gave its handlers back)."""
     dest = tmp_path / "n.onnx"
-    proc = _necktool(tmp_path, """
+    proc = necktool_hooked(tmp_path, """
         import os, signal, necktool.files
         real = necktool.files.write_file
         def write_file(*args, **kwargs):
@@ -120,7 +105,7 @@ def test_a_signal_after_the_write_is_exit_130_and_one_line(tmp_path: pathlib.Pat
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_after_the_cli_gave_its_handlers_back_is_exit_130(
         tmp_path: pathlib.Path, sig: str) -> None:
-    proc = _necktool(tmp_path, f"""
+    proc = necktool_hooked(tmp_path, f"""
         import os, signal, necktool.cli.interrupts as interrupts
         real = interrupts.restore
         def restore(previous):
@@ -136,7 +121,7 @@ def test_an_interrupt_that_passed_through_an_exec_string_is_exit_130_not_death_b
     """A dataclass or namedtuple made during a lazy import runs an ``exec``'d string; an
     interrupt that lands there is remembered by CPython, which under ``python -m`` killed
     the process by SIGINT at exit (returncode -2) although necktool had handled it."""
-    proc = _necktool(tmp_path, """
+    proc = necktool_hooked(tmp_path, """
         import necktool.spec.registry as registry
         def matching(*args, **kwargs):
             exec("raise KeyboardInterrupt")
