@@ -150,7 +150,7 @@ def test_an_older_file_is_fp32_and_serves_multiples(exported: pathlib.Path,
     # necktool before 'serves' and 'precision': verified where it served, at multiples
     model = onnx.load(str(exported))
     keep = [p for p in model.metadata_props
-            if p.key not in ("necktool.serves", "necktool.serves_note", "necktool.deploy.convert")]
+            if p.key not in ("necktool.serves", "necktool.serves_note", "necktool.precision")]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     old = tmp_path / "old.onnx"
@@ -164,7 +164,7 @@ def test_an_older_file_is_fp32_and_serves_multiples(exported: pathlib.Path,
 
 
 @pytest.mark.parametrize(("key", "value", "says"), [
-    ("precision", "fp8", "necktool.deploy.convert is damaged: 'fp8' is not one of fp32"),
+    ("precision", "fp8", "necktool.precision is damaged: 'fp8' is not one of fp32"),
     ("serves", '{"images": "all", "levels": "tied"}', "necktool.serves is damaged"),
     ("serves", '{"images": "static", "levels": "tied"}', "says static for a dynamic file"),
     ("calibration", "0", "necktool.calibration is damaged"),

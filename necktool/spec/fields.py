@@ -135,6 +135,11 @@ def parse_float_text(text: str, expected: str) -> float:
     return float(raw)
 
 
+def size_text(size: Sequence[int]) -> str:
+    """``640x480``: an image size (H, W) as the flags and tables write it."""
+    return "x".join(map(str, size))
+
+
 def is_int(value: Any) -> bool:
     """An integer, not a bool (``True`` is an ``int`` to Python, never to necktool)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -342,7 +347,7 @@ class SizeKind(Kind[tuple[int, int]]):
         return list(value)
 
     def to_text(self, value: tuple[int, int]) -> str:
-        return f"{value[0]}x{value[1]}"
+        return size_text(value)
 
 
 @dataclasses.dataclass(frozen=True)

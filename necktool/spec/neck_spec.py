@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
-from necktool.report import size_text
 from necktool.spec.families import FamilyInfo, families_taking, get_family
 from necktool.spec.fields import (
     BASE_STRIDE,
@@ -27,6 +26,7 @@ from necktool.spec.fields import (
     ExtraConvs,
     Norm,
     describe_value,
+    size_text,
 )
 
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
