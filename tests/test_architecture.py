@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
 import subprocess
 import sys
 import textwrap
@@ -171,103 +170,6 @@ def test_a_flag_the_family_does_not_take_names_the_families_that_do(
     with pytest.raises(SpecError, match="--gn-groups does not apply"):
         NeckSpec("toy", (8, 16), 8, gn_groups=2)
     assert "norm" not in spec.to_dict() and spec.to_dict()["out_channels"] == 8
-
-
-def test_fvcore_handles_equal_fvcore_defaults_for_every_preset() -> None:
-    import warnings
-
-    import torch
-
-    from necktool import PRESETS, build_neck, make_inputs, profile
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-        for name, preset in PRESETS.items():
-            size = (96, 128)
-            ours = profile(name, input_size=size).operators
-            model = build_neck(preset.spec)
-            plain = FlopCountAnalysis(model, (tuple(make_inputs(preset.spec, size,
-                                                                seed=None)),))
-            plain.unsupported_ops_warnings(False)
-            plain.uncalled_modules_warnings(False)
-            plain.tracer_warnings("none")
-            # fvcore's own table, untouched: everything but the adds necktool counts on top.
-            # necktool traces under torch.no_grad() (for the memory figures); this plain
-            # trace runs with grad on, so the counts are also the same either way.
-            assert torch.is_grad_enabled()
-            assert {k: v for k, v in ours.items() if k != "add"} == dict(plain.by_operator())
-
-
-# -- one output pipeline ------------------------------------------------------------------
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-HEADER = ("neck", "family", "config", "input_size", "batch", "unit")
-
-
-@pytest.mark.parametrize("args", [
-    ["profile", "scrfd_0.5g", "--input-size", "64"],
-    ["bench", "scrfd_0.5g", "--input-size", "64", "--repeat", "2", "--warmup", "1"],
-])
-def test_per_neck_json_starts_with_the_same_keys(args: list[str]) -> None:
-    code, out, err = run(*args, "--format", "json")
-    assert code == 0, err
-    data = json.loads(out)
-    assert tuple(data)[:len(HEADER)] == HEADER
-    assert data["config"]["family"] == data["family"] == "pafpn"
-    code, again, _ = run(*args, "--json")
-    assert code == 0 and json.loads(again).keys() == data.keys()
-
-
-@pytest.mark.parametrize("args", [
-    ["list", "scrfd_*"],
-    ["profile", "scrfd_0.5g", "--input-size", "64"],
-    ["sweep", "scrfd_0.5g", "--sizes", "64,96"],
-])
-def test_markdown_for_every_command(args: list[str]) -> None:
-    code, out, err = run(*args, "--format", "markdown")
-    assert code == 0, err
-    lines = out.splitlines()
-    assert lines[0].startswith("**") and any(ln.startswith("|---") for ln in lines)
-    assert "┃" not in out and "\x1b[" not in out  # no box drawing, no colour codes
-
-
-def test_json_and_another_format_conflict() -> None:
-    code, out, err = run("list", "--json", "--format", "markdown")
-    assert code == 2 and out == "" and "--json and --format markdown conflict" in err
-    code, _, err = run("list", "--format", "github")
-    assert code == 2 and "'github' is not one of 'table', 'json', 'markdown'" in err
-
-
-# -- exits --------------------------------------------------------------------------------
-def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.spec.registry
-
-    def broken(*args: object) -> None:
-        raise ZeroDivisionError("division by zero")
-
-    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", broken)
-    code, out, err = run("list")
-    assert code == 70 and out == ""
-    assert err == ("necktool: internal error: ZeroDivisionError: division by zero (a bug in "
-                   "necktool; run with NECKTOOL_DEBUG=1 for the traceback)\n")
-    monkeypatch.setenv("NECKTOOL_DEBUG", "1")
-    result = CliRunner().invoke(app, ["list"])
-    assert isinstance(result.exception, ZeroDivisionError)
-
-
-def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.spec.registry
-
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
-    code, out, err = run("list")
-    assert code == 130 and out == "" and err == "necktool: interrupted\n"
 
 
 def test_the_top_of_the_package_holds_at_most_ten_modules_and_each_subpackage_says_its_purpose(

@@ -151,3 +151,31 @@ def test_python_dash_m_and_version() -> None:
     proc = subprocess.run([sys.executable, "-m", "necktool", "profile", "bogus"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("necktool: error: unknown neck")
+
+
+# -- exits --------------------------------------------------------------------------------
+def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.spec.registry
+
+    def broken(*args: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", broken)
+    code, out, err = run("list")
+    assert code == 70 and out == ""
+    assert err == ("necktool: internal error: ZeroDivisionError: division by zero (a bug in "
+                   "necktool; run with NECKTOOL_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("NECKTOOL_DEBUG", "1")
+    result = CliRunner().invoke(app, ["list"])
+    assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.spec.registry
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
+    code, out, err = run("list")
+    assert code == 130 and out == "" and err == "necktool: interrupted\n"

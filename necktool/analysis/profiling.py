@@ -39,7 +39,7 @@ from torch import nn
 
 from necktool.analysis.memory import ForwardTracker
 from necktool.errors import CustomNeckError, InputError
-from necktool.necks.build import build_neck, check_neck_outputs, make_inputs
+from necktool.necks.build import build_neck, check_neck_outputs, make_inputs, require_forward
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
 from necktool.spec.fields import FIELD, BadValue
 from necktool.spec.neck_spec import NeckSpec
@@ -513,4 +513,5 @@ def profile(
         True
     """
     spec = resolve_spec(neck, input_size=input_size, **overrides)
+    require_forward(spec, spec.input_size, batch)
     return analyze(build_neck(spec), spec, spec.input_size, batch)

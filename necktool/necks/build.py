@@ -37,6 +37,14 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
     return model.eval()
 
 
+def require_forward(spec: NeckSpec, size: tuple[int, int], batch: int) -> None:
+    """Raise unless ``spec`` can run at ``size`` and one forward fits the memory limit:
+    before anything is built (a 4096-channel neck takes seconds to initialise)."""
+    spec.check_size(size)
+    require(forward_bytes(spec, size, batch),
+            f"{spec.label} at {size_text(size)}, batch {batch},")
+
+
 def make_inputs(
     spec: NeckSpec,
     input_size: tuple[int, int] | None = None,
@@ -49,9 +57,7 @@ def make_inputs(
     ``seed=None`` gives zeros (enough for counting); otherwise seeded normal values.
     """
     size = input_size or spec.input_size
-    spec.check_size(size)
-    require(forward_bytes(spec, size, batch),
-            f"{spec.label} at {size_text(size)}, batch {batch},")
+    require_forward(spec, size, batch)
     shapes = [(batch, c, h, w) for c, (h, w) in zip(spec.in_channels, spec.input_sizes(size),
                                                     strict=True)]
     if seed is None:
