@@ -53,6 +53,11 @@ _LAZY = {
     "build_neck": "necktool.necks.build",
     "make_inputs": "necktool.necks.build",
     "profile": "necktool.analysis.profiling",
+    "ProfilePlan": "necktool.analysis.plan",
+    "BenchPlan": "necktool.analysis.plan",
+    "ExportPlan": "necktool.deploy.plan",
+    "VerifyPlan": "necktool.deploy.plan",
+    "WeightsRequest": "necktool.deploy.metadata",
     "ProfileResult": "necktool.analysis.profiling",
     "BudgetConfig": "necktool.budgets",
     "CheckReport": "necktool.budgets",
@@ -77,6 +82,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from necktool.analysis.bench import BenchResult, bench
+    from necktool.analysis.plan import BenchPlan, ProfilePlan
     from necktool.analysis.profiling import ProfileResult, profile
     from necktool.analysis.sweep import SweepResult, parse_sizes, sweep
     from necktool.budgets import (
@@ -88,7 +94,9 @@ if TYPE_CHECKING:
         save_baseline,
     )
     from necktool.deploy.export import ExportResult, export_onnx
+    from necktool.deploy.metadata import WeightsRequest
     from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
+    from necktool.deploy.plan import ExportPlan, VerifyPlan
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
     from necktool.necks.build import build_neck, make_inputs
     from necktool.necks.identify import InspectResult, inspect_file
@@ -110,6 +118,7 @@ __all__ = [
     "FAMILIES",
     "PRESETS",
     "Activation",
+    "BenchPlan",
     "BenchResult",
     "BudgetConfig",
     "CheckFailed",
@@ -119,6 +128,7 @@ __all__ = [
     "ErrorStat",
     "ExitCode",
     "ExportError",
+    "ExportPlan",
     "ExportResult",
     "ExtraConvs",
     "Family",
@@ -128,6 +138,7 @@ __all__ = [
     "NeckSpec",
     "NecktoolError",
     "Norm",
+    "ProfilePlan",
     "ProfileResult",
     "SpecError",
     "SweepResult",
@@ -136,8 +147,10 @@ __all__ = [
     "VerificationFailed",
     "VerificationResult",
     "VerifyOptions",
+    "VerifyPlan",
     "VerifyReport",
     "WeightsError",
+    "WeightsRequest",
     "__version__",
     "bench",
     "build_neck",

@@ -84,10 +84,12 @@ class ExportError(CheckFailed):
 
 
 class VerificationFailed(CheckFailed):
-    """ONNX Runtime's outputs differ from PyTorch's beyond tolerance; nothing was written.
+    """ONNX Runtime's outputs differ from PyTorch's beyond tolerance.
 
-    ``result`` is the full result (an :class:`necktool.deploy.export.ExportResult`) so a caller
-    can show the report; the CLI renders it like a passing one.
+    Deprecated, kept importable: necktool no longer raises it. A failed verification is a
+    falsy result (``export_onnx(...)`` returns an ``ExportResult`` with ``written=False``;
+    ``verify_onnx`` a falsy report), which the CLI turns into exit 1. Callers may raise it
+    themselves with the result attached (``result``).
     """
 
     def __init__(self, message: str, result: object | None = None) -> None:

@@ -121,7 +121,7 @@ def test_sweep_builds_once_per_neck_and_traces_once_per_size(
         calls["analyze"] += 1
         return real_analyze(*args, **kwargs)
 
-    monkeypatch.setattr(necktool.necks.build, "build_neck", build)
+    monkeypatch.setattr(necktool.analysis.profiling, "build_neck", build)
     monkeypatch.setattr(necktool.analysis.profiling, "analyze", analyze)
     result = sweep(["retinaface_mnet", "pafpn"], [(64, 64), (96, 96), (64, 64), (128, 128)])
     assert calls == {"build": 2, "analyze": 6}  # the repeated 64x64 is dropped

@@ -278,13 +278,13 @@ def test_entries_resolving_to_the_same_neck_are_profiled_once(
     import necktool.analysis.profiling
 
     calls: list[object] = []
-    real = necktool.analysis.profiling.profile
+    real = necktool.analysis.profiling.run_profile
 
-    def counting(*args: object, **kwargs: object) -> ProfileResult:
+    def counting(*args: object, **kwargs: object) -> tuple[ProfileResult, ...]:
         calls.append(args)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(necktool.analysis.profiling, "profile", counting)
+    monkeypatch.setattr(necktool.analysis.profiling, "run_profile", counting)
     # 'fpn' and 'retinaface_mnet' differ only in name: one trace serves both.
     pyproject(tmp_path, entry("max-gflops = 1.0", "fpn") + entry("max-gflops = 1.0",
                                                                  "retinaface_mnet"))

@@ -34,12 +34,12 @@ import torch
 from torch import nn
 
 from necktool import quiet
+from necktool.analysis.plan import BenchPlan
 from necktool.analysis.profiling import analyze
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
-    MAX_RUNS,
     Runtime,
     RuntimeTiming,
     percentile,
@@ -48,16 +48,14 @@ from necktool.deploy.comparison import sqnr_db
 from necktool.deploy.convert import convert
 from necktool.deploy.export import export_model
 from necktool.deploy.metadata import DEFAULT_OPSET
-from necktool.deploy.options import Precision, check_precision
-from necktool.errors import InputError
-from necktool.necks.build import build_neck, make_inputs
+from necktool.deploy.options import Precision
+from necktool.necks.build import build_neck, input_tensors
 from necktool.report import Block, neck_header, num, size_text, table
-from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import resolve_spec
 from necktool.units import UNIT_SHORT
 
-__all__ = ["ALL_RUNTIMES", "BenchResult", "Runtime", "RuntimeTiming", "bench", "percentile"]
+__all__ = ["ALL_RUNTIMES", "BenchPlan", "BenchResult", "Runtime", "RuntimeTiming", "bench",
+           "percentile", "run_bench"]
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
@@ -147,11 +145,6 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
 
 
-def _check_count(value: int, what: str) -> None:
-    if not is_int(value) or not 1 <= value <= MAX_RUNS:
-        raise InputError(f"{what} must be an integer from 1 to {MAX_RUNS:,}, got {value!r}")
-
-
 def _time_calls(call: Callable[[], Any], warmup: int, repeat: int,
                 on_run: Callable[[str], None], label: str) -> tuple[float, ...]:
     for _ in range(warmup):
@@ -232,6 +225,9 @@ def bench(
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
 
+    Builds a :class:`~necktool.analysis.plan.BenchPlan` (every check) and runs it
+    (:func:`run_bench`).
+
     Args:
         neck: A preset name or a :class:`NeckSpec`.
         input_size: Image ``(H, W)``; defaults to the spec's.
@@ -246,7 +242,8 @@ def bench(
             ``int8``), one timing each, with the file size and the error against fp32
             PyTorch (see the module docstring).
         calibration: int8 calibration batches (default as ``necktool export``).
-        on_run: Called with the runtime's name after each timed run (for a progress bar).
+        on_run: Called with the runtime's name after each timed run (for a progress bar
+            of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
     Raises:
@@ -259,56 +256,44 @@ def bench(
         >>> r.timing("onnxruntime").median_ms > 0
         True
     """
-    _check_count(warmup, "warmup")
-    _check_count(repeat, "repeat")
-    if threads is None:
-        threads = torch.get_num_threads()
-    _check_count(threads, "threads")
-    wanted = [check_precision(p, None)[0] for p in precisions]
-    order = list(dict.fromkeys(wanted))
-    if calibration is not None:
-        check_precision(Precision.INT8, calibration)
-        if Precision.INT8 not in order:
-            raise InputError("--calibration sets the int8 calibration batches; add int8 to "
-                             "--precision")
-    if runtimes is None:
-        runtimes = (Runtime.ONNXRUNTIME,) if order else ALL_RUNTIMES
-    try:
-        chosen = list(dict.fromkeys(Runtime(r) for r in runtimes))
-    except ValueError:
-        raise InputError(f"unknown runtime in {list(runtimes)!r}; valid: "
-                         f"{', '.join(r.value for r in Runtime)}") from None
-    if not chosen:
-        raise InputError("no runtime to time; valid: torch, onnxruntime")
-    if order and Runtime.ONNXRUNTIME not in chosen:
-        raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
-    spec = resolve_spec(neck, input_size=input_size, **overrides)
-    size = spec.input_size
+    plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
+                           threads=threads, runtimes=runtimes, seed=seed,
+                           precisions=precisions, calibration=calibration, **overrides)
+    return run_bench(plan, on_run=on_run)
 
-    model = build_neck(spec, seed=seed)
+
+def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
+              ) -> BenchResult:
+    """Run a checked plan: count, export (and convert) once, then time each series.
+
+    Raises:
+        ExportError: the ONNX export failed.
+    """
+    spec, size, batch = plan.spec, plan.spec.input_size, plan.batch
+    threads = torch.get_num_threads() if plan.threads is None else plan.threads
+    model = build_neck(spec, seed=plan.seed)
     # fvcore's count at exactly this size and batch: the numerator of GFLOP/s.
     counted = analyze(model, spec, size, batch)
-    inputs = make_inputs(spec, size, batch, seed=seed)
+    inputs = input_tensors(spec, size, batch, seed=plan.seed)
     # Export (and convert) before any timing, so a failure costs no timed runs.
     sessions: list[tuple[Precision, Any, int]] = []
-    calibration = check_precision(Precision.INT8, calibration)[1] \
-        if Precision.INT8 in order else None
-    if Runtime.ONNXRUNTIME in chosen:
+    if Runtime.ONNXRUNTIME in plan.runtimes:
         proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
-        for precision in order or [Precision.FP32]:
+        for precision in plan.precisions or (Precision.FP32,):
             data = convert(proto, precision, spec=spec, shapes=[(size, batch)],
-                           calibration=calibration or 1).SerializeToString()
+                           calibration=plan.calibration or 1).SerializeToString()
             sessions.append((precision, _session(data, threads), len(data)))
     step = on_run or (lambda _label: None)
     timings = []
-    for runtime in chosen:
+    for runtime in plan.runtimes:
         if runtime is Runtime.TORCH:
-            timings.append(_bench_torch(model, inputs, threads, warmup, repeat, step))
+            timings.append(_bench_torch(model, inputs, threads, plan.warmup, plan.repeat, step))
             continue
         for precision, session, nbytes in sessions:
-            timing = _bench_ort(session, inputs, threads, warmup, repeat, step)
-            max_abs, sqnr = _errors(session, model, inputs) if order else (None, None)
+            timing = _bench_ort(session, inputs, threads, plan.warmup, plan.repeat, step)
+            max_abs, sqnr = _errors(session, model, inputs) if plan.precisions \
+                else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), tuple(order), calibration)
+                       tuple(timings), plan.precisions, plan.calibration)

@@ -38,12 +38,11 @@ import torch
 from torch import nn
 
 from necktool.analysis.memory import ForwardTracker
-from necktool.errors import CustomNeckError, InputError
-from necktool.necks.build import build_neck, check_neck_outputs, make_inputs, require_forward
+from necktool.analysis.plan import ProfilePlan
+from necktool.errors import CustomNeckError
+from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
-from necktool.spec.fields import FIELD, BadValue
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import resolve_spec
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
@@ -113,14 +112,23 @@ class MemoryProfile:
 class CrossCheck:
     """fvcore's conv count against a second, independent one from the same forward:
     ``torch.utils.flop_counter``'s conv formula on every conv call, halved (it counts a
-    multiply and an add). They must be equal; a difference is a counting bug."""
+    multiply and an add); for an export, also the ONNX graph's own count (from shape
+    inference). They must be equal; a difference is a counting bug."""
 
     fvcore_conv_macs: int
     flop_counter_conv_macs: int
+    onnx_conv_macs: int | None = None  # an export's graph; None for a profile
 
     @property
     def agree(self) -> bool:
-        return self.fvcore_conv_macs == self.flop_counter_conv_macs
+        counts = {self.fvcore_conv_macs, self.flop_counter_conv_macs}
+        if self.onnx_conv_macs is not None:
+            counts.add(self.onnx_conv_macs)
+        return len(counts) == 1
+
+    def with_onnx(self, onnx_conv_macs: int) -> CrossCheck:
+        """This check with the ONNX graph's count added."""
+        return dataclasses.replace(self, onnx_conv_macs=onnx_conv_macs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"flop_counter_conv_macs": self.flop_counter_conv_macs,
@@ -375,20 +383,14 @@ def _fvcore_analysis(model: nn.Module, inputs: list[torch.Tensor],
     return analysis, events
 
 
-def check_batch(batch: int) -> int:
-    """The batch size, range-checked like the ``--batch`` flag."""
-    try:
-        return int(FIELD["batch"].check(batch))
-    except BadValue as exc:
-        raise InputError(f"batch: {exc.message(repr(batch))}") from None
-
-
 def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
             batch: int) -> ProfileResult:
-    """Profile an already built ``model`` described by ``spec``: one trace, one execution."""
-    batch = check_batch(batch)
-    spec.check_size(input_size)
-    inputs = make_inputs(spec, input_size, batch, seed=None)
+    """Profile an already built ``model`` described by ``spec``: one trace, one execution.
+
+    ``input_size`` and ``batch`` are a plan's (:class:`~necktool.analysis.plan.ProfilePlan`,
+    or an export's): checked when it was built, not here.
+    """
+    inputs = input_tensors(spec, input_size, batch, seed=None)
     sizes = spec.level_sizes(input_size)
     # A size two levels share (extra levels at a tiny image: P6 and P7 both 1x1) cannot
     # say which level an op serves; such ops stay unattributed (and the table says why).
@@ -492,6 +494,23 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     )
 
 
+def run_profile(plan: ProfilePlan, *, model: nn.Module | None = None,
+                on_point: Callable[[str], None] | None = None) -> tuple[ProfileResult, ...]:
+    """Run a checked plan: build the neck once (unless ``model`` is given), trace it once
+    per size; one result per size, in the plan's order.
+
+    ``on_point`` is called with ``"<neck> HxW"`` after each size (for a progress bar of
+    :attr:`ProfilePlan.steps`).
+    """
+    model = build_neck(plan.spec) if model is None else model
+    results = []
+    for size in plan.sizes:
+        results.append(analyze(model, plan.spec, size, plan.batch))
+        if on_point is not None:
+            on_point(f"{plan.spec.label} {size_text(size)}")
+    return tuple(results)
+
+
 def profile(
     neck: str | NeckSpec,
     *,
@@ -500,6 +519,8 @@ def profile(
     **overrides: Any,
 ) -> ProfileResult:
     """Profile a preset or spec: per-level shapes, FLOPs (fvcore units) and parameters.
+
+    Builds a :class:`~necktool.analysis.plan.ProfilePlan` (every check) and runs it.
 
     Args:
         neck: A preset name or a :class:`NeckSpec`.
@@ -512,6 +533,5 @@ def profile(
         >>> r.flops == sum(level.flops for level in r.levels)
         True
     """
-    spec = resolve_spec(neck, input_size=input_size, **overrides)
-    require_forward(spec, spec.input_size, batch)
-    return analyze(build_neck(spec), spec, spec.input_size, batch)
+    plan = ProfilePlan.build(neck, input_size=input_size, batch=batch, **overrides)
+    return run_profile(plan)[0]

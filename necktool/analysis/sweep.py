@@ -22,6 +22,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from necktool.analysis.plan import ProfilePlan
 from necktool.errors import InputError
 from necktool.files import check_writable, write_file
 from necktool.quiet import quiet
@@ -353,15 +354,25 @@ def sweep(
         >>> r.necks[0].points[1].flops == 4 * r.necks[0].points[0].flops
         True
     """
-    from necktool.analysis.profiling import analyze, check_batch
-    from necktool.necks.build import build_neck  # torch: the sweep itself
+    return run_sweep(sweep_plans(necks, sizes, batch, **overrides), on_point=on_point)
 
-    unique = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
+
+def sweep_plans(necks: Sequence[str | NeckSpec], sizes: Sequence[tuple[int, int]],
+                batch: int = 1, **overrides: Any) -> tuple[ProfilePlan, ...]:
+    """One checked :class:`~necktool.analysis.plan.ProfilePlan` per neck, each at every
+    size: every name, spec, size and the batch checked before the first (slow) trace.
+    The plans' :attr:`~necktool.analysis.plan.ProfilePlan.steps` add up to a progress
+    bar's total.
+
+    Raises:
+        InputError: no sizes, too many, no neck, or a bad batch (the plans check it).
+        SpecError: a size is below a neck's coarsest stride.
+    """
+    unique = tuple(dict.fromkeys((int(h), int(w)) for h, w in sizes))
     if not unique:
         raise InputError(f"no input sizes to sweep; {SIZES_FORMS}")
     if len(unique) > MAX_SIZES:
         raise InputError(f"{len(unique)} sizes to sweep; at most {MAX_SIZES}")
-    batch = check_batch(batch)
     names: list[str | NeckSpec] = []
     for neck in necks:
         for item in expand_names([neck]) if isinstance(neck, str) else [neck]:
@@ -369,22 +380,18 @@ def sweep(
                 names.append(item)
     if not names:
         raise InputError("no neck to sweep; give a preset name or pattern")
+    return tuple(ProfilePlan(resolve_spec(neck, **overrides), batch, unique) for neck in names)
 
-    # Every spec and size is checked before the first (slow) trace.
-    specs = []
-    for neck in names:
-        spec = resolve_spec(neck, **overrides)
-        for size in unique:
-            spec.check_size(size)
-        specs.append(spec)
 
-    step = on_point or (lambda _label: None)
+def run_sweep(plans: Sequence[ProfilePlan], *,
+              on_point: Callable[[str], None] | None = None) -> SweepResult:
+    """Run checked plans (:func:`sweep_plans`): one build per neck, one trace per size."""
+    from necktool.analysis.profiling import run_profile  # torch: the sweep itself
+
     results = []
-    for spec in specs:
-        model = build_neck(spec)
+    for plan in plans:
         points = []
-        for size in unique:
-            r = analyze(model, spec, size, batch)
+        for r in run_profile(plan, on_point=on_point):
             level_flops = {lv.name: lv.flops for lv in r.levels}
             if r.unattributed_flops:  # custom necks: keep the levels summing to the total
                 level_flops["unattributed"] = r.unattributed_flops
@@ -393,6 +400,6 @@ def sweep(
                 level_bytes["unattributed"] = r.unattributed_activation_bytes
             points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops,
                                      r.memory.to_dict(), level_bytes, r.cross_check.to_dict()))
-            step(f"{spec.label} {size_text(size)}")
-        results.append(NeckSweep(spec.label, spec, tuple(points)))
-    return SweepResult(tuple(unique), batch, tuple(results))
+        results.append(NeckSweep(plan.spec.label, plan.spec, tuple(points)))
+    sizes = plans[0].sizes if plans else ()
+    return SweepResult(sizes, plans[0].batch if plans else 1, tuple(results))

@@ -420,6 +420,7 @@ def check_budgets(
             be profiled (a custom neck that fails to build, say).
     """
     from necktool.analysis import profiling  # torch: only once the config is known to be good
+    from necktool.analysis.plan import ProfilePlan
 
     if max_increase is not None and baseline is None:
         raise ConfigError("max_increase needs a baseline to compare against (--baseline FILE)")
@@ -435,7 +436,7 @@ def check_budgets(
         key = (dataclasses.replace(budget.spec, name=None), budget.batch)
         if key not in cache:
             try:
-                cache[key] = profiling.profile(budget.spec, batch=budget.batch)
+                cache[key] = profiling.run_profile(ProfilePlan(budget.spec, budget.batch))[0]
             except NecktoolError as exc:
                 raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
         entries.append(_check_entry(budget, cache[key], config, baseline, max_increase))

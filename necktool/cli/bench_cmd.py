@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.analysis.timing import DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -17,7 +17,6 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.spec.fields import IntKind
-from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
     from necktool.analysis.bench import BenchResult
@@ -60,19 +59,15 @@ def bench_command(
     ONNX Runtime at each precision in one table, with file size, max abs error and SQNR
     against fp32 PyTorch.
     """
-    resolve_spec(neck, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
-    precisions = list(precision or [])
-    if runtime:
-        chosen = list(dict.fromkeys(runtime))
-    else:
-        chosen = [Runtime.ONNXRUNTIME] if precisions else list(ALL_RUNTIMES)
-    series = sum(max(1, len(precisions)) if r is Runtime.ONNXRUNTIME else 1 for r in chosen)
-    warmup = DEFAULT_WARMUP if warmup is None else warmup
-    repeat = DEFAULT_REPEAT if repeat is None else repeat
-    load_heavy()
-    from necktool.analysis.bench import bench
+    from necktool.analysis.plan import BenchPlan
 
-    with progress(repeat * series, "timing") as advance:
-        return bench(neck, batch=flags.batch, warmup=warmup, repeat=repeat, threads=threads,
-                     runtimes=chosen, precisions=precisions, calibration=calibration,
-                     on_run=advance, **flags.overrides())
+    # Every check, once, before torch loads; the plan also knows how many runs it times.
+    counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
+    plan = BenchPlan.build(neck, batch=flags.batch, threads=threads, runtimes=runtime or None,
+                           precisions=precision or (), calibration=calibration, **counts,
+                           **flags.overrides())
+    load_heavy()
+    from necktool.analysis.bench import run_bench
+
+    with progress(plan.steps, "timing") as advance:
+        return run_bench(plan, on_run=advance)

@@ -24,15 +24,16 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
-from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
+from necktool.deploy.options import Upsample
 from necktool.errors import InputError
-from necktool.spec.fields import IntKind
+from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
     from necktool.deploy.export import ExportResult
+    from necktool.deploy.plan import ExportSettings
     from necktool.deploy.project import ConfigExport
 
 EXPORT = "Export"
@@ -58,6 +59,14 @@ Opset = Annotated[Any, typer.Option(
     "--opset", metavar="N", rich_help_panel=EXPORT, show_default=False,
     parser=typer_parser(IntKind(low=MIN_OPSET, high=MAX_OPSET).from_text),
     help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}. Default: {DEFAULT_OPSET}.")]
+UpsampleOpt = Annotated[Any, typer.Option(
+    "--upsample", metavar="[" + "|".join(Upsample) + "]", rich_help_panel=EXPORT,
+    parser=typer_parser(ChoiceKind(Upsample).from_text), show_default=False,
+    help="How the file writes nearest upsampling. size (default): a Resize to the finer "
+    "level's size, computed from its Shape. scale2: a constant x2 Resize, then a crop to the "
+    "finer level's size, for converters that freeze a size-computed Resize at the export "
+    "size (ncnn, OpenCV). The same numbers, FLOPs and conv MACs; a scale2 file's levels must "
+    "be the ceil(H/stride) sizes of one image.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -91,6 +100,7 @@ def export_command(
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
+    upsample: UpsampleOpt = None,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -100,53 +110,49 @@ def export_command(
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
-    (necktool version, resolved spec, export size, the sizes it serves, precision, FLOPs,
-    params, weights' origin) and passes onnx.checker (full) and shape inference. Exit 1 if
-    verification fails: the destination is then left untouched.
+    (necktool version, resolved spec, export size, the sizes it serves, precision, upsample
+    form, FLOPs, params, weights' origin) and passes onnx.checker (full) and shape
+    inference. Exit 1 if verification fails: the destination is then left untouched.
 
     Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
     project's config, each to <entry name>.onnx.
     """
-    precision = precision or Precision.FP32
-    check_precision(precision, calibration)  # --calibration without int8: exit 2 at once
+    from necktool.deploy.plan import ExportPlan, ExportSettings
+
+    # What applies to any neck (precision, calibration, opset, provider): checked once.
+    given = {k: v for k, v in (("opset", opset), ("precision", precision),
+                               ("upsample", upsample)) if v is not None}
+    settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
+                                    options=options, calibration=calibration, **given)
     if neck is None and weights.path is None:
-        return _export_config(config, output, static, opset, precision, calibration, verify,
-                              flags=flags, weights=weights, options=options)
+        return _export_config(config, output, settings, flags=flags)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
     chosen: str | NeckSpec
     chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
-    resolve_spec(chosen, **flags.overrides())  # a bad name or flag: exit 2 before torch loads
+    # A bad name or flag: exit 2 before torch loads (unless --weights needed it to say
+    # which neck it holds).
+    spec = resolve_spec(chosen, **flags.overrides())
+    plan = ExportPlan.for_spec(spec, output, flags.batch,
+                               dataclasses.replace(settings, weights=weights))
     load_heavy()
-    from necktool.deploy.export import ExportResult, export_onnx, export_steps
-    from necktool.errors import VerificationFailed
+    from necktool.deploy.export import run_export
 
-    try:
-        with progress(len(export_steps(verify, precision)), "export") as advance:
-            return export_onnx(
-                chosen, output, batch=flags.batch, dynamic=not static,
-                opset=DEFAULT_OPSET if opset is None else opset,
-                seed=weights.seed or 0, weights=weights.path, prefix=weights.prefix,
-                verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=advance, **flags.overrides())
-    except VerificationFailed as exc:
-        if not isinstance(exc.result, ExportResult):
-            raise
-        return exc.result  # rendered like a passing one; its falseness is exit 1
+    with progress(len(plan.steps), "export") as advance:
+        return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
 
 
-def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, static: bool,
-                   opset: int | None, precision: Precision, calibration: int | None,
-                   verify: bool, *, flags: Any, weights: Any, options: Any) -> ConfigExport:
+def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
+                   settings: ExportSettings, *, flags: Any) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
     given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
     given += ["--batch"] if flags.given("batch") is not None else []
-    given += [f for f, v in (("--weights", weights.path), ("--prefix", weights.prefix))
-              if v is not None]
+    given += [f for f, v in (("--weights", settings.weights.path),
+                             ("--prefix", settings.weights.prefix)) if v is not None]
     if given:
         verb = "describes" if len(given) == 1 else "describe"
         raise InputError(f"{', '.join(given)} {verb} one neck; with no NECK every budget "
@@ -156,12 +162,10 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None, sta
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
-    load_heavy()
-    from necktool.deploy.export import export_steps
-    from necktool.deploy.project import export_config
+    from necktool.deploy.project import plan_config, run_config
 
-    steps = len(export_steps(verify, precision)) * len(cfg.budgets)
-    with progress(steps, "export") as advance:
-        return export_config(cfg, output, dynamic=not static, opset=opset,
-                             seed=weights.seed or 0, verify=verify, options=options,
-                             precision=precision, calibration=calibration, on_step=advance)
+    plan = plan_config(cfg, output, dataclasses.replace(
+        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)))
+    load_heavy()
+    with progress(plan.steps, "export") as advance:
+        return run_config(plan, on_step=advance)

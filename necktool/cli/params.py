@@ -12,7 +12,6 @@ a command is: parse, one or two library calls, return the result.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import pathlib
@@ -21,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.options import (
     DEFAULT_CALIBRATION,
     DEFAULT_PROVIDER,
@@ -79,13 +79,9 @@ class BuildFlags:
         return f"BuildFlags({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
 
-@dataclasses.dataclass(frozen=True)
-class Weights:
-    """Where weights come from: ``--weights FILE`` (with ``--prefix``) or ``--seed``."""
-
-    seed: int | None = None
-    path: pathlib.Path | None = None
-    prefix: str | None = None
+#: Where weights come from: ``--weights FILE`` (with ``--prefix``) or ``--seed``; the one
+#: request type the library takes too (:class:`necktool.deploy.metadata.WeightsRequest`).
+Weights = WeightsRequest
 
 
 # -- groups ----------------------------------------------------------------------------

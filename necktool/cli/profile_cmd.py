@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from necktool.cli.params import BuildFlagsOpt, FormatOpt, NecksArg
 from necktool.cli.render import load_heavy, progress
-from necktool.spec.registry import expand_names, resolve_spec
+from necktool.spec.registry import expand_names
 
 if TYPE_CHECKING:
     from necktool.analysis.profiling import ProfileResult, ProfileSet
@@ -22,14 +22,17 @@ def profile_command(necks: NecksArg, *, flags: BuildFlagsOpt,
 
     Several names or a pattern ('scrfd_*') add a comparison table.
     """
-    # Every name and flag is checked before torch is imported.
-    specs = [resolve_spec(name, **flags.overrides()) for name in expand_names(necks)]
-    load_heavy(counting=True)
-    from necktool.analysis.profiling import ProfileSet, profile
+    # Every name, flag and size is checked (once: the plans) before torch is imported.
+    from necktool.analysis.plan import ProfilePlan
 
-    results = []
-    with progress(len(specs), "profiling") as advance:
-        for spec in specs:
-            results.append(profile(spec, batch=flags.batch))
-            advance(spec.label)
+    plans = [ProfilePlan.build(name, batch=flags.batch, **flags.overrides())
+             for name in expand_names(necks)]
+    load_heavy(counting=True)
+    from necktool.analysis.profiling import ProfileSet, run_profile
+
+    results: list[ProfileResult] = []
+    with progress(sum(p.steps for p in plans), "profiling") as advance:
+        for plan in plans:
+            results.extend(run_profile(plan))
+            advance(plan.spec.label)
     return results[0] if len(results) == 1 else ProfileSet(tuple(results))

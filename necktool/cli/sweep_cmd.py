@@ -7,12 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.analysis.sweep import PlotMetric, check_matplotlib, check_plot_path, parse_sizes
+from necktool.analysis.sweep import (
+    PlotMetric,
+    check_matplotlib,
+    check_plot_path,
+    parse_sizes,
+    sweep_plans,
+)
 from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt, typer_parser
 from necktool.cli.render import diagnostic, load_heavy, progress
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind
-from necktool.spec.registry import expand_names, resolve_spec
 
 if TYPE_CHECKING:
     from necktool.analysis.sweep import SweepResult
@@ -46,19 +51,15 @@ def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = No
     # Every cheap check first: a bad path or a missing extra must not cost a sweep.
     if metric is not None and plot is None:
         raise InputError("--metric chooses what --plot draws; give --plot FILE too")
-    size_list = parse_sizes(sizes)
-    names = expand_names(necks)
-    for name in names:
-        resolve_spec(name, **flags.overrides())
+    plans = sweep_plans(necks, parse_sizes(sizes), flags.batch, **flags.overrides())
     if plot is not None:
         check_plot_path(plot)
         check_matplotlib()
     load_heavy(counting=True)
-    from necktool.analysis.sweep import sweep
+    from necktool.analysis.sweep import run_sweep
 
-    with progress(len(names) * len(size_list), "sweeping") as advance:
-        result = sweep(names, size_list, batch=flags.batch, on_point=advance,
-                       **flags.overrides())
+    with progress(sum(p.steps for p in plans), "sweeping") as advance:
+        result = run_sweep(plans, on_point=advance)
     if plot is not None:
         result.plot(plot, metric or PlotMetric.FLOPS)
         diagnostic(f"plot written to {plot}")

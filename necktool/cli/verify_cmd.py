@@ -30,12 +30,12 @@ def verify_command(model: ModelArg, neck: NeckOpt = None, *, flags: BuildFlagsOp
     the export-size case's batch (default: as recorded). Exit 1 if any output of any case
     is over tolerance.
     """
-    load_heavy()
-    from necktool.deploy.verify import verify_onnx
+    from necktool.deploy.plan import VerifyPlan
 
-    with progress(1, "verify") as advance:
-        report = verify_onnx(model, neck=neck, seed=weights.seed, weights=weights.path,
-                             prefix=weights.prefix, batch=flags.given("batch"),
-                             options=options, **flags.overrides())
-        advance(str(model))
-    return report
+    plan = VerifyPlan.build(model, neck=neck, weights=weights, batch=flags.given("batch"),
+                            options=options, **flags.overrides())
+    load_heavy()
+    from necktool.deploy.verify import run_verify
+
+    with progress(plan.steps, "verify") as advance:
+        return run_verify(plan, on_case=advance)

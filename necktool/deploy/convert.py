@@ -80,6 +80,14 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
+    # The exporter annotates initializers in value_info too; for one that must stay float32
+    # (Resize's constant scales, --upsample scale2) the converter keeps the data float32
+    # but flips its value_info to float16, which onnx.checker then rejects. The
+    # annotations are redundant (an initializer states its own type and shape).
+    initializers = {i.name for i in copy.graph.initializer}
+    annotations = [v for v in copy.graph.value_info if v.name not in initializers]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(annotations)
     with _silenced():
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

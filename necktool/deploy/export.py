@@ -35,60 +35,30 @@ import onnx
 import torch
 from torch import nn
 
-from necktool.analysis.profiling import analyze, check_batch
+from necktool.analysis.profiling import CrossCheck, analyze
 from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE, convert
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
-    MAX_OPSET,
-    MIN_OPSET,
     ExportMetadata,
     TensorInfo,
+    WeightsRequest,
     conv_macs,
     tensor_infos,
 )
-from necktool.deploy.options import (
-    DEFAULT_CALIBRATION,
-    Precision,
-    VerifyOptions,
-    check_precision,
-)
-from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes, default_cases
-from necktool.deploy.verify import (
-    VerificationResult,
-    compare_onnx,
-    reference_threads,
-    resolve_provider,
-)
-from necktool.errors import (
-    ExportError,
-    InputError,
-    SpecError,
-    VerificationFailed,
-    first_line,
-    interrupted,
-)
-from necktool.files import check_writable, write_file
-from necktool.necks.build import make_inputs
+from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, Upsample, VerifyOptions
+from necktool.deploy.plan import ExportPlan, planned_served
+from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
+from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
+from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
+from necktool.files import write_file
+from necktool.necks.build import input_tensors
+from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.necks.weights import make_model
 from necktool.quiet import quiet
 from necktool.report import Block, neck_header, size_text, table
-from necktool.resources import export_bytes, forward_bytes, require
-from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import resolve_spec
 from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
-
-STEPS = ("build", "count", "export", "check", "convert", "verify", "write")
-
-
-def export_steps(verify: bool = True, precision: Precision | str = Precision.FP32
-                 ) -> tuple[str, ...]:
-    """The steps an export reports through ``on_step`` (for a progress bar's total)."""
-    skip = {"verify"} if not verify else set()
-    if Precision(precision) is Precision.FP32:
-        skip.add("convert")
-    return tuple(s for s in STEPS if s not in skip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +69,12 @@ class ExportResult:
     metadata: ExportMetadata
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
-    conv_macs_onnx: int
-    conv_macs_fvcore: int
-    conv_macs_flop_counter: int
+    cross_check: CrossCheck  # fvcore, flop_counter and the ONNX graph's conv MACs
     verification: VerificationResult | None
     written: bool
     seconds: dict[str, float]
     nbytes: int = 0  # the file's size
+    plan: ExportPlan | None = None  # what was asked for, checked
 
     @property
     def precision(self) -> Precision:
@@ -131,9 +100,25 @@ class ExportResult:
         return self.metadata.dynamic
 
     @property
+    def served(self) -> Served:
+        return self.metadata.serves
+
+    @property
+    def conv_macs_onnx(self) -> int:
+        return int(self.cross_check.onnx_conv_macs or 0)
+
+    @property
+    def conv_macs_fvcore(self) -> int:
+        return self.cross_check.fvcore_conv_macs
+
+    @property
+    def conv_macs_flop_counter(self) -> int:
+        return self.cross_check.flop_counter_conv_macs
+
+    @property
     def conv_macs_match(self) -> bool:
         """The three conv counts are equal (an export whose counts differ is refused)."""
-        return self.conv_macs_fvcore == self.conv_macs_flop_counter == self.conv_macs_onnx
+        return self.cross_check.agree
 
     def failure(self) -> str | None:
         if self.passed or self.verification is None:
@@ -146,7 +131,7 @@ class ExportResult:
         m = self.metadata
         return {
             **neck_header(m.spec, m.input_size, m.batch),
-            "format": "onnx",  # the one format (--onnx)
+            "format": "onnx",
             "path": str(self.path),
             "written": self.written,
             "bytes": self.nbytes,
@@ -155,6 +140,7 @@ class ExportResult:
             "serves": m.serves_text(),
             "precision": m.precision.value,
             "calibration": _calibration(m),
+            "upsample": m.upsample.value,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "weights": m.weights.to_dict(),
@@ -181,6 +167,7 @@ class ExportResult:
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("precision", precision_text(m)),
+            ("upsample", m.upsample_text()),
             ("serves", m.serves_text()),
             ("shapes", shape),
             ("inputs", "\n".join(map(str, self.inputs))),
@@ -255,14 +242,11 @@ def served_by(spec: NeckSpec, model: nn.Module | None = None, *,
     """What a dynamic export of ``spec`` serves: the family says, or (a custom neck) the
     module is run once at an odd size in PyTorch: every size if that works, else
     multiples of the coarsest stride."""
-    if not dynamic:
-        return Served.static()
-    levels = spec.info.levels
-    if levels is not None:
-        return Served(Images.ANY, levels)
-    if model is not None and not _runs_at_odd_sizes(model, spec):
+    served = planned_served(spec, dynamic)
+    if served.dynamic and spec.info.levels is None and model is not None \
+            and not _runs_at_odd_sizes(model, spec):
         return Served(Images.MULTIPLES, LevelRelation.TIED)
-    return Served(Images.ANY, LevelRelation.ONE_IMAGE)
+    return served
 
 
 def _runs_at_odd_sizes(model: nn.Module, spec: NeckSpec) -> bool:
@@ -272,7 +256,7 @@ def _runs_at_odd_sizes(model: nn.Module, spec: NeckSpec) -> bool:
         spec.check_size(size)
     except SpecError:
         return False
-    inputs = make_inputs(spec, size, 1, seed=0)
+    inputs = input_tensors(spec, size, 1, seed=0)
     try:
         with torch.no_grad():
             outs = model(inputs)
@@ -337,50 +321,6 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
         return program.model_proto
 
 
-def check_export_request(spec: NeckSpec, *, opset: int, dynamic: bool,
-                         served: Served | None = None) -> None:
-    """Reject an opset or a traced size the export cannot honour, before any work (a size
-    only for a file that serves multiples of the coarsest stride)."""
-    if not is_int(opset) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise InputError(f"opset {opset!r} is not supported; use {MIN_OPSET} to {MAX_OPSET} "
-                         f"(default {DEFAULT_OPSET})")
-    h, w = spec.input_size
-    stride = spec.input_strides[-1]
-    if dynamic and served is not None and served.images is Images.MULTIPLES \
-            and (h % stride or w % stride):
-        lo_h, lo_w = max(stride, h // stride * stride), max(stride, w // stride * stride)
-        raise InputError(
-            f"{spec.label} does not run at image sizes that are no multiples of the coarsest "
-            f"stride {stride} in PyTorch, so a dynamic export serves multiples of {stride} "
-            f"and is traced at one; {h}x{w} is not. Use --input-size {lo_h}x{lo_w} or "
-            f"{lo_h + stride if h % stride else lo_h}x{lo_w + stride if w % stride else lo_w}"
-            f", or --static for {h}x{w} only")
-
-
-def check_export(spec: NeckSpec, *, batch: int, opset: int, dynamic: bool,
-                 precision: Precision | str, calibration: int | None,
-                 options: VerifyOptions | None) -> tuple[int, Precision, int | None, Served]:
-    """Everything that can be wrong with an export of ``spec``, checked before any work:
-    batch, opset, traced size, precision and calibration, the memory it needs and, when
-    ``options`` is given (verification on), the outputs they name and the provider.
-
-    Returns:
-        The checked batch, precision, calibration and what a dynamic file would serve.
-    """
-    batch = check_batch(batch)
-    precision, calibration = check_precision(precision, calibration)
-    served = served_by(spec, dynamic=dynamic)
-    check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
-    need = export_bytes(spec, spec.input_size, batch)
-    if calibration:  # ONNX Runtime's calibrator keeps every batch's activations
-        need += calibration * forward_bytes(spec, spec.input_size, batch)
-    require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
-    if options is not None:
-        options.check_outputs(spec.output_names)
-        resolve_provider(options.provider)
-    return batch, precision, calibration, served
-
-
 # -- the export ------------------------------------------------------------------------
 def export_onnx(
     neck: str | NeckSpec,
@@ -389,17 +329,21 @@ def export_onnx(
     batch: int = 1,
     dynamic: bool = True,
     opset: int = DEFAULT_OPSET,
-    seed: int = 0,
-    weights: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    weights: str | os.PathLike[str] | WeightsRequest | None = None,
     prefix: str | None = None,
     verify: bool = True,
     options: VerifyOptions | None = None,
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
+
+    Builds an :class:`~necktool.deploy.plan.ExportPlan` (every check) and runs it
+    (:func:`run_export`).
 
     Args:
         neck: A preset name, an import path or a :class:`NeckSpec`.
@@ -408,8 +352,11 @@ def export_onnx(
         dynamic: Dynamic batch, height and width (every image size from the coarsest
             stride up; see :mod:`necktool.deploy.serving`); ``False`` fixes the export size.
         opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
-        seed: Weight init seed when ``weights`` is not given (norms randomised too).
-        weights: A ``.pt``/``.pth`` state dict, loaded strictly (see ``load_weights``).
+        seed: Weight init seed when ``weights`` is not given (norms randomised too;
+            default 0).
+        weights: A ``.pt``/``.pth`` state dict, loaded strictly (see ``load_weights``), or
+            a :class:`~necktool.deploy.metadata.WeightsRequest` (which then holds the seed
+            and prefix too).
         prefix: Key prefix selecting the neck in ``weights`` (e.g. ``"fpn."``).
         verify: Compare ONNX Runtime with PyTorch before writing.
         options: Verification tolerances, error statistic, trials and provider; tolerances
@@ -419,25 +366,51 @@ def export_onnx(
         calibration: int8 only: seeded calibration batches (default
             :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
-            steps are :func:`export_steps`).
+            steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
+        upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
+            level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
+            which converters that freeze a size-computed Resize keep). The numbers, the
+            FLOPs (counted on the ``size`` form) and the conv MACs are the same.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
-        The result; the file is at ``result.path``.
+        The result; the file is at ``result.path``. When ONNX Runtime disagrees with
+        PyTorch the result is falsy, ``written`` is ``False`` and the destination is left
+        untouched (no exception: ``result.failure()`` says why).
 
     Raises:
-        InputError: bad destination, opset, size, precision or provider (nothing done).
+        InputError: bad destination, opset, size, precision, provider or upsample form
+            (nothing done).
         WeightsError: the weights file does not fit.
         ExportError: the exporter, the conversion or a check failed (nothing written).
-        VerificationFailed: ONNX Runtime disagrees (nothing written; ``.result`` has the
-            report).
 
     Example:
         >>> result = export_onnx("scrfd_2.5g", "/tmp/scrfd.onnx", input_size=(320, 320))
         >>> result.verification.passed, result.inputs[0].shape
         (True, ('batch', 48, 'H_div8', 'W_div8'))
     """
-    options = options or VerifyOptions()
+    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
+        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
+    plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
+                            weights=request, verify=verify, options=options,
+                            precision=precision, calibration=calibration,
+                            upsample=upsample, **overrides)
+    return run_export(plan, on_step=on_step)
+
+
+def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
+               ) -> ExportResult:
+    """Run a checked plan: build, count, export, check, convert, verify, then write.
+
+    Nothing the plan holds is checked again. When verification fails the result is falsy
+    (``written=False``, the destination untouched); that is no exception.
+
+    Raises:
+        WeightsError: the weights file does not fit.
+        ExportError: the exporter, the conversion or a check failed (nothing written).
+        InputError: a custom neck's file would serve multiples of the coarsest stride
+            and the traced size is none.
+    """
     step = on_step or (lambda _name: None)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -449,65 +422,67 @@ def export_onnx(
         clock = now
         step(name)
 
-    # Everything that can be wrong with the request is reported before any work.
-    spec = resolve_spec(neck, **overrides)
-    batch, precision, calibration, served = check_export(
-        spec, batch=batch, opset=opset, dynamic=dynamic, precision=precision,
-        calibration=calibration, options=options if verify else None)
-    dest = check_writable(output if output is not None else f"{spec.label}.onnx",
-                          "the ONNX file")
-
-    model, source = make_model(spec, seed=seed, prefix=prefix,
-                               weights=None if weights is None else pathlib.Path(weights))
-    if dynamic and spec.info.levels is None:  # a custom neck: can it run at every size?
-        served = served_by(spec, model)
-        check_export_request(spec, opset=opset, dynamic=dynamic, served=served)
+    spec, batch, precision = plan.spec, plan.batch, plan.precision
+    model, source = make_model(spec, plan.weights)
+    if plan.upsample is not Upsample.SIZE \
+            and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
+        raise InputError(f"--upsample {plan.upsample.value} rewrites necktool's UpsampleAdd "
+                         f"modules, and {spec.label} has none (it upsamples in its own code); "
+                         f"leave --upsample at {Upsample.SIZE.value}")
+    if plan.probe:  # a custom neck: can it run at every size?
+        plan = plan.with_served(served_by(spec, model))
+    served = plan.served
     done("build")
     with reference_threads():  # a traced forward: no fast kernels needed
         counted = analyze(model, spec, spec.input_size, batch)
     done("count")
-    inputs = make_inputs(spec, spec.input_size, batch, seed=0)
-    proto = export_model(model, spec, inputs, dynamic=dynamic, opset=opset, served=served)
+    # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
+    # would count a scale2 upsample's uncropped 2x output). Verification then compares the
+    # file with the module in the form it was exported in.
+    set_upsample(model, plan.upsample)
+    inputs = input_tensors(spec, spec.input_size, batch, seed=0)
+    proto = export_model(model, spec, inputs, dynamic=plan.dynamic, opset=plan.opset,
+                         served=served)
     done("export")
 
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
-    onnx_macs = conv_macs(proto, input_shapes)
-    fvcore_macs = int(counted.operators.get("conv", 0))
+    cross_check = counted.cross_check.with_onnx(conv_macs(proto, input_shapes))
     meta = ExportMetadata(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
-        batch=batch, dynamic=dynamic, opset=opset, flops=counted.flops,
-        params=counted.params, conv_macs=onnx_macs, weights=source, exporter=exporter_name(),
-        precision=precision, served=served, calibration=calibration)
+        batch=batch, dynamic=plan.dynamic, opset=plan.opset, flops=counted.flops,
+        params=counted.params, conv_macs=int(cross_check.onnx_conv_macs or 0),
+        weights=source, exporter=exporter_name(), precision=precision, served=served,
+        calibration=plan.calibration, upsample=plan.upsample)
     _stamp(proto, meta)
     _check_model(proto)
-    counter_macs = counted.cross_check.flop_counter_conv_macs
-    if not onnx_macs == fvcore_macs == counter_macs:
-        raise ExportError(f"conv multiply-adds differ: {onnx_macs:,} in the ONNX graph vs "
-                          f"{fvcore_macs:,} from fvcore vs {counter_macs:,} from "
-                          f"{CROSS_CHECK} at {size_text(spec.input_size)}; nothing written")
+    if not cross_check.agree:
+        raise ExportError(f"conv multiply-adds differ: {cross_check.onnx_conv_macs:,} in the "
+                          f"ONNX graph vs {cross_check.fvcore_conv_macs:,} from fvcore vs "
+                          f"{cross_check.flop_counter_conv_macs:,} from {CROSS_CHECK} at "
+                          f"{size_text(spec.input_size)}; nothing written")
     done("check")
     if precision is not Precision.FP32:
         proto = convert(proto, precision, spec=spec,
                         shapes=calibration_shapes(spec, spec.input_size, batch, served),
-                        calibration=calibration or DEFAULT_CALIBRATION)
+                        calibration=plan.calibration or DEFAULT_CALIBRATION)
         _stamp(proto, meta)
         _check_model(proto, f"the {precision.value} graph")
         done("convert")
     data = proto.SerializeToString()
-    result = ExportResult(dest, meta, tensor_infos(proto.graph.input),
-                          tensor_infos(proto.graph.output), onnx_macs, fvcore_macs,
-                          counter_macs, None, False, seconds, nbytes=len(data))
+    result = ExportResult(plan.output, meta, tensor_infos(proto.graph.input),
+                          tensor_infos(proto.graph.output), cross_check, None, False,
+                          seconds, nbytes=len(data), plan=plan)
 
-    if verify:
-        verification = compare_onnx(
-            data, model, spec, cases=default_cases(spec, spec.input_size, batch, served),
-            options=options, weights=source.describe(), dynamic=dynamic, precision=precision)
-        verification = dataclasses.replace(verification, path=str(dest))
+    if plan.options is not None:
+        verification = run_comparison(
+            data, model, spec, cases=plan.cases, options=plan.options,
+            weights=source.describe(), dynamic=plan.dynamic, precision=precision,
+            path=str(plan.output))
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:
-            raise VerificationFailed(result.failure() or "verification failed", result)
-    write_file(dest, data, "the ONNX file")
+            return result  # falsy: nothing written, the destination untouched
+    write_file(plan.output, data, "the ONNX file")
     done("write")
     return dataclasses.replace(result, written=True)
 

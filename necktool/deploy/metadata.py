@@ -2,24 +2,28 @@
 
 * :class:`ExportMetadata`: the ``necktool.*`` ``metadata_props`` an export writes (the
   version, the resolved spec, the export size and batch, the sizes the file serves, its
-  precision, the counts, the weights' origin) and reads back defensively: a file whose
-  metadata is missing, of the wrong shape or too large is "not a necktool file, or its
-  necktool metadata is damaged"; a file without the newer keys reads as what an older
-  necktool wrote (fp32, serving multiples of the coarsest stride when dynamic).
+  precision and upsample form, the counts, the weights' origin) and reads back
+  defensively: a file whose metadata is missing, of the wrong shape or too large is "not a
+  necktool file, or its necktool metadata is damaged"; a file without the newer keys reads
+  as what an older necktool wrote (fp32, ``size`` upsampling, serving multiples of the
+  coarsest stride when dynamic).
 * :func:`describe`: the graph's opset, inputs and outputs; :func:`conv_macs`: the graph's
-  own conv multiply-add count, from ONNX shape inference.
+  own conv multiply-add count, from ONNX shape inference (:func:`static_shapes`, which sees
+  through ``GroupNormalization`` and Shape-fed Slices).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.options import MAX_CALIBRATION, Precision
+from necktool.deploy.options import MAX_CALIBRATION, Precision, Upsample
 from necktool.deploy.serving import Served
 from necktool.errors import ExportError, InputError, NecktoolError
 from necktool.spec.fields import BadValue, SizeKind, describe_value, is_int, parse_int_text
@@ -36,15 +40,89 @@ META = "necktool."  # prefix of every metadata_props key necktool writes
 MAX_META_VALUE = 64 * 1024  # bytes of one metadata value necktool will parse
 MAX_META_DEPTH = 8  # nesting of the JSON inside a metadata value
 SEEDED_INIT = "necktool-seeded-v1: build_neck(seed) + randomize_norms(seed)"
+#: Ops whose output has the shape of their first input, for which onnx (1.23) has no
+#: shape inference: from opset 21 the exporter writes GroupNorm as one
+#: ``GroupNormalization`` node, and without this every shape after it stays unknown.
+SAME_SHAPE_OPS = frozenset({"GroupNormalization"})
 
 
 class DamagedMetadata(InputError):
     """The file's ``necktool.*`` metadata is there but cannot be trusted."""
 
 
+class WeightsKind(enum.StrEnum):
+    """What a weights request reads: nothing (a seed), a checkpoint or an ONNX file."""
+
+    SEED = "seed"  # drawn from a seed (see SEEDED_INIT)
+    CHECKPOINT = "checkpoint"  # a .pt/.pth state dict (torch.load(weights_only=True))
+    ONNX = "onnx"  # a detector or neck ONNX file's initializers (not loaded yet)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRequest:
+    """Where a command's weights should come from: the one request type from the CLI's
+    ``--seed``/``--weights``/``--prefix`` to :func:`necktool.necks.weights.make_model`.
+
+    ``None`` means "not given": a command fills it (``export``: seed 0; ``verify``: what
+    the file records). A file wins over a seed. What was actually loaded is recorded as a
+    :class:`WeightSource` (with the file's SHA-256).
+
+    Example:
+        >>> WeightsRequest(path=pathlib.Path("det.onnx")).kind.value
+        'onnx'
+    """
+
+    seed: int | None = None
+    path: pathlib.Path | None = None
+    prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, pathlib.Path):
+            object.__setattr__(self, "path", pathlib.Path(self.path))
+
+    @property
+    def kind(self) -> WeightsKind:
+        if self.path is None:
+            return WeightsKind.SEED
+        return WeightsKind.ONNX if self.path.suffix.lower() == ".onnx" \
+            else WeightsKind.CHECKPOINT
+
+    @property
+    def given(self) -> bool:
+        """A seed or a file was asked for."""
+        return self.seed is not None or self.path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What decides the weights (a plan's content hash): the seed, or the file's kind,
+        SHA-256 and prefix (not its path: the same bytes elsewhere are the same weights)."""
+        if self.path is None:
+            return {"kind": WeightsKind.SEED.value, "seed": self.seed or 0}
+        return {"kind": self.kind.value, "sha256": file_sha256(self.path),
+                "prefix": self.prefix}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes.
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
-    """How a model's weights were made; written into an exported file's metadata."""
+    """How a model's weights were made; written into an exported file's metadata (the
+    record of what a :class:`WeightsRequest` loaded)."""
 
     source: str  # "seed" or "file"
     seed: int | None = None
@@ -74,6 +152,12 @@ class WeightSource:
             raise ValueError("weights stripped must be a list of strings")
         return cls(source=data["source"], seed=seed, stripped=tuple(stripped), **strings)
 
+    def request(self) -> WeightsRequest:
+        """The request that makes these weights again."""
+        if self.source == "seed":
+            return WeightsRequest(seed=self.seed or 0)
+        return WeightsRequest(path=pathlib.Path(self.path or ""), prefix=self.prefix)
+
     def describe(self) -> str:
         if self.source == "seed":
             return f"seed {self.seed} (norms and biases randomised too)"
@@ -100,6 +184,7 @@ class ExportMetadata:
     precision: Precision = Precision.FP32
     served: Served | None = None  # None: what an older file serves (Served.legacy)
     calibration: int | None = None  # int8: the calibration batches
+    upsample: Upsample = Upsample.SIZE  # absent in older files: size, the only form then
 
     @property
     def serves(self) -> Served:
@@ -111,6 +196,13 @@ class ExportMetadata:
     def serves_text(self) -> str:
         """Exactly which inputs the file serves, in one sentence."""
         return self.serves.describe(self.spec, self.input_size, self.batch)
+
+    def upsample_text(self) -> str:
+        """How the file writes nearest upsampling, in one phrase."""
+        if self.upsample is Upsample.SCALE2:
+            return ("scale2: a constant x2 Resize, then a Slice to the finer level's size "
+                    "(the same numbers as size wherever each level is ceil(finer / 2))")
+        return "size: a Resize to the finer level's size, taken from its Shape"
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ``ModelProto.metadata_props`` (JSON where structured)."""
@@ -128,6 +220,7 @@ class ExportMetadata:
             f"{META}precision": self.precision.value,
             **({f"{META}calibration": str(self.calibration)}
                if self.calibration is not None else {}),
+            f"{META}upsample": self.upsample.value,
             f"{META}opset": str(self.opset),
             f"{META}flops": str(self.flops),
             f"{META}flops_unit": f"{UNIT} ({UNIT_NOTE}) at {h}x{w}, batch {self.batch}",
@@ -175,6 +268,12 @@ class ExportMetadata:
             raise reader.damaged("precision", f"{precision_text[:40]!r} is not one of "
                                  f"{', '.join(Precision)}") from None
         calibration = reader.integer("calibration", 1, MAX_CALIBRATION, default=0) or None
+        upsample_text = reader.text("upsample", default=Upsample.SIZE.value)
+        try:
+            upsample = Upsample(upsample_text)
+        except ValueError:
+            raise reader.damaged("upsample", f"{upsample_text[:40]!r} is not one of "
+                                 f"{', '.join(Upsample)}") from None
         return cls(
             version=reader.text("version"),
             neck=neck,
@@ -191,6 +290,7 @@ class ExportMetadata:
             precision=precision,
             served=served,
             calibration=calibration,
+            upsample=upsample,
         )
 
 
@@ -353,13 +453,42 @@ def conv_macs(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]) -> 
     """Conv multiply-adds of the graph at the given input shapes, from shape inference.
 
     Each Conv contributes ``N * Cout * Hout * Wout * (Cin / groups) * kh * kw``: the
-    output's element count times the weight's per-output-channel size.
+    output's element count times the weight's per-output-channel size (shapes from
+    :func:`static_shapes`).
 
     Raises:
         ExportError: a Conv's output or weight shape cannot be inferred.
     """
+    shapes = static_shapes(model, input_shapes)
+    total = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+        if not out or not weight:
+            raise ExportError(f"shape inference left Conv {node.name or node.output[0]!r} "
+                              "without a static shape; cannot count its MACs")
+        total += math.prod(out) * math.prod(weight[1:])
+    return total
+
+
+def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]
+                  ) -> dict[str, list[int] | None]:
+    """Every value's shape at the given input shapes (``None`` where it stays unknown),
+    from ONNX shape inference with data propagation on a copy of the graph.
+
+    Two things onnx (1.23) cannot see through are made visible in the copy, without
+    changing any shape:
+
+    * an op of :data:`SAME_SHAPE_OPS` (its output has its first input's shape, but onnx
+      has no shape inference for it) becomes an ``Identity`` of its first input;
+    * a ``Shape`` of a tensor whose shape is known becomes a ``Constant``: a Slice whose
+      ``ends`` come from a Shape op (``--upsample scale2``'s crop to the finer level) gets
+      no output shape from propagated data, only from constants. Inference runs again
+      while a pass folds a ``Shape`` (a shape may become known only after one is folded).
+    """
     import onnx
-    from onnx import shape_inference
+    from onnx import helper, shape_inference
 
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -373,21 +502,35 @@ def conv_macs(model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]) -> 
     for value in fixed.graph.output:
         for dim in value.type.tensor_type.shape.dim:
             dim.Clear()
-    inferred = shape_inference.infer_shapes(fixed, data_prop=True)
-    shapes: dict[str, list[int] | None] = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value for d in dims] \
-            if all(d.HasField("dim_value") for d in dims) else None
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    total = 0
-    for node in inferred.graph.node:
-        if node.op_type != "Conv":
-            continue
-        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
-        if not out or not weight:
-            raise ExportError(f"shape inference left Conv {node.name or node.output[0]!r} "
-                              "without a static shape; cannot count its MACs")
-        total += math.prod(out) * math.prod(weight[1:])
-    return total
+    for node in fixed.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in SAME_SHAPE_OPS:
+            data = node.input[0]
+            del node.input[:]
+            del node.attribute[:]
+            node.input.append(data)
+            node.op_type = "Identity"
+    while True:
+        inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+        shapes: dict[str, list[int] | None] = {}
+        for value in [*inferred.graph.value_info, *inferred.graph.output,
+                      *inferred.graph.input]:
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = [d.dim_value for d in dims] \
+                if all(d.HasField("dim_value") for d in dims) else None
+        for init in inferred.graph.initializer:
+            shapes[init.name] = list(init.dims)
+        folded = False
+        for node in fixed.graph.node:
+            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") \
+                    or shapes.get(node.input[0]) is None:
+                continue
+            attrs = {a.name: a.i for a in node.attribute}
+            # ONNX's start/end: negative counts from the end, both clamped: Python's slicing.
+            dims = (shapes[node.input[0]] or [])[attrs.get("start", 0):attrs.get("end")]
+            value = helper.make_tensor(node.output[0], onnx.TensorProto.INT64, [len(dims)],
+                                       dims)
+            node.CopyFrom(helper.make_node("Constant", [], [node.output[0]], name=node.name,
+                                           value=value))
+            folded = True
+        if not folded:
+            return shapes

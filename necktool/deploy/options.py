@@ -52,6 +52,26 @@ class Precision(enum.StrEnum):
     INT8 = "int8"  # ONNX Runtime static quantization, QDQ, int8 weights and activations
 
 
+class Upsample(enum.StrEnum):
+    """How an export writes the necks' nearest upsampling (``--upsample``).
+
+    Both give the same numbers wherever level ``k`` is ``ceil(H / s_k)``; they differ in
+    what a converter sees (README, "Upsampling that converters keep").
+    """
+
+    SIZE = "size"  # Resize to the finer level's size, computed from its Shape (PyTorch's form)
+    SCALE2 = "scale2"  # a constant x2 Resize, then a Slice (crop) to the finer level's size
+
+
+def check_upsample(upsample: Upsample | str) -> Upsample:
+    """The upsample form, or an ``InputError`` naming the valid ones."""
+    try:
+        return Upsample(upsample)
+    except ValueError:
+        raise InputError(f"upsample form {str(upsample)[:40]!r} is not one of "
+                         f"{', '.join(Upsample)}") from None
+
+
 #: Default ``(atol, rtol)`` per precision, against the fp32 PyTorch module. Measured on
 #: every preset at its default size and verification's two odd sizes (seeded weights with
 #: randomised norms, 3 trials per case; ``python scripts/precision_table.py``; README's

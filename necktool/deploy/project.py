@@ -23,16 +23,19 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necktool.budgets.config import Budget, BudgetConfig
-from necktool.deploy.export import ExportResult, check_export, export_onnx
-from necktool.deploy.options import Precision, VerifyOptions, check_precision
+from necktool.deploy.metadata import DEFAULT_OPSET, WeightsRequest
+from necktool.deploy.options import Precision, Upsample, VerifyOptions
+from necktool.deploy.plan import ExportPlan, ExportSettings
 from necktool.deploy.serving import Images
-from necktool.deploy.verify import resolve_provider
-from necktool.errors import ConfigError, InputError, NecktoolError, VerificationFailed
+from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.files import check_writable
 from necktool.report import Block, Note, num, size_text, table
+
+if TYPE_CHECKING:
+    from necktool.deploy.export import ExportResult
 
 MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on the usual file systems
 
@@ -123,6 +126,61 @@ def _file_name(config: BudgetConfig, entry: Budget) -> str:
     return f"{name}.onnx"
 
 
+def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
+                settings: ExportSettings) -> ConfigPlan:
+    """Check the export of every budget entry of ``config`` with ``settings`` (checked
+    once, for all of them); nothing is built. Each entry's
+    :class:`~necktool.deploy.plan.ExportPlan` has the content hash a cache of config
+    exports keys on.
+
+    Raises:
+        InputError: the directory is missing or not a directory, a destination cannot be
+            written, an entry's request is invalid.
+        ConfigError: an entry's name cannot be a file name.
+    """
+    folder = pathlib.Path.cwd() if directory is None else pathlib.Path(directory)
+    if not folder.is_dir():
+        state = "does not exist" if not folder.exists() else "is not a directory"
+        raise InputError(f"{folder}: {state}; with no NECK, -o names the directory that gets "
+                         "one <entry name>.onnx per budget entry (create it first)")
+    plans = []
+    for entry in config.budgets:
+        where = f"{config.display_path}: {entry.key_path} ({entry.name})"
+        dest = folder / _file_name(config, entry)
+        try:
+            plan = ExportPlan.for_spec(entry.spec, dest, entry.batch, settings,
+                                       check_output=False)
+        except NecktoolError as exc:
+            _prefix(exc, where)
+            raise
+        plan = dataclasses.replace(plan, output=check_writable(dest, "the ONNX file"))
+        plans.append(EntryPlan(entry.name, entry.key_path, where, plan))
+    return ConfigPlan(config.display_path, folder, tuple(plans))
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPlan:
+    """One budget entry's export, checked."""
+
+    name: str
+    key_path: str
+    where: str  # the entry's place in the config, in front of its errors
+    plan: ExportPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigPlan:
+    """Every entry's export, checked; :attr:`steps` is a progress bar's total."""
+
+    config: str
+    directory: pathlib.Path
+    entries: tuple[EntryPlan, ...]
+
+    @property
+    def steps(self) -> int:
+        return sum(len(e.plan.steps) for e in self.entries)
+
+
 def export_config(
     config: BudgetConfig,
     directory: str | pathlib.Path | None = None,
@@ -135,13 +193,14 @@ def export_config(
     precision: Precision | str = Precision.FP32,
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    upsample: Upsample | str = Upsample.SIZE,
 ) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
     Args:
         config: From :func:`necktool.budgets.config.load_config`.
         directory: Where the files go; default the current directory. Must exist.
-        dynamic, opset, seed, verify, options, precision, calibration: As for
+        dynamic, opset, seed, verify, options, precision, calibration, upsample: As for
             :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
@@ -152,53 +211,33 @@ def export_config(
         ConfigError: an entry's name cannot be a file name (nothing exported), or an
             entry's export failed for another reason than verification.
     """
-    from necktool.deploy.metadata import DEFAULT_OPSET
+    # What applies to every entry is checked once and reported without an entry's place.
+    settings = ExportSettings.check(dynamic=dynamic,
+                                    opset=DEFAULT_OPSET if opset is None else opset,
+                                    weights=WeightsRequest(seed=seed), verify=verify,
+                                    options=options, precision=precision,
+                                    calibration=calibration, upsample=upsample)
+    return run_config(plan_config(config, directory, settings), on_step=on_step)
 
-    options = options or VerifyOptions()
-    opset = DEFAULT_OPSET if opset is None else opset
-    folder = pathlib.Path.cwd() if directory is None else pathlib.Path(directory)
-    if not folder.is_dir():
-        state = "does not exist" if not folder.exists() else "is not a directory"
-        raise InputError(f"{folder}: {state}; with no NECK, -o names the directory that gets "
-                         "one <entry name>.onnx per budget entry (create it first)")
-    # What applies to every entry is reported once, without an entry's place in front.
-    precision, calibration = check_precision(precision, calibration)
-    if verify:
-        resolve_provider(options.provider)
-    plan = []
-    for entry in config.budgets:
-        where = f"{config.display_path}: {entry.key_path} ({entry.name})"
-        dest = folder / _file_name(config, entry)
-        try:
-            check_export(entry.spec, batch=entry.batch, opset=opset, dynamic=dynamic,
-                         precision=precision, calibration=calibration,
-                         options=options if verify else None)
-        except NecktoolError as exc:
-            _prefix(exc, where)
-            raise
-        check_writable(dest, "the ONNX file")
-        plan.append((entry, dest, where))
+
+def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
+               ) -> ConfigExport:
+    """Export every entry of a checked plan (see the module docstring)."""
+    from necktool.deploy.export import run_export  # torch: only once everything is checked
 
     step = on_step or (lambda _label: None)
     done = []
-    for entry, dest, where in plan:
+    for entry in plan.entries:
         def entry_step(name: str, label: str = entry.name) -> None:
             step(f"{label}: {name}")
 
         try:
-            result = export_onnx(
-                entry.spec, dest, batch=entry.batch, dynamic=dynamic, opset=opset, seed=seed,
-                verify=verify, options=options, precision=precision, calibration=calibration,
-                on_step=entry_step)
-        except VerificationFailed as exc:
-            if not isinstance(exc.result, ExportResult):
-                raise
-            result = exc.result
+            result = run_export(entry.plan, on_step=entry_step)
         except NecktoolError as exc:
-            _prefix(exc, where)
+            _prefix(exc, entry.where)
             raise
         done.append(EntryExport(entry.name, entry.key_path, result))
-    return ConfigExport(config.display_path, folder, tuple(done))
+    return ConfigExport(plan.config, plan.directory, tuple(done))
 
 
 def _prefix(exc: NecktoolError, where: str) -> None:

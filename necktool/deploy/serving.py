@@ -100,7 +100,8 @@ class Served:
                     f"... * W/{stride})")
         levels = ("each level's H and W are free dimensions, so other level sizes run too"
                   if self.levels is LevelRelation.INDEPENDENT else
-                  "the levels must be these sizes of one image (the bottom-up path ties them)")
+                  "the levels must be these sizes of one image (the graph ties them: a "
+                  "bottom-up path, or a scale2 upsample's crop)")
         return (f"every image H x W from {stride}x{stride} up, any batch; input level k is "
                 f"(batch, C_k, ceil(H/s_k), ceil(W/s_k)) for strides "
                 f"{', '.join(map(str, spec.input_strides))}; {levels}")

@@ -39,27 +39,21 @@ from necktool.deploy.comparison import (
     OutputComparison,
     VerificationResult,
 )
-from necktool.deploy.metadata import (
-    DamagedMetadata,
-    GraphInfo,
-    WeightSource,
-    describe,
-    graph_precision,
-    load_model,
-    read_metadata,
-)
-from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
+from necktool.deploy.metadata import GraphInfo, WeightsRequest
+from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
+from necktool.deploy.plan import VerifyPlan, checked_options, resolve_provider
 from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError, first_line
-from necktool.necks.build import make_inputs
-from necktool.necks.weights import make_model, sha256_of
+from necktool.necks.build import input_tensors
+from necktool.necks.layers import set_upsample
+from necktool.necks.weights import make_model
 from necktool.report import Block, Note, neck_header
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import resolve_spec
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 # Re-exported: the results and cases live in torch-free modules.
-__all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "default_cases"]
+__all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "VerifyPlan",
+           "default_cases", "resolve_provider"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +65,15 @@ class VerifyReport:
     batch: int
     graph: GraphInfo
     verification: VerificationResult
-    serves: str = ""  # which inputs the file serves, in one sentence
+    served: Served | None = None  # which inputs the file serves
+    upsample: Upsample = Upsample.SIZE  # the form the neck was rebuilt in (the file's)
+
+    @property
+    def serves(self) -> str:
+        """Which inputs the file serves, in one sentence."""
+        if self.served is None:
+            return ""
+        return self.served.describe(self.spec, self.spec.input_size, self.batch)
 
     @property
     def passed(self) -> bool:
@@ -105,6 +107,7 @@ class VerifyReport:
             "dynamic": self.graph.dynamic,
             "precision": self.precision.value,
             "serves": self.serves,
+            "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
@@ -113,26 +116,14 @@ class VerifyReport:
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
         if self.serves:
-            out.append(Note(f"{self.path} ({self.precision.value}) serves {self.serves}"))
+            out.append(Note(f"{self.path} ({self.precision.value}, upsample "
+                            f"{self.upsample.value}) serves {self.serves}"))
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
 
 
 # -- running ---------------------------------------------------------------------------
-def resolve_provider(name: str) -> str:
-    """Full ONNX Runtime provider name from ``cpu``/``cuda``/``CPUExecutionProvider``."""
-    ort = quiet.onnxruntime()
-
-    available = ort.get_available_providers()
-    wanted = name if name.lower().endswith("executionprovider") else f"{name}ExecutionProvider"
-    for provider in available:
-        if provider.lower() == wanted.lower():
-            return str(provider)
-    raise InputError(f"ONNX Runtime provider {name!r} is not available here; "
-                     f"available: {', '.join(available)}")
-
-
 ModelSource = str | pathlib.Path | bytes  # a file, or a serialized model still in memory
 
 
@@ -271,17 +262,19 @@ def compare_onnx(
     weights: str = "",
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
+    path: str | None = None,
 ) -> VerificationResult:
-    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
+    """Run ``source`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
 
     Args:
         source: The ONNX file, or its bytes.
         model: The PyTorch neck it should match (eval mode, fp32).
         spec: The neck's spec (channels and strides make the inputs).
         cases: Input shapes to compare at (see :func:`default_cases`).
-        options: Tolerances, error statistic, trials per case and provider; tolerances
+        options: Tolerances, error statistic, trials and provider; tolerances
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
+        path: The file the result names (default: ``source`` when it is a file, else "").
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
     whose note quotes ORT's error.
@@ -291,21 +284,47 @@ def compare_onnx(
             neck's inputs and outputs, or a tolerance names an output it does not have.
     """
     precision = Precision(precision)
-    options = options.resolved(precision)
-    provider = resolve_provider(options.provider)
-    session = open_session(source, provider)
+    options = checked_options(options, precision)
+    return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
+                          dynamic=dynamic, precision=precision, path=path, check_outputs=True)
+
+
+def run_comparison(
+    source: ModelSource,
+    model: nn.Module,
+    spec: NeckSpec,
+    *,
+    cases: Sequence[Case],
+    options: VerifyOptions,
+    weights: str,
+    dynamic: bool,
+    precision: Precision,
+    path: str | None = None,
+    check_outputs: bool = False,
+    on_case: Callable[[str], None] | None = None,
+) -> VerificationResult:
+    """:func:`compare_onnx` with ``options`` already checked by a plan (tolerances
+    resolved, the provider's full name, tolerances naming outputs the file has):
+    nothing is checked again unless ``check_outputs``."""
+    session = open_session(source, options.provider)
     n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
     if n_in != spec.num_inputs or n_out != spec.num_levels:
         raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
     out_names = [o.name for o in session.get_outputs()]
-    options.check_outputs(out_names)
+    if check_outputs:
+        options.check_outputs(out_names)
+    results = []
     with reference_threads():
-        results = [_compare_case(session, model, spec, c, case, out_names, options, source)
-                   for c, case in enumerate(cases)]
-    path = "" if isinstance(source, bytes) else str(source)
-    return VerificationResult(path, spec.label, options, provider, dynamic, weights,
+        for c, case in enumerate(cases):
+            results.append(_compare_case(session, model, spec, c, case, out_names, options,
+                                         source))
+            if on_case is not None:
+                on_case(case.title)
+    if path is None:
+        path = "" if isinstance(source, bytes) else str(source)
+    return VerificationResult(path, spec.label, options, options.provider, dynamic, weights,
                               tuple(results), precision)
 
 
@@ -316,7 +335,7 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
     seeds = tuple(INPUT_SEED + 100 * c + t for t in range(options.trials))
     merged: list[OutputComparison] = []
     for s in seeds:
-        inputs = make_inputs(spec, case.input_size, case.batch, seed=s)
+        inputs = input_tensors(spec, case.input_size, case.batch, seed=s)
         _check_static_shapes(session, inputs, source)
         ref = _run_torch(model, inputs)
         got = _run_ort(session, inputs)
@@ -350,13 +369,17 @@ def verify_onnx(
     *,
     neck: str | NeckSpec | None = None,
     seed: int | None = None,
-    weights: str | pathlib.Path | None = None,
+    weights: str | pathlib.Path | WeightsRequest | None = None,
     prefix: str | None = None,
     batch: int | None = None,
     options: VerifyOptions | None = None,
+    upsample: Upsample | str | None = None,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
+
+    Builds a :class:`~necktool.deploy.plan.VerifyPlan` (every check) and runs it
+    (:func:`run_verify`).
 
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
@@ -364,11 +387,14 @@ def verify_onnx(
             unless ``weights`` holds a neck :mod:`necktool.necks.identify` recognises; and for a
             custom neck: the file's import path is imported only when ``neck`` names the
             same one.
-        seed, weights, prefix: Override how the weights are made (default: as recorded).
+        seed, weights, prefix: Override how the weights are made (default: as recorded);
+            ``weights`` may be a :class:`~necktool.deploy.metadata.WeightsRequest`.
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
             one, or converted after export, what its graph holds).
+        upsample: The form the neck is rebuilt in (``size`` or ``scale2``); default: the
+            file's (its metadata; ``size`` for a file without one).
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -382,63 +408,30 @@ def verify_onnx(
         >>> report = verify_onnx("scrfd_2.5g.onnx")  # doctest: +SKIP
         >>> bool(report), report.summary()  # doctest: +SKIP
     """
-    options = options or VerifyOptions()
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
-    proto = load_model(str(file))
-    try:
-        meta = read_metadata(proto)
-    except DamagedMetadata:
-        if neck is None:
-            raise
-        meta = None  # the user says what the file holds; the metadata is not needed
-    recorded = meta.spec.factory if meta is not None else None
-    if recorded is not None and neck is None:  # a file's import path is no permission to run it
-        raise InputError(
-            f"{str(file)!r} records the custom neck {recorded!r}; necktool imports a "
-            f"module only when you name it: pass --neck {recorded} to allow it")
-    if meta is not None and (neck is None or neck == recorded):
-        spec = meta.spec.replace(**overrides)
-        source = meta.weights
-    elif neck is not None:
-        spec = resolve_spec(neck, **overrides)
-        source = WeightSource("seed", seed=seed or 0)
-    elif weights is not None:  # no metadata, but the weights say which neck they hold
-        from necktool.necks.identify import identify_checkpoint
+    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
+        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
+    plan = VerifyPlan.build(path, neck=neck, weights=request, batch=batch, options=options,
+                            upsample=upsample, **overrides)
+    return run_verify(plan)
 
-        found = identify_checkpoint(weights, prefix)
-        spec = found.neck_spec.replace(**overrides)
-        prefix = prefix or found.load_prefix
-        source = WeightSource("file", path=str(weights), prefix=prefix)
-    else:
-        raise InputError(
-            f"{str(file)!r} carries no necktool metadata (it was not written by 'necktool "
-            "export'); pass --neck NAME and the build flags that describe the neck it holds, "
-            "or --weights FILE holding a neck necktool recognises")
-    if seed is not None:
-        source = WeightSource("seed", seed=seed)
-    if weights is not None:
-        source = WeightSource("file", path=str(weights), prefix=prefix)
-    elif source.source == "file":
-        weights_file = pathlib.Path(source.path or "")
-        if not weights_file.is_file() or sha256_of(weights_file) != source.sha256:
-            raise InputError(f"{str(file)!r} was exported from weights file {source.path!r} "
-                             f"(sha256 {str(source.sha256)[:12]}...), which is not there or "
-                             "has changed; pass --weights FILE (and --prefix)")
-    model, source = make_model(spec, seed=source.seed or 0, weights=source.path,
-                               prefix=source.prefix if source.source == "file" else None)
-    graph = describe(proto)
-    if batch is None:
-        batch = meta.batch if meta is not None and neck is None else 1
-    served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \
-        else Served.legacy(graph.dynamic)
-    # The metadata's precision; the graph's for a file without it or converted afterwards.
-    in_graph = graph_precision(proto)
-    precision = meta.precision if meta is not None and in_graph is Precision.FP32 else in_graph
-    cases = default_cases(spec, spec.input_size, batch, served)
-    verification = compare_onnx(file, model, spec, cases=cases, options=options,
-                                weights=source.describe(), dynamic=graph.dynamic,
-                                precision=precision)
-    return VerifyReport(str(file), spec, batch, graph, verification,
-                        served.describe(spec, spec.input_size, batch))
+
+def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
+               ) -> VerifyReport:
+    """Run a checked plan: make the PyTorch module, compare the file with it case by case.
+
+    ``on_case`` is called with each case's title once compared (a progress bar of
+    :attr:`~necktool.deploy.plan.VerifyPlan.steps`).
+
+    Raises:
+        WeightsError: the weights cannot be loaded.
+        InputError: ONNX Runtime cannot load the file, or it does not have the neck's
+            inputs and outputs.
+    """
+    model, source = make_model(plan.spec, plan.weights)
+    set_upsample(model, plan.upsample)  # the file's own form: compare like with like
+    verification = run_comparison(plan.path, model, plan.spec, cases=plan.cases,
+                                  options=plan.options, weights=source.describe(),
+                                  dynamic=plan.graph.dynamic, precision=plan.precision,
+                                  path=str(plan.path), on_case=on_case)
+    return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
+                        plan.served, plan.upsample)

@@ -28,7 +28,8 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
         >>> [tuple(p.shape) for p in neck(make_inputs(neck.spec))]
         [(1, 32, 80, 80), (1, 32, 40, 40), (1, 32, 20, 20)]
     """
-    spec = resolve_spec(neck, **overrides)
+    spec = neck if isinstance(neck, NeckSpec) and not overrides \
+        else resolve_spec(neck, **overrides)  # a spec is already valid
     require(FLOAT32 * param_bound(spec), f"building {spec.label}")
     builder = spec.info.load_builder()
     with torch.random.fork_rng(devices=[]):
@@ -58,6 +59,13 @@ def make_inputs(
     """
     size = input_size or spec.input_size
     require_forward(spec, size, batch)
+    return input_tensors(spec, size, batch, seed=seed)
+
+
+def input_tensors(spec: NeckSpec, input_size: tuple[int, int], batch: int, *,
+                  seed: int | None) -> list[torch.Tensor]:
+    """:func:`make_inputs` for a size and batch already checked (a plan's): no checks."""
+    size = input_size
     shapes = [(batch, c, h, w) for c, (h, w) in zip(spec.in_channels, spec.input_sizes(size),
                                                     strict=True)]
     if seed is None:

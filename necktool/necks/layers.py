@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from necktool.deploy.options import Upsample
 from necktool.spec.fields import Activation, Norm
 
 # Child names of the SCRFD seed's ConvGNReLU; a BN or norm-free block keeps the seed's
@@ -57,15 +58,45 @@ def conv_norm_act(
 
 
 class UpsampleAdd(nn.Module):
-    """``fine + nearest_upsample(coarse, size=fine's size)``; holds no parameters.
+    """``fine + nearest_upsample(coarse)`` to the finer map's size; holds no parameters.
 
     A module rather than an inline expression so profilers attribute the fusion ops to
-    a named stage. Resizing to the finer map's exact size (not ``scale_factor=2``) is what
-    both seeds do, and it keeps odd sizes such as 640x480 -> 15 -> 30 consistent.
+    a named stage. ``form`` is how the upsample is written, not what it computes (an export
+    option, never part of the spec, so profiles and checkpoints do not see it):
+
+    * ``size`` (default): ``interpolate(size=fine's size)``, as both seeds and mmdet's FPN
+      do; it keeps odd sizes such as 640x480 -> 15 -> 30 consistent, and exports as a
+      Resize whose ``sizes`` come from a Shape op.
+    * ``scale2``: ``interpolate(scale_factor=2)`` cropped to the finer map's size; exports as
+      a Resize with constant scales and a Slice. Equal to ``size`` whenever the coarse map
+      is ``ceil(fine / 2)`` (every ``ceil(H / stride)`` level pair): for fine size ``f``,
+      ``size`` reads source row ``floor(i * ceil(f/2) / f)``, which is ``i // 2`` for every
+      ``i < f``, the row ``scale2`` reads (tests/test_deploy_upsample.py checks every level
+      size up to a bound, in PyTorch and in ONNX Runtime).
     """
 
+    def __init__(self, form: Upsample | str = Upsample.SIZE) -> None:
+        super().__init__()
+        self.form = Upsample(form)
+
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        if self.form is Upsample.SCALE2:
+            up = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
+            return fine + up[:, :, :fine.size(2), :fine.size(3)]
         return fine + F.interpolate(coarse, size=[fine.size(2), fine.size(3)], mode="nearest")
+
+    def extra_repr(self) -> str:
+        return "" if self.form is Upsample.SIZE else f"form={self.form.value}"
+
+
+def set_upsample(model: nn.Module, form: Upsample | str) -> int:
+    """Write every :class:`UpsampleAdd` of ``model`` in ``form``; returns how many there are
+    (a custom neck that upsamples in its own code has none)."""
+    form = Upsample(form)
+    found = [m for m in model.modules() if isinstance(m, UpsampleAdd)]
+    for module in found:
+        module.form = form
+    return len(found)
 
 
 class Add(nn.Module):

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pathlib
 import warnings
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.deploy.metadata import WeightSource
+from necktool.deploy.metadata import WeightsKind, WeightSource, WeightsRequest, file_sha256
 from necktool.errors import WeightsError, first_line
 from necktool.necks.build import build_neck
 from necktool.spec.neck_spec import NeckSpec
@@ -77,12 +76,7 @@ class WeightsReport:
         return out
 
 
-def sha256_of(path: str | pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = file_sha256  # one SHA-256 of a file, shared with plans' hashes
 
 
 def randomize_norms(model: nn.Module, seed: int) -> nn.Module:
@@ -113,17 +107,23 @@ def seeded_model(spec: NeckSpec, seed: int = 0) -> nn.Module:
     return randomize_norms(build_neck(spec, seed=seed), seed)  # build_neck gives eval mode
 
 
-def make_model(spec: NeckSpec, *, seed: int = 0, weights: str | pathlib.Path | None = None,
-               prefix: str | None = None) -> tuple[nn.Module, WeightSource]:
-    """The neck with weights from ``weights`` (strict) or else from ``seed``.
+def make_model(spec: NeckSpec, weights: WeightsRequest = WeightsRequest()
+               ) -> tuple[nn.Module, WeightSource]:
+    """The neck with weights from ``weights.path`` (strict) or else from ``weights.seed``
+    (default 0), and the record of where they came from.
 
     Raises:
-        WeightsError: the file is missing, unreadable, or its keys do not fit.
+        WeightsError: the file is missing, unreadable, or its keys do not fit; or it is an
+            ONNX file (not a weights source yet).
     """
-    if weights is None:
+    seed = weights.seed or 0
+    if weights.path is None:
         return seeded_model(spec, seed), WeightSource("seed", seed=seed)
+    if weights.kind is WeightsKind.ONNX:
+        raise WeightsError(f"{str(weights.path)!r} is an ONNX file; weights are read from "
+                           ".pt/.pth state dicts")
     model = build_neck(spec, seed=seed)
-    return model, load_weights(model, weights, prefix)
+    return model, load_weights(model, weights.path, weights.prefix)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -242,6 +242,8 @@ class NeckSpec:
         for key in changes:
             if key in FIELD and not info.takes(key):
                 raise _not_taken(key, info, self.label)
+        if not changes:  # a spec is validated when made: nothing to check again
+            return self
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""What a profile, sweep, budget check or bench will do, checked once (torch-free).
+
+A plan is built at the border (the CLI, or a library call such as
+:func:`necktool.profile`) from what the user asked for; building it does every
+validation (the neck resolves, the batch and sizes are in range, the memory fits, the
+timing counts and runtimes make sense), once. Running it
+(:func:`necktool.analysis.profiling.run_profile`, :func:`necktool.analysis.bench.run_bench`)
+trusts it and never checks again.
+
+A plan is frozen and has a stable :meth:`~ProfilePlan.content_hash`: the SHA-256 of a
+canonical JSON of the fields that decide its result (necktool's version is not in it; a
+cache keyed on the hash adds the versions it depends on itself).
+
+Adding an option is one line here (a field, with its default) plus where
+:meth:`BenchPlan.build` (or the caller) fills it; the hash picks it up from
+:meth:`to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.deploy.options import Precision, check_precision
+from necktool.errors import InputError
+from necktool.report import size_text
+from necktool.resources import forward_bytes, require
+from necktool.spec.fields import FIELD, BadValue, is_int
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
+
+Size = tuple[int, int]
+
+
+def content_hash(kind: str, fields: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``{"plan": kind, **fields}`` as canonical JSON (sorted keys, no
+    whitespace): equal for equal plans, in any process and on any machine."""
+    text = json.dumps({"plan": kind, **fields}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def check_batch(batch: int) -> int:
+    """The batch size, range-checked like the ``--batch`` flag."""
+    try:
+        return int(FIELD["batch"].check(batch))
+    except BadValue as exc:
+        raise InputError(f"batch: {exc.message(repr(batch))}") from None
+
+
+def check_count(value: int, what: str, high: int = MAX_RUNS) -> int:
+    """A positive run or thread count, at most ``high``."""
+    if not is_int(value) or not 1 <= value <= high:
+        raise InputError(f"{what} must be an integer from 1 to {high:,}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfilePlan:
+    """One neck profiled at one or more input sizes (``profile``: its input size;
+    ``sweep``: the sweep's sizes; ``check``: a budget entry's size).
+
+    Made directly from a :class:`NeckSpec` (already valid) it checks the batch, the
+    sizes and the memory each forward needs; :meth:`build` resolves a name first.
+
+    Attributes:
+        spec: The resolved neck.
+        batch: Batch size of every forward.
+        sizes: Input sizes ``(H, W)``, distinct, in order; default ``(spec.input_size,)``.
+    """
+
+    spec: NeckSpec
+    batch: int = 1
+    sizes: tuple[Size, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch", check_batch(self.batch))
+        sizes = tuple(dict.fromkeys((int(h), int(w)) for h, w in self.sizes)) \
+            or (self.spec.input_size,)
+        for size in sizes:
+            if size != self.spec.input_size:  # the spec checked its own size
+                self.spec.check_size(size)
+            require(forward_bytes(self.spec, size, self.batch),
+                    f"{self.spec.label} at {size_text(size)}, batch {self.batch},")
+        object.__setattr__(self, "sizes", sizes)
+
+    @classmethod
+    def build(cls, neck: str | NeckSpec, *, input_size: Size | None = None,
+              sizes: Sequence[Size] = (), batch: int = 1, **overrides: Any) -> ProfilePlan:
+        """Resolve ``neck`` with ``overrides`` (``input_size`` among them) and check the
+        rest: the plan of :func:`necktool.profile`."""
+        spec = resolve_spec(neck, input_size=input_size, **overrides)
+        return cls(spec, batch, tuple(sizes))
+
+    @property
+    def steps(self) -> int:
+        """Traces the run makes (one per size): a progress bar's total."""
+        return len(self.sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
+                "sizes": [list(s) for s in self.sizes]}
+
+    def content_hash(self) -> str:
+        """SHA-256 of what decides the profile: the resolved spec and its name, the batch
+        and the sizes (see the module docstring)."""
+        return content_hash("profile", self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPlan:
+    """A latency measurement (see :func:`necktool.bench`), checked.
+
+    Attributes:
+        spec: The resolved neck (its ``input_size`` is the timed size).
+        batch: Batch size.
+        warmup, repeat: Untimed and timed runs per series.
+        threads: Intra-op threads; ``None``: torch's default, read when run.
+        runtimes: What is timed, in order.
+        precisions: ONNX Runtime precisions timed (one series each); empty: fp32, without
+            the error columns.
+        calibration: int8 calibration batches (``None`` without int8).
+        seed: Seed of the weights and inputs.
+    """
+
+    spec: NeckSpec
+    batch: int = 1
+    warmup: int = DEFAULT_WARMUP
+    repeat: int = DEFAULT_REPEAT
+    threads: int | None = None
+    runtimes: tuple[Runtime, ...] = ALL_RUNTIMES
+    precisions: tuple[Precision, ...] = ()
+    calibration: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def build(cls, neck: str | NeckSpec, input_size: Size | None = None, batch: int = 1, *,
+              warmup: int = DEFAULT_WARMUP, repeat: int = DEFAULT_REPEAT,
+              threads: int | None = None, runtimes: Sequence[Runtime | str] | None = None,
+              seed: int = 0, precisions: Sequence[Precision | str] = (),
+              calibration: int | None = None, **overrides: Any) -> BenchPlan:
+        """Every check of :func:`necktool.bench`'s arguments, in its order.
+
+        Raises:
+            InputError: a count, the thread number, a precision or the runtime list is
+                invalid.
+            SpecError: the neck cannot run at ``input_size``, or it does not fit in memory.
+        """
+        check_count(warmup, "warmup")
+        check_count(repeat, "repeat")
+        if threads is not None:
+            check_count(threads, "threads")
+        order = tuple(dict.fromkeys(check_precision(p, None)[0] for p in precisions))
+        if calibration is not None and Precision.INT8 not in order:
+            check_precision(Precision.INT8, calibration)  # its range first, as before
+            raise InputError("--calibration sets the int8 calibration batches; add int8 to "
+                             "--precision")
+        if Precision.INT8 in order:
+            calibration = check_precision(Precision.INT8, calibration)[1]
+        if runtimes is None:
+            runtimes = (Runtime.ONNXRUNTIME,) if order else ALL_RUNTIMES
+        try:
+            chosen = tuple(dict.fromkeys(Runtime(r) for r in runtimes))
+        except ValueError:
+            raise InputError(f"unknown runtime in {list(runtimes)!r}; valid: "
+                             f"{', '.join(r.value for r in Runtime)}") from None
+        if not chosen:
+            raise InputError("no runtime to time; valid: torch, onnxruntime")
+        if order and Runtime.ONNXRUNTIME not in chosen:
+            raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
+        spec = resolve_spec(neck, input_size=input_size, **overrides)
+        batch = check_batch(batch)
+        require(forward_bytes(spec, spec.input_size, batch),
+                f"{spec.label} at {size_text(spec.input_size)}, batch {batch},")
+        return cls(spec, batch, warmup, repeat, threads, chosen, order, calibration, seed)
+
+    @property
+    def series(self) -> tuple[tuple[Runtime, Precision], ...]:
+        """What is timed, in order: torch once, ONNX Runtime once per precision."""
+        return tuple((r, p) for r in self.runtimes
+                     for p in ((Precision.FP32,) if r is Runtime.TORCH
+                               else self.precisions or (Precision.FP32,)))
+
+    @property
+    def steps(self) -> int:
+        """Timed runs in all: a progress bar's total."""
+        return self.repeat * len(self.series)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
+                "warmup": self.warmup, "repeat": self.repeat, "threads": self.threads,
+                "runtimes": [r.value for r in self.runtimes],
+                "precisions": [p.value for p in self.precisions],
+                "calibration": self.calibration, "seed": self.seed}
+
+    def content_hash(self) -> str:
+        """SHA-256 of every field (see the module docstring); timings themselves vary."""
+        return content_hash("bench", self.to_dict())

@@ -1,0 +1,446 @@
+"""What an export will do, checked once at the border (torch-free).
+
+:meth:`ExportPlan.build` turns a request (a neck, a destination, batch, opset, precision,
+calibration, a weights request, verification options) into a frozen plan, doing every
+check an export needs before any work: the neck resolves, the batch, opset, precision
+and calibration are in range, the traced size suits what the file will serve, the memory
+fits, the tolerances name outputs the neck has, the ONNX Runtime provider exists and the
+destination can be written. :func:`necktool.deploy.export.run_export` runs the plan and
+never checks these again; the plan also says what the run will report (:attr:`ExportPlan.steps`,
+a progress bar's total) and where verification compares (:attr:`ExportPlan.cases`).
+
+:meth:`ExportPlan.content_hash` is stable: the SHA-256 of a canonical JSON of the fields
+that decide the file and its verification (the resolved spec, batch, dynamic, opset,
+precision, calibration, the weights' seed or file SHA-256, the verification options and
+what the file serves), not the destination path and not necktool's version (a cache adds
+the versions it depends on).
+
+A new export option is one field of :class:`ExportSettings` (or of :class:`ExportPlan` when
+it depends on the neck) plus the line of :meth:`ExportSettings.check` that checks it and
+its entry in :meth:`~ExportSettings.to_dict`; the CLI passes the flag to the library call,
+and the run reads it from the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+from necktool import quiet
+from necktool.analysis.plan import check_batch, content_hash
+from necktool.deploy.metadata import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    DamagedMetadata,
+    GraphInfo,
+    WeightsRequest,
+    describe,
+    file_sha256,
+    graph_precision,
+    load_model,
+    read_metadata,
+)
+from necktool.deploy.options import (
+    PRECISION_DEFAULTS,
+    Precision,
+    Upsample,
+    VerifyOptions,
+    check_precision,
+    check_upsample,
+)
+from necktool.deploy.serving import Case, Images, LevelRelation, Served, default_cases
+from necktool.errors import InputError
+from necktool.files import check_writable
+from necktool.report import size_text
+from necktool.resources import export_bytes, forward_bytes, require
+from necktool.spec.fields import is_int
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
+
+#: Every step an export can report, in order (:attr:`ExportPlan.steps` drops the ones a
+#: plan skips).
+STEPS = ("build", "count", "export", "check", "convert", "verify", "write")
+
+
+def resolve_provider(name: str) -> str:
+    """Full ONNX Runtime provider name from ``cpu``/``cuda``/``CPUExecutionProvider``.
+
+    Raises:
+        InputError: ONNX Runtime has no such provider here (the message lists those it has).
+    """
+    ort = quiet.onnxruntime()
+
+    available = ort.get_available_providers()
+    wanted = name if name.lower().endswith("executionprovider") else f"{name}ExecutionProvider"
+    for provider in available:
+        if provider.lower() == wanted.lower():
+            return str(provider)
+    raise InputError(f"ONNX Runtime provider {name!r} is not available here; "
+                     f"available: {', '.join(available)}")
+
+
+def checked_options(options: VerifyOptions, precision: Precision) -> VerifyOptions:
+    """``options`` with ``precision``'s default tolerances where none was given and the
+    provider's full name (checked: ONNX Runtime has it here)."""
+    atol, rtol = PRECISION_DEFAULTS[precision]
+    return options.replace(atol=options.atol.filled(atol), rtol=options.rtol.filled(rtol),
+                           provider=resolve_provider(options.provider))
+
+
+def planned_served(spec: NeckSpec, dynamic: bool) -> Served:
+    """What a file of ``spec`` serves, as far as the family says: static, every size, or
+    (a custom neck, until its module is run at an odd size) every size as one image."""
+    if not dynamic:
+        return Served.static()
+    if spec.info.levels is not None:
+        return Served(Images.ANY, spec.info.levels)
+    return Served(Images.ANY, LevelRelation.ONE_IMAGE)
+
+
+def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
+    """What a file serves once its upsampling is ``upsample``: a ``scale2`` crop computes
+    the ``size`` form's numbers only where each level is ``ceil(finer / 2)``, so it ties
+    independent levels to the sizes of one image."""
+    if upsample is Upsample.SCALE2 and served.levels is LevelRelation.INDEPENDENT:
+        return dataclasses.replace(served, levels=LevelRelation.ONE_IMAGE)
+    return served
+
+
+def check_opset(opset: int) -> int:
+    if not is_int(opset) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"opset {opset!r} is not supported; use {MIN_OPSET} to {MAX_OPSET} "
+                         f"(default {DEFAULT_OPSET})")
+    return opset
+
+
+def check_traced_size(spec: NeckSpec, served: Served) -> None:
+    """A file serving multiples of the coarsest stride must be traced at one."""
+    h, w = spec.input_size
+    stride = spec.input_strides[-1]
+    if served.images is Images.MULTIPLES and (h % stride or w % stride):
+        lo_h, lo_w = max(stride, h // stride * stride), max(stride, w // stride * stride)
+        raise InputError(
+            f"{spec.label} does not run at image sizes that are no multiples of the coarsest "
+            f"stride {stride} in PyTorch, so a dynamic export serves multiples of {stride} "
+            f"and is traced at one; {h}x{w} is not. Use --input-size {lo_h}x{lo_w} or "
+            f"{lo_h + stride if h % stride else lo_h}x{lo_w + stride if w % stride else lo_w}"
+            f", or --static for {h}x{w} only")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """What an export request says about every neck it exports, checked once (one neck,
+    or every entry of a budget config). Make it with :meth:`check`.
+
+    Attributes:
+        dynamic: Dynamic batch, height and width.
+        opset: ONNX opset.
+        precision: The file's arithmetic.
+        calibration: int8 calibration batches (``None`` otherwise).
+        weights: Where the weights come from.
+        options: Verification options, tolerances resolved for ``precision`` and the
+            provider's full name; ``None``: no verification.
+        upsample: How the file writes nearest upsampling (``size`` or ``scale2``).
+    """
+
+    dynamic: bool = True
+    opset: int = DEFAULT_OPSET
+    precision: Precision = Precision.FP32
+    calibration: int | None = None
+    weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
+    options: VerifyOptions | None = None
+    upsample: Upsample = Upsample.SIZE
+
+    @classmethod
+    def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
+              weights: WeightsRequest = WeightsRequest(), verify: bool = True,
+              options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
+              calibration: int | None = None,
+              upsample: Upsample | str = Upsample.SIZE) -> ExportSettings:
+        """Raises ``InputError`` for a bad precision, calibration, opset, provider or
+        upsample form."""
+        precision, calibration = check_precision(precision, calibration)
+        check_opset(opset)
+        form = check_upsample(upsample)
+        checked = checked_options(options or VerifyOptions(), precision) if verify else None
+        return cls(bool(dynamic), opset, precision, calibration, weights, checked, form)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dynamic": self.dynamic, "opset": self.opset,
+                "precision": self.precision.value, "calibration": self.calibration,
+                "weights": self.weights.to_dict(), "upsample": self.upsample.value,
+                "verification": None if self.options is None else self.options.to_dict()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """One export, checked (see the module docstring). Make it with :meth:`build` (or
+    :meth:`for_spec`, with settings checked once for several necks).
+
+    Attributes:
+        spec: The resolved neck; its ``input_size`` is the traced size.
+        output: The destination (checked writable).
+        batch: Batch traced (and fixed, for a static file).
+        settings: Dynamic, opset, precision, calibration, weights, verification options.
+        served: What the file serves. For a custom neck exported dynamically this is
+            provisional until its module has run at an odd size (``probe``).
+        probe: Run the (custom) module at an odd size to learn what the file serves.
+    """
+
+    spec: NeckSpec
+    output: pathlib.Path
+    batch: int
+    settings: ExportSettings
+    served: Served
+    probe: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        neck: str | NeckSpec,
+        output: str | os.PathLike[str] | None = None,
+        *,
+        batch: int = 1,
+        dynamic: bool = True,
+        opset: int = DEFAULT_OPSET,
+        weights: WeightsRequest = WeightsRequest(),
+        verify: bool = True,
+        options: VerifyOptions | None = None,
+        precision: Precision | str = Precision.FP32,
+        calibration: int | None = None,
+        upsample: Upsample | str = Upsample.SIZE,
+        **overrides: Any,
+    ) -> ExportPlan:
+        """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
+        for the arguments).
+
+        Raises:
+            UnknownNeckError, SpecError: the neck or a build flag is bad, or the export
+                needs more memory than allowed.
+            InputError: bad batch, opset, traced size, precision, calibration,
+                tolerances, provider or destination.
+        """
+        spec = resolve_spec(neck, **overrides)
+        batch = check_batch(batch)
+        settings = ExportSettings.check(dynamic=dynamic, opset=opset, weights=weights,
+                                        verify=verify, options=options, precision=precision,
+                                        calibration=calibration, upsample=upsample)
+        return cls.for_spec(spec, output, batch, settings)
+
+    @classmethod
+    def for_spec(cls, spec: NeckSpec, output: str | os.PathLike[str] | None, batch: int,
+                 settings: ExportSettings, *, check_output: bool = True) -> ExportPlan:
+        """The checks that depend on the neck: the traced size against what the file
+        serves, the memory, the tolerances' output names, the destination (default
+        ``<neck>.onnx``; ``check_output=False`` leaves it to the caller). ``spec``,
+        ``batch`` and ``settings`` are already checked."""
+        served = tied_by_upsample(planned_served(spec, settings.dynamic), settings.upsample)
+        check_traced_size(spec, served)
+        need = export_bytes(spec, spec.input_size, batch)
+        if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
+            need += settings.calibration * forward_bytes(spec, spec.input_size, batch)
+        require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
+        if settings.options is not None:
+            settings.options.check_outputs(spec.output_names)
+        dest = pathlib.Path(output if output is not None else f"{spec.label}.onnx")
+        if check_output:
+            dest = check_writable(dest, "the ONNX file")
+        return cls(spec, dest, batch, settings, served,
+                   probe=settings.dynamic and spec.info.levels is None)
+
+    def with_served(self, served: Served) -> ExportPlan:
+        """The plan once a custom module has shown what its file serves (the traced size
+        is checked against it: the one thing the plan could not know before).
+
+        Raises:
+            InputError: the file would serve multiples of the coarsest stride and the
+                traced size is none.
+        """
+        served = tied_by_upsample(served, self.upsample)
+        check_traced_size(self.spec, served)
+        return dataclasses.replace(self, served=served, probe=False)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.settings.dynamic
+
+    @property
+    def opset(self) -> int:
+        return self.settings.opset
+
+    @property
+    def precision(self) -> Precision:
+        return self.settings.precision
+
+    @property
+    def calibration(self) -> int | None:
+        return self.settings.calibration
+
+    @property
+    def weights(self) -> WeightsRequest:
+        return self.settings.weights
+
+    @property
+    def upsample(self) -> Upsample:
+        return self.settings.upsample
+
+    @property
+    def options(self) -> VerifyOptions | None:
+        return self.settings.options
+
+    @property
+    def verify(self) -> bool:
+        return self.settings.options is not None
+
+    @property
+    def cases(self) -> tuple[Case, ...]:
+        """Where verification compares the file (none without verification)."""
+        if not self.verify:
+            return ()
+        return tuple(default_cases(self.spec, self.spec.input_size, self.batch, self.served))
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The steps the run reports through ``on_step``: a progress bar's total."""
+        skip = set() if self.verify else {"verify"}
+        if self.precision is Precision.FP32:
+            skip.add("convert")
+        return tuple(s for s in STEPS if s not in skip)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that decide the file and its verification (not the destination)."""
+        return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
+                **self.settings.to_dict(), "serves": self.served.to_json(),
+                "probe": self.probe}
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of :meth:`to_dict` as canonical JSON: the key of a cached export.
+
+        Equal for plans that make the same file with the same verification, wherever
+        they write it; any deciding field changes it. A weights file counts by its
+        bytes (read when the hash is asked for), not its path. necktool's version is not
+        in it.
+        """
+        return content_hash("export", self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyPlan:
+    """A re-check of an existing ONNX file (``necktool verify``), checked: the file is
+    there and readable, the neck and weights it is compared with are known, the
+    tolerances name outputs it has, the provider exists. Make it with :meth:`build`.
+
+    Attributes:
+        path: The ONNX file.
+        spec: The neck it is compared with.
+        batch: Batch of the export-size case.
+        weights: How the PyTorch module's weights are made.
+        graph: The file's opset, inputs and outputs.
+        served: What the file serves (its metadata, else what its graph says).
+        precision: The file's precision (its metadata; its graph's when converted later).
+        options: Tolerances resolved for ``precision``, the provider's full name.
+        upsample: The form the neck is rebuilt in (the file's, unless one is asked for).
+    """
+
+    path: pathlib.Path
+    spec: NeckSpec
+    batch: int
+    weights: WeightsRequest
+    graph: GraphInfo
+    served: Served
+    precision: Precision
+    options: VerifyOptions
+    upsample: Upsample = Upsample.SIZE
+
+    @classmethod
+    def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
+              weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
+              options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
+              **overrides: Any) -> VerifyPlan:
+        """See :func:`necktool.verify_onnx` for the arguments and errors."""
+        options = options or VerifyOptions()
+        chosen = None if upsample is None else check_upsample(upsample)
+        file = pathlib.Path(path)
+        if not file.is_file():
+            raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
+        proto = load_model(str(file))
+        try:
+            meta = read_metadata(proto)
+        except DamagedMetadata:
+            if neck is None:
+                raise
+            meta = None  # the user says what the file holds; the metadata is not needed
+        recorded = meta.spec.factory if meta is not None else None
+        if recorded is not None and neck is None:  # an import path is no permission to run it
+            raise InputError(
+                f"{str(file)!r} records the custom neck {recorded!r}; necktool imports a "
+                f"module only when you name it: pass --neck {recorded} to allow it")
+        request: WeightsRequest
+        if meta is not None and (neck is None or neck == recorded):
+            spec = meta.spec.replace(**overrides)
+            request = meta.weights.request()
+        elif neck is not None:
+            spec = resolve_spec(neck, **overrides)
+            request = WeightsRequest(seed=0)
+        elif weights.path is not None:  # no metadata, but the weights say which neck
+            from necktool.necks.identify import identify_checkpoint
+
+            found = identify_checkpoint(weights.path, weights.prefix)
+            spec = found.neck_spec.replace(**overrides)
+            weights = dataclasses.replace(weights, prefix=weights.prefix or found.load_prefix)
+        else:
+            raise InputError(
+                f"{str(file)!r} carries no necktool metadata (it was not written by "
+                "'necktool export'); pass --neck NAME and the build flags that describe the "
+                "neck it holds, or --weights FILE holding a neck necktool recognises")
+        if weights.path is not None:  # a file given wins, then a seed given
+            request = WeightsRequest(path=weights.path, prefix=weights.prefix)
+        elif weights.seed is not None:
+            request = WeightsRequest(seed=weights.seed)
+        elif meta is not None and request.path is not None \
+                and meta.weights.source == "file":
+            recorded_file = request.path
+            if not recorded_file.is_file() or file_sha256(recorded_file) != meta.weights.sha256:
+                raise InputError(
+                    f"{str(file)!r} was exported from weights file {meta.weights.path!r} "
+                    f"(sha256 {str(meta.weights.sha256)[:12]}...), which is not there or "
+                    "has changed; pass --weights FILE (and --prefix)")
+        graph = describe(proto)
+        if batch is None:
+            batch = meta.batch if meta is not None and neck is None else 1
+        served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \
+            else Served.legacy(graph.dynamic)
+        # The metadata's precision; the graph's for a file without it or converted later.
+        in_graph = graph_precision(proto)
+        precision = meta.precision if meta is not None and in_graph is Precision.FP32 \
+            else in_graph
+        checked = checked_options(options, precision)
+        checked.check_outputs([t.name for t in graph.outputs])
+        form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
+        return cls(file, spec, batch, request, graph, served, precision, checked, form)
+
+    @property
+    def cases(self) -> tuple[Case, ...]:
+        """Where the file is compared with PyTorch."""
+        return tuple(default_cases(self.spec, self.spec.input_size, self.batch, self.served))
+
+    @property
+    def steps(self) -> int:
+        """Cases compared: a progress bar's total."""
+        return len(self.cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What decides the verification: the file's bytes (not its path), the neck, the
+        batch, the weights, the options, what it serves and its precision."""
+        return {"file_sha256": file_sha256(self.path), "spec": self.spec.to_dict(),
+                "name": self.spec.label, "batch": self.batch,
+                "weights": self.weights.to_dict(), "verification": self.options.to_dict(),
+                "serves": self.served.to_json(), "precision": self.precision.value,
+                "upsample": self.upsample.value}
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of :meth:`to_dict` as canonical JSON."""
+        return content_hash("verify", self.to_dict())

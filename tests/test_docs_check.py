@@ -1,0 +1,74 @@
+"""scripts/docs.py, the check that keeps the pages true: a page whose sample output or exit
+code differs from what its command does fails, and --write regenerates it."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def docs():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("necktool_docs", ROOT / "scripts" / "docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["necktool_docs"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PAGE = """# A page
+<!-- docs: printf 'a\\nb\\n' -->
+```text
+a
+b
+```
+<!-- docs: echo took 12.5 ms  # vary=timings -->
+```text
+took 3.1 ms
+```
+```bash
+necktool --version
+```
+```python
+print(sum([1, 2]))
+```
+"""
+
+
+def test_a_true_page_passes(docs, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    page = tmp_path / "page.md"
+    page.write_text(PAGE)
+    assert docs.process(str(page), write=False, only=None) == []
+
+
+def test_a_stale_output_fails_and_write_regenerates_it(docs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page = tmp_path / "page.md"
+    page.write_text(PAGE.replace("a\nb\n```", "a\nc\n```"))
+    problems = docs.process(str(page), write=False, only=None)
+    assert len(problems) == 1 and "output differs" in problems[0] and "+b" in problems[0]
+    assert docs.process(str(page), write=True, only=None) == []
+    assert page.read_text() == PAGE
+
+
+def test_a_wrong_exit_code_and_a_failing_python_block_fail(docs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page = tmp_path / "page.md"
+    page.write_text(PAGE.replace("necktool --version", "necktool nosuchcommand")
+                    .replace("print(sum([1, 2]))", "raise SystemExit(3)"))
+    problems = docs.process(str(page), write=False, only=None)
+    assert len(problems) == 2
+    assert "exit 2, the page says 0" in problems[0]
+    assert "exit 3, the page says 0" in problems[1]
+
+
+def test_a_documented_exit_code_and_skip_are_honoured(docs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page = tmp_path / "page.md"
+    page.write_text(PAGE.replace("necktool --version",
+                                 "necktool nosuchcommand  # exit=2\n"
+                                 "necktool export --weights absent.pth  # docs: skip (a file)"))
+    assert docs.process(str(page), write=False, only=None) == []
