@@ -67,6 +67,8 @@ _LAZY = {
     "save_baseline": "necktool.budgets",
     "export_onnx": "necktool.deploy.export",
     "ExportResult": "necktool.deploy.export",
+    "export_ncnn": "necktool.deploy.ncnn",
+    "NcnnExportResult": "necktool.deploy.ncnn",
     "verify_onnx": "necktool.deploy.verify",
     "VerificationResult": "necktool.deploy.verify",
     "VerifyReport": "necktool.deploy.verify",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
     )
     from necktool.deploy.export import ExportResult, export_onnx
     from necktool.deploy.metadata import WeightsRequest
+    from necktool.deploy.ncnn import NcnnExportResult, export_ncnn
     from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
     from necktool.deploy.plan import ExportPlan, VerifyPlan
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
@@ -135,6 +138,7 @@ __all__ = [
     "FamilyInfo",
     "InputError",
     "InspectResult",
+    "NcnnExportResult",
     "NeckSpec",
     "NecktoolError",
     "Norm",
@@ -155,6 +159,7 @@ __all__ = [
     "bench",
     "build_neck",
     "check_budgets",
+    "export_ncnn",
     "export_onnx",
     "get_spec",
     "inspect_file",

@@ -24,13 +24,18 @@ TORCH_FREE = [
     "necktool.spec", "necktool.spec.fields", "necktool.spec.families", "necktool.spec.neck_spec",
     "necktool.spec.registry",
     "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
-    "necktool.deploy.plan",
+    "necktool.deploy.plan", "necktool.deploy.project",
+    "necktool.deploy.runtimes",
     "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
     "necktool.analysis.plan",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
-    "necktool.budgets.check", "necktool.cli",
+    "necktool.budgets.check", "necktool.budgets.cache", "necktool.budgets.schema",
+    "necktool.budgets.hints",
+    "necktool.cli",
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",
+    "necktool.detector", "necktool.detector.loading", "necktool.detector.graph",
+    "necktool.detector.neck", "necktool.detector.inspect",
 ]
 
 

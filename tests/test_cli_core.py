@@ -116,7 +116,7 @@ def test_flags_override_and_unset_flags_keep_preset() -> None:
     (["profile", "pafpn", "--input-size", "0x640"], "must be positive"),
     (["profile", "pafpn", "--norm", "ln"], "Invalid value for '--norm'"),
     (["profile", "pafpn", "--batch", "0"], "Invalid value for '--batch'"),
-    (["profile"], "Missing argument"),
+    (["profile"], "profile needs a NECK"),
     (["frobnicate"], "No such command"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:

@@ -15,6 +15,13 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
   ``InferenceSession`` on ``CPUExecutionProvider`` with ``intra_op_num_threads=threads``,
   ``inter_op_num_threads=1``, sequential execution and full graph optimisation.
 
+* ``openvino`` / ``openvino:bf16``: the same static ONNX export, compiled by OpenVINO for
+  its CPU plugin with ``INFERENCE_NUM_THREADS=threads`` and the f32 precision hint (or
+  OpenVINO's default hint); ``ncnn``: the pair pnnx converts from the module
+  (:mod:`necktool.deploy.ncnn_convert`), fp32, ``num_threads=threads``, one image at a
+  time. Their rows carry the max abs error and SQNR against PyTorch on the timed inputs
+  (:mod:`necktool.deploy.runtimes`).
+
 ``precisions`` (``fp32``, ``fp16``, ``int8``) times that export at each precision
 (:mod:`necktool.deploy.convert`, int8 calibrated as ``necktool export`` calibrates it) in one
 run, and reports per precision the file's size and its max abs error and SQNR against the
@@ -24,6 +31,7 @@ fp32 PyTorch module on the timed inputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -36,10 +44,16 @@ from torch import nn
 from necktool import quiet
 from necktool.analysis.plan import BenchPlan
 from necktool.analysis.profiling import analyze
+from necktool.analysis.stage_timing import (
+    RuntimeStages,
+    StageRun,
+    stage_times,
+)
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
+    OTHER_RUNTIMES,
     Runtime,
     RuntimeTiming,
     percentile,
@@ -49,8 +63,11 @@ from necktool.deploy.convert import convert
 from necktool.deploy.export import export_model
 from necktool.deploy.metadata import DEFAULT_OPSET
 from necktool.deploy.options import Precision
+from necktool.deploy.runtimes import NcnnRunner, OpenVinoRunner, Runner
+from necktool.errors import ExportError
 from necktool.necks.build import build_neck, input_tensors
-from necktool.report import Block, neck_header, num, size_text, table
+from necktool.necks.weights import make_model
+from necktool.report import Block, Column, neck_header, num, size_text, table
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import UNIT_SHORT
 
@@ -71,6 +88,7 @@ class BenchResult:
     timings: tuple[RuntimeTiming, ...]
     precisions: tuple[Precision, ...] = ()  # given: one row per precision
     calibration: int | None = None
+    stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -95,26 +113,41 @@ class BenchResult:
             "precisions": [p.value for p in self.precisions],
             "calibration": self.calibration,
             "ort_speedup": self.ort_speedup,
+            **({"stages": [row.to_dict(s.runtime, self.spec.level_names)
+                           for s in self.stages for row in s.rows],
+                "stage_runs": [s.summary() for s in self.stages]} if self.stages else {}),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.machine()},
         }
 
     def blocks(self) -> list[Block]:
+        stage_blocks = [s.block(f"{s.runtime}: time by stage and level", self.spec.level_names)
+                        for s in self.stages]
         if self.precisions:
-            return [self._precision_table()]
+            return [self._precision_table(), *stage_blocks]
         speedup = self.ort_speedup
         caption = (f"{self.flops:,} FLOPs ({UNIT_SHORT}), {self.params:,} params; "
                    "GFLOP/s = FLOPs / median; runs = warm-up + timed")
         if speedup is not None:
             caption += f"\nONNX Runtime vs torch: {speedup:.2f}x " + \
                 ("faster" if speedup >= 1 else "slower") + " (median)"
-        rows = [(t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
-                 _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
-                for t in self.timings]
+        rows: list[tuple[str, ...]] = [
+            (t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
+             _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
+            for t in self.timings]
+        headers: list[str | Column] = ["runtime", num("median ms"), num("p10-p90 ms"),
+                                       num("min ms"), num("GFLOP/s"), num("runs")]
+        if any(t.max_abs is not None for t in self.timings):  # OpenVINO, ncnn
+            headers += [num("max abs"), num("SQNR dB")]
+            rows = [(*row, "-" if t.max_abs is None else f"{t.max_abs:.1e}",
+                     "-" if t.sqnr_db is None else f"{t.sqnr_db:.1f}")
+                    for row, t in zip(rows, self.timings, strict=True)]
+            caption += "\nmax abs and SQNR vs PyTorch on the timed inputs; " + "; ".join(
+                f"{t.runtime.value} {t.version}" for t in self.timings
+                if t.max_abs is not None)
         return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
-                      f"{self.threads} thread(s)",
-                      ["runtime", num("median ms"), num("p10-p90 ms"), num("min ms"),
-                       num("GFLOP/s"), num("runs")], rows, caption=caption)]
+                      f"{self.threads} thread(s)", headers, rows, caption=caption),
+                *stage_blocks]
 
 
     def _precision_table(self) -> Block:
@@ -195,17 +228,47 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
 
 def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
     """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's."""
-    import numpy as np
-
     feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
                                                      strict=True)}
-    got = session.run(None, feeds)
+    return _errors_of(session.run(None, feeds), model, inputs)
+
+
+def _errors_of(got: Sequence[Any], model: nn.Module, inputs: list[torch.Tensor]
+               ) -> tuple[float, float]:
+    import numpy as np
+
     with torch.inference_mode():
         ref = [o.numpy().astype(np.float64) for o in model(inputs)]
     diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
     noise = sum(float((d * d).sum()) for d in diff)
     signal = sum(float((r * r).sum()) for r in ref)
     return max(float(np.abs(d).max()) for d in diff), sqnr_db(signal, noise)
+
+
+
+
+def _runner(runtime: Runtime, proto: Any, model: nn.Module, spec: NeckSpec,
+            threads: int) -> Runner:
+    if runtime is Runtime.NCNN:
+        from necktool.deploy.ncnn_convert import neck_to_ncnn
+
+        pair = neck_to_ncnn(model, spec)
+        return NcnnRunner(pair, spec.input_names, spec.output_names, threads=threads)
+    return OpenVinoRunner(proto.SerializeToString(), threads=threads,
+                          hint="f32" if runtime is Runtime.OPENVINO else None)
+
+
+def _bench_runner(runtime: Runtime, runner: Runner, model: nn.Module,
+                  inputs: list[torch.Tensor], threads: int, warmup: int, repeat: int,
+                  on_run: Callable[[str], None]) -> RuntimeTiming:
+    arrays = [t.numpy() for t in inputs]
+    got = runner.run(arrays)
+    if isinstance(got, str):
+        raise ExportError(f"{runner.runtime.label} failed to run the neck: {got}")
+    max_abs, sqnr = _errors_of(got, model, inputs)
+    times = _time_calls(lambda: runner.run(arrays), warmup, repeat, on_run, runtime.value)
+    return RuntimeTiming(runtime, runner.version, warmup, threads, times,
+                         max_abs=max_abs, sqnr_db=sqnr)
 
 
 def bench(
@@ -221,6 +284,7 @@ def bench(
     precisions: Sequence[Precision | str] = (),
     calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
+    stages: bool = False,
     **overrides: Any,
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
@@ -244,6 +308,8 @@ def bench(
         calibration: int8 calibration batches (default as ``necktool export``).
         on_run: Called with the runtime's name after each timed run (for a progress bar
             of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
+        stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
+            time of every stage x level (:mod:`necktool.analysis.stage_timing`).
         **overrides: Spec fields to change; ``None`` values are ignored.
 
     Raises:
@@ -258,27 +324,36 @@ def bench(
     """
     plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
                            threads=threads, runtimes=runtimes, seed=seed,
-                           precisions=precisions, calibration=calibration, **overrides)
+                           precisions=precisions, calibration=calibration, stages=stages,
+                           **overrides)
     return run_bench(plan, on_run=on_run)
 
 
 def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
               ) -> BenchResult:
-    """Run a checked plan: count, export (and convert) once, then time each series.
+    """Run a checked plan: count, export (and convert) once, then time each series (and,
+    with ``plan.stages``, profile each runtime's stages).
 
     Raises:
         ExportError: the ONNX export failed.
     """
     spec, size, batch = plan.spec, plan.spec.input_size, plan.batch
     threads = torch.get_num_threads() if plan.threads is None else plan.threads
-    model = build_neck(spec, seed=plan.seed)
+    if plan.weights.path is None:
+        model = build_neck(spec, seed=plan.seed)
+    else:  # a checkpoint or a detector ONNX file: the error columns use its weights
+        model = make_model(spec, plan.weights)[0]
     # fvcore's count at exactly this size and batch: the numerator of GFLOP/s.
     counted = analyze(model, spec, size, batch)
     inputs = input_tensors(spec, size, batch, seed=plan.seed)
     # Export (and convert) before any timing, so a failure costs no timed runs.
     sessions: list[tuple[Precision, Any, int]] = []
-    if Runtime.ONNXRUNTIME in plan.runtimes:
-        proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
+    proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET) \
+        if {Runtime.ONNXRUNTIME, Runtime.OPENVINO, Runtime.OPENVINO_BF16} & set(plan.runtimes) \
+        else None
+    runners = {r: _runner(r, proto, model, spec, threads) for r in plan.runtimes
+               if r in OTHER_RUNTIMES}
+    if proto is not None and Runtime.ONNXRUNTIME in plan.runtimes:
         for precision in plan.precisions or (Precision.FP32,):
             data = convert(proto, precision, spec=spec, shapes=[(size, batch)],
                            calibration=plan.calibration or 1).SerializeToString()
@@ -289,11 +364,25 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
         if runtime is Runtime.TORCH:
             timings.append(_bench_torch(model, inputs, threads, plan.warmup, plan.repeat, step))
             continue
+        if runtime in runners:
+            timings.append(_bench_runner(runtime, runners[runtime], model, inputs, threads,
+                                         plan.warmup, plan.repeat, step))
+            continue
         for precision, session, nbytes in sessions:
             timing = _bench_ort(session, inputs, threads, plan.warmup, plan.repeat, step)
             max_abs, sqnr = _errors(session, model, inputs) if plan.precisions \
                 else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
+    profiled = []
+    if plan.stages:
+        data = proto.SerializeToString() if proto is not None \
+            and Runtime.ONNXRUNTIME in plan.runtimes else None
+        for runtime in plan.runtimes:
+            plain = next((t.median_ms / 1e3 for t in timings if t.runtime is runtime
+                          and t.precision == Precision.FP32.value), None)
+            run = StageRun(model, spec, inputs, data, threads, plan.warmup, plan.repeat, plain,
+                           on_run=functools.partial(step, f"{runtime.value} stages"))
+            profiled.append(stage_times(runtime.value, run))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), plan.precisions, plan.calibration)
+                       tuple(timings), plan.precisions, plan.calibration, tuple(profiled))

@@ -24,8 +24,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from necktool.analysis.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, Runtime
+from necktool.analysis.timing import (
+    ALL_RUNTIMES,
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    MAX_RUNS,
+    OTHER_RUNTIMES,
+    STAGED_RUNTIMES,
+    Runtime,
+)
+from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.options import Precision, check_precision
+from necktool.deploy.runtimes import require_runtime
 from necktool.errors import InputError
 from necktool.report import size_text
 from necktool.resources import forward_bytes, require
@@ -124,7 +134,9 @@ class BenchPlan:
         precisions: ONNX Runtime precisions timed (one series each); empty: fp32, without
             the error columns.
         calibration: int8 calibration batches (``None`` without int8).
-        seed: Seed of the weights and inputs.
+        seed: Seed of the inputs (and of the weights, unless ``weights`` names a file).
+        weights: Where the weights come from (a seed, a checkpoint, a detector ONNX file).
+        stages: Also profile ``repeat`` runs per runtime, stage by stage.
     """
 
     spec: NeckSpec
@@ -136,13 +148,16 @@ class BenchPlan:
     precisions: tuple[Precision, ...] = ()
     calibration: int | None = None
     seed: int = 0
+    stages: bool = False
+    weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
 
     @classmethod
     def build(cls, neck: str | NeckSpec, input_size: Size | None = None, batch: int = 1, *,
               warmup: int = DEFAULT_WARMUP, repeat: int = DEFAULT_REPEAT,
               threads: int | None = None, runtimes: Sequence[Runtime | str] | None = None,
               seed: int = 0, precisions: Sequence[Precision | str] = (),
-              calibration: int | None = None, **overrides: Any) -> BenchPlan:
+              calibration: int | None = None, stages: bool = False,
+              weights: WeightsRequest = WeightsRequest(), **overrides: Any) -> BenchPlan:
         """Every check of :func:`necktool.bench`'s arguments, in its order.
 
         Raises:
@@ -172,11 +187,19 @@ class BenchPlan:
             raise InputError("no runtime to time; valid: torch, onnxruntime")
         if order and Runtime.ONNXRUNTIME not in chosen:
             raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
+        for runtime in chosen:  # an optional extra not installed: exit 2 naming it
+            if runtime in OTHER_RUNTIMES:
+                require_runtime(runtime.value)
+        missing = [r.value for r in chosen if r.value not in STAGED_RUNTIMES] if stages else []
+        if missing:
+            raise InputError(f"--stages: no per-stage profile for runtime {missing[0]!r}; "
+                             f"available: {', '.join(STAGED_RUNTIMES)}")
         spec = resolve_spec(neck, input_size=input_size, **overrides)
         batch = check_batch(batch)
         require(forward_bytes(spec, spec.input_size, batch),
                 f"{spec.label} at {size_text(spec.input_size)}, batch {batch},")
-        return cls(spec, batch, warmup, repeat, threads, chosen, order, calibration, seed)
+        return cls(spec, batch, warmup, repeat, threads, chosen, order, calibration, seed,
+                   bool(stages), weights)
 
     @property
     def series(self) -> tuple[tuple[Runtime, Precision], ...]:
@@ -187,15 +210,16 @@ class BenchPlan:
 
     @property
     def steps(self) -> int:
-        """Timed runs in all: a progress bar's total."""
-        return self.repeat * len(self.series)
+        """Timed (and stage-profiled) runs in all: a progress bar's total."""
+        return self.repeat * (len(self.series) + (len(self.runtimes) if self.stages else 0))
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
                 "warmup": self.warmup, "repeat": self.repeat, "threads": self.threads,
                 "runtimes": [r.value for r in self.runtimes],
                 "precisions": [p.value for p in self.precisions],
-                "calibration": self.calibration, "seed": self.seed}
+                "calibration": self.calibration, "seed": self.seed, "stages": self.stages,
+                "weights": self.weights.to_dict()}
 
     def content_hash(self) -> str:
         """SHA-256 of every field (see the module docstring); timings themselves vary."""

@@ -39,6 +39,7 @@ from torch import nn
 
 from necktool.analysis.memory import ForwardTracker
 from necktool.analysis.plan import ProfilePlan
+from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
 from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
@@ -67,6 +68,8 @@ class LevelProfile:
     flops: int
     params: int
     activation_bytes: int
+    #: what one output pixel sees (:mod:`necktool.analysis.receptive`); None: not readable
+    receptive_field: ReceptiveField | None = None
 
     @property
     def param_bytes(self) -> int:
@@ -75,7 +78,9 @@ class LevelProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stride": self.stride, "shape": list(self.shape),
                 "flops": self.flops, "params": self.params,
-                "activation_bytes": self.activation_bytes}
+                "activation_bytes": self.activation_bytes,
+                "receptive_field": None if self.receptive_field is None
+                else self.receptive_field.to_dict()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +166,7 @@ class ProfileResult:
     unattributed_flops: int = 0
     unattributed_params: int = 0
     unattributed_activation_bytes: int = 0
+    receptive: ReceptiveFields | None = None
 
     def __bool__(self) -> bool:
         """False when the two conv counts disagree (the CLI exits 1)."""
@@ -211,6 +217,8 @@ class ProfileResult:
             "unattributed": {"flops": self.unattributed_flops, "params": self.unattributed_params,
                              "activation_bytes": self.unattributed_activation_bytes},
             "cross_check": self.cross_check.to_dict(),
+            **({"receptive_field_unreadable": self.receptive.unreadable}
+               if self.receptive is not None and self.receptive.unreadable else {}),
         }
 
     @property
@@ -247,6 +255,9 @@ class ProfileResult:
             out.append(Note(f"levels {', '.join(shared)} have the same size here, so their "
                             "ops and parameters are counted under 'unattributed'"))
         out += [self.memory_table(), Note(self.memory.summary())]
+        if self.receptive is not None:
+            out.append(self.receptive.table(self.spec.level_names, self.spec.input_names,
+                                            self.spec.strides))
         if self.unsupported_ops:
             out.append(Note("not counted (no fvcore handle): " + ", ".join(
                 f"{op} x{n}" for op, n in self.unsupported_ops.items())))
@@ -462,9 +473,12 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
 
     figures = tracker.figures
     assert figures is not None  # set when the tracker's context exits
+    # A shape-only second forward (meta tensors): costs no arithmetic at any size.
+    receptive = receptive_fields(model, spec)
+    fields = receptive.levels or (None,) * spec.num_levels
     levels = tuple(
         LevelProfile(name, stride, tuple(out.shape), level_flops[i], level_params[i],
-                     figures.level_bytes[i])
+                     figures.level_bytes[i], fields[i])
         for i, (name, stride, out) in enumerate(zip(spec.level_names, spec.strides, outputs,
                                                     strict=True))
     )
@@ -491,6 +505,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
         unattributed_flops=unattributed_flops,
         unattributed_params=unattributed_params,
         unattributed_activation_bytes=figures.unattributed_bytes,
+        receptive=receptive,
     )
 
 

@@ -1,5 +1,6 @@
 """FLOP, parameter and memory budgets: the config schema (:mod:`.config`), baselines
-(:mod:`.baseline`) and the check (:mod:`.check`).
+(:mod:`.baseline`), the check (:mod:`.check`), its result cache (:mod:`.cache`), its hints
+(:mod:`.hints`) and the JSON Schema of the config (:mod:`.schema`).
 
 Units: GFLOPs = fvcore flops / 1e9 (one fused multiply-add = one flop); Mparams =
 parameters / 1e6; the memory limits (``max-peak-mb``, ``max-activation-mb``,

@@ -22,6 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from necktool.analysis.plan import ProfilePlan
 from necktool.budgets.baseline import Baseline, baseline_document
 from necktool.budgets.config import (
     METRIC,
@@ -37,6 +38,8 @@ from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNI
 
 if TYPE_CHECKING:
     from necktool.analysis.profiling import ProfileResult
+    from necktool.budgets.cache import CachedFigures, ResultCache
+    from necktool.budgets.hints import Hints
     from necktool.spec.neck_spec import NeckSpec
 
 HINT_LIMIT = "raise the budget or reduce the neck"
@@ -145,14 +148,16 @@ class EntryResult:
     """One budget entry: its profile, its limit checks and its baseline checks.
 
     ``in_baseline`` is ``None`` when no baseline was given, ``False`` for an entry the
-    baseline does not know (its growth is not checked).
+    baseline does not know (its growth is not checked). ``from_cache``: the figures were
+    read from the result cache (:mod:`necktool.budgets.cache`), not measured now.
     """
 
     budget: Budget
-    profile: ProfileResult
+    profile: ProfileResult | CachedFigures
     limits: tuple[LimitCheck, ...]
     growth: tuple[BaselineCheck, ...] = ()
     in_baseline: bool | None = None
+    from_cache: bool = False
 
     @property
     def passed(self) -> bool:
@@ -215,6 +220,7 @@ class EntryResult:
             "baseline": None if self.in_baseline is None else
             {"known": self.in_baseline, **{c.metric.base: c.to_dict() for c in self.growth}},
             "failures": self.failures(),
+            "from_cache": self.from_cache,
         }
 
     def rows(self, with_baseline: bool) -> list[tuple[str, ...]]:
@@ -263,16 +269,36 @@ class CheckReport:
         entries: One result per budget entry, in file order.
         baseline: The baseline compared against, if any.
         dropped: Baseline names no longer in the config.
+        cache: The result cache's folder, or ``None`` when no cache was used.
+        hints: Looser limits and stale baseline entries (``check --suggest``), if asked.
+        strict: A hint fails the check too (``--strict``).
     """
 
     config: BudgetConfig
     entries: tuple[EntryResult, ...]
     baseline: Baseline | None = None
     dropped: tuple[str, ...] = ()
+    cache: str | None = None
+    hints: Hints | None = None
+    strict: bool = False
+
+    @property
+    def from_cache(self) -> int:
+        """How many entries' figures came from the result cache."""
+        return sum(e.from_cache for e in self.entries)
+
+    def cache_note(self) -> str | None:
+        if self.cache is None:
+            return None
+        return (f"{self.from_cache} of {len(self.entries)} entries from the cache "
+                f"{self.cache}; --no-cache measures every entry")
 
     @property
     def passed(self) -> bool:
-        return all(e.passed for e in self.entries)
+        return all(e.passed for e in self.entries) and not self._strict_hints()
+
+    def _strict_hints(self) -> bool:
+        return self.strict and self.hints is not None and len(self.hints) > 0
 
     def __bool__(self) -> bool:
         return self.passed
@@ -294,12 +320,16 @@ class CheckReport:
             (e, f"{e.budget.name}: not in the baseline {self.baseline.path}, so its growth "
                 "was not checked; save a new baseline with --save-baseline")
             for e in self.entries if e.in_baseline is False]
-        out.extend((None, f"{name}: in the baseline {self.baseline.path} but no longer in "
-                          f"{self.config.display_path}")
+        out.extend((None, f"{name}: stale baseline entry: in the baseline "
+                          f"{self.baseline.path}, but no entry of {self.config.display_path} "
+                          "produces it any more; save a new baseline with --save-baseline")
                    for name in self.dropped)
         return out
 
     def failure(self) -> str | None:
+        if self._strict_hints() and all(e.passed for e in self.entries):
+            assert self.hints is not None
+            return f"--strict: {self.hints.summary()}; tighten them or drop --strict"
         return None  # the failures are part of the report on stdout
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,6 +343,11 @@ class CheckReport:
             "baseline": self.baseline.path if self.baseline else None,
             "entries": [e.to_dict() for e in self.entries],
             "warnings": [msg for _, msg in self.warnings()],
+            "cache": None if self.cache is None else
+            {"directory": str(self.cache), "from_cache": self.from_cache},
+            "stale_baseline": list(self.dropped),
+            **({"hints": self.hints.to_dict(), "strict": self.strict}
+               if self.hints is not None else {}),
         }
 
     def baseline_document(self) -> dict[str, Any]:
@@ -347,6 +382,8 @@ class CheckReport:
                                            for e in self.entries) else []),
             *(Note(msg, "fail") for _, msg in self.failures()),
             *(Note(msg, "warn") for _, msg in self.warnings()),
+            *(self.hints.blocks() if self.hints is not None else []),
+            *([Note(note)] if (note := self.cache_note()) else []),
         ]
 
     def annotations(self) -> list[str]:
@@ -401,6 +438,8 @@ def check_budgets(
     baseline: Baseline | None = None,
     max_increase: float | None = None,
     on_progress: Callable[[str], None] | None = None,
+    cache: ResultCache | None = None,
+    before_profiling: Callable[[], None] | None = None,
 ) -> CheckReport:
     """Profile every entry once and check it against its limits (and the baseline).
 
@@ -411,6 +450,10 @@ def check_budgets(
         max_increase: Growth tolerance in percent. An entry's own ``max-increase`` wins,
             then this, then the file's top-level ``max-increase``, then 0 (any growth fails).
         on_progress: Called with each entry's name once it is measured.
+        cache: A result cache (:class:`~necktool.budgets.cache.ResultCache`): entries found
+            there are not profiled (and torch is not imported for them); entries measured
+            are stored. ``None`` (the default) measures everything.
+        before_profiling: Called once, before the first entry that must be profiled.
 
     Returns:
         A :class:`CheckReport`; ``bool(report)`` is whether every entry passed.
@@ -419,9 +462,6 @@ def check_budgets(
         ConfigError: ``max_increase`` without a ``baseline``, or an entry's neck that cannot
             be profiled (a custom neck that fails to build, say).
     """
-    from necktool.analysis import profiling  # torch: only once the config is known to be good
-    from necktool.analysis.plan import ProfilePlan
-
     if max_increase is not None and baseline is None:
         raise ConfigError("max_increase needs a baseline to compare against (--baseline FILE)")
     if max_increase is not None:
@@ -429,27 +469,69 @@ def check_budgets(
             max_increase = parse_percent(max_increase, "max_increase")
         except InputError as exc:
             raise ConfigError(str(exc)) from None
-    cache: dict[tuple[NeckSpec, int], ProfileResult] = {}
+    measured: dict[tuple[NeckSpec, int], tuple[ProfileResult | CachedFigures, bool]] = {}
+    started = False
     entries = []
     for budget in config.budgets:
         # Entries that differ only in name (e.g. 'fpn' and 'retinaface_mnet') share one trace.
-        key = (dataclasses.replace(budget.spec, name=None), budget.batch)
-        if key not in cache:
-            try:
-                cache[key] = profiling.run_profile(ProfilePlan(budget.spec, budget.batch))[0]
-            except NecktoolError as exc:
-                raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
-        entries.append(_check_entry(budget, cache[key], config, baseline, max_increase))
+        spec = dataclasses.replace(budget.spec, name=None)
+        key = (spec, budget.batch)
+        if key not in measured:
+            found = _lookup(cache, spec, budget.batch)
+            if found is None:
+                if not started and before_profiling is not None:
+                    before_profiling()
+                started = True
+                measured[key] = (_profile(config, budget, cache), False)
+            else:
+                measured[key] = (found, True)
+        figures, cached = measured[key]
+        entries.append(_check_entry(budget, figures, config, baseline, max_increase, cached))
         if on_progress is not None:
             on_progress(budget.name)
     names = {b.name for b in config.budgets}
     dropped = tuple(n for n in baseline.entries if n not in names) if baseline else ()
     return CheckReport(config=config, entries=tuple(entries), baseline=baseline,
-                       dropped=dropped)
+                       dropped=dropped, cache=None if cache is None else cache.label)
 
 
-def _check_entry(budget: Budget, result: ProfileResult, config: BudgetConfig,
-                 baseline: Baseline | None, max_increase: float | None) -> EntryResult:
+def _plan(spec: NeckSpec, batch: int) -> str | None:
+    """What a cache key is made of (the profile plan's content hash; the cache adds the
+    versions), or ``None`` for a neck that is never cached."""
+    if spec.factory is not None:  # a custom neck: its code is not part of any key
+        return None
+    return ProfilePlan(spec, batch).content_hash()
+
+
+def _lookup(cache: ResultCache | None, spec: NeckSpec, batch: int) -> CachedFigures | None:
+    plan = _plan(spec, batch) if cache is not None else None
+    if cache is None or plan is None:
+        return None
+    return cache.get(cache.key(plan), spec.level_names)
+
+
+def _profile(config: BudgetConfig, budget: Budget, cache: ResultCache | None) -> ProfileResult:
+    """Profile one entry now, and store its figures in the cache."""
+    from necktool.analysis import profiling  # torch: only once the config is known to be good
+
+    try:
+        result = profiling.run_profile(ProfilePlan(budget.spec, budget.batch))[0]
+    except NecktoolError as exc:
+        raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
+    spec = dataclasses.replace(budget.spec, name=None)
+    plan = _plan(spec, budget.batch) if cache is not None else None
+    if cache is not None and plan is not None:
+        from necktool.budgets.cache import CachedFigures
+
+        figures = CachedFigures.of(result)
+        if [lv.name for lv in figures.levels] == list(spec.level_names):
+            cache.put(cache.key(plan), plan, figures)
+    return result
+
+
+def _check_entry(budget: Budget, result: ProfileResult | CachedFigures, config: BudgetConfig,
+                 baseline: Baseline | None, max_increase: float | None,
+                 from_cache: bool = False) -> EntryResult:
     checks = [LimitCheck(METRIC[m], None, limit, METRIC[m].total(result))
               for m, limit in budget.limits.items()]
     levels = {lv.name: lv for lv in result.levels}
@@ -459,12 +541,14 @@ def _check_entry(budget: Budget, result: ProfileResult, config: BudgetConfig,
             assert read is not None  # level limits exist only for metrics with levels
             checks.append(LimitCheck(METRIC[m], name, limit, read(levels[name])))
     if baseline is None:
-        return EntryResult(budget, result, tuple(checks))
+        return EntryResult(budget, result, tuple(checks), from_cache=from_cache)
     saved = baseline.entries.get(budget.name)
     if saved is None:
-        return EntryResult(budget, result, tuple(checks), (), in_baseline=False)
+        return EntryResult(budget, result, tuple(checks), (), in_baseline=False,
+                           from_cache=from_cache)
     allowed = next((v for v in (budget.max_increase, max_increase, config.max_increase)
                     if v is not None), 0.0)
     growth = tuple(BaselineCheck(m, saved.counts[m.base], m.total(result), allowed)
                    for m in METRICS if m.base in saved.counts)
-    return EntryResult(budget, result, tuple(checks), growth, in_baseline=True)
+    return EntryResult(budget, result, tuple(checks), growth, in_baseline=True,
+                       from_cache=from_cache)

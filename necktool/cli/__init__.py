@@ -101,6 +101,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "at each size."),
     "bench": ("necktool.cli.bench_cmd:bench_command",
               "Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s."),
+    "schema": ("necktool.cli.schema_cmd:schema_command",
+               "Print the JSON Schema of the budget config ([tool.necktool]); --format json "
+               "for the file."),
 }
 
 

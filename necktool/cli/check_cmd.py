@@ -29,6 +29,18 @@ MaxIncreaseOpt = Annotated[str | None, typer.Option(
 SaveBaselineOpt = Annotated[Any, typer.Option(
     "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
     help="Write the measured figures to FILE as JSON (also when a budget fails).")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Measure every entry; do not read or write the result cache "
+    "(.necktool_cache/ beside the config, or $NECKTOOL_CACHE_DIR).")]
+HINTS = "Hints"
+SuggestOpt = Annotated[bool, typer.Option(
+    "--suggest", rich_help_panel=HINTS,
+    help="For each limit with more than 10% headroom, print the tighter limit that passes "
+    "with 3% to spare (rounded up to 3 significant digits). Does not change the exit code.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", rich_help_panel=HINTS,
+    help="Exit 1 when a hint is found (a loose limit, a stale baseline entry); implies "
+    "--suggest.")]
 
 
 def check_command(
@@ -36,6 +48,9 @@ def check_command(
     baseline: BaselineOpt = None,
     max_increase: MaxIncreaseOpt = None,
     save_baseline_to: SaveBaselineOpt = None,
+    no_cache: NoCacheOpt = False,
+    suggest: SuggestOpt = False,
+    strict: StrictOpt = False,
     *,
     fmt: CheckFormatOpt,
 ) -> CheckReport:
@@ -43,7 +58,9 @@ def check_command(
 
     FLOPs follow fvcore (1 multiply-add = 1 flop); GFLOPs = flops / 1e9; the max-*-mb
     memory limits are MiB (2^20 bytes).
-    Exit 0 when all pass, 1 when any budget is exceeded, 2 for a config or usage error.
+    Exit 0 when all pass, 1 when any budget is exceeded (with --strict also when a hint
+    is found), 2 for a config or usage error. Unchanged entries come from the result cache
+    (.necktool_cache/ beside the config) without importing torch.
     """
     from necktool.budgets.baseline import load_baseline, save_baseline
     from necktool.budgets.config import load_config, parse_percent
@@ -61,11 +78,17 @@ def check_command(
     if save_baseline_to is not None:
         check_writable(save_baseline_to, "baseline", ConfigError)
 
-    load_heavy(counting=True)
+    from necktool.budgets.cache import ResultCache, cache_dir
     from necktool.budgets.check import check_budgets
 
+    cache = None if no_cache else ResultCache(cache_dir(cfg.path))
     with progress(len(cfg.budgets), "checking budgets") as advance:
-        report = check_budgets(cfg, base, allowed, on_progress=advance)
+        report = check_budgets(cfg, base, allowed, on_progress=advance, cache=cache,
+                               before_profiling=lambda: load_heavy(counting=True))
+    if suggest or strict:
+        from necktool.budgets.hints import with_hints
+
+        report = with_hints(report, strict=strict)
     if save_baseline_to is not None:
         save_baseline(report, save_baseline_to)
         stderr_console().print(f"saved baseline to {save_baseline_to}", markup=False)

@@ -4,6 +4,7 @@ the project's budget config."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,9 +19,10 @@ from necktool.cli.params import (
     ConfigOpt,
     FormatOpt,
     PrecisionOpt,
+    RuntimeOpt,
     VerifyOpt,
-    Weights,
     WeightsOpt,
+    neck_in_weights,
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
@@ -33,12 +35,21 @@ from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
     from necktool.deploy.export import ExportResult
+    from necktool.deploy.ncnn import NcnnExportResult
     from necktool.deploy.plan import ExportSettings
     from necktool.deploy.project import ConfigExport
 
 EXPORT = "Export"
 
-OptionalNeckArg = Annotated[str | None, typer.Argument(
+
+class ExportTo(enum.StrEnum):
+    """``--to``: necktool.deploy.export.ExportFormat's values (that module imports torch)."""
+
+    ONNX = "onnx"
+    NCNN = "ncnn"
+
+
+ExportNeckArg = Annotated[str | None, typer.Argument(
     metavar="[NECK]", show_default=False,
     help=NECK_HELP + " Without one: the neck --weights FILE holds, as 'necktool inspect' "
     "finds it; with no --weights either, every budget entry of the project's config (found "
@@ -46,6 +57,13 @@ OptionalNeckArg = Annotated[str | None, typer.Argument(
 OnnxFlag = Annotated[bool, typer.Option(  # accepted, never read: ONNX is the one format
     "--onnx", rich_help_panel=EXPORT, show_default=False, expose_value=False,
     help="Write ONNX, the export format (the default; the result names it).")]
+To = Annotated[Any, typer.Option(
+    "--to", metavar="[onnx|ncnn]", rich_help_panel=EXPORT, show_default=False,
+    parser=typer_parser(ChoiceKind(ExportTo).from_text),
+    help="The format: onnx (default), or ncnn: the .param/.bin pair converted by pnnx from "
+    "the PyTorch module (fp32 weights unless --precision fp16), verified in ncnn at the "
+    "same sizes as an ONNX export; the report names the input and output blobs. -o X.param "
+    "names the pair (default <neck>.ncnn.param/.bin). Needs pip install 'necktool[ncnn]'.")]
 Output = Annotated[Any, typer.Option(
     "-o", "--output", metavar="PATH", rich_help_panel=EXPORT, show_default=False, parser=PATH,
     help="With a NECK: the destination file (default <neck>.onnx). Without one: the "
@@ -67,6 +85,11 @@ UpsampleOpt = Annotated[Any, typer.Option(
     "finer level's size, for converters that freeze a size-computed Resize at the export "
     "size (ncnn, OpenCV). The same numbers, FLOPs and conv MACs; a scale2 file's levels must "
     "be the ceil(H/stride) sizes of one image.")]
+ForceFlag = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=EXPORT,
+    help="Without a NECK: export every budget entry, also those whose file is up to date "
+    "(its metadata matches the export this run would make: spec, size, batch, precision, "
+    "opset, upsample form, weights, necktool version). Default: keep those.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -78,20 +101,8 @@ NO_NECK = ("no NECK given and no budget config found (necktool.toml, or pyprojec
            "necktool.toml, or pass --config PATH, to export every entry")
 
 
-def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
-    """The neck ``--weights`` holds, as ``necktool inspect`` finds it, with its prefix
-    (unless ``--prefix`` was given)."""
-    assert weights.path is not None
-    load_heavy()
-    from necktool.necks.identify import identify_checkpoint
-
-    found = identify_checkpoint(weights.path, weights.prefix)
-    return found.neck_spec, dataclasses.replace(weights,
-                                                prefix=weights.prefix or found.load_prefix)
-
-
 def export_command(
-    neck: OptionalNeckArg = None,
+    neck: ExportNeckArg = None,
     onnx_flag: OnnxFlag = True,
     output: Output = None,
     static: Static = False,
@@ -101,12 +112,15 @@ def export_command(
     config: ConfigOpt = None,
     verify: VerifyFlag = True,
     upsample: UpsampleOpt = None,
+    force: ForceFlag = False,
+    to: To = None,
+    runtime: RuntimeOpt = None,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
     options: VerifyOpt,
     fmt: FormatOpt,
-) -> ExportResult | ConfigExport:
+) -> ExportResult | NcnnExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
     Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
@@ -116,17 +130,25 @@ def export_command(
 
     Without a NECK: with --weights, the neck the file holds, as 'necktool inspect' finds it
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
-    project's config, each to <entry name>.onnx.
+    project's config, each to <entry name>.onnx. --to ncnn writes the ncnn .param/.bin
+    pair instead; --runtime ort,openvino,ncnn verifies the ONNX file in each runtime.
     """
     from necktool.deploy.plan import ExportPlan, ExportSettings
 
+    if to is ExportTo.NCNN:
+        return _export_ncnn(neck, output, static, opset, precision, calibration, config,
+                            verify, runtime, upsample, flags=flags, weights=weights,
+                            options=options)
     # What applies to any neck (precision, calibration, opset, provider): checked once.
     given = {k: v for k, v in (("opset", opset), ("precision", precision),
-                               ("upsample", upsample)) if v is not None}
+                               ("upsample", upsample), ("runtimes", runtime)) if v is not None}
     settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
                                     options=options, calibration=calibration, **given)
     if neck is None and weights.path is None:
-        return _export_config(config, output, settings, flags=flags)
+        if runtime:
+            raise InputError("--runtime verifies one neck's file; with no NECK (every budget "
+                             "entry) leave it out, or name a NECK")
+        return _export_config(config, output, settings, flags=flags, force=force)
     if config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
@@ -144,8 +166,38 @@ def export_command(
         return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
 
 
+def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, opset: int | None,
+                 precision: Any, calibration: int | None, config: pathlib.Path | None,
+                 verify: bool, runtime: list[Any] | None, upsample: Any, *, flags: Any,
+                 weights: WeightsRequest, options: Any) -> NcnnExportResult:
+    """``--to ncnn``: one neck's pair (see :mod:`necktool.deploy.ncnn`)."""
+    given = [flag for flag, on in (("--static", static), ("--opset", opset is not None),
+                                   ("--calibration", calibration is not None),
+                                   ("--config", config is not None),
+                                   ("--upsample", upsample is not None)) if on]
+    if runtime and [r.value for r in runtime] != ["ncnn"]:
+        given.append("--runtime")
+    if given:
+        raise InputError(f"{', '.join(given)} apply to ONNX files; --to ncnn writes an ncnn "
+                         "pair (every size, verified in ncnn): leave them out")
+    if neck is None and weights.path is None:
+        raise InputError("--to ncnn needs a NECK (or --weights FILE holding one)")
+    chosen: str | NeckSpec
+    chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
+    from necktool.deploy.ncnn import plan_ncnn
+
+    plan = plan_ncnn(chosen, output, batch=flags.batch, weights=weights, verify=verify,
+                     options=options, precision=precision or "fp32", **flags.overrides())
+    load_heavy()
+    from necktool.deploy.ncnn import run_ncnn
+
+    with progress(len(plan.steps), "export") as advance:
+        return run_ncnn(plan, on_step=advance)  # a failed verification is falsy: exit 1
+
+
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
-                   settings: ExportSettings, *, flags: Any) -> ConfigExport:
+                   settings: ExportSettings, *, flags: Any, force: bool = False
+                   ) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
@@ -165,7 +217,9 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
     from necktool.deploy.project import plan_config, run_config
 
     plan = plan_config(cfg, output, dataclasses.replace(
-        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)))
+        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)), force=force)
+    if not plan.todo:  # every file is up to date: answered from their metadata, no torch
+        return run_config(plan)
     load_heavy()
     with progress(plan.steps, "export") as advance:
         return run_config(plan, on_step=advance)

@@ -12,6 +12,7 @@ a command is: parse, one or two library calls, return the result.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import pathlib
@@ -32,10 +33,12 @@ from necktool.deploy.options import (
     Precision,
     VerifyOptions,
 )
+from necktool.deploy.runtimes import parse_runtimes
 from necktool.errors import InputError
 from necktool.report import OutputFormat, Result
 from necktool.spec.families import FAMILIES, families_taking
 from necktool.spec.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
+from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import bare_families
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
@@ -276,6 +279,14 @@ CalibrationOpt = Annotated[Any, typer.Option(
     parser=typer_parser(IntKind(high=MAX_CALIBRATION).from_text),
     help=f"int8: seeded calibration batches at the export size. Default: "
     f"{DEFAULT_CALIBRATION}.")]
+RuntimeOpt = Annotated[Any, typer.Option(
+    "--runtime", metavar="RUNTIMES", rich_help_panel=VERIFY_PANEL,
+    parser=typer_parser(parse_runtimes), show_default=False,
+    help="Where verification runs the file: ort (ONNX Runtime, default), openvino (f32 "
+    "precision hint set), openvino:bf16 (OpenVINO's default hint, bf16 on CPUs with "
+    "AVX512-BF16), ncnn (the neck converted by pnnx from the PyTorch module, fp32). Several, "
+    "comma-separated, give one table. Extras: pip install 'necktool[openvino]' or "
+    "'necktool[ncnn]'.")]
 ConfigOpt = Annotated[Any, typer.Option(
     "--config", metavar="PATH", show_default=False, parser=PATH,
     help="Budget file (pyproject.toml or necktool.toml). Default: search upwards from the "
@@ -287,6 +298,28 @@ NeckArg = Annotated[str, typer.Argument(metavar="NECK", help=NECK_HELP, show_def
 NecksArg = Annotated[list[str], typer.Argument(
     metavar="NECK...", show_default=False,
     help=NECK_HELP + " Several, or shell patterns such as 'scrfd_*' (quoted).")]
+OptionalNecksArg = Annotated[list[str] | None, typer.Argument(
+    metavar="[NECK]...", show_default=False,
+    help=NECK_HELP + " Several, or shell patterns such as 'scrfd_*' (quoted). Without one: "
+    "the neck --weights FILE holds (a checkpoint or a detector ONNX file).")]
+OptionalNeckArg = Annotated[str | None, typer.Argument(
+    metavar="[NECK]", show_default=False,
+    help=NECK_HELP + " Without one: the neck --weights FILE holds (a checkpoint or a "
+    "detector ONNX file), as 'necktool inspect' finds it.")]
+
+
+def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
+    """The neck ``--weights`` holds, as ``necktool inspect`` finds it, with its prefix
+    (unless ``--prefix`` was given)."""
+    assert weights.path is not None
+    from necktool.cli.render import load_heavy
+
+    load_heavy()
+    from necktool.necks.identify import identify_checkpoint
+
+    found = identify_checkpoint(weights.path, weights.prefix)
+    return found.neck_spec, dataclasses.replace(weights,
+                                                prefix=weights.prefix or found.load_prefix)
 
 
 # -- expansion -------------------------------------------------------------------------

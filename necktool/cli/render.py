@@ -140,7 +140,8 @@ def _rich_table(t: Table, plain: bool, widths: list[int]) -> RenderableType:
                          style="bold" if not t.show_header and i == 0 else None)
     for r, row in enumerate(t.rows):
         cells: list[RenderableType] = [
-            _verdict(cell) if i == t.verdict else cell for i, cell in enumerate(row)]
+            # Text, not markup: a cell such as "[[budget]]" is data, never a style tag.
+            _verdict(cell) if i == t.verdict else Text(cell) for i, cell in enumerate(row)]
         table.add_row(*cells, end_section=r in t.sections and r != len(t.rows) - 1)
     return table
 

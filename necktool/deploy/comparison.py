@@ -147,6 +147,7 @@ class VerificationResult:
     weights: str
     cases: tuple[CaseComparison, ...]
     precision: Precision = Precision.FP32  # the file's; the reference is always fp32 torch
+    runtime: str = "ort"  # necktool.deploy.runtimes.RuntimeName; provider then describes it
 
     @property
     def passed(self) -> bool:
@@ -176,6 +177,11 @@ class VerificationResult:
         return min((o.cosine for _, o in self.checks), default=1.0)
 
     @property
+    def who(self) -> str:
+        """The runtime's short name in formulas (``|ort - torch|``, ``|ncnn - torch|``)."""
+        return self.runtime.partition(":")[0]
+
+    @property
     def tolerance_text(self) -> str:
         o = self.options
         stat = "" if o.error_stat is ErrorStat.ELEMWISE else f", {o.error_stat.value} error"
@@ -188,13 +194,13 @@ class VerificationResult:
         what = f" ({self.precision.value} file)" if self.precision is not Precision.FP32 else ""
         if self.passed:
             return (f"PASS{what}: {len(checks)} output checks in {len(self.cases)} case(s) "
-                    f"within {tol} (largest |ort - torch| {self.max_abs:.2e}; smallest "
+                    f"within {tol} (largest |{self.who} - torch| {self.max_abs:.2e}; smallest "
                     f"passing atol {self.min_atol:.2e}; SQNR >= {_db(self.min_sqnr_db)} dB)")
         bad = [(c, o) for c, o in checks if not o.passed]
         case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed_elements))
         detail = worst.note or (f"{worst.failed_elements} of {worst.elements} elements over "
                                 f"tolerance, "
-                                f"max |ort - torch| {worst.max_abs:.3g}, max rel "
+                                f"max |{self.who} - torch| {worst.max_abs:.3g}, max rel "
                                 f"{worst.max_rel:.3g}, smallest passing atol "
                                 f"{worst.min_atol:.3g}, SQNR {_db(worst.sqnr_db)} dB, "
                                 f"cosine {worst.cosine:.6f}")
@@ -209,6 +215,7 @@ class VerificationResult:
             "precision": self.precision.value,
             **self.options.to_dict(),
             "provider": self.provider,
+            "runtime": self.runtime,
             "dynamic": self.dynamic,
             "weights": self.weights,
             "max_abs": _finite(self.max_abs),
@@ -234,15 +241,16 @@ class VerificationResult:
             sections.append(len(rows) - 1)
         against = "PyTorch" if self.precision is Precision.FP32 else \
             f"fp32 PyTorch ({self.precision.value} file)"
+        ran = f"ONNX Runtime ({self.provider})" if self.runtime == "ort" else self.provider
         return table(
-            f"ONNX Runtime ({self.provider}) vs {against}: {self.neck}",
+            f"{ran} vs {against}: {self.neck}",
             ["case", "out", num("max abs"), num("max rel"), num("min atol"), num("SQNR dB"),
              num("cosine"), "result"], rows, sections=tuple(sections), verdict=7,
             caption=f"{self.options.trials} seeded trial(s) per case; an output passes when "
-                    f"{self.options.error_stat.rule} "
+                    f"{self.options.error_stat.rule(self.who)} "
                     f"({self.tolerance_text}); max rel over elements where torch != 0; "
-                    f"SQNR = 10 log10(sum torch^2 / sum (ort - torch)^2); mean abs errors and "
-                    f"NaN/Inf counts in --format json; weights: {self.weights}\n"
+                    f"SQNR = 10 log10(sum torch^2 / sum ({self.who} - torch)^2); mean abs "
+                    f"errors and NaN/Inf counts in --format json; weights: {self.weights}\n"
                     f"{self.summary()}")
 
     def blocks(self) -> list[Block]:

@@ -28,7 +28,7 @@ import dataclasses
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import onnx
@@ -47,6 +47,7 @@ from necktool.deploy.metadata import (
 )
 from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import ExportPlan, planned_served
+from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
 from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
@@ -70,7 +71,7 @@ class ExportResult:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     cross_check: CrossCheck  # fvcore, flop_counter and the ONNX graph's conv MACs
-    verification: VerificationResult | None
+    verification: VerificationResult | RuntimesVerification | None
     written: bool
     seconds: dict[str, float]
     nbytes: int = 0  # the file's size
@@ -338,6 +339,7 @@ def export_onnx(
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
     upsample: Upsample | str = Upsample.SIZE,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -371,6 +373,9 @@ def export_onnx(
             level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
             which converters that freeze a size-computed Resize keep). The numbers, the
             FLOPs (counted on the ``size`` form) and the conv MACs are the same.
+        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes`):
+            ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
+            give one result, which passes when every runtime passed.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -394,7 +399,7 @@ def export_onnx(
     plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
                             weights=request, verify=verify, options=options,
                             precision=precision, calibration=calibration,
-                            upsample=upsample, **overrides)
+                            upsample=upsample, runtimes=runtimes, **overrides)
     return run_export(plan, on_step=on_step)
 
 
@@ -474,10 +479,11 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
                           seconds, nbytes=len(data), plan=plan)
 
     if plan.options is not None:
-        verification = run_comparison(
+        results = tuple(run_comparison(
             data, model, spec, cases=plan.cases, options=plan.options,
             weights=source.describe(), dynamic=plan.dynamic, precision=precision,
-            path=str(plan.output))
+            path=str(plan.output), runtime=runtime) for runtime in plan.runtimes)
+        verification = results[0] if len(results) == 1 else RuntimesVerification(results)
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:

@@ -130,20 +130,22 @@ class WeightSource:
     sha256: str | None = None
     prefix: str | None = None
     stripped: tuple[str, ...] = ()
+    note: str | None = None  # how the file's tensors were mapped (a detector ONNX's folded norm)
 
     def to_dict(self) -> dict[str, Any]:
         if self.source == "seed":
             return {"source": "seed", "seed": self.seed, "init": SEEDED_INIT}
         return {"source": "file", "path": self.path, "sha256": self.sha256,
-                "prefix": self.prefix, "stripped": list(self.stripped)}
+                "prefix": self.prefix, "stripped": list(self.stripped),
+                **({"note": self.note} if self.note else {})}
 
     @classmethod
     def from_dict(cls, data: Any) -> WeightSource:
         if not isinstance(data, Mapping) or data.get("source") not in ("seed", "file"):
             raise ValueError("weights must be an object with source 'seed' or 'file'")
-        strings = {k: data.get(k) for k in ("path", "sha256", "prefix")}
+        strings = {k: data.get(k) for k in ("path", "sha256", "prefix", "note")}
         if any(v is not None and not isinstance(v, str) for v in strings.values()):
-            raise ValueError("weights path, sha256 and prefix must be strings")
+            raise ValueError("weights path, sha256, prefix and note must be strings")
         seed = data.get("seed")
         if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
             raise ValueError("weights seed must be a non-negative integer")
@@ -162,6 +164,7 @@ class WeightSource:
         if self.source == "seed":
             return f"seed {self.seed} (norms and biases randomised too)"
         extra = f", prefix {self.prefix!r}" if self.prefix else ""
+        extra += f" ({self.note})" if self.note else ""
         return f"file {self.path}{extra}"
 
 

@@ -95,12 +95,12 @@ class ErrorStat(enum.StrEnum):
     MEAN = "mean"
     MEDIAN = "median"
 
-    @property
-    def rule(self) -> str:
-        """When an output passes under this statistic, in words (captions, help)."""
+    def rule(self, who: str = "ort") -> str:
+        """When an output passes under this statistic, in words (captions, help); ``who``
+        names the runtime whose outputs are compared with torch's."""
         if self is ErrorStat.ELEMWISE:
-            return "every element has |ort - torch| <= atol + rtol * |torch|"
-        return (f"the {self.value} over its elements of |ort - torch| - rtol * |torch| is "
+            return f"every element has |{who} - torch| <= atol + rtol * |torch|"
+        return (f"the {self.value} over its elements of |{who} - torch| - rtol * |torch| is "
                 f"<= atol (and no element is NaN/Inf)")
 
 

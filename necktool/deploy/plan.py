@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from necktool import quiet
@@ -51,6 +52,7 @@ from necktool.deploy.options import (
     check_precision,
     check_upsample,
 )
+from necktool.deploy.runtimes import RuntimeName, require_runtime
 from necktool.deploy.serving import Case, Images, LevelRelation, Served, default_cases
 from necktool.errors import InputError
 from necktool.files import check_writable
@@ -144,6 +146,7 @@ class ExportSettings:
         options: Verification options, tolerances resolved for ``precision`` and the
             provider's full name; ``None``: no verification.
         upsample: How the file writes nearest upsampling (``size`` or ``scale2``).
+        runtimes: Where verification runs the file (each installed), in order.
     """
 
     dynamic: bool = True
@@ -153,25 +156,29 @@ class ExportSettings:
     weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
     options: VerifyOptions | None = None
     upsample: Upsample = Upsample.SIZE
+    runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
 
     @classmethod
     def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
               weights: WeightsRequest = WeightsRequest(), verify: bool = True,
               options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
-              calibration: int | None = None,
-              upsample: Upsample | str = Upsample.SIZE) -> ExportSettings:
-        """Raises ``InputError`` for a bad precision, calibration, opset, provider or
-        upsample form."""
+              calibration: int | None = None, upsample: Upsample | str = Upsample.SIZE,
+              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,)) -> ExportSettings:
+        """Raises ``InputError`` for a bad precision, calibration, opset, provider,
+        upsample form or runtime (one not installed names its extra)."""
         precision, calibration = check_precision(precision, calibration)
         check_opset(opset)
         form = check_upsample(upsample)
+        chosen = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) if verify else ()
         checked = checked_options(options or VerifyOptions(), precision) if verify else None
-        return cls(bool(dynamic), opset, precision, calibration, weights, checked, form)
+        return cls(bool(dynamic), opset, precision, calibration, weights, checked, form,
+                   chosen or (RuntimeName.ORT,))
 
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "opset": self.opset,
                 "precision": self.precision.value, "calibration": self.calibration,
                 "weights": self.weights.to_dict(), "upsample": self.upsample.value,
+                "runtimes": [r.value for r in self.runtimes],
                 "verification": None if self.options is None else self.options.to_dict()}
 
 
@@ -212,6 +219,7 @@ class ExportPlan:
         precision: Precision | str = Precision.FP32,
         calibration: int | None = None,
         upsample: Upsample | str = Upsample.SIZE,
+        runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
         **overrides: Any,
     ) -> ExportPlan:
         """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
@@ -227,7 +235,8 @@ class ExportPlan:
         batch = check_batch(batch)
         settings = ExportSettings.check(dynamic=dynamic, opset=opset, weights=weights,
                                         verify=verify, options=options, precision=precision,
-                                        calibration=calibration, upsample=upsample)
+                                        calibration=calibration, upsample=upsample,
+                                        runtimes=runtimes)
         return cls.for_spec(spec, output, batch, settings)
 
     @classmethod
@@ -288,6 +297,10 @@ class ExportPlan:
         return self.settings.upsample
 
     @property
+    def runtimes(self) -> tuple[RuntimeName, ...]:
+        return self.settings.runtimes
+
+    @property
     def options(self) -> VerifyOptions | None:
         return self.settings.options
 
@@ -343,6 +356,7 @@ class VerifyPlan:
         precision: The file's precision (its metadata; its graph's when converted later).
         options: Tolerances resolved for ``precision``, the provider's full name.
         upsample: The form the neck is rebuilt in (the file's, unless one is asked for).
+        runtimes: What runs the file (each installed), in order.
     """
 
     path: pathlib.Path
@@ -354,14 +368,18 @@ class VerifyPlan:
     precision: Precision
     options: VerifyOptions
     upsample: Upsample = Upsample.SIZE
+    runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
 
     @classmethod
     def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
               weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
               options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
+              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
               **overrides: Any) -> VerifyPlan:
         """See :func:`necktool.verify_onnx` for the arguments and errors."""
         options = options or VerifyOptions()
+        chosen_runtimes = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) \
+            or (RuntimeName.ORT,)
         chosen = None if upsample is None else check_upsample(upsample)
         file = pathlib.Path(path)
         if not file.is_file():
@@ -420,7 +438,8 @@ class VerifyPlan:
         checked = checked_options(options, precision)
         checked.check_outputs([t.name for t in graph.outputs])
         form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
-        return cls(file, spec, batch, request, graph, served, precision, checked, form)
+        return cls(file, spec, batch, request, graph, served, precision, checked, form,
+                   chosen_runtimes)
 
     @property
     def cases(self) -> tuple[Case, ...]:
@@ -429,8 +448,8 @@ class VerifyPlan:
 
     @property
     def steps(self) -> int:
-        """Cases compared: a progress bar's total."""
-        return len(self.cases)
+        """Cases compared, in every runtime: a progress bar's total."""
+        return len(self.cases) * len(self.runtimes)
 
     def to_dict(self) -> dict[str, Any]:
         """What decides the verification: the file's bytes (not its path), the neck, the
@@ -439,7 +458,8 @@ class VerifyPlan:
                 "name": self.spec.label, "batch": self.batch,
                 "weights": self.weights.to_dict(), "verification": self.options.to_dict(),
                 "serves": self.served.to_json(), "precision": self.precision.value,
-                "upsample": self.upsample.value}
+                "upsample": self.upsample.value,
+                "runtimes": [r.value for r in self.runtimes]}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON."""

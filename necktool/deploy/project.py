@@ -16,6 +16,11 @@ Rules:
 * Any other error (the exporter fails, a custom neck cannot be built) stops the run with
   the entry's place in the config in front of the message; the files already written are
   verified ones and stay.
+* An entry whose file already exists and whose metadata matches what this run would
+  export (:func:`up_to_date`: spec, size, batch, precision, opset, upsample form, weights,
+  necktool version) is not exported again but reported "up to date"; ``force`` re-exports
+  it. Deciding that reads the file's metadata only (onnx, never torch), so a second run
+  over an unchanged config answers without importing torch.
 """
 
 from __future__ import annotations
@@ -26,31 +31,74 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from necktool.budgets.config import Budget, BudgetConfig
-from necktool.deploy.metadata import DEFAULT_OPSET, WeightsRequest
+from necktool.deploy.metadata import (
+    DEFAULT_OPSET,
+    DamagedMetadata,
+    ExportMetadata,
+    WeightsRequest,
+    file_sha256,
+)
 from necktool.deploy.options import Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import ExportPlan, ExportSettings
 from necktool.deploy.serving import Images
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.files import check_writable
-from necktool.report import Block, Note, num, size_text, table
+from necktool.report import Block, Note, neck_header, num, size_text, table
+from necktool.version import __version__
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the exporter imports torch: only once an entry must be exported
     from necktool.deploy.export import ExportResult
 
 MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on the usual file systems
 
 
 @dataclasses.dataclass(frozen=True)
+class UpToDate:
+    """An existing file whose metadata matches the plan: kept, not exported again."""
+
+    path: pathlib.Path
+    metadata: ExportMetadata
+    nbytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metadata
+        return {**neck_header(m.spec, m.input_size, m.batch), "path": str(self.path),
+                "written": False, "up_to_date": True, "bytes": self.nbytes,
+                "opset": m.opset, "dynamic": m.dynamic, "precision": m.precision.value,
+                "serves": m.serves.to_json(), "necktool_version": m.version,
+                "weights": m.weights.to_dict(), "verification": None}
+
+
+@dataclasses.dataclass(frozen=True)
 class EntryExport:
-    """One budget entry's export."""
+    """One budget entry's export: the export made now (``result``), or the file kept
+    because it was already up to date (``kept``)."""
 
     name: str
     key_path: str
-    result: ExportResult
+    result: ExportResult | None
+    kept: UpToDate | None = None
 
     @property
     def passed(self) -> bool:
-        return self.result.passed
+        return self.result is None or self.result.passed
+
+    @property
+    def metadata(self) -> ExportMetadata:
+        if self.result is not None:
+            return self.result.metadata
+        assert self.kept is not None
+        return self.kept.metadata
+
+    def failure(self) -> str | None:
+        return None if self.result is None else self.result.failure()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            assert self.kept is not None
+            return {"entry": self.name, "key_path": self.key_path, **self.kept.to_dict()}
+        return {"entry": self.name, "key_path": self.key_path, **self.result.to_dict(),
+                "up_to_date": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,37 +121,43 @@ class ConfigExport:
         if not bad:
             return None
         return (f"{len(bad)} of {len(self.entries)} export(s) of {self.config} failed "
-                f"verification: " + "; ".join(f"{e.name}: {e.result.failure()}" for e in bad))
+                f"verification: " + "; ".join(f"{e.name}: {e.failure()}" for e in bad))
 
     def to_dict(self) -> list[dict[str, Any]]:
         """One object per entry: ``entry`` (its name), ``key_path``, then what
-        ``export --format json`` prints for one neck."""
-        return [{"entry": e.name, "key_path": e.key_path, **e.result.to_dict()}
-                for e in self.entries]
+        ``export --format json`` prints for one neck, and ``up_to_date`` (true: the
+        existing file was kept, nothing exported or verified now)."""
+        return [e.to_dict() for e in self.entries]
 
     def blocks(self) -> list[Block]:
         rows = []
         for e in self.entries:
-            r = e.result
-            m = r.metadata
-            v = r.verification
-            verdict = "not verified" if v is None else ("PASS" if v.passed else "FAIL")
+            m = e.metadata
             served = {Images.STATIC: "static", Images.ANY: "any HxW",
                       Images.MULTIPLES: "multiples"}[m.serves.images]
-            rows.append((e.name, m.neck, r.path.name, f"{size_text(m.input_size)} b{m.batch}",
-                         served, m.precision.value, f"{r.nbytes / 1e6:.2f}",
-                         "-" if v is None else f"{v.max_abs:.1e}",
-                         f"{verdict}, {'written' if r.written else 'NOT written'}"))
+            if e.result is None:
+                assert e.kept is not None
+                path, nbytes, max_abs, verdict = e.kept.path, e.kept.nbytes, "-", "up to date"
+            else:
+                r = e.result
+                v = r.verification
+                path, nbytes, max_abs = r.path, r.nbytes, "-" if v is None else f"{v.max_abs:.1e}"
+                verdict = ("not verified" if v is None else ("PASS" if v.passed else "FAIL")) \
+                    + f", {'written' if r.written else 'NOT written'}"
+            rows.append((e.name, m.neck, path.name, f"{size_text(m.input_size)} b{m.batch}",
+                         served, m.precision.value, f"{nbytes / 1e6:.2f}", max_abs, verdict))
         out: list[Block] = [table(
             f"{len(self.entries)} budget entries of {self.config} -> {self.directory}",
             ["entry", "neck", "file", "size", "serves", "precision", num("MB"),
              num("max abs"), "result"], rows, verdict=8,
             caption="size: the export size and batch; serves 'any HxW': every image size "
                     "from the coarsest stride up, any batch; max abs: the largest |ort - "
-                    "torch| of the verification; every file's details in --format json")]
+                    "torch| of the verification; up to date: the file's metadata matches "
+                    "this export, so it was kept (--force re-exports); every file's details "
+                    "in --format json")]
         for e in self.entries:
             if not e.passed:
-                out.append(Note(f"{e.name}: {e.result.failure()}", "fail"))
+                out.append(Note(f"{e.name}: {e.failure()}", "fail"))
         return out
 
 
@@ -127,11 +181,10 @@ def _file_name(config: BudgetConfig, entry: Budget) -> str:
 
 
 def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
-                settings: ExportSettings) -> ConfigPlan:
+                settings: ExportSettings, *, force: bool = False) -> ConfigPlan:
     """Check the export of every budget entry of ``config`` with ``settings`` (checked
-    once, for all of them); nothing is built. Each entry's
-    :class:`~necktool.deploy.plan.ExportPlan` has the content hash a cache of config
-    exports keys on.
+    once, for all of them); nothing is built. An entry whose existing file is up to date
+    (:func:`up_to_date`) is planned as kept, unless ``force``.
 
     Raises:
         InputError: the directory is missing or not a directory, a destination cannot be
@@ -154,7 +207,8 @@ def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
             _prefix(exc, where)
             raise
         plan = dataclasses.replace(plan, output=check_writable(dest, "the ONNX file"))
-        plans.append(EntryPlan(entry.name, entry.key_path, where, plan))
+        kept = None if force else up_to_date(plan)
+        plans.append(EntryPlan(entry.name, entry.key_path, where, plan, kept))
     return ConfigPlan(config.display_path, folder, tuple(plans))
 
 
@@ -166,6 +220,7 @@ class EntryPlan:
     key_path: str
     where: str  # the entry's place in the config, in front of its errors
     plan: ExportPlan
+    kept: UpToDate | None = None  # its file is up to date: nothing to export
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +232,13 @@ class ConfigPlan:
     entries: tuple[EntryPlan, ...]
 
     @property
+    def todo(self) -> tuple[EntryPlan, ...]:
+        """The entries to export (not up to date)."""
+        return tuple(e for e in self.entries if e.kept is None)
+
+    @property
     def steps(self) -> int:
-        return sum(len(e.plan.steps) for e in self.entries)
+        return sum(len(e.plan.steps) for e in self.todo)
 
 
 def export_config(
@@ -194,6 +254,7 @@ def export_config(
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
     upsample: Upsample | str = Upsample.SIZE,
+    force: bool = False,
 ) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
@@ -204,6 +265,7 @@ def export_config(
             :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
             input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
+        force: Export every entry, even one whose file is up to date.
 
     Raises:
         InputError: the directory is missing or not a directory, a destination cannot be
@@ -217,17 +279,22 @@ def export_config(
                                     weights=WeightsRequest(seed=seed), verify=verify,
                                     options=options, precision=precision,
                                     calibration=calibration, upsample=upsample)
-    return run_config(plan_config(config, directory, settings), on_step=on_step)
+    return run_config(plan_config(config, directory, settings, force=force), on_step=on_step)
 
 
 def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
                ) -> ConfigExport:
-    """Export every entry of a checked plan (see the module docstring)."""
-    from necktool.deploy.export import run_export  # torch: only once everything is checked
-
+    """Export every entry of a checked plan that is not up to date (see the module
+    docstring); up-to-date entries are reported as kept, and torch is imported only when
+    an entry must be exported."""
     step = on_step or (lambda _label: None)
     done = []
     for entry in plan.entries:
+        if entry.kept is not None:
+            done.append(EntryExport(entry.name, entry.key_path, None, entry.kept))
+            continue
+        from necktool.deploy.export import run_export  # torch: only for an entry to export
+
         def entry_step(name: str, label: str = entry.name) -> None:
             step(f"{label}: {name}")
 
@@ -238,6 +305,43 @@ def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
             raise
         done.append(EntryExport(entry.name, entry.key_path, result))
     return ConfigExport(plan.config, plan.directory, tuple(done))
+
+
+def up_to_date(plan: ExportPlan) -> UpToDate | None:
+    """The file at ``plan.output``, if it is a necktool export whose metadata matches the
+    plan: the resolved spec, size and batch, dynamic or static, opset, precision (and int8
+    calibration count), upsample form, weights (a seed, or a file's SHA-256) and
+    necktool's version. Anything else (no file, not ONNX, damaged or foreign metadata, any
+    difference): ``None``, and the entry is exported. Reads with onnx only, never torch.
+    """
+    from necktool.deploy.metadata import load_model, read_metadata
+
+    path = plan.output
+    if not path.is_file():
+        return None
+    try:
+        meta = read_metadata(load_model(str(path)))
+    except (InputError, DamagedMetadata):
+        return None
+    if meta is None:
+        return None
+    request = plan.weights
+    found = {"version": meta.version, "spec": meta.spec.to_dict(),
+             "input_size": tuple(meta.input_size), "batch": meta.batch,
+             "dynamic": meta.dynamic, "opset": meta.opset, "precision": meta.precision,
+             "calibration": meta.calibration, "upsample": meta.upsample,
+             "weights": (meta.weights.sha256 if meta.weights.source == "file"
+                         else meta.weights.seed)}
+    wanted = {"version": __version__, "spec": plan.spec.to_dict(),
+              "input_size": tuple(plan.spec.input_size), "batch": plan.batch,
+              "dynamic": plan.dynamic, "opset": plan.opset, "precision": plan.precision,
+              "calibration": plan.calibration if plan.precision is Precision.INT8 else None,
+              "upsample": plan.upsample,
+              "weights": (file_sha256(request.path) if request.path is not None
+                          else (request.seed or 0))}
+    if found != wanted:
+        return None
+    return UpToDate(path, meta, path.stat().st_size)
 
 
 def _prefix(exc: NecktoolError, where: str) -> None:

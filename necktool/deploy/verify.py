@@ -17,6 +17,10 @@ The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to
 precision's default tolerances (:data:`necktool.deploy.options.PRECISION_DEFAULTS`) unless the
 user gives others. The cases are :func:`necktool.deploy.serving.default_cases`: the export size,
 and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
+
+``runtime`` runs the file in OpenVINO, or the neck converted by pnnx in ncnn, instead of
+ONNX Runtime (:mod:`necktool.deploy.runtimes`), with the same cases and statistics;
+:func:`compare_runtimes` runs several and returns them as one result.
 """
 
 from __future__ import annotations
@@ -41,7 +45,17 @@ from necktool.deploy.comparison import (
 )
 from necktool.deploy.metadata import GraphInfo, WeightsRequest
 from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
-from necktool.deploy.plan import VerifyPlan, checked_options, resolve_provider
+from necktool.deploy.plan import VerifyPlan, checked_options
+from necktool.deploy.runtimes import (
+    NcnnPair,
+    NcnnRunner,
+    OpenVinoRunner,
+    OrtRunner,
+    Runner,
+    RuntimeName,
+    RuntimesVerification,
+    require_runtime,
+)
 from necktool.deploy.serving import Case, Served, default_cases
 from necktool.errors import InputError, first_line
 from necktool.necks.build import input_tensors
@@ -53,7 +67,7 @@ from necktool.spec.neck_spec import NeckSpec
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 # Re-exported: the results and cases live in torch-free modules.
 __all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "VerifyPlan",
-           "default_cases", "resolve_provider"]
+           "default_cases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +78,7 @@ class VerifyReport:
     spec: NeckSpec
     batch: int
     graph: GraphInfo
-    verification: VerificationResult
+    verification: VerificationResult | RuntimesVerification
     served: Served | None = None  # which inputs the file serves
     upsample: Upsample = Upsample.SIZE  # the form the neck was rebuilt in (the file's)
 
@@ -177,22 +191,12 @@ def _run_torch(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndar
     return [o.detach().cpu().numpy() for o in outs]
 
 
-def _run_ort(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray] | str:
-    """The outputs, or ONNX Runtime's error (first line) when the run fails."""
-    names = [i.name for i in session.get_inputs()]
-    feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True)}
-    try:
-        return list(session.run(None, feeds))
-    except Exception as exc:  # ORT's untyped runtime errors, e.g. a broadcast mismatch
-        return first_line(exc, 160, typed=False)
-
-
 def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
-                error_stat: ErrorStat, why: str) -> OutputComparison:
+                error_stat: ErrorStat, why: str, who: str = "ONNX Runtime") -> OutputComparison:
     shape = tuple(int(d) for d in torch_out.shape)
     n = int(np.prod(shape))
     return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                            n, n, 0, 0, error_stat, note=f"ONNX Runtime failed: {why}")
+                            n, n, 0, 0, error_stat, note=f"{who} failed: {why}")
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
@@ -263,8 +267,11 @@ def compare_onnx(
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
     path: str | None = None,
+    runtime: RuntimeName | str = RuntimeName.ORT,
+    ncnn_pair: NcnnPair | None = None,
 ) -> VerificationResult:
-    """Run ``source`` in ONNX Runtime and ``model`` in PyTorch on the same seeded inputs.
+    """Run ``source`` in ONNX Runtime (or ``runtime``) and ``model`` in PyTorch on the same
+    seeded inputs.
 
     Args:
         source: The ONNX file, or its bytes.
@@ -275,6 +282,9 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes`): ``ort``, ``openvino``,
+            ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default: ``model``
+            converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
     whose note quotes ORT's error.
@@ -286,7 +296,8 @@ def compare_onnx(
     precision = Precision(precision)
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
-                          dynamic=dynamic, precision=precision, path=path, check_outputs=True)
+                          dynamic=dynamic, precision=precision, path=path, check_outputs=True,
+                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair)
 
 
 def run_comparison(
@@ -302,33 +313,66 @@ def run_comparison(
     path: str | None = None,
     check_outputs: bool = False,
     on_case: Callable[[str], None] | None = None,
+    runtime: RuntimeName = RuntimeName.ORT,
+    ncnn_pair: NcnnPair | None = None,
 ) -> VerificationResult:
     """:func:`compare_onnx` with ``options`` already checked by a plan (tolerances
-    resolved, the provider's full name, tolerances naming outputs the file has):
-    nothing is checked again unless ``check_outputs``."""
-    session = open_session(source, options.provider)
-    n_in, n_out = len(session.get_inputs()), len(session.get_outputs())
+    resolved, the provider's full name, tolerances naming outputs the file has) and
+    ``runtime`` known to be installed: nothing is checked again unless ``check_outputs``."""
+    runner = make_runner(runtime, source, model, spec, options.provider, ncnn_pair)
+    provider = runner.provider if isinstance(runner, OrtRunner) else runner.describe()
+    n_in, n_out = len(runner.input_names), len(runner.output_names)
     if n_in != spec.num_inputs or n_out != spec.num_levels:
         raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
-    out_names = [o.name for o in session.get_outputs()]
+    out_names = runner.output_names
     if check_outputs:
         options.check_outputs(out_names)
     results = []
     with reference_threads():
         for c, case in enumerate(cases):
-            results.append(_compare_case(session, model, spec, c, case, out_names, options,
+            results.append(_compare_case(runner, model, spec, c, case, out_names, options,
                                          source))
             if on_case is not None:
                 on_case(case.title)
     if path is None:
         path = "" if isinstance(source, bytes) else str(source)
-    return VerificationResult(path, spec.label, options, options.provider, dynamic, weights,
-                              tuple(results), precision)
+    return VerificationResult(path, spec.label, options, provider, dynamic, weights,
+                              tuple(results), precision, runner.runtime.value)
 
 
-def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: Case,
+def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spec: NeckSpec,
+                provider: str = "cpu", ncnn_pair: NcnnPair | None = None) -> Runner:
+    """The runner of ``runtime`` for an ONNX ``source`` (ncnn: for ``ncnn_pair``, else for
+    ``model`` converted by pnnx)."""
+    if runtime is RuntimeName.ORT:  # the provider's full name, checked by the plan
+        return OrtRunner(open_session(source, provider), provider)
+    if runtime in (RuntimeName.OPENVINO, RuntimeName.OPENVINO_BF16):
+        return OpenVinoRunner(source, hint="f32" if runtime is RuntimeName.OPENVINO else None)
+    if ncnn_pair is None:
+        from necktool.deploy.ncnn_convert import neck_to_ncnn
+
+        ncnn_pair = neck_to_ncnn(model, spec)
+    return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
+
+
+def compare_runtimes(
+    source: ModelSource,
+    model: nn.Module,
+    spec: NeckSpec,
+    *,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    **kwargs: Any,
+) -> VerificationResult | RuntimesVerification:
+    """:func:`compare_onnx` in each runtime: one runtime's result, or all of them as one
+    (see :class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
+    chosen = [require_runtime(r) for r in runtimes] or [RuntimeName.ORT]
+    results = tuple(compare_onnx(source, model, spec, runtime=r, **kwargs) for r in chosen)
+    return results[0] if len(results) == 1 else RuntimesVerification(results)
+
+
+def _compare_case(runner: Runner, model: nn.Module, spec: NeckSpec, c: int, case: Case,
                   out_names: list[str], options: VerifyOptions,
                   source: ModelSource) -> CaseComparison:
     """Case ``c``: ``options.trials`` seeded inputs, the statistics merged over them."""
@@ -336,11 +380,12 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
     merged: list[OutputComparison] = []
     for s in seeds:
         inputs = input_tensors(spec, case.input_size, case.batch, seed=s)
-        _check_static_shapes(session, inputs, source)
+        _check_static_shapes(runner, inputs, source)
         ref = _run_torch(model, inputs)
-        got = _run_ort(session, inputs)
+        got = runner.run([t.numpy() for t in inputs])
         if isinstance(got, str):
-            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got)
+            who = runner.runtime.label
+            trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got, who)
                      for n, r in zip(out_names, ref, strict=True)]
         else:
             trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
@@ -350,15 +395,15 @@ def _compare_case(session: Any, model: nn.Module, spec: NeckSpec, c: int, case: 
     return CaseComparison(case, seeds, tuple(merged))
 
 
-def _check_static_shapes(session: Any, inputs: Sequence[torch.Tensor],
+def _check_static_shapes(runner: Runner, inputs: Sequence[torch.Tensor],
                          source: ModelSource) -> None:
-    """A clear error instead of ORT's when a static file expects other input shapes."""
-    for meta, tensor in zip(session.get_inputs(), inputs, strict=True):
-        want = list(meta.shape)
+    """A clear error instead of the runtime's when a static file expects other shapes."""
+    for name, want, tensor in zip(runner.input_names, runner.input_shapes(), inputs,
+                                  strict=False):
         got = list(tensor.shape)
         if len(want) != len(got) or any(isinstance(w, int) and w != g
                                          for w, g in zip(want, got, strict=True)):
-            raise InputError(f"{_name(source)} expects input {meta.name} of shape {want}, but the "
+            raise InputError(f"{_name(source)} expects input {name} of shape {want}, but the "
                              f"neck at this size gives {got}; check --input-size, --batch and "
                              "the build flags")
 
@@ -374,6 +419,7 @@ def verify_onnx(
     batch: int | None = None,
     options: VerifyOptions | None = None,
     upsample: Upsample | str | None = None,
+    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -395,6 +441,8 @@ def verify_onnx(
             one, or converted after export, what its graph holds).
         upsample: The form the neck is rebuilt in (``size`` or ``scale2``); default: the
             file's (its metadata; ``size`` for a file without one).
+        runtimes: What runs the file (``ort``, ``openvino``, ``openvino:bf16``, ``ncnn``:
+            the neck converted by pnnx from the PyTorch module); several give one result.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -411,27 +459,31 @@ def verify_onnx(
     request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
         seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
     plan = VerifyPlan.build(path, neck=neck, weights=request, batch=batch, options=options,
-                            upsample=upsample, **overrides)
+                            upsample=upsample, runtimes=runtimes, **overrides)
     return run_verify(plan)
 
 
 def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
                ) -> VerifyReport:
-    """Run a checked plan: make the PyTorch module, compare the file with it case by case.
+    """Run a checked plan: make the PyTorch module, compare the file with it case by case,
+    in each of the plan's runtimes.
 
     ``on_case`` is called with each case's title once compared (a progress bar of
     :attr:`~necktool.deploy.plan.VerifyPlan.steps`).
 
     Raises:
         WeightsError: the weights cannot be loaded.
-        InputError: ONNX Runtime cannot load the file, or it does not have the neck's
-            inputs and outputs.
+        InputError: a runtime cannot load the file, or it does not have the neck's inputs
+            and outputs.
     """
     model, source = make_model(plan.spec, plan.weights)
     set_upsample(model, plan.upsample)  # the file's own form: compare like with like
-    verification = run_comparison(plan.path, model, plan.spec, cases=plan.cases,
-                                  options=plan.options, weights=source.describe(),
-                                  dynamic=plan.graph.dynamic, precision=plan.precision,
-                                  path=str(plan.path), on_case=on_case)
+    results = tuple(
+        run_comparison(plan.path, model, plan.spec, cases=plan.cases, options=plan.options,
+                       weights=source.describe(), dynamic=plan.graph.dynamic,
+                       precision=plan.precision, path=str(plan.path), on_case=on_case,
+                       runtime=runtime)
+        for runtime in plan.runtimes)
+    verification = results[0] if len(results) == 1 else RuntimesVerification(results)
     return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
                         plan.served, plan.upsample)

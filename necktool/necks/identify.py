@@ -200,6 +200,8 @@ def identify_checkpoint(path: str | pathlib.Path, prefix: str | None = None,
         WeightsError: unreadable, no recognisable neck (the message lists the file's key
             groups), or several necks and no ``prefix`` to choose.
     """
+    if pathlib.Path(path).suffix.lower() == ONNX_SUFFIX:  # a detector: found by structure
+        return _identify_detector(path, prefix)
     ckpt = ckpt or read_checkpoint(path)
     shapes = {k: tuple(v.shape) for k, v in ckpt.state.items()}
     found, misses = find_necks(shapes, prefix)
@@ -219,6 +221,22 @@ def identify_checkpoint(path: str | pathlib.Path, prefix: str | None = None,
     under = f" under prefix {prefix!r}" if prefix is not None else ""
     raise WeightsError(f"no neck necktool recognises in {str(path)!r}{under} (looked for: "
                        f"{'; '.join(origins)})", details=details)
+
+
+def _identify_detector(path: str | pathlib.Path, prefix: str | None) -> FoundNeck:
+    """The neck of a detector ONNX file (:mod:`necktool.detector`), as a found neck whose
+    spec keeps the graph's size."""
+    from necktool.detector.loading import load_detector
+    from necktool.detector.neck import find_neck
+
+    if prefix is not None:
+        raise WeightsError("--prefix selects a neck inside a checkpoint; a detector ONNX "
+                           "file's neck is found by the graph's structure")
+    found = find_neck(load_detector(path, "weights file"), f"weights file {str(path)!r}")
+    presets = found.presets
+    spec = PRESETS[presets[0]].spec.replace(input_size=found.spec.input_size) if presets \
+        else found.spec
+    return FoundNeck("", spec, presets, found.notes, len(found.convs))
 
 
 # -- the command's result --------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.deploy.metadata import WeightsKind, WeightSource, WeightsRequest, file_sha256
+from necktool.deploy.metadata import WeightSource, WeightsRequest, file_sha256
 from necktool.errors import WeightsError, first_line
 from necktool.necks.build import build_neck
 from necktool.spec.neck_spec import NeckSpec
@@ -113,15 +113,14 @@ def make_model(spec: NeckSpec, weights: WeightsRequest = WeightsRequest()
     (default 0), and the record of where they came from.
 
     Raises:
-        WeightsError: the file is missing, unreadable, or its keys do not fit; or it is an
-            ONNX file (not a weights source yet).
+        WeightsError: the file is missing, unreadable, or its keys (or, for a detector
+            ONNX file, its neck) do not fit.
     """
     seed = weights.seed or 0
     if weights.path is None:
         return seeded_model(spec, seed), WeightSource("seed", seed=seed)
-    if weights.kind is WeightsKind.ONNX:
-        raise WeightsError(f"{str(weights.path)!r} is an ONNX file; weights are read from "
-                           ".pt/.pth state dicts")
+    # A checkpoint, or a detector ONNX file (its neck's Conv nodes): load_weights tells them
+    # apart.
     model = build_neck(spec, seed=seed)
     return model, load_weights(model, weights.path, weights.prefix)
 
@@ -269,7 +268,8 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
 
     Args:
         model: The neck to fill, in place.
-        path: A ``.pt``/``.pth`` file holding a state dict.
+        path: A ``.pt``/``.pth`` file holding a state dict, or a detector ONNX file
+            (:func:`necktool.detector.weights.load_detector_weights`).
         prefix: Keep only keys starting with this (``"fpn."``, ``"neck."``) and strip it.
             A leading ``module.`` (DataParallel) is stripped first, automatically (so
             ``"module.fpn."`` and ``"fpn."`` select the same keys).
@@ -284,6 +284,13 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
         >>> neck = build_neck("retinaface_mnet")
         >>> load_weights(neck, "mobilenet0.25_Final.pth", prefix="fpn.")  # doctest: +SKIP
     """
+    if pathlib.Path(path).suffix.lower() == ".onnx":  # a detector: its neck's Conv nodes
+        if prefix:
+            raise WeightsError("--prefix selects a neck inside a checkpoint; a detector ONNX "
+                               "file's neck is found by the graph's structure")
+        from necktool.detector.weights import load_detector_weights
+
+        return load_detector_weights(model, path)
     state: dict[str, Any] = read_state_dict(path)
     stripped: list[str] = []
     if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):

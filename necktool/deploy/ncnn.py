@@ -1,0 +1,312 @@
+"""``necktool export --to ncnn``: the neck's ncnn ``.param``/``.bin`` pair, converted by pnnx
+from the PyTorch module, verified in ncnn, then written.
+
+The pair serves what a dynamic ONNX export serves (:mod:`necktool.deploy.serving`): pnnx
+traces the module at two sizes, so the upsample takes its size from the finer level's blob
+(:mod:`necktool.deploy.ncnn_convert`). Weights are fp32 (pnnx's default would be fp16)
+unless ``precision="fp16"``. ncnn has no batch dimension: a C++ caller feeds one image's
+levels, each ``(C, H, W)``; verification runs a batch sample by sample.
+
+Nothing is lost: pnnx runs in a temporary directory; only after verification passed are
+the two files written, each atomically by :func:`necktool.files.write_file` (the ``.bin``
+first; should the ``.param`` then fail, the old ``.bin`` is put back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from necktool.analysis.plan import check_batch
+from necktool.deploy.comparison import VerificationResult
+from necktool.deploy.metadata import WeightSource, WeightsRequest
+from necktool.deploy.options import Precision, VerifyOptions, check_precision
+from necktool.deploy.plan import ExportPlan, ExportSettings
+from necktool.deploy.runtimes import NcnnPair, RuntimeName, require_runtime
+from necktool.deploy.serving import Served
+from necktool.errors import InputError
+from necktool.files import check_writable, write_file
+from necktool.report import Block, neck_header, size_text, table
+from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.registry import resolve_spec
+
+NCNN_STEPS = ("build", "convert", "verify", "write")
+
+
+def ncnn_steps(verify: bool = True) -> tuple[str, ...]:
+    return tuple(s for s in NCNN_STEPS if verify or s != "verify")
+
+
+def ncnn_paths(output: str | os.PathLike[str] | None, label: str
+               ) -> tuple[pathlib.Path, pathlib.Path]:
+    """``(param, bin)`` for ``-o``: ``X.param`` or ``X.bin`` names the pair ``X.param`` +
+    ``X.bin``; any other ``X`` gives ``X.param`` + ``X.bin``; none gives
+    ``<neck>.ncnn.param`` + ``<neck>.ncnn.bin``."""
+    base = pathlib.Path(output) if output is not None else pathlib.Path(f"{label}.ncnn")
+    if base.suffix in (".param", ".bin"):
+        return base.with_suffix(".param"), base.with_suffix(".bin")
+    return pathlib.Path(f"{base}.param"), pathlib.Path(f"{base}.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """One ncnn blob a caller feeds or extracts: its name, the neck's name for it, and its
+    ``(C, H, W)`` shape at the export size (H and W follow the image)."""
+
+    blob: str
+    name: str
+    shape: tuple[int, int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blob": self.blob, "name": self.name, "shape": list(self.shape)}
+
+    def __str__(self) -> str:
+        return f"{self.blob} ({self.name}, {'x'.join(map(str, self.shape))} at export size)"
+
+
+@dataclasses.dataclass(frozen=True)
+class NcnnExportResult:
+    """An ncnn export: the pair, its blobs, the verification in ncnn."""
+
+    spec: NeckSpec
+    param_path: pathlib.Path
+    bin_path: pathlib.Path
+    batch: int
+    precision: Precision
+    inputs: tuple[Blob, ...]
+    outputs: tuple[Blob, ...]
+    served: Served
+    weights: WeightSource
+    converter: str
+    verification: VerificationResult | None
+    written: bool
+    seconds: dict[str, float]
+    param_bytes: int = 0
+    bin_bytes: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.verification is None or self.verification.passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.param_path
+
+    def failure(self) -> str | None:
+        if self.passed or self.verification is None:
+            return None
+        state = "left untouched" if self.param_path.exists() else "not written"
+        return (f"verification in ncnn failed, {str(self.param_path)!r} and "
+                f"{str(self.bin_path)!r} {state}: {self.verification.summary()}")
+
+    def serves_text(self) -> str:
+        return self.served.describe(self.spec, self.spec.input_size, self.batch) + \
+            "; ncnn runs one image at a time (no batch dimension)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **neck_header(self.spec, self.spec.input_size, self.batch),
+            "format": "ncnn",
+            "param": str(self.param_path),
+            "bin": str(self.bin_path),
+            "written": self.written,
+            "bytes": {"param": self.param_bytes, "bin": self.bin_bytes},
+            "precision": self.precision.value,
+            "serves": self.serves_text(),
+            "inputs": [b.to_dict() for b in self.inputs],
+            "outputs": [b.to_dict() for b in self.outputs],
+            "weights": self.weights.to_dict(),
+            "converter": self.converter,
+            "verification": self.verification.to_dict() if self.verification is not None
+            else None,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+    def blocks(self) -> list[Block]:
+        state = "written" if self.written else "NOT written"
+        weights = "fp16 (pnnx fp16=1)" if self.precision is Precision.FP16 else \
+            "fp32 (pnnx fp16=0)"
+        rows = [
+            ("converter", self.converter),
+            ("weights", f"{weights}; {self.weights.describe()}"),
+            ("serves", self.serves_text()),
+            ("input blobs", "\n".join(map(str, self.inputs))),
+            ("output blobs", "\n".join(map(str, self.outputs))),
+            ("verification", self.verification.summary() if self.verification is not None
+             else "skipped (--no-verify)"),
+        ]
+        size = (self.param_bytes + self.bin_bytes) / 1e6
+        out: list[Block] = [table(
+            f"{self.spec.label} -> {self.param_path} + {self.bin_path} ({state}, {size:.2f} MB)",
+            ["field", "value"], rows, show_header=False)]
+        if self.verification is not None:
+            out.append(self.verification.table())
+        return out
+
+
+def _blobs(pair: NcnnPair, spec: NeckSpec) -> tuple[tuple[Blob, ...], tuple[Blob, ...]]:
+    size = spec.input_size
+    ins = tuple(Blob(b, n, (c, h, w)) for b, n, c, (h, w) in zip(
+        pair.input_blobs, spec.input_names, spec.in_channels, spec.input_sizes(size),
+        strict=True))
+    outs = tuple(Blob(b, n, (spec.out_channels, h, w)) for b, n, (h, w) in zip(
+        pair.output_blobs, spec.output_names, spec.level_sizes(size), strict=True))
+    return ins, outs
+
+
+@dataclasses.dataclass(frozen=True)
+class NcnnPlan:
+    """An ncnn export, checked (torch-free): the neck's export plan (weights, batch,
+    verification options, what the pair serves) and the pair's two destinations."""
+
+    export: ExportPlan
+    param_path: pathlib.Path
+    bin_path: pathlib.Path
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return ncnn_steps(self.export.verify)
+
+
+def plan_ncnn(
+    neck: str | NeckSpec,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    batch: int = 1,
+    weights: WeightsRequest = WeightsRequest(),
+    verify: bool = True,
+    options: VerifyOptions | None = None,
+    precision: Precision | str = Precision.FP32,
+    **overrides: Any,
+) -> NcnnPlan:
+    """Every check of an ncnn export, before any work (see :func:`export_ncnn`).
+
+    Raises:
+        InputError: ncnn/pnnx not installed, bad destination, precision, batch or size.
+    """
+    require_runtime(RuntimeName.NCNN)
+    chosen, _ = check_precision(precision, None)
+    if chosen not in (Precision.FP32, Precision.FP16):
+        raise InputError(f"--precision {chosen.value} is not available for ncnn; valid: fp32 "
+                         "(default), fp16 (fp16 weights)")
+    settings = ExportSettings.check(weights=weights, verify=verify, options=options,
+                                    precision=chosen, runtimes=(RuntimeName.NCNN,))
+    spec = resolve_spec(neck, **overrides)
+    plan = ExportPlan.for_spec(spec, None, check_batch(batch), settings, check_output=False)
+    param_dest, bin_dest = ncnn_paths(output, spec.label)
+    return NcnnPlan(plan, check_writable(param_dest, "the ncnn .param file"),
+                    check_writable(bin_dest, "the ncnn .bin file"))
+
+
+def export_ncnn(
+    neck: str | NeckSpec,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    batch: int = 1,
+    seed: int | None = None,
+    weights: str | os.PathLike[str] | WeightsRequest | None = None,
+    prefix: str | None = None,
+    verify: bool = True,
+    options: VerifyOptions | None = None,
+    precision: Precision | str = Precision.FP32,
+    on_step: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> NcnnExportResult:
+    """Convert a neck to an ncnn ``.param``/``.bin`` pair, verify it in ncnn, then write it.
+
+    Args:
+        neck: A preset name, an import path or a :class:`NeckSpec`.
+        output: ``X.param`` (or ``X.bin``, or ``X``): the pair ``X.param`` + ``X.bin``;
+            default ``<neck>.ncnn.param`` + ``.bin`` (see :func:`ncnn_paths`).
+        batch: Batch of the export-size verification case (the pair has no batch).
+        verify: Compare ncnn with PyTorch at the export's cases before writing.
+        options: Tolerances and trials (``precision``'s defaults where none given).
+        precision: ``fp32`` (default) or ``fp16`` weights.
+        on_step: Called with each step's name (:func:`ncnn_steps`).
+        seed, weights, prefix, **overrides: As for :func:`necktool.export_onnx`.
+
+    Returns:
+        The result; falsy, with nothing written, when ncnn disagrees with PyTorch.
+
+    Raises:
+        InputError: ncnn/pnnx not installed, bad destination, precision or size.
+        ExportError: pnnx failed (nothing written).
+    """
+    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
+        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
+    plan = plan_ncnn(neck, output, batch=batch, weights=request, verify=verify,
+                     options=options, precision=precision, **overrides)
+    return run_ncnn(plan, on_step=on_step)
+
+
+def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
+             ) -> NcnnExportResult:
+    """Run a checked plan: build, convert with pnnx, verify in ncnn, then write the pair
+    (nothing is written when verification fails: the result is then falsy)."""
+    import pnnx
+
+    from necktool.deploy.export import served_by
+    from necktool.deploy.ncnn_convert import neck_to_ncnn
+    from necktool.deploy.verify import run_comparison
+    from necktool.necks.weights import make_model
+
+    step = on_step or (lambda _name: None)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def done(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+        step(name)
+
+    export, param_dest, bin_dest = plan.export, plan.param_path, plan.bin_path
+    spec = export.spec
+    model, source = make_model(spec, export.weights)
+    if export.probe:  # a custom neck: can it run at every size?
+        export = export.with_served(served_by(spec, model))
+    done("build")
+    pair = neck_to_ncnn(model, spec, fp16=export.precision is Precision.FP16)
+    done("convert")
+    ins, outs = _blobs(pair, spec)
+    result = NcnnExportResult(
+        spec, param_dest, bin_dest, export.batch, export.precision, ins, outs, export.served,
+        source,
+        f"pnnx {getattr(pnnx, '__version__', '?')} from the PyTorch module (pnnx.export, "
+        f"traced at {size_text(spec.input_size)} and a second size)", None, False, seconds,
+        len(pair.param), len(pair.weights))
+    if export.options is not None:
+        verification = run_comparison(
+            str(param_dest), model, spec, runtime=RuntimeName.NCNN, ncnn_pair=pair,
+            cases=export.cases, options=export.options, weights=source.describe(),
+            dynamic=True, precision=export.precision, path=str(param_dest))
+        result = dataclasses.replace(result, verification=verification)
+        done("verify")
+        if not verification.passed:
+            return result
+    _write_pair(pair, param_dest, bin_dest)
+    done("write")
+    return dataclasses.replace(result, written=True)
+
+
+def _write_pair(pair: NcnnPair, param_dest: pathlib.Path, bin_dest: pathlib.Path) -> None:
+    """The ``.bin``, then the ``.param``; should the second write fail, the old ``.bin``
+    (or none) is put back, so the pair on disk always belongs together."""
+    old = bin_dest.read_bytes() if bin_dest.is_file() else None
+    write_file(bin_dest, pair.weights, "the ncnn .bin file")
+    try:
+        write_file(param_dest, pair.param, "the ncnn .param file")
+    except BaseException:
+        if old is None:
+            bin_dest.unlink(missing_ok=True)
+        else:
+            write_file(bin_dest, old, "the ncnn .bin file")
+        raise

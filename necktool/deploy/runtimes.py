@@ -1,0 +1,456 @@
+"""Runtimes beyond ONNX Runtime: OpenVINO and ncnn, behind one small interface (torch-free).
+
+Each runtime is a class with the same three steps: ``load`` (a file or, for ncnn, the pair
+pnnx converted from the PyTorch module), ``run(inputs) -> outputs`` (NCHW float32 arrays
+in, one array per output level out, or the runtime's error as a string), and ``describe``
+(one line saying what ran, at which precision). The runtimes' own packages are optional
+extras, imported only when asked for: ``pip install 'necktool[openvino]'`` or
+``'necktool[ncnn]'`` (ncnn and pnnx).
+
+Traps, measured with the current wheels, each handled here by default:
+
+* OpenVINO's CPU plugin computes in bf16 on CPUs with AVX512-BF16 unless told otherwise
+  (0.04-0.11 max abs error on a small PAFPN against about 2e-6 with the hint), so the
+  ``f32`` inference precision hint is set explicitly; ``openvino:bf16`` leaves the
+  default hint, to show its effect. What the compiled model really uses is read back from
+  it and reported.
+* ``ncnn.Mat(array)`` wraps the array's memory without holding a reference: a Mat made
+  from a temporary reads whatever later reuses that memory. Every input array is held
+  until the extraction is done (:meth:`NcnnRunner.input_mats`).
+* ncnn's fp16/bf16 storage and arithmetic switches default to on (used on ARM phones and
+  x86 CPUs with the instructions); verification sets them off, so the fp32 file is checked
+  in fp32. pnnx stores fp16 weights by default; necktool asks for fp32 (``fp16=0``).
+
+Not supported, and why: :data:`UNSUPPORTED`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import importlib.metadata
+import importlib.util
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from necktool import quiet
+from necktool.deploy.comparison import VerificationResult, _db
+from necktool.deploy.options import Precision
+from necktool.errors import ExportError, InputError, first_line
+from necktool.report import Block, Note, Table, num, table
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class RuntimeName(enum.StrEnum):
+    """What runs an exported neck in ``verify``/``export`` (``--runtime``)."""
+
+    ORT = "ort"
+    OPENVINO = "openvino"
+    OPENVINO_BF16 = "openvino:bf16"  # OpenVINO's default inference precision hint
+    NCNN = "ncnn"
+
+    @property
+    def label(self) -> str:
+        return RUNTIME_LABELS[self]
+
+
+RUNTIME_LABELS = {
+    RuntimeName.ORT: "ONNX Runtime",
+    RuntimeName.OPENVINO: "OpenVINO (f32 hint)",
+    RuntimeName.OPENVINO_BF16: "OpenVINO (default hint)",
+    RuntimeName.NCNN: "ncnn",
+}
+#: The pip extra that installs each runtime, and the modules it must provide.
+EXTRAS: dict[RuntimeName, tuple[str, tuple[str, ...]]] = {
+    RuntimeName.OPENVINO: ("openvino", ("openvino",)),
+    RuntimeName.OPENVINO_BF16: ("openvino", ("openvino",)),
+    RuntimeName.NCNN: ("ncnn", ("ncnn", "pnnx")),
+}
+#: Runtimes asked for by users that necktool does not support, with the reason.
+UNSUPPORTED = {
+    "mnn": "MNN is not supported: its converter pip-installs a telemetry package at run time, "
+           "which downgraded protobuf and broke 'import onnx' in the same environment",
+    "litert": "LiteRT (TFLite) is not supported: converting needs onnx2tf and TensorFlow (a "
+              "2.6 GB environment), serves fixed input sizes only, and onnx2tf overwrote its "
+              "input .onnx in place",
+}
+UNSUPPORTED["tflite"] = UNSUPPORTED["litert"]
+VALID = ", ".join(r.value for r in RuntimeName)
+
+
+def parse_runtime(text: str) -> RuntimeName:
+    """One runtime name (``ort``, ``onnxruntime``, ``openvino``, ``openvino:bf16``, ``ncnn``).
+
+    Raises:
+        InputError: unknown, or named in :data:`UNSUPPORTED` (with the reason).
+    """
+    word = text.strip().lower()
+    if word == "onnxruntime":
+        return RuntimeName.ORT
+    if word in UNSUPPORTED:
+        raise InputError(f"--runtime {word}: {UNSUPPORTED[word]}; supported: {VALID}")
+    try:
+        return RuntimeName(word)
+    except ValueError:
+        raise InputError(f"unknown runtime {text.strip()[:40]!r}; valid: {VALID}") from None
+
+
+def parse_runtimes(text: str | Sequence[str]) -> list[RuntimeName]:
+    """``ort,openvino,ncnn`` (or several such texts): distinct runtimes, in the order given."""
+    texts = [text] if isinstance(text, str) else list(text)
+    words = [w for t in texts for w in str(t).split(",")]
+    if not words or not all(w.strip() for w in words):
+        raise InputError(f"--runtime takes a comma-separated list of {VALID}")
+    return list(dict.fromkeys(parse_runtime(w) for w in words))
+
+
+def require_runtime(runtime: RuntimeName | str) -> RuntimeName:
+    """The runtime, once its packages are known to be installed (nothing imported).
+
+    Raises:
+        InputError: a package is missing; the message names the extra that installs it.
+    """
+    name = parse_runtime(runtime) if not isinstance(runtime, RuntimeName) else runtime
+    if name in EXTRAS:
+        extra, modules = EXTRAS[name]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InputError(f"--runtime {name.value} needs the Python package(s) "
+                             f"{', '.join(missing)}, which are not installed: "
+                             f"pip install 'necktool[{extra}]'")
+    return name
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+# -- runners ---------------------------------------------------------------------------
+class Runner:
+    """The common interface: ``input_names``/``output_names`` (the neck's, in order),
+    ``input_shapes`` (per input, ints for fixed dimensions; empty when the runtime does not
+    say), ``run`` and ``describe``."""
+
+    runtime: RuntimeName = RuntimeName.ORT
+    version: str = ""
+    input_names: list[str]
+    output_names: list[str]
+
+    def input_shapes(self) -> list[list[Any]]:
+        return []
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _why(exc: BaseException) -> str:
+    return first_line(exc, 160, typed=False)
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session (from :func:`necktool.deploy.verify.open_session`)."""
+
+    def __init__(self, session: Any, provider: str) -> None:
+        self.session, self.provider = session, provider
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def input_shapes(self) -> list[list[Any]]:
+        return [list(i.shape) for i in self.session.get_inputs()]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | str:
+        feeds = dict(zip(self.input_names, inputs, strict=True))
+        try:
+            return list(self.session.run(None, feeds))
+        except Exception as exc:  # ORT's untyped runtime errors, e.g. a broadcast mismatch
+            return _why(exc)
+
+    def describe(self) -> str:
+        return f"ONNX Runtime {_version('onnxruntime')} ({self.provider})"
+
+
+class OpenVinoRunner(Runner):
+    """An ONNX file compiled by OpenVINO for its CPU plugin.
+
+    Args:
+        hint: The inference precision hint: ``"f32"`` (default; see the module docstring),
+            or ``None`` to leave OpenVINO's default (``openvino:bf16``).
+        threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice).
+    """
+
+    def __init__(self, source: str | pathlib.Path | bytes, *, hint: str | None = "f32",
+                 threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.runtime = RuntimeName.OPENVINO if hint == "f32" else RuntimeName.OPENVINO_BF16
+        self.hint = hint
+        config: dict[str, Any] = {}
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        what = "the exported model" if isinstance(source, bytes) else repr(str(source))
+        try:
+            with quiet.quiet():
+                core = ov.Core()
+                model = core.read_model(source if isinstance(source, bytes) else str(source))
+                self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with C++ text
+            raise InputError(f"OpenVINO cannot load {what}: {_why(exc)}") from None
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self.version = ov.get_version().split("-")[0]
+
+    @property
+    def inference_precision(self) -> str:
+        """What the compiled model computes in (``f32``, ``bf16``...), read back from it."""
+        value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return str(value.to_string()) if hasattr(value, "to_string") else str(value)
+
+    def input_shapes(self) -> list[list[Any]]:
+        return [[d.get_length() if d.is_static else "?" for d in p.get_partial_shape()]
+                for p in self.compiled.inputs]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | str:
+        import numpy as np
+
+        try:
+            result = self.compiled([np.ascontiguousarray(x) for x in inputs])
+            return [np.asarray(result[p]) for p in self.compiled.outputs]
+        except Exception as exc:
+            return _why(exc)
+
+    def describe(self) -> str:
+        how = "hint f32, set explicitly" if self.hint else "OpenVINO's default hint"
+        return (f"OpenVINO {self.version} CPU, inference precision {self.inference_precision} "
+                f"({how})")
+
+
+@dataclasses.dataclass(frozen=True)
+class NcnnPair:
+    """An ncnn model: the ``.param`` text and ``.bin`` weights, and the blob names a caller
+    feeds and extracts (in the neck's input and output order)."""
+
+    param: bytes
+    weights: bytes
+    input_blobs: tuple[str, ...]
+    output_blobs: tuple[str, ...]
+    fp16: bool = False  # weights stored as float16 (pnnx's default; necktool's --precision fp16)
+
+
+def pnnx_convert(module: Any, inputs: Sequence[Any], inputs2: Sequence[Any], *,
+                 fp16: bool = False) -> NcnnPair:
+    """Convert a PyTorch module ``module(*inputs) -> tuple`` to ncnn with ``pnnx.export``.
+
+    ``inputs2`` is a second set of inputs at other sizes: with it pnnx keeps
+    ``interpolate(size=...)`` an ``Interp`` that takes its size from a reference blob, so
+    the pair runs at every size (with one set, pnnx freezes the size it traced). pnnx writes
+    a dozen side files (TorchScript, pnnx graph, Python, ONNX); it runs in a temporary
+    directory, silenced, and only the pair's bytes are kept.
+
+    Raises:
+        ExportError: pnnx failed or wrote no pair.
+    """
+    import pnnx
+
+    with tempfile.TemporaryDirectory(prefix="necktool-pnnx-") as tmp:
+        base = pathlib.Path(tmp) / "neck"
+        pt = f"{base}.pt"
+        before = set(sys.modules)
+        try:
+            # In the temporary directory too: pnnx's binary runs in the working directory,
+            # and the user's must receive nothing but the pair.
+            with quiet.quiet(), _cwd(tmp):
+                pnnx.export(module, pt, tuple(inputs), tuple(inputs2), fp16=fp16)
+        except Exception as exc:  # pnnx raises whatever its generated module raises
+            if not (pathlib.Path(f"{base}.ncnn.param").is_file()
+                    and pathlib.Path(f"{base}.ncnn.bin").is_file()):
+                raise ExportError(f"pnnx did not convert the neck to ncnn: {first_line(exc)}"
+                                  ) from None
+        finally:  # pnnx imports its generated Python from the temporary directory
+            for name in set(sys.modules) - before:
+                if name.startswith(tmp):
+                    del sys.modules[name]
+        param, weights = pathlib.Path(f"{base}.ncnn.param"), pathlib.Path(f"{base}.ncnn.bin")
+        if not param.is_file() or not weights.is_file():
+            raise ExportError("pnnx wrote no ncnn .param/.bin pair (its output is silenced; "
+                              "run pnnx by hand on the TorchScript to see why)")
+        text = param.read_bytes()
+        blob = weights.read_bytes()
+    layers = [ln.split() for ln in text.decode().splitlines()[2:] if ln.strip()]
+    inputs_ = tuple(ln[1] for ln in layers if ln[0] == "Input")
+    consumed = {b for ln in layers for b in ln[4:4 + int(ln[2])]}
+    produced = [b for ln in layers for b in ln[4 + int(ln[2]):4 + int(ln[2]) + int(ln[3])]]
+    outputs = tuple(b for b in produced if b not in consumed and b not in inputs_)
+    if len(inputs_) != len(inputs) or not outputs:
+        raise ExportError(f"pnnx wrote an ncnn graph with inputs {list(inputs_)} and outputs "
+                          f"{list(outputs)}; expected {len(inputs)} inputs")
+    return NcnnPair(text, blob, inputs_, tuple(sorted(outputs, key=_blob_order)), fp16)
+
+
+def _blob_order(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 0, name)
+
+
+@contextlib.contextmanager
+def _cwd(path: str) -> Any:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+class NcnnRunner(Runner):
+    """An ncnn pair on the CPU, fp32 arithmetic (see the module docstring).
+
+    ncnn has no batch dimension: a batch runs sample by sample, the outputs stacked.
+    """
+
+    runtime = RuntimeName.NCNN
+
+    def __init__(self, pair: NcnnPair, input_names: Sequence[str], output_names: Sequence[str],
+                 *, threads: int | None = None) -> None:
+        import ncnn
+
+        self.pair = pair
+        self.input_names, self.output_names = list(input_names), list(output_names)
+        net = ncnn.Net()
+        opt = net.opt
+        opt.use_vulkan_compute = False
+        for switch in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic",
+                       "use_bf16_storage", "use_int8_inference"):
+            setattr(opt, switch, False)
+        if threads is not None:
+            opt.num_threads = threads
+        with tempfile.TemporaryDirectory(prefix="necktool-ncnn-") as tmp:
+            param, weights = pathlib.Path(tmp) / "neck.param", pathlib.Path(tmp) / "neck.bin"
+            param.write_bytes(pair.param)
+            weights.write_bytes(pair.weights)
+            with quiet.quiet():
+                failed = net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0
+        if failed:
+            raise InputError("ncnn cannot load the converted neck (load_param/load_model "
+                             "failed)")
+        self.net = net
+        self.version = _version("ncnn")
+
+    def input_mats(self, sample: Sequence[np.ndarray]) -> list[tuple[Any, np.ndarray]]:
+        """One ``(Mat, array)`` per input of one sample (C, H, W). The array is the Mat's
+        memory: keep the pair until the extraction is done."""
+        import ncnn
+        import numpy as np
+
+        out = []
+        for x in sample:
+            data = np.ascontiguousarray(x, dtype=np.float32)
+            out.append((ncnn.Mat(data), data))
+        return out
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | str:
+        import numpy as np
+
+        batch = int(inputs[0].shape[0])
+        per_output: list[list[np.ndarray]] = [[] for _ in self.pair.output_blobs]
+        try:
+            for b in range(batch):
+                held = self.input_mats([x[b] for x in inputs])
+                with self.net.create_extractor() as ex:
+                    for blob, (mat, _data) in zip(self.pair.input_blobs, held, strict=True):
+                        ex.input(blob, mat)
+                    for k, blob in enumerate(self.pair.output_blobs):
+                        code, mat = ex.extract(blob)
+                        if code != 0:
+                            return f"ncnn could not extract {blob} (code {code})"
+                        per_output[k].append(np.array(mat, copy=True))
+                del held
+        except Exception as exc:
+            return _why(exc)
+        return [np.stack(outs) for outs in per_output]
+
+    def describe(self) -> str:
+        weights = "fp16" if self.pair.fp16 else "fp32"
+        return (f"ncnn {self.version} CPU, fp32 arithmetic, {weights} weights (pnnx "
+                f"{_version('pnnx')}, from the PyTorch module)")
+
+
+# -- several runtimes, one result -------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RuntimesVerification:
+    """One verification per runtime, shown as one table: runtime x case x output level.
+    True when every runtime passed."""
+
+    results: tuple[VerificationResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def path(self) -> str:
+        return self.results[0].path
+
+    @property
+    def precision(self) -> Precision:
+        return self.results[0].precision
+
+    @property
+    def max_abs(self) -> float:
+        return max(r.max_abs for r in self.results)
+
+    def summary(self) -> str:
+        """One line: each runtime's verdict; a failing one's worst output in full."""
+        parts = [f"{r.runtime} PASS (max abs {r.max_abs:.1e})" if r.passed
+                 else f"{r.runtime} {r.summary()}" for r in self.results]
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"{verdict} in {len(self.results)} runtimes: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "path": self.path,
+                "runtimes": [r.to_dict() for r in self.results], "summary": self.summary()}
+
+    def table(self) -> Table:
+        rows, sections = [], []
+        for r in self.results:
+            for cmp in r.cases:
+                for i, out in enumerate(cmp.outputs):
+                    verdict = "PASS" if out.passed else "FAIL" + (
+                        f" {out.note}" if out.note else f" {out.failed_elements:,} el.")
+                    rows.append((r.runtime if i == 0 else "",
+                                 cmp.case.title if i == 0 else "", out.name,
+                                 f"{out.max_abs:.1e}", _db(out.sqnr_db), verdict))
+                sections.append(len(rows) - 1)
+        described = "\n".join(f"{r.runtime}: " + (f"ONNX Runtime ({r.provider})" if
+                                                  r.runtime == RuntimeName.ORT else r.provider)
+                              for r in self.results)
+        return table(
+            f"Runtimes vs PyTorch: {self.results[0].neck}",
+            ["runtime", "case", "out", num("max abs"), num("SQNR dB"), "result"], rows,
+            sections=tuple(sections), verdict=5,
+            caption=f"{described}\nper runtime: {self.results[0].tolerance_text} by the "
+                    "file's precision; SQNR = 10 log10(sum torch^2 / sum (runtime - "
+                    "torch)^2); everything per output in --format json\n" + self.summary())
+
+    def blocks(self) -> list[Block]:
+        out: list[Block] = [self.table()]
+        if not self.passed:
+            out.append(Note(self.summary(), "fail"))
+        return out
