@@ -26,6 +26,7 @@ TORCH_FREE = [
     "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
     "necktool.deploy.plan", "necktool.deploy.project",
     "necktool.deploy.runtimes",
+    "necktool.deploy.data", "necktool.deploy.loss", "necktool.cli.data_params",
     "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
     "necktool.analysis.plan",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",

@@ -245,12 +245,14 @@ def test_weights_request_says_what_kind_of_file_it_reads(tmp_path: pathlib.Path)
     from necktool.cli.params import Weights
 
     assert Weights is WeightsRequest  # the CLI's group collects the library's type
-    from necktool.errors import WeightsError
+    # An ONNX file is read as a detector (its neck's Conv nodes), untrusted: garbage is a
+    # one-line input error naming the file, never a pickle or a checkpoint load.
+    from necktool.errors import InputError, WeightsError
     from necktool.necks.weights import make_model
 
     onnx_file = tmp_path / "det.onnx"
     onnx_file.write_bytes(b"not read")
-    with pytest.raises(WeightsError, match="is an ONNX file"):
+    with pytest.raises((WeightsError, InputError), match=r"det\.onnx"):
         make_model(_plan(tmp_path).spec, WeightsRequest(path=onnx_file))
 
 

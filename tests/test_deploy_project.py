@@ -71,7 +71,8 @@ def test_summary_table_and_default_directory(project: pathlib.Path) -> None:
     code, stdout, stderr = invoke("export", "--onnx", "--trials", "1", "--precision", "fp16")
     assert code == 0, stderr
     here = pathlib.Path.cwd()
-    assert sorted(p.name for p in here.iterdir()) == ["mnet odd.onnx", "scrfd_0.5g.onnx"]
+    assert sorted(p.name for p in here.iterdir()) == ["mnet odd.fp16.onnx",
+                                                     "scrfd_0.5g.fp16.onnx"]
     assert "2 budget entries of ../pyproject.toml" in stdout
     assert stdout.count("PASS") == 2 and stdout.count("fp16") >= 2
     assert stdout.count("written") >= 2
@@ -108,7 +109,7 @@ def test_no_neck_and_no_config_is_one_line_exit_2(tmp_path: pathlib.Path,
 @pytest.mark.parametrize(("args", "says"), [
     (["--input-size", "64"], "--input-size describes one neck"),
     (["--prefix", "fpn.", "--batch", "2"], "--batch, --prefix describe one neck"),
-    (["-o", "nowhere"], "nowhere: does not exist"),
+    (["-o", "no/where"], "no/where: does not exist, nor does its parent"),
     (["-o", "../pyproject.toml"], "is not a directory"),
     (["--atol", "1e-4", "p9:1"], "--atol names output 'p9'"),
 ])
@@ -117,6 +118,23 @@ def test_bad_requests_fail_before_any_export(project: pathlib.Path, args: list[s
     code, stdout, stderr = invoke("export", "--onnx", *args)
     assert code == 2 and stdout == "" and says in stderr
     assert list(pathlib.Path.cwd().iterdir()) == []
+
+
+def test_a_missing_directory_whose_parent_exists_is_created(project: pathlib.Path) -> None:
+    code, stdout, stderr = invoke("export", "--onnx", "-o", "onnx/", "--no-verify", "--json")
+    assert code == 0, stderr
+    names = sorted(p.name for p in (pathlib.Path.cwd() / "onnx").iterdir())
+    assert names == sorted(pathlib.Path(e["path"]).name for e in json.loads(stdout))
+
+
+def test_default_file_names_carry_a_reduced_precision(project: pathlib.Path) -> None:
+    from necktool.deploy.plan import ExportPlan
+
+    assert ExportPlan.build("fpn", verify=False).output.name == "fpn.onnx"
+    assert ExportPlan.build("fpn", verify=False, precision="fp16").output.name == \
+        "fpn.fp16.onnx"
+    assert ExportPlan.build("fpn", verify=False, precision="int8").output.name == \
+        "fpn.int8.onnx"
 
 
 def test_an_entry_name_that_cannot_be_a_file_name(tmp_path: pathlib.Path) -> None:

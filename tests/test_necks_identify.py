@@ -8,6 +8,7 @@ and a bare state dict.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -361,3 +362,18 @@ def test_mmdet_flags_through_the_cli() -> None:
         assert stderr.count("\n") == 1
     code, _, stderr = invoke("profile", "scrfd_2.5g", "--extra-convs", "none")
     assert code == 2 and "families that take it: mmdet_fpn, mmdet_pafpn" in stderr
+
+
+def test_the_reproduce_command_never_repeats_what_the_rule_gives() -> None:
+    """An exported file's spec holds the resolved GroupNorm groups (10 for 40 channels);
+    the command that reproduces it must not pin them (--gn-groups 10), but must keep a
+    value the rule would not give."""
+    from necktool.spec.registry import get_spec, reproduce_command
+
+    spec = get_spec("scrfd_2.5g")
+    resolved = dataclasses.replace(spec, gn_groups=spec.resolved_gn_groups)
+    assert reproduce_command(resolved, "scrfd_2.5g") == "necktool profile scrfd_2.5g"
+    assert reproduce_command(resolved) == \
+        "necktool profile pafpn --in-channels 48,48,80 --out-channels 40"
+    other = dataclasses.replace(spec, gn_groups=5)
+    assert reproduce_command(other, "scrfd_2.5g") == "necktool profile scrfd_2.5g --gn-groups 5"

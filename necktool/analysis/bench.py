@@ -60,6 +60,7 @@ from necktool.analysis.timing import (
 )
 from necktool.deploy.comparison import sqnr_db
 from necktool.deploy.convert import convert
+from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
 from necktool.deploy.metadata import DEFAULT_OPSET
 from necktool.deploy.options import Precision
@@ -89,6 +90,7 @@ class BenchResult:
     precisions: tuple[Precision, ...] = ()  # given: one row per precision
     calibration: int | None = None
     stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
+    calibrated_on: str = ""  # int8 on the user's data: which (empty: seeded batches)
 
     def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
         wanted = Runtime(runtime)
@@ -112,6 +114,7 @@ class BenchResult:
             "runtimes": [t.to_dict(self.flops) for t in self.timings],
             "precisions": [p.value for p in self.precisions],
             "calibration": self.calibration,
+            "calibrated_on": self.calibrated_on or None,
             "ort_speedup": self.ort_speedup,
             **({"stages": [row.to_dict(s.runtime, self.spec.level_names)
                            for s in self.stages for row in s.rows],
@@ -162,13 +165,17 @@ class BenchResult:
                          "-" if t.sqnr_db is None else f"{t.sqnr_db:.1f}"))
         calib = f"; int8 calibrated on {self.calibration} seeded batch(es)" \
             if self.calibration else ""
+        on = "the timed inputs"
+        if self.calibrated_on:
+            calib = f"; int8 calibrated on {self.calibrated_on}"
+            on = "the held-out feature sets"
         return table(
             f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
             f"{self.threads} thread(s): ONNX Runtime by precision",
             ["precision", num("file MB"), num("median ms"), num("p10-p90 ms"), num("GFLOP/s"),
              num("max abs"), num("SQNR dB")], rows,
             caption=f"{self.flops:,} FLOPs ({UNIT_SHORT}); GFLOP/s = FLOPs / median; max abs "
-                    f"and SQNR of ONNX Runtime vs fp32 PyTorch on the timed inputs (torch: "
+                    f"and SQNR of ONNX Runtime vs fp32 PyTorch on {on} (torch: "
                     f"PyTorch eager, fp32, the reference); static exports{calib}; "
                     f"{self.timings[0].warmup} warm-up + {self.timings[0].repeat} timed runs")
 
@@ -226,15 +233,30 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
     return RuntimeTiming(Runtime.ONNXRUNTIME, ort.__version__, warmup, threads, times)
 
 
-def _errors(session: Any, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's."""
-    feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
-                                                     strict=True)}
-    return _errors_of(session.run(None, feeds), model, inputs)
+def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
+            ) -> tuple[float, float]:
+    """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's, over
+    every batch of inputs."""
+    import numpy as np
+
+    worst, noise, signal = 0.0, 0.0, 0.0
+    for inputs in batches:
+        feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
+                                                         strict=True)}
+        got = session.run(None, feeds)
+        with torch.inference_mode():
+            ref = [o.numpy().astype(np.float64) for o in model(inputs)]
+        diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
+        noise += sum(float((d * d).sum()) for d in diff)
+        signal += sum(float((r * r).sum()) for r in ref)
+        worst = max(worst, *(float(np.abs(d).max()) for d in diff))
+    return worst, sqnr_db(signal, noise)
 
 
 def _errors_of(got: Sequence[Any], model: nn.Module, inputs: list[torch.Tensor]
                ) -> tuple[float, float]:
+    """Max abs error and SQNR (dB) of one run's outputs (another runtime's) against the
+    fp32 module's."""
     import numpy as np
 
     with torch.inference_mode():
@@ -285,6 +307,7 @@ def bench(
     calibration: int | None = None,
     on_run: Callable[[str], None] | None = None,
     stages: bool = False,
+    data: Data | None = None,
     **overrides: Any,
 ) -> BenchResult:
     """Time a neck in PyTorch eager and ONNX Runtime (CPU); see the module docstring.
@@ -310,6 +333,8 @@ def bench(
             of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
         stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
             time of every stage x level (:mod:`necktool.analysis.stage_timing`).
+        data: int8: calibrate on these feature sets' calibration part instead; the files
+            are static, so every set must have this size's levels.
         **overrides: Spec fields to change; ``None`` values are ignored.
 
     Raises:
@@ -325,7 +350,7 @@ def bench(
     plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
                            threads=threads, runtimes=runtimes, seed=seed,
                            precisions=precisions, calibration=calibration, stages=stages,
-                           **overrides)
+                           data=data, **overrides)
     return run_bench(plan, on_run=on_run)
 
 
@@ -355,9 +380,11 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
                if r in OTHER_RUNTIMES}
     if proto is not None and Runtime.ONNXRUNTIME in plan.runtimes:
         for precision in plan.precisions or (Precision.FP32,):
-            data = convert(proto, precision, spec=spec, shapes=[(size, batch)],
-                           calibration=plan.calibration or 1).SerializeToString()
-            sessions.append((precision, _session(data, threads), len(data)))
+            converted = convert(proto, precision, spec=spec, shapes=[(size, batch)],
+                                calibration=plan.calibration or 1,
+                                feeds=_static_feeds(plan.data, spec))
+            blob = converted.SerializeToString()
+            sessions.append((precision, _session(blob, threads), len(blob)))
     step = on_run or (lambda _label: None)
     timings = []
     for runtime in plan.runtimes:
@@ -370,8 +397,8 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
             continue
         for precision, session, nbytes in sessions:
             timing = _bench_ort(session, inputs, threads, plan.warmup, plan.repeat, step)
-            max_abs, sqnr = _errors(session, model, inputs) if plan.precisions \
-                else (None, None)
+            max_abs, sqnr = _errors(session, model, *_error_inputs(plan.data, inputs)) \
+                if plan.precisions else (None, None)
             timings.append(dataclasses.replace(timing, precision=precision.value,
                                                nbytes=nbytes, max_abs=max_abs, sqnr_db=sqnr))
     profiled = []
@@ -385,4 +412,20 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
                            on_run=functools.partial(step, f"{runtime.value} stages"))
             profiled.append(stage_times(runtime.value, run))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), plan.precisions, plan.calibration, tuple(profiled))
+                       tuple(timings), plan.precisions, plan.calibration, tuple(profiled),
+                       plan.data.describe() if plan.data is not None and plan.calibration
+                       else "")
+
+
+def _error_inputs(data: Data | None, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Where the errors are measured: the held-out feature sets, else the timed inputs."""
+    if data is None:
+        return [inputs]
+    return [[torch.from_numpy(a) for a in s.arrays] for s in data.verification]
+
+
+def _static_feeds(data: Data | None, spec: NeckSpec) -> list[dict[str, Any]] | None:
+    """The calibration sets as feeds of the static file (their sizes checked by the plan)."""
+    if data is None:
+        return None
+    return [s.feeds(spec.input_names) for s in data.calibration]

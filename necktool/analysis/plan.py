@@ -33,6 +33,7 @@ from necktool.analysis.timing import (
     STAGED_RUNTIMES,
     Runtime,
 )
+from necktool.deploy.data import Data
 from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.options import Precision, check_precision
 from necktool.deploy.runtimes import require_runtime
@@ -121,6 +122,23 @@ class ProfilePlan:
         return content_hash("profile", self.to_dict())
 
 
+def check_bench_data(data: Data, spec: NeckSpec, batch: int,
+                     precisions: Sequence[Precision]) -> None:
+    """The user's feature sets calibrate int8 for ``bench``, whose files are static: int8
+    must be timed, and every set must have the timed size's levels and batch."""
+    if Precision.INT8 not in precisions:
+        raise InputError("--calibration-data and --images calibrate int8 here; add int8 to "
+                         "--precision")
+    size = spec.input_size
+    want = tuple(tuple(s) for s in spec.input_sizes(size))
+    for s in data.calibration + data.verification:
+        if s.sizes != want or s.batch != batch:
+            raise InputError(f"bench times a static file at {size_text(size)}, batch {batch}; "
+                             f"feature set {s.name!r} has level sizes {list(s.sizes)}, batch "
+                             f"{s.batch}: give features of that size (--image-size "
+                             f"{size_text(size)} with --images)")
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchPlan:
     """A latency measurement (see :func:`necktool.bench`), checked.
@@ -136,6 +154,8 @@ class BenchPlan:
         calibration: int8 calibration batches (``None`` without int8).
         seed: Seed of the inputs (and of the weights, unless ``weights`` names a file).
         weights: Where the weights come from (a seed, a checkpoint, a detector ONNX file).
+        data: int8: the user's feature sets (calibrated on, errors measured on the held-out
+            part), each at the timed size's levels and batch.
         stages: Also profile ``repeat`` runs per runtime, stage by stage.
     """
 
@@ -150,6 +170,7 @@ class BenchPlan:
     seed: int = 0
     stages: bool = False
     weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
+    data: Data | None = None
 
     @classmethod
     def build(cls, neck: str | NeckSpec, input_size: Size | None = None, batch: int = 1, *,
@@ -157,7 +178,8 @@ class BenchPlan:
               threads: int | None = None, runtimes: Sequence[Runtime | str] | None = None,
               seed: int = 0, precisions: Sequence[Precision | str] = (),
               calibration: int | None = None, stages: bool = False,
-              weights: WeightsRequest = WeightsRequest(), **overrides: Any) -> BenchPlan:
+              weights: WeightsRequest = WeightsRequest(), data: Data | None = None,
+              **overrides: Any) -> BenchPlan:
         """Every check of :func:`necktool.bench`'s arguments, in its order.
 
         Raises:
@@ -198,8 +220,11 @@ class BenchPlan:
         batch = check_batch(batch)
         require(forward_bytes(spec, spec.input_size, batch),
                 f"{spec.label} at {size_text(spec.input_size)}, batch {batch},")
+        if data is not None:
+            check_bench_data(data, spec, batch, order)
+            calibration = len(data.calibration)
         return cls(spec, batch, warmup, repeat, threads, chosen, order, calibration, seed,
-                   bool(stages), weights)
+                   bool(stages), weights, data)
 
     @property
     def series(self) -> tuple[tuple[Runtime, Precision], ...]:
@@ -219,7 +244,8 @@ class BenchPlan:
                 "runtimes": [r.value for r in self.runtimes],
                 "precisions": [p.value for p in self.precisions],
                 "calibration": self.calibration, "seed": self.seed, "stages": self.stages,
-                "weights": self.weights.to_dict()}
+                "weights": self.weights.to_dict(),
+                "data": None if self.data is None else self.data.to_dict()}
 
     def content_hash(self) -> str:
         """SHA-256 of every field (see the module docstring); timings themselves vary."""

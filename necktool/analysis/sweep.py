@@ -228,6 +228,9 @@ class SweepResult:
     sizes: tuple[tuple[int, int], ...]
     batch: int
     necks: tuple[NeckSweep, ...]
+    #: where ``--plot`` drew the figure, and what it shows (set by :meth:`plotted`)
+    plot_path: str | None = None
+    plot_metric: str | None = None
 
     @property
     def square(self) -> bool:
@@ -254,6 +257,8 @@ class SweepResult:
             "memory_unit": MEMORY_UNIT,
             "memory_note": MEMORY_NOTE,
             "necks": [n.to_dict() for n in self.necks],
+            **({"plot": {"path": self.plot_path, "metric": self.plot_metric}}
+               if self.plot_path is not None else {}),
         }
 
     def blocks(self) -> list[Block]:
@@ -274,7 +279,17 @@ class SweepResult:
                       caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, "
                               f"{MIB_CAPTION}; per-level figures with --format json"),
                 Note(failure, "fail") if failure else
-                Note(f"conv MACs cross-checked with {CROSS_CHECK} at every size: equal")]
+                Note(f"conv MACs cross-checked with {CROSS_CHECK} at every size: equal"),
+                *([Note(f"plot of {self.plot_metric} written to {self.plot_path}")]
+                  if self.plot_path is not None else [])]
+
+    def plotted(self, path: str | os.PathLike[str],
+                metric: PlotMetric | str = PlotMetric.FLOPS) -> SweepResult:
+        """:meth:`plot`, and this result saying where the figure went (the report and
+        JSON name the file)."""
+        dest = self.plot(path, metric)
+        return dataclasses.replace(self, plot_path=str(dest),
+                                   plot_metric=PlotMetric(metric).value)
 
     def plot(self, path: str | os.PathLike[str],
              metric: PlotMetric | str = PlotMetric.FLOPS) -> pathlib.Path:

@@ -12,6 +12,7 @@ from necktool.analysis.timing import (
     MAX_RUNS,
     parse_bench_runtimes,
 )
+from necktool.cli.data_params import DataOpt
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
@@ -23,6 +24,7 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
+from necktool.errors import InputError
 from necktool.spec.fields import IntKind
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ def bench_command(
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
     fmt: FormatOpt,
+    data: DataOpt,
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.
 
@@ -80,10 +83,10 @@ def bench_command(
     against fp32 PyTorch. --stages adds a stage x level table per runtime (median time per
     run), with the unattributed rest and the profiling overhead. --weights FILE (a
     checkpoint or a detector ONNX file) times the neck with those weights; NECK may be left
-    to the file.
+    to the file. With --calibration-data or --images/--backbone, int8 is calibrated on the
+    data's calibration part (features at the benchmark size: --image-size).
     """
     from necktool.analysis.plan import BenchPlan
-    from necktool.errors import InputError
     from necktool.spec.neck_spec import NeckSpec
 
     chosen: str | NeckSpec
@@ -94,14 +97,18 @@ def bench_command(
     else:
         raise InputError("bench needs a NECK (a preset, family or package.module:factory; "
                          "'necktool list' shows them) or --weights FILE")
-
     # Every check, once, before torch loads; the plan also knows how many runs it times.
     counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
     runtimes = list(dict.fromkeys(r for rs in runtime for r in rs)) if runtime else None
+    loaded = None
+    if data.given:
+        from necktool.spec.registry import resolve_spec
+
+        loaded = data.load(resolve_spec(chosen, **flags.overrides()))
     plan = BenchPlan.build(chosen, batch=flags.batch, threads=threads, runtimes=runtimes,
                            precisions=precision or (), calibration=calibration,
                            stages=stages, weights=weights, seed=weights.seed or 0,
-                           **counts, **flags.overrides())
+                           data=loaded, **counts, **flags.overrides())
     load_heavy()
     from necktool.analysis.bench import run_bench
 

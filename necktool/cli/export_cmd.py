@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.cli.data_params import DataOpt, ReduceOpt
 from necktool.cli.params import (
     NECK_HELP,
     PATH,
@@ -27,7 +28,7 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
-from necktool.deploy.options import Upsample
+from necktool.deploy.options import CalibrationMethod, Upsample
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.neck_spec import NeckSpec
@@ -120,6 +121,8 @@ def export_command(
     weights: WeightsOpt,
     options: VerifyOpt,
     fmt: FormatOpt,
+    data: DataOpt,
+    reduce: ReduceOpt,
 ) -> ExportResult | NcnnExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
@@ -135,7 +138,15 @@ def export_command(
     """
     from necktool.deploy.plan import ExportPlan, ExportSettings
 
+    if calibration is not None and data.given:
+        raise InputError("--calibration counts seeded batches; with --calibration-data or "
+                         "--images every calibration set is used: leave it out")
+    if neck is None and weights.path is None and (data.given or reduce != type(reduce)()):
+        raise InputError("the data and reduced-precision flags describe one neck; name a NECK")
     if to is ExportTo.NCNN:
+        if data.given or reduce != type(reduce)():
+            raise InputError("the data and reduced-precision flags apply to ONNX files; "
+                             "--to ncnn writes fp32 or fp16 weights: leave them out")
         return _export_ncnn(neck, output, static, opset, precision, calibration, config,
                             verify, runtime, upsample, flags=flags, weights=weights,
                             options=options)
@@ -157,8 +168,16 @@ def export_command(
     # A bad name or flag: exit 2 before torch loads (unless --weights needed it to say
     # which neck it holds).
     spec = resolve_spec(chosen, **flags.overrides())
+    reduction = None
+    if data.given or reduce != type(reduce)():  # the user's data: read and checked here
+        from necktool.deploy.reduce import Reduction
+
+        reduction = Reduction(data.load(spec), reduce.method or CalibrationMethod.MINMAX,
+                              keep_fp32=reduce.keep_fp32, stages=reduce.stages,
+                              min_sqnr=reduce.min_sqnr)
     plan = ExportPlan.for_spec(spec, output, flags.batch,
-                               dataclasses.replace(settings, weights=weights))
+                               dataclasses.replace(settings, weights=weights),
+                               reduction=reduction)
     load_heavy()
     from necktool.deploy.export import run_export
 

@@ -15,7 +15,7 @@ from necktool.analysis.sweep import (
     sweep_plans,
 )
 from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt, typer_parser
-from necktool.cli.render import diagnostic, load_heavy, progress
+from necktool.cli.render import load_heavy, progress
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind
 
@@ -60,7 +60,6 @@ def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = No
 
     with progress(sum(p.steps for p in plans), "sweeping") as advance:
         result = run_sweep(plans, on_point=advance)
-    if plot is not None:
-        result.plot(plot, metric or PlotMetric.FLOPS)
-        diagnostic(f"plot written to {plot}")
+    if plot is not None:  # the report says where it went
+        result = result.plotted(plot, metric or PlotMetric.FLOPS)
     return result

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from necktool.cli.data_params import DataOpt, StagesOpt
 from necktool.cli.params import (
     PATH,
     BuildFlagsOpt,
@@ -29,10 +30,6 @@ AgainstOpt = Annotated[Any, typer.Option(
     help="A detector ONNX file: run it in ONNX Runtime with its neck's input and output "
     "tensors exposed, and compare MODEL.onnx and necktool's neck (built with the "
     "detector's weights) on the same neck inputs, level by level.")]
-ImagesOpt = Annotated[Any, typer.Option(
-    "--images", metavar="DIR", show_default=False, parser=PATH,
-    help="With --against (or --weights DET.onnx): feed these PNG/JPEG images to the "
-    "detector. Default: one seeded random image at the graph's size.")]
 NeckOpt = Annotated[str | None, typer.Option(
     "--neck", metavar="NECK", show_default=False,
     help="The neck the file holds (preset, family or import path). Default: from the file's "
@@ -40,18 +37,21 @@ NeckOpt = Annotated[str | None, typer.Option(
 
 
 def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: RuntimeOpt = None,
-                   against: AgainstOpt = None, images: ImagesOpt = None, *,
-                   flags: BuildFlagsOpt, weights: WeightsOpt, options: VerifyOpt,
-                   fmt: FormatOpt) -> VerifyReport | AgainstReport:
+                   against: AgainstOpt = None, *, flags: BuildFlagsOpt, weights: WeightsOpt,
+                   options: VerifyOpt, fmt: FormatOpt, data: DataOpt,
+                   reduce: StagesOpt) -> VerifyReport | AgainstReport:
     """Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata.
 
     The neck, its weights (seed or file) and the export size come from the file's
     metadata unless --neck, build flags, --seed or --weights say otherwise; --batch sets
     the export-size case's batch (default: as recorded). Exit 1 if any output of any case
     is over tolerance. --runtime ort,openvino,ncnn runs it in each runtime, in one table.
+    With --calibration-data or --images/--backbone, the cases are the held-out feature sets
+    (the same split export calibrated on); --stages adds an fp16/int8 file's SQNR per stage.
 
     With --against DET.onnx (or --weights DET.onnx and no MODEL): compare with the neck
     inside a detector, level by level (shape, max abs error, SQNR); exit 1 on a mismatch.
+    --images DIR then feeds those images to the detector.
     """
     from necktool.errors import InputError
 
@@ -63,29 +63,35 @@ def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: Runtim
         if weights.path is not None and weights.path != detector:
             raise InputError("--against compares with the detector's own weights; leave "
                              "out --weights (or give the same file)")
-        if runtime:
-            raise InputError("--runtime verifies an exported file; with --against the "
-                             "detector runs in ONNX Runtime: leave --runtime out")
+        extra = [flag for flag, on in (("--runtime", runtime), ("--stages", reduce.stages),
+                                       ("--calibration-data", data.calibration_data),
+                                       ("--backbone", data.backbone)) if on]
+        if extra:
+            raise InputError(f"{', '.join(extra)} verify an exported file; with --against "
+                             "the detector runs in ONNX Runtime on --images: leave them out")
         load_heavy()
         from necktool.detector.compare import verify_against
 
         with progress(1, "verify") as advance:
-            against_report = verify_against(detector, neck_file=model, images=images,
+            against_report = verify_against(detector, neck_file=model, images=data.images,
                                             options=options)
             advance(str(detector))
         return against_report
     if model is None:
         raise InputError("verify needs MODEL.onnx, or --weights DET.onnx (a detector) to "
                          "compare necktool's neck with the one inside it")
-    if images is not None:
-        raise InputError("--images feeds a detector: use it with --against DET.onnx")
     from necktool.deploy.plan import VerifyPlan
 
     plan = VerifyPlan.build(model, neck=neck, weights=weights, batch=flags.given("batch"),
                             options=options, runtimes=runtime or ("ort",),
-                            **flags.overrides())
+                            data=data if data.given else None, **flags.overrides())
     load_heavy()
     from necktool.deploy.verify import run_verify
 
     with progress(plan.steps, "verify") as advance:
-        return run_verify(plan, on_case=advance)
+        report = run_verify(plan, on_case=advance)
+    if reduce.stages:
+        from necktool.deploy.file_stages import add_stages
+
+        report = add_stages(report)
+    return report

@@ -75,6 +75,7 @@ class OutputComparison:
         n = self.elements + other.elements
         return dataclasses.replace(
             self,
+            atol=min(self.atol, other.atol),  # scaled atols differ between trials
             max_abs=max(self.max_abs, other.max_abs),
             mean_abs=(self.mean_abs * self.elements + other.mean_abs * other.elements) / n
             if n else 0.0,
@@ -148,6 +149,9 @@ class VerificationResult:
     cases: tuple[CaseComparison, ...]
     precision: Precision = Precision.FP32  # the file's; the reference is always fp32 torch
     runtime: str = "ort"  # necktool.deploy.runtimes.RuntimeName; provider then describes it
+    #: what the cases ran on: "" for seeded normal inputs, else e.g. "real features from 12
+    #: images (photos/), 4 held out" (one case per feature set)
+    measured_on: str = ""
 
     @property
     def passed(self) -> bool:
@@ -185,13 +189,16 @@ class VerificationResult:
     def tolerance_text(self) -> str:
         o = self.options
         stat = "" if o.error_stat is ErrorStat.ELEMWISE else f", {o.error_stat.value} error"
-        return f"atol={o.atol}, rtol={o.rtol}{stat}"
+        scaled = " x max(1, output RMS)" if o.atol_scaled else ""
+        return f"atol={o.atol}{scaled}, rtol={o.rtol}{stat}"
 
     def summary(self) -> str:
         """One line: verdict, how many checks, and how close it came."""
         checks = self.checks
         tol = self.tolerance_text
         what = f" ({self.precision.value} file)" if self.precision is not Precision.FP32 else ""
+        if self.measured_on:
+            what += f" on {self.measured_on}"
         if self.passed:
             return (f"PASS{what}: {len(checks)} output checks in {len(self.cases)} case(s) "
                     f"within {tol} (largest |{self.who} - torch| {self.max_abs:.2e}; smallest "
@@ -213,6 +220,7 @@ class VerificationResult:
             "path": self.path,
             "neck": self.neck,
             "precision": self.precision.value,
+            "measured_on": self.measured_on or "seeded normal inputs",
             **self.options.to_dict(),
             "provider": self.provider,
             "runtime": self.runtime,
@@ -235,7 +243,9 @@ class VerificationResult:
                 verdict = "PASS" if out.passed else "FAIL" + (
                     f" {out.note}" if out.note else f" {nonfinite:,} NaN/Inf" if nonfinite
                     else f" {out.failed_elements:,} el.")
-                rows.append((cmp.case.title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
+                title = f"{cmp.case.label} ({cmp.case.title})" if self.measured_on \
+                    else cmp.case.title
+                rows.append((title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
                              f"{out.max_rel:.1e}", f"{out.min_atol:.1e}", _db(out.sqnr_db),
                              f"{out.cosine:.6f}", verdict))
             sections.append(len(rows) - 1)
@@ -246,7 +256,7 @@ class VerificationResult:
             f"{ran} vs {against}: {self.neck}",
             ["case", "out", num("max abs"), num("max rel"), num("min atol"), num("SQNR dB"),
              num("cosine"), "result"], rows, sections=tuple(sections), verdict=7,
-            caption=f"{self.options.trials} seeded trial(s) per case; an output passes when "
+            caption=f"{self._inputs_text()}; an output passes when "
                     f"{self.options.error_stat.rule(self.who)} "
                     f"({self.tolerance_text}); max rel over elements where torch != 0; "
                     f"SQNR = 10 log10(sum torch^2 / sum ({self.who} - torch)^2); mean abs "
@@ -255,6 +265,11 @@ class VerificationResult:
 
     def blocks(self) -> list[Block]:
         return [self.table()]
+
+    def _inputs_text(self) -> str:
+        if self.measured_on:
+            return f"one case per feature set: {self.measured_on}"
+        return f"{self.options.trials} seeded trial(s) per case"
 
 
 def _db(value: float) -> str:

@@ -33,7 +33,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, check_precision
+from necktool.deploy.options import (
+    DEFAULT_CALIBRATION,
+    CalibrationMethod,
+    Precision,
+    check_precision,
+)
 from necktool.errors import ExportError, first_line
 from necktool.quiet import quiet
 
@@ -54,13 +59,22 @@ REDUCE_RANGE = True
 
 
 Shape = tuple[tuple[int, int], int]  # ((H, W), batch) of calibration inputs
+Feeds = dict[str, Any]  # input name -> float32 array: one calibration batch
+
+#: int8 weights per output channel. Measured (scripts/calibration_table.py): see README's
+#: "Real data through reduced precision".
+PER_CHANNEL = True
 
 
 def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpec,
-            shapes: Sequence[Shape], calibration: int = DEFAULT_CALIBRATION
+            shapes: Sequence[Shape], calibration: int = DEFAULT_CALIBRATION,
+            feeds: Sequence[Feeds] | None = None,
+            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
             ) -> onnx.ModelProto:
     """``proto`` (fp32, left unchanged) at ``precision``; fp32 returns it as it is.
-    ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`).
+    ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`);
+    ``feeds``: real calibration inputs instead; ``keep_fp32``: node names left in fp32.
 
     Raises:
         InputError: ``calibration`` is not 1 to ``MAX_CALIBRATION`` batches (int8).
@@ -70,12 +84,14 @@ def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpe
     if precision is Precision.FP32:
         return proto
     if precision is Precision.FP16:
-        return to_fp16(proto)
-    return to_int8(proto, spec, shapes, calibration)
+        return to_fp16(proto, keep_fp32)
+    return to_int8(proto, spec, shapes, calibration, feeds=feeds, method=method,
+                   per_channel=per_channel, keep_fp32=keep_fp32)
 
 
-def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Weights and compute in float16, float32 inputs and outputs (see the module doc)."""
+def to_fp16(proto: onnx.ModelProto, keep_fp32: Sequence[str] = ()) -> onnx.ModelProto:
+    """Weights and compute in float16, float32 inputs and outputs (see the module doc);
+    the nodes named in ``keep_fp32`` stay float32 (the converter's ``node_block_list``)."""
     import onnx
 
     copy = onnx.ModelProto()
@@ -88,11 +104,14 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     annotations = [v for v in copy.graph.value_info if v.name not in initializers]
     del copy.graph.value_info[:]
     copy.graph.value_info.extend(annotations)
+    if keep_fp32:  # a constant shared with an fp16 node would be rounded to fp16 for both
+        unshare_initializers(copy)
     with _silenced():
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         try:
-            half = convert_float_to_float16(copy, keep_io_types=True)
+            half = convert_float_to_float16(copy, keep_io_types=True,
+                                            node_block_list=list(keep_fp32) or None)
         except Exception as exc:  # the converter raises plain Exceptions
             raise ExportError(f"the fp16 conversion failed: {first_line(exc)}") from None
     return _sorted(half)
@@ -107,31 +126,47 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
-            calibration: int = DEFAULT_CALIBRATION) -> onnx.ModelProto:
-    """ONNX Runtime static QDQ quantization, calibrated on ``calibration`` seeded batches;
-    batch ``i`` has shape ``shapes[i % len(shapes)]`` and seed ``CALIBRATION_SEED + i``."""
+            calibration: int = DEFAULT_CALIBRATION, *, feeds: Sequence[Feeds] | None = None,
+            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
+            ) -> onnx.ModelProto:
+    """ONNX Runtime static QDQ quantization, calibrated on ``feeds`` (real inputs) or on
+    ``calibration`` seeded batches: batch ``i`` has shape ``shapes[i % len(shapes)]`` and
+    seed ``CALIBRATION_SEED + i``. Nodes named in ``keep_fp32`` are not quantized
+    (``nodes_to_exclude``).
+
+    The calibrator sees one batch per ``collect_data`` call (ONNX Runtime's
+    ``CalibStridedMinMax`` option with a stride of 1, which its histogram calibrators honour
+    too): they stack the batches of one call into one array, which fails ("inhomogeneous
+    shape") when the batches differ in size, and merge their histograms across calls.
+    """
     import onnx
 
+    method = CalibrationMethod(method)
+    if method is CalibrationMethod.AUTO:
+        raise ExportError("calibration method 'auto' is chosen by necktool.deploy.loss; "
+                          "to_int8 takes minmax, percentile or entropy")
     calibration = check_precision(Precision.INT8, calibration)[1] or DEFAULT_CALIBRATION
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     unshare_initializers(copy)
     reader_cls = _reader_class()
+    batches = _Batches(spec, list(shapes), calibration, feeds)
     with _silenced() as private:
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
+        from onnxruntime.quantization import CalibrationMethod as OrtMethod
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+        ort_method = {CalibrationMethod.MINMAX: OrtMethod.MinMax,
+                      CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
+                      CalibrationMethod.ENTROPY: OrtMethod.Entropy}[method]
         out = pathlib.Path(private) / "int8.onnx"
         try:
-            quantize_static(copy, out, reader_cls(spec, list(shapes), calibration),
+            quantize_static(copy, out, reader_cls(batches),
                             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, per_channel=False,
-                            reduce_range=REDUCE_RANGE,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            weight_type=QuantType.QInt8, per_channel=per_channel,
+                            reduce_range=REDUCE_RANGE, calibrate_method=ort_method,
+                            nodes_to_exclude=list(keep_fp32) or None,
+                            extra_options={"CalibStridedMinMax": 1})
             return onnx.load(str(out))
         except Exception as exc:  # ORT's quantizer raises many error types
             raise ExportError(f"the int8 quantization failed: {first_line(exc)}") from None
@@ -165,29 +200,55 @@ def unshare_initializers(proto: onnx.ModelProto) -> int:
     return copies
 
 
+class _Batches:
+    """The calibration batches: the given feeds, or seeded normal ones made on demand."""
+
+    def __init__(self, spec: NeckSpec, shapes: list[Shape], count: int,
+                 feeds: Sequence[Feeds] | None) -> None:
+        self.spec, self.shapes, self.feeds = spec, shapes, list(feeds) if feeds else None
+        self.count = len(self.feeds) if self.feeds is not None else count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Feeds:
+        if self.feeds is not None:
+            return self.feeds[i]
+        from necktool.necks.build import make_inputs
+
+        size, batch = self.shapes[i % len(self.shapes)]
+        inputs = make_inputs(self.spec, size, batch, seed=CALIBRATION_SEED + i)
+        return {n: t.numpy() for n, t in zip(self.spec.input_names, inputs, strict=True)}
+
+
 def _reader_class() -> Any:
-    """A ``CalibrationDataReader`` over seeded batches (made here: ORT is imported late)."""
+    """A ``CalibrationDataReader`` over :class:`_Batches` with ``set_range`` (for
+    ``CalibStridedMinMax``); made here: ORT is imported late."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from necktool.necks.build import make_inputs
-
-    class SeededBatches(CalibrationDataReader):
-        def __init__(self, spec: NeckSpec, shapes: list[Shape], count: int) -> None:
-            self.spec, self.shapes, self.count = spec, shapes, count
+    class Batches(CalibrationDataReader):
+        def __init__(self, batches: _Batches) -> None:
+            self.batches = batches
+            self.start, self.end = 0, len(batches)
             self.index = 0
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.start, self.end = start_index, min(end_index, len(self.batches))
+            self.index = self.start
 
         def get_next(self) -> dict[str, Any] | None:
-            if self.index >= self.count:
+            if self.index >= self.end:
                 return None
-            size, batch = self.shapes[self.index % len(self.shapes)]
-            inputs = make_inputs(self.spec, size, batch, seed=CALIBRATION_SEED + self.index)
             self.index += 1
-            return {n: t.numpy() for n, t in zip(self.spec.input_names, inputs, strict=True)}
+            return self.batches[self.index - 1]
 
         def rewind(self) -> None:
-            self.index = 0
+            self.index = self.start
 
-    return SeededBatches
+    return Batches
 
 
 @contextlib.contextmanager

@@ -36,7 +36,9 @@ import torch
 from torch import nn
 
 from necktool.analysis.profiling import CrossCheck, analyze
-from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE, convert
+from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.deploy.data import FeatureSet
+from necktool.deploy.loss import PrecisionReport, check_stages
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     ExportMetadata,
@@ -45,10 +47,18 @@ from necktool.deploy.metadata import (
     conv_macs,
     tensor_infos,
 )
-from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, Upsample, VerifyOptions
+from necktool.deploy.options import (
+    DEFAULT_CALIBRATION,
+    CalibrationMethod,
+    Precision,
+    Upsample,
+    VerifyOptions,
+)
 from necktool.deploy.plan import ExportPlan, planned_served
+from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
 from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
+from necktool.deploy.stages import PartOf
 from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
@@ -76,6 +86,7 @@ class ExportResult:
     seconds: dict[str, float]
     nbytes: int = 0  # the file's size
     plan: ExportPlan | None = None  # what was asked for, checked
+    reduced: PrecisionReport | None = None  # fp16/int8: what it was measured on and lost
 
     @property
     def precision(self) -> Precision:
@@ -83,7 +94,8 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
+        return (self.verification is None or self.verification.passed) \
+            and (self.reduced is None or self.reduced.passed)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -122,10 +134,14 @@ class ExportResult:
         return self.cross_check.agree
 
     def failure(self) -> str | None:
-        if self.passed or self.verification is None:
+        if self.passed:
             return None
         state = "left untouched" if self.path.exists() else "not written"
-        return f"verification failed, {str(self.path)!r} {state}: {self.verification.summary()}"
+        if self.verification is not None and not self.verification.passed:
+            return (f"verification failed, {str(self.path)!r} {state}: "
+                    f"{self.verification.summary()}")
+        assert self.reduced is not None
+        return f"{str(self.path)!r} {state}: {self.reduced.summary()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON-ready dict (``verification`` is ``null`` when skipped)."""
@@ -140,7 +156,7 @@ class ExportResult:
             "dynamic": m.dynamic,
             "serves": m.serves_text(),
             "precision": m.precision.value,
-            "calibration": _calibration(m),
+            "calibration": _calibration(m, self.reduced),
             "upsample": m.upsample.value,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -155,6 +171,7 @@ class ExportResult:
             "verification": self.verification.to_dict() if self.verification is not None
             else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "reduced_precision": self.reduced.to_dict() if self.reduced is not None else None,
         }
 
     def blocks(self) -> list[Block]:
@@ -167,7 +184,7 @@ class ExportResult:
         match = "equal" if self.conv_macs_match else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
-            ("precision", precision_text(m)),
+            ("precision", precision_text(m, self.reduced)),
             ("upsample", m.upsample_text()),
             ("serves", m.serves_text()),
             ("shapes", shape),
@@ -188,31 +205,55 @@ class ExportResult:
                                   rows, show_header=False)]
         if self.verification is not None:
             out.append(self.verification.table())
+        if self.reduced is not None:
+            out.extend(self.reduced.blocks())
         return out
 
 
-def precision_text(m: ExportMetadata) -> str:
+def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) -> str:
     """What the file's precision means, for the summary table."""
+    keep = f"; stages kept in fp32: {','.join(reduced.keep_fp32)}" \
+        if reduced is not None and reduced.keep_fp32 else ""
     if m.precision is Precision.FP16:
         return ("fp16: weights and compute float16, inputs and outputs float32 "
-                "(onnxruntime.transformers.float16)")
+                f"(onnxruntime.transformers.float16){keep}")
     if m.precision is Precision.INT8:
-        shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
-        at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
-        return (f"int8: ONNX Runtime static quantization, QDQ, int8 weights (7-bit range) and "
-                f"activations, MinMax calibration on {m.calibration} seeded batch(es) ({at}); "
-                "inputs and outputs float32")
+        method = _ORT_NAMES[reduced.method] if reduced is not None and reduced.method \
+            else "MinMax"
+        weights = "per-channel " if reduced is None or reduced.per_channel else "per-tensor "
+        if reduced is not None and reduced.data is not None:
+            on = (f"{len(reduced.data.calibration)} real feature set(s) "
+                  f"({reduced.data.source})")
+        else:
+            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+            at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
+            on = f"{m.calibration} seeded batch(es) ({at})"
+        return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights}weights (7-bit "
+                f"range) and activations, {method} calibration on {on}{keep}; inputs and "
+                "outputs float32")
     return "fp32"
 
 
-def _calibration(m: ExportMetadata) -> dict[str, Any] | None:
+_ORT_NAMES = {CalibrationMethod.MINMAX: "MinMax", CalibrationMethod.PERCENTILE: "Percentile",
+              CalibrationMethod.ENTROPY: "Entropy", CalibrationMethod.AUTO: "auto"}
+
+
+def _calibration(m: ExportMetadata, reduced: PrecisionReport | None = None
+                 ) -> dict[str, Any] | None:
     if m.calibration is None:
         return None
+    method = reduced.method if reduced is not None and reduced.method else \
+        CalibrationMethod.MINMAX
+    common = {"method": _ORT_NAMES[method], "format": "QDQ", "reduce_range": REDUCE_RANGE,
+              "per_channel": reduced.per_channel if reduced is not None else False}
+    if reduced is not None and reduced.data is not None:
+        return {"batches": len(reduced.data.calibration), "data": reduced.data.to_dict(),
+                **common}
     shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
     return {"batches": m.calibration,
             "shapes": [{"input_size": list(s), "batch": b} for s, b in shapes],
             "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + m.calibration - 1],
-            "method": "MinMax", "format": "QDQ", "reduce_range": REDUCE_RANGE}
+            "data": None, **common}
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -340,6 +381,7 @@ def export_onnx(
     on_step: Callable[[str], None] | None = None,
     upsample: Upsample | str = Upsample.SIZE,
     runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    reduction: Reduction | None = None,
     **overrides: Any,
 ) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
@@ -376,6 +418,9 @@ def export_onnx(
         runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes`):
             ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
             give one result, which passes when every runtime passed.
+        reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
+            SQNR, an SQNR floor (see :mod:`necktool.deploy.reduce`); with data, verification
+            runs on its held-out feature sets.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -399,7 +444,8 @@ def export_onnx(
     plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
                             weights=request, verify=verify, options=options,
                             precision=precision, calibration=calibration,
-                            upsample=upsample, runtimes=runtimes, **overrides)
+                            upsample=upsample, runtimes=runtimes, reduction=reduction,
+                            **overrides)
     return run_export(plan, on_step=on_step)
 
 
@@ -428,12 +474,16 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         step(name)
 
     spec, batch, precision = plan.spec, plan.batch, plan.precision
+    reduction = plan.reduction
     model, source = make_model(spec, plan.weights)
     if plan.upsample is not Upsample.SIZE \
             and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
         raise InputError(f"--upsample {plan.upsample.value} rewrites necktool's UpsampleAdd "
                          f"modules, and {spec.label} has none (it upsamples in its own code); "
                          f"leave --upsample at {Upsample.SIZE.value}")
+    if reduction is not None and reduction.keep_fp32:  # a bad stage name: before the work
+        parts = [_part_of(model)(n) for n, _ in model.named_modules()]
+        check_stages(reduction.keep_fp32, list(dict.fromkeys(p[0] for p in parts if p)))
     if plan.probe:  # a custom neck: can it run at every size?
         plan = plan.with_served(served_by(spec, model))
     served = plan.served
@@ -452,12 +502,15 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
 
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
     cross_check = counted.cross_check.with_onnx(conv_macs(proto, input_shapes))
+    calibration = plan.calibration
+    if calibration and reduction is not None and reduction.data is not None:
+        calibration = len(reduction.data.calibration)  # what the metadata records
     meta = ExportMetadata(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
         batch=batch, dynamic=plan.dynamic, opset=plan.opset, flops=counted.flops,
         params=counted.params, conv_macs=int(cross_check.onnx_conv_macs or 0),
         weights=source, exporter=exporter_name(), precision=precision, served=served,
-        calibration=plan.calibration, upsample=plan.upsample)
+        calibration=calibration, upsample=plan.upsample)
     _stamp(proto, meta)
     _check_model(proto)
     if not cross_check.agree:
@@ -466,31 +519,49 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
                           f"{cross_check.flop_counter_conv_macs:,} from {CROSS_CHECK} at "
                           f"{size_text(spec.input_size)}; nothing written")
     done("check")
+    reduced = None
     if precision is not Precision.FP32:
-        proto = convert(proto, precision, spec=spec,
-                        shapes=calibration_shapes(spec, spec.input_size, batch, served),
-                        calibration=plan.calibration or DEFAULT_CALIBRATION)
+        proto, reduced = reduce_precision(
+            proto, precision, spec=spec, part_of=_part_of(model),
+            shapes=calibration_shapes(spec, spec.input_size, batch, served),
+            calibration=calibration or DEFAULT_CALIBRATION, how=reduction)
         _stamp(proto, meta)
         _check_model(proto, f"the {precision.value} graph")
         done("convert")
     data = proto.SerializeToString()
     result = ExportResult(plan.output, meta, tensor_infos(proto.graph.input),
                           tensor_infos(proto.graph.output), cross_check, None, False,
-                          seconds, nbytes=len(data), plan=plan)
+                          seconds, nbytes=len(data), plan=plan, reduced=reduced)
 
     if plan.options is not None:
         results = tuple(run_comparison(
             data, model, spec, cases=plan.cases, options=plan.options,
             weights=source.describe(), dynamic=plan.dynamic, precision=precision,
-            path=str(plan.output), runtime=runtime) for runtime in plan.runtimes)
+            path=str(plan.output), runtime=runtime, features=_verification_data(reduction),
+            measured_on=reduction.data.describe() if reduction and reduction.data else "")
+            for runtime in plan.runtimes)
         verification = results[0] if len(results) == 1 else RuntimesVerification(results)
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:
             return result  # falsy: nothing written, the destination untouched
+    if not result.passed:  # an SQNR floor (--min-sqnr) not met: nothing written either
+        return result
     write_file(plan.output, data, "the ONNX file")
     done("write")
     return dataclasses.replace(result, written=True)
+
+
+def _part_of(model: nn.Module) -> PartOf:
+    """The neck's stage map (a custom neck without one has no stages)."""
+    part_of = getattr(model, "part_of", None)
+    return part_of if callable(part_of) else (lambda _path: None)
+
+
+def _verification_data(reduction: Reduction | None) -> tuple[FeatureSet, ...] | None:
+    if reduction is None or reduction.data is None:
+        return None
+    return reduction.data.verification
 
 
 def _stamp(proto: onnx.ModelProto, meta: ExportMetadata) -> None:

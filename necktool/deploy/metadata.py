@@ -243,8 +243,9 @@ class ExportMetadata:
         """
         reader = _Props(props)
         neck = reader.text("neck")
+        raw_spec = reader.json("spec")  # a DamagedMetadata of its own: not wrapped again
         try:
-            spec = NeckSpec.from_dict(reader.json("spec"), name=neck)
+            spec = NeckSpec.from_dict(raw_spec, name=neck)
         except NecktoolError as exc:
             raise reader.damaged("spec", str(exc)) from None
         try:
@@ -372,23 +373,37 @@ def load_model(path: str, what: str = "ONNX file") -> onnx.ModelProto:
         raise InputError(f"{path!r} is not an ONNX model: {type(exc).__name__}") from None
 
 
-def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> ExportMetadata | None:
+def read_metadata(model: onnx.ModelProto | str | os.PathLike[str], *,
+                  path: str | os.PathLike[str] | None = None) -> ExportMetadata | None:
     """The necktool metadata of a model or file, or ``None`` if necktool did not write it.
 
+    ``path`` names the file in an error when ``model`` is already loaded.
+
     Raises:
-        DamagedMetadata: the file says it is necktool's but its metadata is malformed.
+        DamagedMetadata: the file says it is necktool's but its metadata is malformed (the
+            message names the file).
     """
-    proto = load_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    if isinstance(model, (str, os.PathLike)):
+        path = model
+        proto = load_model(os.fspath(model))
+    else:
+        proto = model
     props = {p.key: p.value for p in proto.metadata_props}
     if not any(k.startswith(META) for k in props):
         return None
-    meta = ExportMetadata.from_props(props)
-    # Build flags such as input_size live in the spec; keep the export size authoritative.
     try:
-        spec = meta.spec.replace(input_size=meta.input_size)
-    except NecktoolError as exc:
-        raise DamagedMetadata(f"not a necktool file, or its {META}input_size is damaged: "
-                              f"{exc}") from None
+        meta = ExportMetadata.from_props(props)
+        # Build flags such as input_size live in the spec; keep the export size
+        # authoritative.
+        try:
+            spec = meta.spec.replace(input_size=meta.input_size)
+        except NecktoolError as exc:
+            raise DamagedMetadata(f"not a necktool file, or its {META}input_size is damaged: "
+                                  f"{exc}") from None
+    except DamagedMetadata as exc:
+        if path is None:
+            raise
+        raise DamagedMetadata(f"{os.fspath(path)}: {exc}") from None
     return dataclasses.replace(meta, spec=spec)
 
 

@@ -27,10 +27,11 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
 from necktool.analysis.plan import check_batch, content_hash
+from necktool.deploy.data import DataRequest
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     MAX_OPSET,
@@ -45,7 +46,6 @@ from necktool.deploy.metadata import (
     read_metadata,
 )
 from necktool.deploy.options import (
-    PRECISION_DEFAULTS,
     Precision,
     Upsample,
     VerifyOptions,
@@ -61,6 +61,9 @@ from necktool.resources import export_bytes, forward_bytes, require
 from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
+
+if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when used
+    from necktool.deploy.reduce import Reduction
 
 #: Every step an export can report, in order (:attr:`ExportPlan.steps` drops the ones a
 #: plan skips).
@@ -85,11 +88,10 @@ def resolve_provider(name: str) -> str:
 
 
 def checked_options(options: VerifyOptions, precision: Precision) -> VerifyOptions:
-    """``options`` with ``precision``'s default tolerances where none was given and the
-    provider's full name (checked: ONNX Runtime has it here)."""
-    atol, rtol = PRECISION_DEFAULTS[precision]
-    return options.replace(atol=options.atol.filled(atol), rtol=options.rtol.filled(rtol),
-                           provider=resolve_provider(options.provider))
+    """``options`` with ``precision``'s default tolerances where none was given (fp32's
+    scaled by each output's magnitude, :meth:`VerifyOptions.resolved`) and the provider's
+    full name (checked: ONNX Runtime has it here)."""
+    return options.resolved(precision).replace(provider=resolve_provider(options.provider))
 
 
 def planned_served(spec: NeckSpec, dynamic: bool) -> Served:
@@ -109,6 +111,13 @@ def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
     if upsample is Upsample.SCALE2 and served.levels is LevelRelation.INDEPENDENT:
         return dataclasses.replace(served, levels=LevelRelation.ONE_IMAGE)
     return served
+
+
+def onnx_file_name(name: str, precision: Precision) -> str:
+    """The default file of an export: ``NAME.onnx`` in fp32, ``NAME.fp16.onnx`` and
+    ``NAME.int8.onnx`` otherwise, so exports of one neck in several precisions never replace
+    each other."""
+    return f"{name}.onnx" if precision is Precision.FP32 else f"{name}.{precision.value}.onnx"
 
 
 def check_opset(opset: int) -> int:
@@ -195,6 +204,9 @@ class ExportPlan:
         served: What the file serves. For a custom neck exported dynamically this is
             provisional until its module has run at an odd size (``probe``).
         probe: Run the (custom) module at an odd size to learn what the file serves.
+        reduction: fp16/int8 beyond the conversion itself: the user's calibration data,
+            the method, stages kept in fp32, per-stage SQNR, an SQNR floor
+            (:class:`~necktool.deploy.reduce.Reduction`, checked against the precision).
     """
 
     spec: NeckSpec
@@ -203,6 +215,7 @@ class ExportPlan:
     settings: ExportSettings
     served: Served
     probe: bool = False
+    reduction: Reduction | None = None
 
     @classmethod
     def build(
@@ -220,6 +233,7 @@ class ExportPlan:
         calibration: int | None = None,
         upsample: Upsample | str = Upsample.SIZE,
         runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+        reduction: Reduction | None = None,
         **overrides: Any,
     ) -> ExportPlan:
         """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
@@ -237,28 +251,32 @@ class ExportPlan:
                                         verify=verify, options=options, precision=precision,
                                         calibration=calibration, upsample=upsample,
                                         runtimes=runtimes)
-        return cls.for_spec(spec, output, batch, settings)
+        return cls.for_spec(spec, output, batch, settings, reduction=reduction)
 
     @classmethod
     def for_spec(cls, spec: NeckSpec, output: str | os.PathLike[str] | None, batch: int,
-                 settings: ExportSettings, *, check_output: bool = True) -> ExportPlan:
+                 settings: ExportSettings, *, check_output: bool = True,
+                 reduction: Reduction | None = None) -> ExportPlan:
         """The checks that depend on the neck: the traced size against what the file
         serves, the memory, the tolerances' output names, the destination (default
         ``<neck>.onnx``; ``check_output=False`` leaves it to the caller). ``spec``,
         ``batch`` and ``settings`` are already checked."""
         served = tied_by_upsample(planned_served(spec, settings.dynamic), settings.upsample)
         check_traced_size(spec, served)
+        if reduction is not None:
+            reduction.check(settings.precision)
         need = export_bytes(spec, spec.input_size, batch)
         if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
             need += settings.calibration * forward_bytes(spec, spec.input_size, batch)
         require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
         if settings.options is not None:
             settings.options.check_outputs(spec.output_names)
-        dest = pathlib.Path(output if output is not None else f"{spec.label}.onnx")
+        dest = pathlib.Path(output if output is not None
+                            else onnx_file_name(spec.label, settings.precision))
         if check_output:
             dest = check_writable(dest, "the ONNX file")
         return cls(spec, dest, batch, settings, served,
-                   probe=settings.dynamic and spec.info.levels is None)
+                   probe=settings.dynamic and spec.info.levels is None, reduction=reduction)
 
     def with_served(self, served: Served) -> ExportPlan:
         """The plan once a custom module has shown what its file serves (the traced size
@@ -327,7 +345,8 @@ class ExportPlan:
         """The fields that decide the file and its verification (not the destination)."""
         return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
                 **self.settings.to_dict(), "serves": self.served.to_json(),
-                "probe": self.probe}
+                "probe": self.probe,
+                "reduction": None if self.reduction is None else self.reduction.describe()}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON: the key of a cached export.
@@ -357,6 +376,7 @@ class VerifyPlan:
         options: Tolerances resolved for ``precision``, the provider's full name.
         upsample: The form the neck is rebuilt in (the file's, unless one is asked for).
         runtimes: What runs the file (each installed), in order.
+        data: Real feature sets to verify on (their held-out part), else seeded inputs.
     """
 
     path: pathlib.Path
@@ -369,13 +389,14 @@ class VerifyPlan:
     options: VerifyOptions
     upsample: Upsample = Upsample.SIZE
     runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
+    data: DataRequest | None = None
 
     @classmethod
     def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
               weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
               options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
               runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
-              **overrides: Any) -> VerifyPlan:
+              data: DataRequest | None = None, **overrides: Any) -> VerifyPlan:
         """See :func:`necktool.verify_onnx` for the arguments and errors."""
         options = options or VerifyOptions()
         chosen_runtimes = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) \
@@ -386,7 +407,7 @@ class VerifyPlan:
             raise InputError(f"ONNX file {str(file)!r} does not exist or is not a file")
         proto = load_model(str(file))
         try:
-            meta = read_metadata(proto)
+            meta = read_metadata(proto, path=file)
         except DamagedMetadata:
             if neck is None:
                 raise
@@ -439,7 +460,7 @@ class VerifyPlan:
         checked.check_outputs([t.name for t in graph.outputs])
         form = chosen or (meta.upsample if meta is not None else Upsample.SIZE)
         return cls(file, spec, batch, request, graph, served, precision, checked, form,
-                   chosen_runtimes)
+                   chosen_runtimes, data)
 
     @property
     def cases(self) -> tuple[Case, ...]:
@@ -459,7 +480,10 @@ class VerifyPlan:
                 "weights": self.weights.to_dict(), "verification": self.options.to_dict(),
                 "serves": self.served.to_json(), "precision": self.precision.value,
                 "upsample": self.upsample.value,
-                "runtimes": [r.value for r in self.runtimes]}
+                "runtimes": [r.value for r in self.runtimes],
+                "data": None if self.data is None else {
+                    k: str(v) if isinstance(v, pathlib.Path) else v
+                    for k, v in dataclasses.asdict(self.data).items()}}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON."""

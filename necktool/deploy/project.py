@@ -39,7 +39,7 @@ from necktool.deploy.metadata import (
     file_sha256,
 )
 from necktool.deploy.options import Precision, Upsample, VerifyOptions
-from necktool.deploy.plan import ExportPlan, ExportSettings
+from necktool.deploy.plan import ExportPlan, ExportSettings, onnx_file_name
 from necktool.deploy.serving import Images
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.files import check_writable
@@ -161,8 +161,9 @@ class ConfigExport:
         return out
 
 
-def _file_name(config: BudgetConfig, entry: Budget) -> str:
-    """``<entry name>.onnx``, or a config error when the name cannot be one file's name."""
+def _file_name(config: BudgetConfig, entry: Budget, precision: Precision) -> str:
+    """``<entry name>.onnx`` (``<entry name>.fp16.onnx``, ... in another precision), or a
+    config error when the name cannot be one file's name."""
     name = entry.name
     why = None
     if "/" in name or "\\" in name:
@@ -177,7 +178,7 @@ def _file_name(config: BudgetConfig, entry: Budget) -> str:
         raise ConfigError(f"{config.display_path}: {entry.key_path}.name: {name[:60]!r} cannot "
                           f"name the file <entry name>.onnx ({why}); give the entry a name = "
                           "\"...\" usable as a file name")
-    return f"{name}.onnx"
+    return onnx_file_name(name, precision)
 
 
 def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
@@ -187,19 +188,29 @@ def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
     (:func:`up_to_date`) is planned as kept, unless ``force``.
 
     Raises:
-        InputError: the directory is missing or not a directory, a destination cannot be
+        InputError: the directory is not one, or neither it nor its parent exists (a
+            missing directory whose parent exists is created), a destination cannot be
             written, an entry's request is invalid.
         ConfigError: an entry's name cannot be a file name.
     """
     folder = pathlib.Path.cwd() if directory is None else pathlib.Path(directory)
+    names = [_file_name(config, entry, settings.precision) for entry in config.budgets]
     if not folder.is_dir():
-        state = "does not exist" if not folder.exists() else "is not a directory"
-        raise InputError(f"{folder}: {state}; with no NECK, -o names the directory that gets "
-                         "one <entry name>.onnx per budget entry (create it first)")
+        if folder.exists() or not folder.absolute().parent.is_dir():
+            state = "is not a directory" if folder.exists() else \
+                "does not exist, nor does its parent"
+            raise InputError(f"{folder}: {state}; with no NECK, -o names the directory that "
+                             "gets one <entry name>.onnx per budget entry (necktool creates "
+                             "it when its parent exists)")
+        try:  # the user named it; every entry's name is known to be a file name by now
+            folder.mkdir()
+        except OSError as exc:
+            raise InputError(f"cannot create the directory {str(folder)!r}: "
+                             f"{(exc.strerror or str(exc)).lower()}") from None
     plans = []
-    for entry in config.budgets:
+    for entry, name in zip(config.budgets, names, strict=True):
         where = f"{config.display_path}: {entry.key_path} ({entry.name})"
-        dest = folder / _file_name(config, entry)
+        dest = folder / name
         try:
             plan = ExportPlan.for_spec(entry.spec, dest, entry.batch, settings,
                                        check_output=False)

@@ -413,6 +413,11 @@ class RuntimesVerification:
         return self.results[0].precision
 
     @property
+    def measured_on(self) -> str:
+        """What the cases ran on (the same in every runtime)."""
+        return self.results[0].measured_on if self.results else ""
+
+    @property
     def max_abs(self) -> float:
         return max(r.max_abs for r in self.results)
 

@@ -43,7 +43,9 @@ from necktool.deploy.comparison import (
     OutputComparison,
     VerificationResult,
 )
-from necktool.deploy.metadata import GraphInfo, WeightsRequest
+from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
+from necktool.deploy.loss import PrecisionReport
+from necktool.deploy.metadata import GraphInfo, WeightSource, WeightsRequest
 from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import VerifyPlan, checked_options
 from necktool.deploy.runtimes import (
@@ -81,6 +83,10 @@ class VerifyReport:
     verification: VerificationResult | RuntimesVerification
     served: Served | None = None  # which inputs the file serves
     upsample: Upsample = Upsample.SIZE  # the form the neck was rebuilt in (the file's)
+    reduced: PrecisionReport | None = None  # --stages: per-stage SQNR against fp32
+    # How the reference was made, for a second look (file_stages); not rendered.
+    source: WeightSource | None = dataclasses.field(default=None, compare=False, repr=False)
+    data: Data | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def serves(self) -> str:
@@ -125,6 +131,7 @@ class VerifyReport:
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
+            "reduced_precision": self.reduced.to_dict() if self.reduced is not None else None,
         }
 
     def blocks(self) -> list[Block]:
@@ -132,6 +139,13 @@ class VerifyReport:
         if self.serves:
             out.append(Note(f"{self.path} ({self.precision.value}, upsample "
                             f"{self.upsample.value}) serves {self.serves}"))
+        if self.precision is Precision.INT8 and not self.verification.measured_on:
+            out.append(Note("this int8 file was verified on synthetic normal inputs; "
+                            "backbone features are non-negative, skewed and heavy-tailed, so "
+                            "verify it on real features (--calibration-data, or --images "
+                            "with --backbone)", "warn"))
+        if self.reduced is not None:
+            out.extend(self.reduced.blocks())
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
@@ -200,10 +214,14 @@ def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
-                   rtol: float, error_stat: ErrorStat = ErrorStat.ELEMWISE
-                   ) -> OutputComparison:
-    """Statistics for one output of one trial (see the module docstring)."""
+                   rtol: float, error_stat: ErrorStat = ErrorStat.ELEMWISE, *,
+                   atol_scaled: bool = False) -> OutputComparison:
+    """Statistics for one output of one trial (see the module docstring); with
+    ``atol_scaled`` the ``atol`` is multiplied by ``max(1, RMS(torch_out))``."""
     shape = tuple(int(d) for d in torch_out.shape)
+    if atol_scaled and torch_out.size:
+        rms = math.sqrt(_dot(torch_out.ravel(), torch_out.ravel()) / torch_out.size)
+        atol = atol * max(1.0, rms) if math.isfinite(rms) else atol
     if tuple(ort_out.shape) != shape:
         return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
                                 int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
@@ -269,9 +287,12 @@ def compare_onnx(
     path: str | None = None,
     runtime: RuntimeName | str = RuntimeName.ORT,
     ncnn_pair: NcnnPair | None = None,
+    features: Sequence[FeatureSet] | None = None,
+    measured_on: str = "",
 ) -> VerificationResult:
     """Run ``source`` in ONNX Runtime (or ``runtime``) and ``model`` in PyTorch on the same
-    seeded inputs.
+    seeded inputs (or, with ``features``, on those feature sets instead of ``cases``: one
+    case each).
 
     Args:
         source: The ONNX file, or its bytes.
@@ -297,7 +318,8 @@ def compare_onnx(
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
                           dynamic=dynamic, precision=precision, path=path, check_outputs=True,
-                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair)
+                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair,
+                          features=features, measured_on=measured_on)
 
 
 def run_comparison(
@@ -315,6 +337,8 @@ def run_comparison(
     on_case: Callable[[str], None] | None = None,
     runtime: RuntimeName = RuntimeName.ORT,
     ncnn_pair: NcnnPair | None = None,
+    features: Sequence[FeatureSet] | None = None,
+    measured_on: str = "",
 ) -> VerificationResult:
     """:func:`compare_onnx` with ``options`` already checked by a plan (tolerances
     resolved, the provider's full name, tolerances naming outputs the file has) and
@@ -331,15 +355,22 @@ def run_comparison(
         options.check_outputs(out_names)
     results = []
     with reference_threads():
-        for c, case in enumerate(cases):
-            results.append(_compare_case(runner, model, spec, c, case, out_names, options,
-                                         source))
-            if on_case is not None:
-                on_case(case.title)
+        if features is not None:
+            for f in features:
+                results.append(_compare_features(runner, model, spec, f, out_names, options))
+                if on_case is not None:
+                    on_case(f.name)
+        else:
+            for c, case in enumerate(cases):
+                results.append(_compare_case(runner, model, spec, c, case, out_names,
+                                             options, source))
+                if on_case is not None:
+                    on_case(case.title)
     if path is None:
         path = "" if isinstance(source, bytes) else str(source)
     return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results), precision, runner.runtime.value)
+                              tuple(results), precision, runner.runtime.value,
+                              measured_on if features is not None else "")
 
 
 def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spec: NeckSpec,
@@ -388,11 +419,37 @@ def _compare_case(runner: Runner, model: nn.Module, spec: NeckSpec, c: int, case
             trial = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got, who)
                      for n, r in zip(out_names, ref, strict=True)]
         else:
-            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat)
+            trial = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat,
+                                    atol_scaled=options.atol_scaled)
                      for n, g, r in zip(out_names, got, ref, strict=True)]
         merged = trial if not merged else [a.merge(b) for a, b in zip(merged, trial,
                                                                        strict=True)]
     return CaseComparison(case, seeds, tuple(merged))
+
+
+def _compare_features(runner: Runner, model: nn.Module, spec: NeckSpec, features: FeatureSet,
+                      out_names: list[str], options: VerifyOptions) -> CaseComparison:
+    """One case on a given feature set (real data; no trials to repeat)."""
+    inputs = [torch.from_numpy(a) for a in features.arrays]
+    ref = _run_torch(model, inputs)
+    got = runner.run([a for a in features.arrays])
+    if isinstance(got, str):
+        outs = [_failed_run(n, r, *options.tolerances(n), options.error_stat, got,
+                            runner.runtime.label)
+                for n, r in zip(out_names, ref, strict=True)]
+    else:
+        outs = [compare_arrays(n, g, r, *options.tolerances(n), options.error_stat,
+                               atol_scaled=options.atol_scaled)
+                for n, g, r in zip(out_names, got, ref, strict=True)]
+    return CaseComparison(features_case(spec, features), (), tuple(outs))
+
+
+def features_case(spec: NeckSpec, features: FeatureSet) -> Case:
+    """A feature set as a case: the smallest image its finest level fits, its name."""
+    (h, w), stride = features.sizes[0], spec.input_strides[0]
+    sides = [image_side([s[axis] for s in features.sizes], spec.input_strides)
+             or (h, w)[axis] * stride for axis in (0, 1)]
+    return Case((sides[0], sides[1]), features.batch, features.name)
 
 
 def _check_static_shapes(runner: Runner, inputs: Sequence[torch.Tensor],
@@ -420,6 +477,7 @@ def verify_onnx(
     options: VerifyOptions | None = None,
     upsample: Upsample | str | None = None,
     runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    data: DataRequest | None = None,
     **overrides: Any,
 ) -> VerifyReport:
     """Re-check an ONNX file against the neck rebuilt from its metadata (or from ``neck``).
@@ -443,6 +501,9 @@ def verify_onnx(
             file's (its metadata; ``size`` for a file without one).
         runtimes: What runs the file (``ort``, ``openvino``, ``openvino:bf16``, ``ncnn``:
             the neck converted by pnnx from the PyTorch module); several give one result.
+        data: Real feature sets (``--calibration-data`` or ``--images``): verification
+            runs on the held-out part (the same split the export calibrated on).
+            :func:`necktool.deploy.file_stages.verify_stages` adds the per-stage SQNR.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:
@@ -459,14 +520,14 @@ def verify_onnx(
     request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
         seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
     plan = VerifyPlan.build(path, neck=neck, weights=request, batch=batch, options=options,
-                            upsample=upsample, runtimes=runtimes, **overrides)
+                            upsample=upsample, runtimes=runtimes, data=data, **overrides)
     return run_verify(plan)
 
 
 def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
                ) -> VerifyReport:
-    """Run a checked plan: make the PyTorch module, compare the file with it case by case,
-    in each of the plan's runtimes.
+    """Run a checked plan: make the PyTorch module, compare the file with it case by case
+    (or on the plan's held-out real features), in each of the plan's runtimes.
 
     ``on_case`` is called with each case's title once compared (a progress bar of
     :attr:`~necktool.deploy.plan.VerifyPlan.steps`).
@@ -474,16 +535,20 @@ def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
     Raises:
         WeightsError: the weights cannot be loaded.
         InputError: a runtime cannot load the file, or it does not have the neck's inputs
-            and outputs.
+            and outputs; the data does not fit the neck.
     """
     model, source = make_model(plan.spec, plan.weights)
     set_upsample(model, plan.upsample)  # the file's own form: compare like with like
+    loaded = plan.data.load(plan.spec) if plan.data is not None else None
     results = tuple(
         run_comparison(plan.path, model, plan.spec, cases=plan.cases, options=plan.options,
                        weights=source.describe(), dynamic=plan.graph.dynamic,
                        precision=plan.precision, path=str(plan.path), on_case=on_case,
-                       runtime=runtime)
+                       runtime=runtime,
+                       features=loaded.verification if loaded is not None else None,
+                       measured_on=loaded.describe() if loaded is not None else "")
         for runtime in plan.runtimes)
     verification = results[0] if len(results) == 1 else RuntimesVerification(results)
     return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
-                        plan.served, plan.upsample)
+                        served=plan.served, upsample=plan.upsample, source=source,
+                        data=loaded)

@@ -22,9 +22,8 @@ from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.errors import InputError
 from necktool.report import Block, Note, share, size_text, table
-from necktool.spec.fields import FIELD
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import PRESETS
+from necktool.spec.registry import reproduce_command
 from necktool.units import GFLOPS, UNIT_SHORT
 
 if TYPE_CHECKING:
@@ -69,19 +68,9 @@ def conv_costs(graph: Graph, size: tuple[int, int],
 
 
 def reproduce(spec: NeckSpec, base: str | None) -> str:
-    """``necktool profile NAME [flags]`` that builds ``spec`` (flags: the fields that differ
-    from ``base``, a preset; default the family's bare preset)."""
-    name = base or spec.family
-    ref = PRESETS[name].spec if name in PRESETS else None
-    words = ["necktool", "profile", name]
-    for field in FIELD.values():
-        if not field.in_spec or not spec.info.takes(field.name):
-            continue
-        value = getattr(spec, field.name)
-        if value is None or (ref is not None and getattr(ref, field.name) == value):
-            continue
-        words += field.cli_args(value)
-    return " ".join(words)
+    """``necktool profile NAME [flags]`` that builds ``spec`` (see
+    :func:`necktool.spec.registry.reproduce_command`)."""
+    return reproduce_command(spec, base)
 
 
 @dataclasses.dataclass(frozen=True)

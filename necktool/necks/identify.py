@@ -32,9 +32,8 @@ from necktool.necks.weights import (
 )
 from necktool.report import Block, Note, size_text, table
 from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, Shapes, load
-from necktool.spec.fields import FIELD
 from necktool.spec.neck_spec import NeckSpec
-from necktool.spec.registry import PRESETS
+from necktool.spec.registry import PRESETS, reproduce_command
 
 ONNX_SUFFIX = ".onnx"
 _GROUPS_SHOWN = 8
@@ -240,25 +239,6 @@ def _identify_detector(path: str | pathlib.Path, prefix: str | None) -> FoundNec
 
 
 # -- the command's result --------------------------------------------------------------
-def reproduce_command(spec: NeckSpec, base: str | None = None, *,
-                    with_size: bool = False) -> str:
-    """``necktool profile NAME [flags]`` that builds ``spec``: the flags are the fields
-    that differ from ``base`` (a preset; default the family's bare preset)."""
-    name = base or spec.factory or spec.family
-    ref = PRESETS[name].spec if name in PRESETS else None
-    words = ["necktool", "profile", name]
-    for field in FIELD.values():
-        if not field.in_spec or not spec.info.takes(field.name):
-            continue
-        if field.name == "input_size" and not with_size:
-            continue
-        value = getattr(spec, field.name)
-        if value is None or (ref is not None and getattr(ref, field.name) == value):
-            continue
-        words += field.cli_args(value)
-    return " ".join(words)
-
-
 @dataclasses.dataclass(frozen=True)
 class InspectResult:
     """``necktool inspect``: the neck a checkpoint or an exported ONNX file holds."""

@@ -243,3 +243,28 @@ class NeckList:
         return [table("necktool presets (details: --format json)",
                       ["name", "family", "in_channels", num("out"), "norm", "act", "input"],
                       rows)]
+
+
+def reproduce_command(spec: NeckSpec, base: str | None = None, *,
+                      with_size: bool = False) -> str:
+    """``necktool profile NAME [flags]`` that builds ``spec``: the flags are the fields that
+    differ from ``base`` (a preset; default the family's bare preset), so a value the preset
+    already has, or derives by its rule (GroupNorm groups), is never repeated."""
+    from necktool.spec.fields import FIELD
+
+    name = base or spec.factory or spec.family
+    ref = PRESETS[name].spec if name in PRESETS else None
+    words = ["necktool", "profile", name]
+    for field in FIELD.values():
+        if not field.in_spec or not spec.info.takes(field.name):
+            continue
+        if field.name == "input_size" and not with_size:
+            continue
+        value = getattr(spec, field.name)
+        if value is None or (ref is not None and getattr(ref, field.name) == value):
+            continue
+        if field.name == "gn_groups" and (ref is None or ref.gn_groups is None) \
+                and value == dataclasses.replace(spec, gn_groups=None).resolved_gn_groups:
+            continue  # the rule gives it: saying it again would only pin it
+        words += field.cli_args(value)
+    return " ".join(words)
