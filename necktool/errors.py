@@ -8,6 +8,9 @@ value given, and what would be valid.
 from __future__ import annotations
 
 import enum
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # a library's colours (the exporter, torch.load)
 
 
 class ExitCode(enum.IntEnum):
@@ -94,9 +97,35 @@ class VerificationFailed(CheckFailed):
         self.result = result
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message`` (at most ``limit`` characters of it), for a
-    third-party exception quoted inside a one-line error."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else \
-        type(exc).__name__
+def first_line(exc: BaseException, limit: int = 300, *, typed: bool = True) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters of it, colour
+    codes removed), for a third-party exception quoted inside a one-line error; with
+    ``typed=False`` the line alone. Either is the type's name when the message is empty.
+
+    Example:
+        >>> first_line(ValueError("bad\\nmore")), first_line(KeyError(), typed=False)
+        ('ValueError: bad', 'KeyError')
+    """
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if typed else line
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling or because of, an interrupt.
+
+    A third-party library that catches a ``KeyboardInterrupt`` and raises its own error
+    (the ONNX exporter does: ``TorchExportError ... from`` what stopped it) must not turn
+    Ctrl-C or SIGTERM into that error: callers wrapping third-party errors re-raise the
+    interrupt instead when this is true.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

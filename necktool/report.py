@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from necktool.spec.fields import size_text as size_text  # one spelling, re-exported
 from necktool.units import UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
@@ -105,10 +106,6 @@ def num(header: str) -> Column:
 
 def share(value: int, total: int) -> str:
     return f"{100 * value / total:.1f}%" if total else "-"
-
-
-def size_text(size: Sequence[int]) -> str:
-    return "x".join(map(str, size))
 
 
 def neck_header(spec: NeckSpec, input_size: Sequence[int], batch: int) -> dict[str, Any]:

@@ -24,11 +24,15 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_list_table_and_json() -> None:
-    code, out, err = run("list")
-    assert code == 0 and err == ""
-    for name in PRESETS:
-        assert name[:8] in out
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and result.stderr == ""
+    # each preset is one row, its whole name in the first cell (a prefix such as
+    # 'insightf' would match five presets at once)
+    names = [line.split("│")[1].strip() for line in result.stdout.splitlines()
+             if line.startswith("│")]
+    assert names == list(PRESETS)
     code, out, _ = run("list", "scrfd_*", "--json")
+    assert code == 0
     rows = json.loads(out)
     assert [r["neck"] for r in rows] == ["scrfd_34g", "scrfd_10g", "scrfd_2.5g", "scrfd_0.5g"]
     config = rows[2]["config"]
@@ -147,3 +151,31 @@ def test_python_dash_m_and_version() -> None:
     proc = subprocess.run([sys.executable, "-m", "necktool", "profile", "bogus"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("necktool: error: unknown neck")
+
+
+# -- exits --------------------------------------------------------------------------------
+def test_a_bug_is_one_line_exit_70_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.spec.registry
+
+    def broken(*args: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", broken)
+    code, out, err = run("list")
+    assert code == 70 and out == ""
+    assert err == ("necktool: internal error: ZeroDivisionError: division by zero (a bug in "
+                   "necktool; run with NECKTOOL_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("NECKTOOL_DEBUG", "1")
+    result = CliRunner().invoke(app, ["list"])
+    assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    import necktool.spec.registry
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(necktool.spec.registry.NeckList, "matching", interrupted)
+    code, out, err = run("list")
+    assert code == 130 and out == "" and err == "necktool: interrupted\n"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from _cli import necktool_hooked
 from typer.testing import CliRunner
 
 from necktool.cli import app
@@ -159,17 +160,75 @@ def _wait_for_torch(proc: subprocess.Popen[str], then: float) -> None:
     time.sleep(then)
 
 
-@pytest.mark.parametrize("after", [0.5, 2.0, 4.0, 8.0])
-def test_sigkill_during_export_leaves_nothing(tmp_path: pathlib.Path, after: float) -> None:
+# A kill cannot be raced to land mid-write reliably, and "not the old bytes" would pass a torn
+# file: the fault is injected at each step of the write instead, and the file checked whole.
+DEATHS = {
+    "while the temporary file is written": "os.fsync",
+    "just before the rename": "os.replace",
+}
+
+
+def _die_at(call: str, after: bool = False) -> str:
+    """A hook that kills the process by SIGKILL (no finally runs) at ``call``."""
+    module = call.rpartition(".")[0]
+    first, then = ("real(*args, **kwargs)", "os.kill(os.getpid(), signal.SIGKILL)") if after \
+        else ("os.kill(os.getpid(), signal.SIGKILL)", "real(*args, **kwargs)")
+    return f"""
+        import os, signal, {module}
+        real = {call}
+        def killed(*args, **kwargs):
+            {first}
+            {then}
+        {call} = killed
+    """
+
+
+def _onnx_is_whole(path: pathlib.Path) -> bool:
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return True
+
+
+@pytest.mark.parametrize("moment", list(DEATHS))
+def test_a_kill_during_the_write_keeps_the_old_file_and_the_next_run_cleans_up(
+        tmp_path: pathlib.Path, moment: str) -> None:
     dest = tmp_path / "n.onnx"
     dest.write_bytes(b"old export")
-    proc = _start(["export", *NECK, "-o", str(dest)], tmp_path)
-    time.sleep(after)
-    proc.kill()
-    proc.communicate()
-    # either the kill came first (old file) or the export finished (a complete new file)
-    assert dest.read_bytes() == b"old export" or dest.read_bytes()[:2] != b"ol"
-    assert temps(tmp_path) == []
+    proc = necktool_hooked(tmp_path, _die_at(DEATHS[moment]), "export", *NECK, "-o",
+                           str(dest))
+    assert proc.returncode == -signal.SIGKILL
+    assert dest.read_bytes() == b"old export"  # byte for byte: nothing torn
+    assert len(temps(tmp_path)) == 1  # the dead writer's, left because no finally ran
+    # the next write removes the dead writer's temporary file and writes a whole file
+    code, _, err = run("export", *NECK, "-o", str(dest))
+    assert code == 0, err
+    assert temps(tmp_path) == [] and _onnx_is_whole(dest)
+
+
+def test_a_kill_just_after_the_rename_leaves_the_whole_new_file(
+        tmp_path: pathlib.Path) -> None:
+    dest = tmp_path / "n.onnx"
+    dest.write_bytes(b"old export")
+    proc = necktool_hooked(tmp_path, _die_at("os.replace", after=True), "export", *NECK,
+                           "-o", str(dest))
+    assert proc.returncode == -signal.SIGKILL
+    assert temps(tmp_path) == [] and _onnx_is_whole(dest)
+
+
+def test_an_interrupt_at_the_rename_keeps_the_old_file_and_leaves_nothing(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the interrupt unwinds through write_file's finally."""
+    dest = tmp_path / "n.bin"
+    dest.write_bytes(b"old")
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_file(dest, b"new", "it")
+    assert dest.read_bytes() == b"old" and temps(tmp_path) == []
 
 
 def test_sigterm_during_export_is_exit_130_and_leaves_nothing(tmp_path: pathlib.Path) -> None:

@@ -210,13 +210,6 @@ def _bench_torch(model: nn.Module, inputs: list[torch.Tensor], threads: int, war
     return RuntimeTiming(Runtime.TORCH, torch.__version__, warmup, threads, times)
 
 
-def ort_session(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor],
-                threads: int) -> Any:
-    """A CPU ONNX Runtime session for ``model``, exported statically in memory."""
-    proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET)
-    return _session(proto.SerializeToString(), threads)
-
-
 def _session(data: bytes, threads: int) -> Any:
     ort = quiet.onnxruntime()
 

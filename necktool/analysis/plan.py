@@ -40,7 +40,7 @@ from necktool.deploy.runtimes import require_runtime
 from necktool.errors import InputError
 from necktool.report import size_text
 from necktool.resources import forward_bytes, require
-from necktool.spec.fields import FIELD, BadValue
+from necktool.spec.fields import FIELD, BadValue, is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
@@ -65,7 +65,7 @@ def check_batch(batch: int) -> int:
 
 def check_count(value: int, what: str, high: int = MAX_RUNS) -> int:
     """A positive run or thread count, at most ``high``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+    if not is_int(value) or not 1 <= value <= high:
         raise InputError(f"{what} must be an integer from 1 to {high:,}, got {value!r}")
     return value
 

@@ -41,14 +41,14 @@ from necktool.analysis.memory import ForwardTracker
 from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
-from necktool.necks.build import build_neck, input_tensors
-from necktool.necks.custom import check_outputs
+from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
 from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
     FP32_BYTES,
+    GFLOPS,
     MEMORY_NOTE,
     MEMORY_UNIT,
     MIB_CAPTION,
@@ -190,7 +190,7 @@ class ProfileResult:
 
     @property
     def gflops(self) -> float:
-        return self.flops / 1e9
+        return self.flops / GFLOPS
 
     @property
     def mparams(self) -> float:
@@ -231,15 +231,15 @@ class ProfileResult:
         naming the operators fvcore could not count, if any."""
         flops, params = self.flops, self.params
         rows = [(lv.name, str(lv.stride), str(tuple(lv.shape)), f"{lv.flops:,}",
-                 f"{lv.flops / 1e9:.4f}", f"{lv.params:,}") for lv in self.levels]
+                 f"{lv.flops / GFLOPS:.4f}", f"{lv.params:,}") for lv in self.levels]
         if self.unattributed_flops or self.unattributed_params:
             rows.append(("unattributed", "", "", f"{self.unattributed_flops:,}",
-                         f"{self.unattributed_flops / 1e9:.4f}",
+                         f"{self.unattributed_flops / GFLOPS:.4f}",
                          f"{self.unattributed_params:,}"))
         out: list[Block] = [
             table(self.title, ["level", num("stride"), num("output (N, C, H, W)"), num("FLOPs"),
                                num("GFLOPs"), num("params")], rows,
-                  footer=("total", "", "", f"{flops:,}", f"{flops / 1e9:.4f}", f"{params:,}"),
+                  footer=("total", "", "", f"{flops:,}", f"{flops / GFLOPS:.4f}", f"{params:,}"),
                   caption=UNIT_CAPTION),
             table("by stage", ["stage", num("FLOPs"), num("share"), num("params")],
                   [(name, f"{value:,}", share(value, flops),
@@ -437,7 +437,7 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
         for h in hooks:
             h.remove()
     outputs: Any = captured[0] if captured else None
-    check_outputs(spec, outputs, batch, input_size)
+    check_neck_outputs(spec, outputs, batch, input_size)
 
     level_params = [0] * spec.num_levels
     unattributed_params = 0

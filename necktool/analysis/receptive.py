@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from necktool.analysis.intervals import Axis, Deps, Tracker, Unreadable
+from necktool.errors import first_line
 from necktool.report import Note, Table, num, table
 from necktool.spec.neck_spec import NeckSpec
 
@@ -174,7 +175,7 @@ def receptive_fields(model: nn.Module, spec: NeckSpec) -> ReceptiveFields:
         return ReceptiveFields(None, str(exc))
     except BaseException as exc:  # a custom forward may fail on meta tensors in any way
         return ReceptiveFields(None, f"the forward failed on shape-only (meta) tensors: "
-                                     f"{type(exc).__name__}: {exc}".splitlines()[0])
+                                     f"{first_line(exc)}")
     strides = spec.input_strides
     levels = []
     for blocks in figures:

@@ -33,6 +33,7 @@ from necktool.spec.registry import expand_names, resolve_spec
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
+    GFLOPS,
     MEMORY_NOTE,
     MEMORY_UNIT,
     MIB,
@@ -175,7 +176,7 @@ class SweepPoint:
 
     @property
     def gflops(self) -> float:
-        return self.flops / 1e9
+        return self.flops / GFLOPS
 
     @property
     def megapixels(self) -> float:

@@ -9,6 +9,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from necktool.units import GFLOPS
+
 DEFAULT_WARMUP = 5
 DEFAULT_REPEAT = 30
 MAX_RUNS = 100_000  # a guard against a typo such as --repeat 3000000
@@ -103,7 +105,7 @@ class RuntimeTiming:
 
     def gflops_per_s(self, flops: int) -> float:
         """fvcore GFLOP/s (multiply-adds per second / 1e9) at the median latency."""
-        return flops / (self.median_ms / 1e3) / 1e9 if self.median_ms > 0 else math.inf
+        return flops / (self.median_ms / 1e3) / GFLOPS if self.median_ms > 0 else math.inf
 
     def to_dict(self, flops: int) -> dict[str, Any]:
         return {
@@ -129,12 +131,14 @@ class RuntimeTiming:
         }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile with linear interpolation (numpy's default method)."""
-    data = sorted(values)
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (0 to 100) with linear interpolation: the stdlib's
+    ``statistics.quantiles(method="inclusive")``, which is numpy's default method."""
+    data = list(values)
     if not data:
         raise ValueError("percentile of no values")
-    pos = (len(data) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not from 0 to 100")
+    if len(data) == 1 or q in (0, 100):  # quantiles() gives the cut points between
+        return min(data) if q == 0 or len(data) == 1 else max(data)
+    return statistics.quantiles(data, n=100, method="inclusive")[q - 1]

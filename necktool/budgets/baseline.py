@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from necktool.budgets.config import METRICS
 from necktool.errors import ConfigError
 from necktool.files import write_file
+from necktool.spec.fields import is_int
 from necktool.units import UNIT, UNIT_NOTE
 from necktool.version import __version__
 
@@ -91,7 +92,7 @@ def load_baseline(path: Path) -> Baseline:
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return is_int(value) and 0 <= value < 2**63
 
 
 def baseline_document(config_display: str,

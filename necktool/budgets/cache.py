@@ -31,6 +31,7 @@ from typing import Any
 
 from necktool.errors import NecktoolError
 from necktool.files import write_file
+from necktool.spec.fields import is_int
 from necktool.units import COUNTING_BUG, CROSS_CHECK, FP32_BYTES
 
 CACHE_SCHEMA = 1  # bump when the stored figures change meaning or layout
@@ -167,7 +168,7 @@ class CachedFigures:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    if not is_int(value) or not 0 <= value < 2**63:
         raise ValueError(value)
     return value
 

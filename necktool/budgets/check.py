@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from necktool.analysis.plan import ProfilePlan
 from necktool.budgets.baseline import Baseline, baseline_document
-from necktool.budgets.config import BASE, METRIC, METRICS, Budget, BudgetConfig, parse_percent
+from necktool.budgets.config import (
+    METRIC,
+    METRICS,
+    Budget,
+    BudgetConfig,
+    Metric,
+    parse_percent,
+)
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.report import Block, Column, Heading, Note, num, size_text, table
 from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
@@ -66,18 +73,18 @@ def _pair(limit: float, actual: float) -> tuple[str, str]:
 class LimitCheck:
     """One limit against one measured count (``level`` is ``None`` for the whole neck)."""
 
-    metric: str  # a METRICS name: "gflops", "mparams"...
+    metric: Metric  # its name ("gflops") keys the limit, its base ("flops") the count
     level: str | None
     limit: float
     count: int  # the exact count (flops in fvcore units, parameters...)
 
     @property
     def actual(self) -> float:
-        return self.count / METRIC[self.metric].scale
+        return self.count / self.metric.scale
 
     @property
     def passed(self) -> bool:
-        return Fraction(self.count) <= _exact(self.limit) * METRIC[self.metric].scale
+        return Fraction(self.count) <= _exact(self.limit) * self.metric.scale
 
     @property
     def headroom_pct(self) -> float:
@@ -86,12 +93,12 @@ class LimitCheck:
 
     @property
     def label(self) -> str:
-        unit = METRIC[self.metric].label
+        unit = self.metric.label
         return f"{self.level} {unit}" if self.level else unit
 
     def message(self, name: str) -> str:
         limit, actual = _pair(self.limit, self.actual)
-        metric = METRIC[self.metric]
+        metric = self.metric
         unit = metric.unit_label
         what = f"level {self.level} {metric.label}" if self.level else metric.label
         over = self.actual - self.limit
@@ -99,7 +106,7 @@ class LimitCheck:
                 f"({_pct(-self.headroom_pct)} over); {HINT_LIMIT}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "level": self.level, "limit": self.limit,
+        return {"metric": self.metric.name, "level": self.level, "limit": self.limit,
                 "actual": self.actual, "count": self.count,
                 "headroom_pct": round(self.headroom_pct, 4), "passed": self.passed}
 
@@ -108,7 +115,7 @@ class LimitCheck:
 class BaselineCheck:
     """Growth of one total against the baseline, allowed up to ``max_increase`` percent."""
 
-    metric: str  # a metric's base name: "flops", "params"...
+    metric: Metric  # the same kind of value as LimitCheck.metric; growth is of its base
     baseline: int
     count: int
     max_increase: float
@@ -125,7 +132,7 @@ class BaselineCheck:
         return growth <= _exact(self.max_increase) * self.baseline
 
     def message(self, name: str) -> str:
-        return (f"{name}: {BASE[self.metric].base_label} grew {_pct(self.change_pct, '+')} "
+        return (f"{name}: {self.metric.base_label} grew {_pct(self.change_pct, '+')} "
                 f"against the baseline ({self.baseline:,} -> {self.count:,}), more than the "
                 f"allowed {self.max_increase:g}%; {HINT_BASELINE}")
 
@@ -211,7 +218,7 @@ class EntryResult:
             "checks": [c.to_dict() for c in self.limits],
             "cross_check": self.profile.cross_check.to_dict(),
             "baseline": None if self.in_baseline is None else
-            {"known": self.in_baseline, **{c.metric: c.to_dict() for c in self.growth}},
+            {"known": self.in_baseline, **{c.metric.base: c.to_dict() for c in self.growth}},
             "failures": self.failures(),
             "from_cache": self.from_cache,
         }
@@ -222,8 +229,8 @@ class EntryResult:
         Cells: check, limit, actual, headroom, [vs baseline,] result.
         """
         rows: list[tuple[str, ...]] = []
-        by_metric = {(c.metric, c.level): c for c in self.limits}
-        growth = {c.metric: c for c in self.growth}
+        by_metric = {(c.metric.name, c.level): c for c in self.limits}
+        growth = {c.metric.base: c for c in self.growth}
         for m in METRICS:
             limit = by_metric.get((m.name, None))
             grew = growth.get(m.base)
@@ -525,14 +532,14 @@ def _profile(config: BudgetConfig, budget: Budget, cache: ResultCache | None) ->
 def _check_entry(budget: Budget, result: ProfileResult | CachedFigures, config: BudgetConfig,
                  baseline: Baseline | None, max_increase: float | None,
                  from_cache: bool = False) -> EntryResult:
-    checks = [LimitCheck(m, None, limit, METRIC[m].total(result))
+    checks = [LimitCheck(METRIC[m], None, limit, METRIC[m].total(result))
               for m, limit in budget.limits.items()]
     levels = {lv.name: lv for lv in result.levels}
     for name, limits in budget.level_limits.items():
         for m, limit in limits.items():
             read = METRIC[m].level
             assert read is not None  # level limits exist only for metrics with levels
-            checks.append(LimitCheck(m, name, limit, read(levels[name])))
+            checks.append(LimitCheck(METRIC[m], name, limit, read(levels[name])))
     if baseline is None:
         return EntryResult(budget, result, tuple(checks), from_cache=from_cache)
     saved = baseline.entries.get(budget.name)
@@ -541,7 +548,7 @@ def _check_entry(budget: Budget, result: ProfileResult | CachedFigures, config: 
                            from_cache=from_cache)
     allowed = next((v for v in (budget.max_increase, max_increase, config.max_increase)
                     if v is not None), 0.0)
-    growth = tuple(BaselineCheck(m.base, saved.counts[m.base], m.total(result), allowed)
+    growth = tuple(BaselineCheck(m, saved.counts[m.base], m.total(result), allowed)
                    for m in METRICS if m.base in saved.counts)
     return EntryResult(budget, result, tuple(checks), growth, in_baseline=True,
                        from_cache=from_cache)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from necktool.errors import ConfigError, InputError, NecktoolError, UnknownNeckError
-from necktool.spec.fields import FIELDS, BadValue, describe_value, field_for_key
+from necktool.spec.fields import FIELDS, BadValue, describe_value, field_for_key, is_number
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 from necktool.units import GFLOPS, MIB, MPARAMS
@@ -114,8 +114,7 @@ def _check_keys(table: Mapping[str, Any], valid: tuple[str, ...], where: Where) 
 
 
 def _limit(value: Any, where: Where) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0 or value > 1e15:
+    if not is_number(value) or not math.isfinite(value) or value <= 0 or value > 1e15:
         raise where.wrong("a positive number", value)
     return float(value)
 
@@ -131,7 +130,7 @@ def parse_percent(value: Any, what: str = "max-increase") -> float:
         (2.0, 0.5)
     """
     number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         number = float(value) if abs(value) < 1e300 else math.inf
     elif isinstance(value, str) and len(value) <= 40:
         text = value.strip().removesuffix("%").strip()

@@ -149,14 +149,14 @@ def budget_hints(report: CheckedReport, threshold_pct: float = THRESHOLD_PCT,
     tighter = []
     for entry in report.entries:
         for check in entry.limits:
-            metric = METRIC[check.metric]
+            metric = check.metric
             if check.headroom_pct <= threshold_pct:
                 continue
             suggested = suggested_limit(check.count, metric.scale, margin_pct)
             if suggested >= check.limit:
                 continue
             key = metric.key if check.level is None else f"levels.{check.level}.{metric.key}"
-            tighter.append(TighterLimit(entry.budget.name, key, check.metric, check.level,
+            tighter.append(TighterLimit(entry.budget.name, key, metric.name, check.level,
                                         check.limit, check.count, suggested))
     return Hints(threshold_pct, margin_pct, tuple(tighter), tuple(report.dropped))
 

@@ -8,6 +8,7 @@ pass; 2 bad usage or input; 70 a bug in necktool; 130 interrupted.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import re
@@ -19,7 +20,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from necktool.cli import interrupts
-from necktool.errors import ExitCode, NecktoolError
+from necktool.errors import ExitCode, NecktoolError, first_line
+from necktool.spec.fields import is_int
 from necktool.version import __version__
 
 MAX_DETAIL_LINES = 6
@@ -67,7 +69,7 @@ def _error(message: str, details: Sequence[str] = ()) -> None:
 
 def exit_code(outcome: Any) -> int:
     """The exit code of what a command returned: a result that failed is 1."""
-    if isinstance(outcome, int) and not isinstance(outcome, bool):
+    if is_int(outcome):
         return outcome
     if hasattr(outcome, "blocks") and not outcome:  # a Result (necktool.report) that failed
         failure = getattr(outcome, "failure", lambda: None)()
@@ -170,7 +172,37 @@ class _Stop(Exception):
 
 
 class _Group(TyperGroup):
-    """Loads the one command named, and turns every outcome into one documented exit code."""
+    """Click's lazy command group (``list_commands``/``get_command``, as Click's docs show
+    for lazy loading): a command's module is imported when the command is looked up, so
+    ``necktool list`` imports no other command. It also turns every outcome into one
+    documented exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, Any] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self._loaded:
+            command = load_command(cmd_name)
+            command.short_help = COMMANDS[cmd_name][1]
+            self._loaded[cmd_name] = command
+        return self._loaded[cmd_name]
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except typer.TyperException as exc:  # Typer suggests from loaded commands only
+            close = difflib.get_close_matches(args[0], list(COMMANDS)) if args else []
+            message = getattr(exc, "message", "")
+            if close and message and "Did you mean" not in message:
+                exc.message = f"{message.rstrip('.')}. Did you mean " \
+                              f"{', '.join(map(repr, close))}?"
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -180,21 +212,12 @@ class _Group(TyperGroup):
         except BrokenPipeError:  # `necktool ... | head`: the reader has all it wanted
             raise _Stop(ExitCode.OK, closed_stdout=True) from None
 
-    def _load(self, argv: Sequence[str]) -> None:
-        values = {i + 1 for i, a in enumerate(argv) if a == "--max-memory"}  # its SIZE
-        named = next((a for i, a in enumerate(argv) if not a.startswith("-")
-                      and i not in values), None)
-        for name, (_, summary) in COMMANDS.items():
-            self.commands[name] = load_command(name) if name == named else \
-                TyperCommand(name=name, help=summary, callback=lambda: None)
-
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
         argv = fold_tolerances(list(sys.argv[1:] if args is None else args))
         previous = interrupts.install()
         try:
-            self._load(argv)
             rv = super().main(args=argv, prog_name=prog_name or "necktool",
                               complete_var=complete_var, standalone_mode=False,
                               windows_expand_args=windows_expand_args, **extra)
@@ -210,8 +233,11 @@ class _Group(TyperGroup):
             else:
                 _error(exc.format_message())
         except NecktoolError as exc:
-            _error(str(exc), exc.details)
-            code = exc.exit_code
+            if interrupts.requested():  # a library's error about the interrupt, not ours
+                code = ExitCode.INTERRUPTED
+            else:
+                _error(str(exc), exc.details)
+                code = exc.exit_code
         except (typer.Abort, KeyboardInterrupt):
             code = ExitCode.INTERRUPTED
         except _Stop as stop:
@@ -227,8 +253,7 @@ class _Group(TyperGroup):
             elif os.environ.get(DEBUG_ENV):
                 raise
             else:
-                said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                sys.stderr.write(f"necktool: internal error: {type(exc).__name__}: {said} (a "
+                sys.stderr.write(f"necktool: internal error: {first_line(exc, 200)} (a "
                                  f"bug in necktool; run with {DEBUG_ENV}=1 for the traceback)\n")
                 code = ExitCode.INTERNAL
         finally:
@@ -285,6 +310,8 @@ def _root(
     """Build, profile, export and budget the feature-pyramid necks of face detectors."""
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(standalone: bool = True) -> int:
+    """Run the command line on ``sys.argv``; exit with its code, or return it when
+    ``standalone`` is false (as :func:`necktool.__main__.run` does, to end the process
+    itself)."""
+    return int(app(standalone_mode=standalone))

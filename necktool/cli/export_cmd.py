@@ -55,8 +55,8 @@ ExportNeckArg = Annotated[str | None, typer.Argument(
     help=NECK_HELP + " Without one: the neck --weights FILE holds, as 'necktool inspect' "
     "finds it; with no --weights either, every budget entry of the project's config (found "
     "as 'necktool check' finds it, or --config).")]
-OnnxFlag = Annotated[bool, typer.Option(
-    "--onnx", rich_help_panel=EXPORT, show_default=False,
+OnnxFlag = Annotated[bool, typer.Option(  # accepted, never read: ONNX is the one format
+    "--onnx", rich_help_panel=EXPORT, show_default=False, expose_value=False,
     help="Write ONNX, the export format (the default; the result names it).")]
 To = Annotated[Any, typer.Option(
     "--to", metavar="[onnx|ncnn]", rich_help_panel=EXPORT, show_default=False,
@@ -104,7 +104,7 @@ NO_NECK = ("no NECK given and no budget config found (necktool.toml, or pyprojec
 
 def export_command(
     neck: ExportNeckArg = None,
-    onnx: OnnxFlag = True,
+    onnx_flag: OnnxFlag = True,
     output: Output = None,
     static: Static = False,
     opset: Opset = None,

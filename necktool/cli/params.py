@@ -67,7 +67,7 @@ class BuildFlags:
 
     def overrides(self) -> dict[str, Any]:
         """The spec fields given (``None`` never appears: unset flags keep preset values)."""
-        return {k: v for k, v in self._values.items() if FIELD[k].spec}
+        return {k: v for k, v in self._values.items() if FIELD[k].in_spec}
 
     @property
     def batch(self) -> int:
@@ -130,7 +130,7 @@ PATH = typer_parser(parse_path)
 
 def _families_note(field: str) -> str:
     takers = families_taking(field)
-    return "" if not FIELD[field].spec or len(takers) == len(FAMILIES) \
+    return "" if not FIELD[field].in_spec or len(takers) == len(FAMILIES) \
         else f" Families: {', '.join(takers)}."
 
 
@@ -190,7 +190,9 @@ class VerifyGroup(OptionGroup):
             _option(f"{prefix}rtol", Annotated[list[str] | None, typer.Option(
                 "--rtol", metavar="TOL", rich_help_panel=VERIFY_PANEL, show_default=False,
                 help=f"Relative tolerance, same syntax. Default: {_defaults(1)}. An "
-                "output passes when every element has |ort - torch| <= atol + rtol*|torch|.")]),
+                "output passes when every element has |ort - torch| <= atol + rtol*|torch| "
+                "(with --error-stat mean or median: when that statistic of |ort - torch| - "
+                "rtol*|torch| over its elements is <= atol).")]),
             _option(f"{prefix}error_stat", Annotated[Any, typer.Option(
                 "--error-stat", metavar="[" + "|".join(s.value for s in ErrorStat) + "]",
                 parser=typer_parser(ChoiceKind(ErrorStat).from_text),

@@ -38,7 +38,7 @@ class OutputComparison:
     mean_abs: float
     max_rel: float
     min_atol: float  # the error statistic of the excess (>= 0): the smallest passing atol
-    failed: int  # elements over tolerance (non-finite ones included)
+    failed_elements: int  # elements over tolerance (non-finite ones included)
     elements: int
     nonfinite_ort: int
     nonfinite_torch: int
@@ -62,7 +62,7 @@ class OutputComparison:
 
     @property
     def passed(self) -> bool:
-        within = self.failed == 0 if self.error_stat is ErrorStat.ELEMWISE \
+        within = self.failed_elements == 0 if self.error_stat is ErrorStat.ELEMWISE \
             else self.min_atol <= self.atol
         return within and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
             and not self.note
@@ -81,7 +81,7 @@ class OutputComparison:
             if n else 0.0,
             max_rel=max(self.max_rel, other.max_rel),
             min_atol=max(self.min_atol, other.min_atol),
-            failed=self.failed + other.failed,
+            failed_elements=self.failed_elements + other.failed_elements,
             elements=n,
             nonfinite_ort=self.nonfinite_ort + other.nonfinite_ort,
             nonfinite_torch=self.nonfinite_torch + other.nonfinite_torch,
@@ -105,7 +105,7 @@ class OutputComparison:
             "min_atol": _finite(self.min_atol),
             "sqnr_db": _finite(self.sqnr_db),
             "cosine": _finite(self.cosine),
-            "failed_elements": self.failed,
+            "failed_elements": self.failed_elements,
             "elements": self.elements,
             "nonfinite_ort": self.nonfinite_ort,
             "nonfinite_torch": self.nonfinite_torch,
@@ -204,8 +204,9 @@ class VerificationResult:
                     f"within {tol} (largest |{self.who} - torch| {self.max_abs:.2e}; smallest "
                     f"passing atol {self.min_atol:.2e}; SQNR >= {_db(self.min_sqnr_db)} dB)")
         bad = [(c, o) for c, o in checks if not o.passed]
-        case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed))
-        detail = worst.note or (f"{worst.failed} of {worst.elements} elements over tolerance, "
+        case, worst = max(bad, key=lambda co: (co[1].min_atol, co[1].failed_elements))
+        detail = worst.note or (f"{worst.failed_elements} of {worst.elements} elements over "
+                                f"tolerance, "
                                 f"max |{self.who} - torch| {worst.max_abs:.3g}, max rel "
                                 f"{worst.max_rel:.3g}, smallest passing atol "
                                 f"{worst.min_atol:.3g}, SQNR {_db(worst.sqnr_db)} dB, "
@@ -241,7 +242,7 @@ class VerificationResult:
                 nonfinite = out.nonfinite_ort + out.nonfinite_torch
                 verdict = "PASS" if out.passed else "FAIL" + (
                     f" {out.note}" if out.note else f" {nonfinite:,} NaN/Inf" if nonfinite
-                    else f" {out.failed:,} el.")
+                    else f" {out.failed_elements:,} el.")
                 title = f"{cmp.case.label} ({cmp.case.title})" if self.measured_on \
                     else cmp.case.title
                 rows.append((title if i == 0 else "", out.name, f"{out.max_abs:.1e}",
@@ -256,7 +257,7 @@ class VerificationResult:
             ["case", "out", num("max abs"), num("max rel"), num("min atol"), num("SQNR dB"),
              num("cosine"), "result"], rows, sections=tuple(sections), verdict=7,
             caption=f"{self._inputs_text()}; an output passes when "
-                    f"every element has |{self.who} - torch| <= atol + rtol * |torch| "
+                    f"{self.options.error_stat.rule(self.who)} "
                     f"({self.tolerance_text}); max rel over elements where torch != 0; "
                     f"SQNR = 10 log10(sum torch^2 / sum ({self.who} - torch)^2); mean abs "
                     f"errors and NaN/Inf counts in --format json; weights: {self.weights}\n"

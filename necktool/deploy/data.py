@@ -5,7 +5,7 @@ calibration part and a held-out part.
 A *feature set* is one forward's inputs: one float32 array per input level,
 ``(batch, C_k, H_k, W_k)``. Sets are checked against the neck once, here: the level count,
 each level's channels, one batch for all levels, finite values, and for a family whose
-levels are tied (:attr:`~necktool.spec.families.Levels.ONE_IMAGE`) sizes that are the
+levels are tied (:attr:`~necktool.spec.families.LevelRelation.ONE_IMAGE`) sizes that are the
 ``ceil(H/s_k)`` sizes of one image ``H x W``.
 
 Images are read with Pillow, whose decompression-bomb limit is kept on (a bomb is an
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from necktool.errors import InputError
-from necktool.spec.families import Levels
+from necktool.spec.families import LevelRelation
 
 if TYPE_CHECKING:
     import onnx
@@ -173,7 +173,7 @@ def check_set(spec: NeckSpec, arrays: Sequence[Any], name: str) -> FeatureSet:
             raise InputError(f"{name}: {input_name} holds NaN or Inf values")
         out.append(array)
     sizes = [(int(a.shape[2]), int(a.shape[3])) for a in out]
-    if spec.info.levels is not Levels.INDEPENDENT:
+    if spec.info.levels is not LevelRelation.INDEPENDENT:
         for axis, what in ((0, "heights"), (1, "widths")):
             if image_side([s[axis] for s in sizes], spec.input_strides) is None:
                 raise InputError(

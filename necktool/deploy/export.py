@@ -57,10 +57,10 @@ from necktool.deploy.options import (
 from necktool.deploy.plan import ExportPlan, planned_served
 from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
-from necktool.deploy.serving import Images, Levels, Served, calibration_shapes
+from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.deploy.stages import PartOf
 from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
-from necktool.errors import ExportError, InputError, SpecError, first_line
+from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
@@ -287,7 +287,7 @@ def served_by(spec: NeckSpec, model: nn.Module | None = None, *,
     served = planned_served(spec, dynamic)
     if served.dynamic and spec.info.levels is None and model is not None \
             and not _runs_at_odd_sizes(model, spec):
-        return Served(Images.MULTIPLES, Levels.TIED)
+        return Served(Images.MULTIPLES, LevelRelation.TIED)
     return served
 
 
@@ -352,6 +352,8 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
         try:
             program = torch.onnx.export(model, (inputs,), **kwargs)
         except Exception as exc:  # the exporter raises many error types
+            if interrupted(exc):  # it wraps a Ctrl-C/SIGTERM that landed inside it
+                raise KeyboardInterrupt from None
             said = [ln for ln in log.getvalue().splitlines() if ln.strip()]
             hint = f" (last exporter output: {said[-1].strip()[:200]})" if said else ""
             raise ExportError(f"the ONNX exporter failed: {first_line(exc)}{hint}") \

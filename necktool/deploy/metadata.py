@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from necktool.deploy.options import MAX_CALIBRATION, Precision, Upsample
 from necktool.deploy.serving import Served
 from necktool.errors import ExportError, InputError, NecktoolError
-from necktool.spec.fields import BadValue, SizeKind, describe_value, parse_int_text
+from necktool.spec.fields import BadValue, SizeKind, describe_value, is_int, parse_int_text
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import UNIT, UNIT_NOTE
 
@@ -147,8 +147,7 @@ class WeightSource:
         if any(v is not None and not isinstance(v, str) for v in strings.values()):
             raise ValueError("weights path, sha256, prefix and note must be strings")
         seed = data.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
-                                 or not 0 <= seed < 2**63):
+        if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
             raise ValueError("weights seed must be a non-negative integer")
         stripped = data.get("stripped", [])
         if not isinstance(stripped, list) or not all(isinstance(s, str) for s in stripped):

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from necktool.errors import InputError
-from necktool.spec.fields import BadValue, parse_float_text
+from necktool.spec.fields import BadValue, is_int, is_number, parse_float_text
 
 DEFAULT_ATOL = 1e-4  # fp32 (see PRECISION_DEFAULTS for fp16 and int8)
 DEFAULT_RTOL = 1e-4
@@ -38,8 +38,6 @@ MAX_CALIBRATION = 1000
 DEFAULT_TRIALS = 3
 MAX_TRIALS = 100
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-TOLERANCE_NOTE = ("the file's precision sets the defaults; an output passes when every "
-                  "element has |ort - torch| <= atol + rtol * |torch|")
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][\w.\-/]*")
 _PROVIDER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 MAX_TOLERANCE = 1e6
@@ -118,6 +116,14 @@ class ErrorStat(enum.StrEnum):
     MEAN = "mean"
     MEDIAN = "median"
 
+    def rule(self, who: str = "ort") -> str:
+        """When an output passes under this statistic, in words (captions, help); ``who``
+        names the runtime whose outputs are compared with torch's."""
+        if self is ErrorStat.ELEMWISE:
+            return f"every element has |{who} - torch| <= atol + rtol * |torch|"
+        return (f"the {self.value} over its elements of |{who} - torch| - rtol * |torch| is "
+                f"<= atol (and no element is NaN/Inf)")
+
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
@@ -137,8 +143,7 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         for value in (self.default, *(v for _, v in self.per_output)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or not 0 <= value <= MAX_TOLERANCE:
+            if not is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_TOLERANCE:
                 raise InputError(f"a tolerance must be a number from 0 to {MAX_TOLERANCE:g}, "
                                  f"got {value!r}")
         names = [n for n, _ in self.per_output]
@@ -242,7 +247,7 @@ class VerifyOptions:
         except ValueError:
             raise InputError(f"error statistic {self.error_stat!r} is not one of "
                              f"{', '.join(s.value for s in ErrorStat)}") from None
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) \
+        if not is_int(self.trials) \
                 or not 1 <= self.trials <= MAX_TRIALS:
             raise InputError(f"trials must be an integer from 1 to {MAX_TRIALS}, "
                              f"got {self.trials!r}")
@@ -299,8 +304,7 @@ def check_precision(precision: Precision | str, calibration: int | None) -> tupl
     if precision is not Precision.INT8:
         return precision, None
     calibration = DEFAULT_CALIBRATION if calibration is None else calibration
-    if isinstance(calibration, bool) or not isinstance(calibration, int) \
-            or not 1 <= calibration <= MAX_CALIBRATION:
+    if not is_int(calibration) or not 1 <= calibration <= MAX_CALIBRATION:
         raise InputError(f"calibration must be an integer from 1 to {MAX_CALIBRATION}, got "
                          f"{calibration!r}")
     return precision, calibration

@@ -53,11 +53,12 @@ from necktool.deploy.options import (
     check_upsample,
 )
 from necktool.deploy.runtimes import RuntimeName, require_runtime
-from necktool.deploy.serving import Case, Images, Levels, Served, default_cases
+from necktool.deploy.serving import Case, Images, LevelRelation, Served, default_cases
 from necktool.errors import InputError
 from necktool.files import check_writable
 from necktool.report import size_text
 from necktool.resources import export_bytes, forward_bytes, require
+from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
@@ -100,15 +101,15 @@ def planned_served(spec: NeckSpec, dynamic: bool) -> Served:
         return Served.static()
     if spec.info.levels is not None:
         return Served(Images.ANY, spec.info.levels)
-    return Served(Images.ANY, Levels.ONE_IMAGE)
+    return Served(Images.ANY, LevelRelation.ONE_IMAGE)
 
 
 def tied_by_upsample(served: Served, upsample: Upsample) -> Served:
     """What a file serves once its upsampling is ``upsample``: a ``scale2`` crop computes
     the ``size`` form's numbers only where each level is ``ceil(finer / 2)``, so it ties
     independent levels to the sizes of one image."""
-    if upsample is Upsample.SCALE2 and served.levels is Levels.INDEPENDENT:
-        return dataclasses.replace(served, levels=Levels.ONE_IMAGE)
+    if upsample is Upsample.SCALE2 and served.levels is LevelRelation.INDEPENDENT:
+        return dataclasses.replace(served, levels=LevelRelation.ONE_IMAGE)
     return served
 
 
@@ -120,8 +121,7 @@ def onnx_file_name(name: str, precision: Precision) -> str:
 
 
 def check_opset(opset: int) -> int:
-    if isinstance(opset, bool) or not isinstance(opset, int) \
-            or not MIN_OPSET <= opset <= MAX_OPSET:
+    if not is_int(opset) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"opset {opset!r} is not supported; use {MIN_OPSET} to {MAX_OPSET} "
                          f"(default {DEFAULT_OPSET})")
     return opset

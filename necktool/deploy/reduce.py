@@ -33,6 +33,7 @@ from necktool.deploy.options import (
 )
 from necktool.deploy.stages import PartOf
 from necktool.errors import InputError
+from necktool.spec.fields import is_number
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,8 +59,8 @@ class Reduction:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", CalibrationMethod(self.method))
         object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
-        if self.min_sqnr is not None and (isinstance(self.min_sqnr, bool) or not isinstance(
-                self.min_sqnr, (int, float)) or not -100 <= self.min_sqnr <= 200):
+        if self.min_sqnr is not None and (not is_number(self.min_sqnr)
+                                          or not -100 <= self.min_sqnr <= 200):
             raise InputError(f"--min-sqnr must be a number of dB from -100 to 200, got "
                              f"{self.min_sqnr!r}")
 

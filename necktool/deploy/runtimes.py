@@ -157,8 +157,7 @@ class Runner:
 
 
 def _why(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    return first_line(exc, 160, typed=False)
 
 
 class OrtRunner(Runner):
@@ -439,7 +438,7 @@ class RuntimesVerification:
             for cmp in r.cases:
                 for i, out in enumerate(cmp.outputs):
                     verdict = "PASS" if out.passed else "FAIL" + (
-                        f" {out.note}" if out.note else f" {out.failed:,} el.")
+                        f" {out.note}" if out.note else f" {out.failed_elements:,} el.")
                     rows.append((r.runtime if i == 0 else "",
                                  cmp.case.title if i == 0 else "", out.name,
                                  f"{out.max_abs:.1e}", _db(out.sqnr_db), verdict))

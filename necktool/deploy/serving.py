@@ -27,16 +27,13 @@ import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from necktool.spec.families import Levels
+from necktool.report import size_text
+from necktool.spec.families import LevelRelation
 
 if TYPE_CHECKING:
     from necktool.spec.neck_spec import NeckSpec
 
-__all__ = ["Case", "Images", "Levels", "Served", "calibration_shapes", "default_cases"]
-
-
-def size_text(size: tuple[int, int]) -> str:
-    return "x".join(map(str, size))
+__all__ = ["Case", "Images", "LevelRelation", "Served", "calibration_shapes", "default_cases"]
 
 
 class Images(enum.StrEnum):
@@ -52,16 +49,16 @@ class Served:
     """The input shapes a file serves (see the module docstring)."""
 
     images: Images
-    levels: Levels = Levels.ONE_IMAGE
+    levels: LevelRelation = LevelRelation.ONE_IMAGE
 
     @classmethod
     def static(cls) -> Served:
-        return cls(Images.STATIC, Levels.TIED)
+        return cls(Images.STATIC, LevelRelation.TIED)
 
     @classmethod
     def legacy(cls, dynamic: bool) -> Served:
         """What a file without ``necktool.serves`` (an older necktool) serves."""
-        return cls(Images.MULTIPLES, Levels.TIED) if dynamic else cls.static()
+        return cls(Images.MULTIPLES, LevelRelation.TIED) if dynamic else cls.static()
 
     @property
     def dynamic(self) -> bool:
@@ -76,10 +73,10 @@ class Served:
         if not isinstance(data, Mapping) or set(data) != {"images", "levels"}:
             raise ValueError("expected an object with keys images and levels")
         try:
-            return cls(Images(data["images"]), Levels(data["levels"]))
+            return cls(Images(data["images"]), LevelRelation(data["levels"]))
         except (ValueError, TypeError):
             raise ValueError(f"images must be one of {', '.join(Images)} and levels one of "
-                             f"{', '.join(Levels)}") from None
+                             f"{', '.join(LevelRelation)}") from None
 
     def dims(self, spec: NeckSpec) -> list[tuple[str, str]]:
         """The symbolic ``(height, width)`` dimension names of each input level."""
@@ -102,7 +99,7 @@ class Served:
                     f"level k is (batch, C_k, 2**({spec.num_inputs - 1}-k) * H/{stride}, "
                     f"... * W/{stride})")
         levels = ("each level's H and W are free dimensions, so other level sizes run too"
-                  if self.levels is Levels.INDEPENDENT else
+                  if self.levels is LevelRelation.INDEPENDENT else
                   "the levels must be these sizes of one image (the graph ties them: a "
                   "bottom-up path, or a scale2 upsample's crop)")
         return (f"every image H x W from {stride}x{stride} up, any batch; input level k is "

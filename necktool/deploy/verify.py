@@ -59,7 +59,7 @@ from necktool.deploy.runtimes import (
     require_runtime,
 )
 from necktool.deploy.serving import Case, Served, default_cases
-from necktool.errors import InputError
+from necktool.errors import InputError, first_line
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
 from necktool.necks.weights import make_model
@@ -173,8 +173,8 @@ def open_session(source: ModelSource, provider: str) -> Any:
     try:
         return ort.InferenceSession(model, sess_options=options, providers=[provider])
     except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"ONNX Runtime cannot load {_name(source)}: {first}") from None
+        raise InputError(f"ONNX Runtime cannot load {_name(source)}: "
+                         f"{first_line(exc, typed=False)}") from None
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from necktool.errors import InputError
 from necktool.report import Block, Note, share, size_text, table
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import reproduce_command
-from necktool.units import UNIT_SHORT
+from necktool.units import GFLOPS, UNIT_SHORT
 
 if TYPE_CHECKING:
     import onnx
@@ -147,7 +147,7 @@ class DetectorInspect:
             ("enters", ", ".join(n.inputs)),
             ("leaves", ", ".join(n.outputs)),
             ("size", size),
-            ("neck MACs", f"{nc.macs / 1e9:.4f} G of {gc.macs / 1e9:.4f} G "
+            ("neck MACs", f"{nc.macs / GFLOPS:.4f} G of {gc.macs / GFLOPS:.4f} G "
              f"({share(nc.macs, gc.macs)}), {nc.convs} of {gc.convs} convs"),
             ("neck params", f"{nc.params:,} of {gc.params:,} ({share(nc.params, gc.params)})"),
             ("reproduce", self.command),

@@ -25,7 +25,7 @@ from necktool.deploy.metadata import WeightSource
 from necktool.detector.graph import Graph, attr, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import ConvNode, DetectorNeck, find_in_graph
-from necktool.errors import WeightsError
+from necktool.errors import WeightsError, first_line
 from necktool.spec.fields import Norm
 
 if TYPE_CHECKING:
@@ -222,7 +222,8 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike[str]) -> Wei
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"cannot load {where}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"cannot load {where}: {first_line(exc, typed=False)}") \
+            from None
     note = {"folded": "norm folded into the convs; loaded as identity BatchNorm plus the "
                       "conv bias", "present": "norm nodes in the graph", "none": None}
     return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=_sha256(path),

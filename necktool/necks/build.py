@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from necktool.errors import CustomNeckError
 from necktool.report import size_text
 from necktool.resources import FLOAT32, forward_bytes, param_bound, require
 from necktool.spec.neck_spec import NeckSpec
@@ -37,6 +38,14 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
     return model.eval()
 
 
+def require_forward(spec: NeckSpec, size: tuple[int, int], batch: int) -> None:
+    """Raise unless ``spec`` can run at ``size`` and one forward fits the memory limit:
+    before anything is built (a 4096-channel neck takes seconds to initialise)."""
+    spec.check_size(size)
+    require(forward_bytes(spec, size, batch),
+            f"{spec.label} at {size_text(size)}, batch {batch},")
+
+
 def make_inputs(
     spec: NeckSpec,
     input_size: tuple[int, int] | None = None,
@@ -49,9 +58,7 @@ def make_inputs(
     ``seed=None`` gives zeros (enough for counting); otherwise seeded normal values.
     """
     size = input_size or spec.input_size
-    spec.check_size(size)
-    require(forward_bytes(spec, size, batch),
-            f"{spec.label} at {size_text(size)}, batch {batch},")
+    require_forward(spec, size, batch)
     return input_tensors(spec, size, batch, seed=seed)
 
 
@@ -65,3 +72,22 @@ def input_tensors(spec: NeckSpec, input_size: tuple[int, int], batch: int, *,
         return [torch.zeros(s) for s in shapes]
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=gen) for s in shapes]
+
+
+def check_neck_outputs(spec: NeckSpec, outputs: Any, batch: int,
+                       input_size: tuple[int, int]) -> None:
+    """Raise :class:`CustomNeckError` unless ``outputs`` (any neck's, built-in or custom) is
+    one ``(batch, out_channels, H_i, W_i)`` tensor per level."""
+    name = spec.label
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels or \
+            not all(isinstance(o, torch.Tensor) for o in outputs):
+        got = (f"{len(outputs)} item(s)" if isinstance(outputs, (tuple, list))
+               else type(outputs).__name__)
+        raise CustomNeckError(f"{name}: forward must return one tensor per level "
+                              f"({spec.num_levels}: {', '.join(spec.level_names)}), got {got}")
+    for level, out, (h, w) in zip(spec.level_names, outputs, spec.level_sizes(
+            input_size), strict=True):
+        expected = (batch, spec.out_channels, h, w)
+        if tuple(out.shape) != expected:
+            raise CustomNeckError(f"{name}: output {level} has shape {tuple(out.shape)}; "
+                                  f"expected {expected} (batch, out_channels, H, W)")

@@ -17,10 +17,9 @@ import os
 import sys
 from typing import Any
 
-import torch
 from torch import nn
 
-from necktool.errors import CustomNeckError
+from necktool.errors import CustomNeckError, first_line
 from necktool.spec.neck_spec import NeckSpec
 
 
@@ -37,7 +36,7 @@ def build_custom(spec: NeckSpec) -> nn.Module:
         raise
     except BaseException as exc:  # user code: even SystemExit is a bad neck, not our exit
         raise CustomNeckError(f"cannot import {module_name!r} for custom neck "
-                              f"{spec.factory!r}: {_said(exc)}") from None
+                              f"{spec.factory!r}: {first_line(exc, 200)}") from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in vars(obj) if not n.startswith("_"))[:12]
@@ -53,34 +52,10 @@ def build_custom(spec: NeckSpec) -> nn.Module:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # user code: any exception, SystemExit too, is a bad neck
-        raise CustomNeckError(f"custom neck {spec.factory!r} raised {_said(exc)} (called "
+        raise CustomNeckError(f"custom neck {spec.factory!r} raised {first_line(exc, 200)} (called "
                               f"with in_channels={args['in_channels']}, "
                               f"out_channels={args['out_channels']})") from None
     if not isinstance(model, nn.Module):
         raise CustomNeckError(f"custom neck {spec.factory!r} returned "
                               f"{type(model).__name__}; expected a torch.nn.Module")
     return model
-
-
-def _said(exc: BaseException) -> str:
-    """``Type: first line of the message``, bounded: user code may say anything."""
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def check_outputs(spec: NeckSpec, outputs: Any, batch: int,
-                  input_size: tuple[int, int]) -> None:
-    """Raise unless ``outputs`` is one ``(batch, out_channels, H_i, W_i)`` tensor per level."""
-    name = spec.label
-    if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels or \
-            not all(isinstance(o, torch.Tensor) for o in outputs):
-        got = (f"{len(outputs)} item(s)" if isinstance(outputs, (tuple, list))
-               else type(outputs).__name__)
-        raise CustomNeckError(f"{name}: forward must return one tensor per level "
-                              f"({spec.num_levels}: {', '.join(spec.level_names)}), got {got}")
-    for level, out, (h, w) in zip(spec.level_names, outputs, spec.level_sizes(
-            input_size), strict=True):
-        expected = (batch, spec.out_channels, h, w)
-        if tuple(out.shape) != expected:
-            raise CustomNeckError(f"{name}: output {level} has shape {tuple(out.shape)}; "
-                                  f"expected {expected} (batch, out_channels, H, W)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,11 +31,10 @@ from necktool.necks.weights import (
     read_checkpoint,
 )
 from necktool.report import Block, Note, size_text, table
-from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, load
+from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, Shapes, load
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import PRESETS, reproduce_command
 
-Shapes = Mapping[str, tuple[int, ...]]
 ONNX_SUFFIX = ".onnx"
 _GROUPS_SHOWN = 8
 
@@ -240,13 +239,6 @@ def _identify_detector(path: str | pathlib.Path, prefix: str | None) -> FoundNec
 
 
 # -- the command's result --------------------------------------------------------------
-def profile_command(spec: NeckSpec, base: str | None = None, *,
-                    with_size: bool = False) -> str:
-    """``necktool profile NAME [flags]`` that builds ``spec`` (see
-    :func:`necktool.spec.registry.reproduce_command`)."""
-    return reproduce_command(spec, base, with_size=with_size)
-
-
 @dataclasses.dataclass(frozen=True)
 class InspectResult:
     """``necktool inspect``: the neck a checkpoint or an exported ONNX file holds."""
@@ -352,7 +344,7 @@ def inspect_file(path: str | pathlib.Path, prefix: str | None = None) -> Inspect
         words += ["--prefix", found.load_prefix]
     return InspectResult(
         path=str(file), kind="checkpoint", spec=found.neck_spec, presets=found.presets,
-        command=profile_command(found.neck_spec, found.presets[0] if found.presets else None),
+        command=reproduce_command(found.neck_spec, found.presets[0] if found.presets else None),
         prefix=found.prefix, notes=found.notes, tensors=found.tensors,
         container=ckpt.container, follow_up=("export_command", " ".join([*words, "--onnx"])))
 
@@ -369,7 +361,7 @@ def _inspect_onnx(file: pathlib.Path) -> InspectResult:
     presets = tuple(n for n, p in PRESETS.items()
                     if {k: v for k, v in p.spec.to_dict().items() if k != "input_size"} == plain)
     base = meta.neck if meta.neck in presets else (presets[0] if presets else None)
-    command = profile_command(spec, base, with_size=True)
+    command = reproduce_command(spec, base, with_size=True)
     export = {"input_size": list(meta.input_size), "batch": meta.batch,
               "dynamic": meta.dynamic, "opset": meta.opset, "version": meta.version,
               "flops": meta.flops, "params": meta.params, "weights": meta.weights.describe()}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from necktool.deploy.metadata import WeightSource, WeightsRequest, file_sha256
-from necktool.errors import WeightsError
+from necktool.errors import WeightsError, first_line
 from necktool.necks.build import build_neck
 from necktool.spec.neck_spec import NeckSpec
 
@@ -36,7 +35,6 @@ DATA_PARALLEL_PREFIX = "module."
 # when loading an old (pre-1.0) state dict.
 OPTIONAL_KEYS = ("num_batches_tracked",)
 _SHOWN = 12  # keys listed per category in a report
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +151,6 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path).state
 
 
-def _reason(exc: BaseException) -> str:
-    """The first line of a ``torch.load`` error, colour codes removed."""
-    text = _ANSI.sub("", str(exc)).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _unsafe_globals(file: pathlib.Path) -> list[str]:
     """The globals a pickle would call that the safe loader refuses (read, never run)."""
     try:
@@ -202,7 +194,8 @@ def read_checkpoint(path: str | pathlib.Path) -> Checkpoint:
                          "torch.save(torch.load(F, weights_only=False)['state_dict'], "
                          "'weights.pth')"]) from None
         raise WeightsError(f"cannot read weights file {str(file)!r} as a state dict "
-                           f"(torch.load weights_only=True): {_reason(exc)}") from None
+                           f"(torch.load weights_only=True): {first_line(exc, typed=False)}") \
+            from None
     container: tuple[str, ...] = ()
     wrapper: str | None = None
     for key in ("state_dict", "model"):
@@ -323,6 +316,7 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
-        raise WeightsError(f"cannot load {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"cannot load {str(path)!r}: {first_line(exc, typed=False)}") \
+            from None
     return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=sha256_of(path),
                         prefix=prefix or None, stripped=tuple(stripped))

@@ -73,7 +73,7 @@ class KeyLayout:
     infer: str | None = None
 
 
-class Levels(enum.StrEnum):
+class LevelRelation(enum.StrEnum):
     """How the input levels' sizes relate in a dynamic file."""
 
     INDEPENDENT = "independent"  # each level's H and W is free
@@ -92,7 +92,7 @@ class FamilyInfo:
         fields: The spec fields this family accepts; any other is an error when given.
         layout: Its checkpoint key layout, if it has a fixed one.
         needs_factory: The spec names the user's own factory (the ``custom`` family).
-        levels: How a dynamic ONNX file's input levels relate (:class:`Levels`):
+        levels: How a dynamic ONNX file's input levels relate (:class:`LevelRelation`):
             ``INDEPENDENT`` when nothing ties their sizes (every image size, and other
             level sizes, run), ``ONE_IMAGE`` when a bottom-up path ties them to one image's
             ``ceil(H/stride)`` sizes; ``None``: unknown, so an export first runs the module
@@ -105,10 +105,10 @@ class FamilyInfo:
     fields: tuple[str, ...]
     layout: KeyLayout | None = None
     needs_factory: bool = False
-    levels: Levels | None = None
+    levels: LevelRelation | None = None
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].spec]
+        unknown = [f for f in self.fields if f not in FIELD or not FIELD[f].in_spec]
         if unknown:
             raise ValueError(f"family {self.name!r} names unknown spec fields {unknown}")
 
@@ -164,7 +164,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("output1.0.weight", "output2.0.weight", "merge1.0.weight"),
                      origin="Pytorch_Retinaface models/net.py FPN",
                      infer="necktool.necks.retinaface:infer"),
-    levels=Levels.INDEPENDENT,  # levels meet only through interpolate(size=finer level)
+    levels=LevelRelation.INDEPENDENT,  # levels meet only through interpolate(size=finer level)
 ))
 register_family(FamilyInfo(
     name="pafpn",
@@ -175,7 +175,7 @@ register_family(FamilyInfo(
                               "bu_out_convs.0."),
                      origin="the SCRFD seed's PAFPN",
                      infer="necktool.necks.pafpn:infer"),
-    levels=Levels.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
+    levels=LevelRelation.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
 ))
 _MMDET_FIELDS = (*_SEED_FIELDS[:-1], "num_outs", "extra_convs", "relu_before_extra_convs",
                  "input_size")
@@ -187,7 +187,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("lateral_convs.0.conv.weight", "fpn_convs.0.conv.weight"),
                      origin="mmdetection mmdet/models/necks/fpn.py",
                      infer="necktool.necks.mmdet:infer_fpn"),
-    levels=Levels.INDEPENDENT,  # interpolate(size=finer level); extra levels from the coarsest
+    levels=LevelRelation.INDEPENDENT,  # interpolate(size=finer level); extras from the coarsest
 ))
 register_family(FamilyInfo(
     name="mmdet_pafpn",
@@ -198,7 +198,7 @@ register_family(FamilyInfo(
                               "downsample_convs.0.conv.weight", "pafpn_convs.0.conv.weight"),
                      origin="mmdetection mmdet/models/necks/pafpn.py",
                      infer="necktool.necks.mmdet:infer_pafpn"),
-    levels=Levels.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
+    levels=LevelRelation.ONE_IMAGE,  # bottom-up stride-2 convs are added to the next level
 ))
 register_family(FamilyInfo(
     name="custom",

@@ -1,6 +1,6 @@
 """Build flags, described once (torch-free).
 
-Every knob of a neck is one :class:`SpecField`: its CLI flag, its TOML key, its value
+Every knob of a neck is one :class:`BuildFlag`: its CLI flag, its TOML key, its value
 kind (which parses command-line text and checks TOML/JSON values, with the range), its
 help text and metavar. The CLI options, the budget schema and the validation messages
 are all produced from :data:`FIELDS`; which families take a field is declared by each
@@ -135,8 +135,19 @@ def parse_float_text(text: str, expected: str) -> float:
     return float(raw)
 
 
-def _is_int(value: Any) -> bool:
+def size_text(size: Sequence[int]) -> str:
+    """``640x480``: an image size (H, W) as the flags and tables write it."""
+    return "x".join(map(str, size))
+
+
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (``True`` is an ``int`` to Python, never to necktool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An integer or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Kind(Generic[T]):
@@ -174,7 +185,7 @@ class IntKind(Kind[int]):
         return self.check(parse_int_text(text, self.expected))
 
     def check(self, value: Any) -> int:
-        if not _is_int(value) or value < self.low:
+        if not is_int(value) or value < self.low:
             raise BadValue(self.expected)
         if value > self.high:
             raise BadValue(f"{self.expected} up to {self.high:,}")
@@ -195,7 +206,7 @@ class FloatKind(Kind[float]):
         return self.check(parse_float_text(text, self.expected))
 
     def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise BadValue(self.expected)
         if not math.isfinite(value) or not self.low <= value <= self.high:
             raise BadValue(self.expected)
@@ -275,7 +286,7 @@ class ChannelsKind(Kind[tuple[int, ...]]):
 
     def check(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, (list, tuple)) or len(value) > self.max_count or \
-                not all(_is_int(v) and v > 0 for v in value):
+                not all(is_int(v) and v > 0 for v in value):
             raise BadValue(self.expected)
         return self._bounded(tuple(int(v) for v in value), self.expected)
 
@@ -316,9 +327,9 @@ class SizeKind(Kind[tuple[int, int]]):
                 return self.from_text(value)
             except BadValue as exc:
                 raise BadValue(self.expected, exc.note) from None
-        if _is_int(value):
+        if is_int(value):
             return self._bounded((value, value), self.expected)
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_int, value)):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_int, value)):
             return self._bounded((value[0], value[1]), self.expected)
         return self._fail()
 
@@ -336,11 +347,11 @@ class SizeKind(Kind[tuple[int, int]]):
         return list(value)
 
     def to_text(self, value: tuple[int, int]) -> str:
-        return f"{value[0]}x{value[1]}"
+        return size_text(value)
 
 
 @dataclasses.dataclass(frozen=True)
-class SpecField:
+class BuildFlag:
     """One build knob, described once.
 
     Attributes:
@@ -348,14 +359,14 @@ class SpecField:
         flag: The CLI flag; the TOML key is the flag without its dashes.
         kind: Parses and checks values, with the range.
         help: One sentence for ``--help`` (the families that take it are appended).
-        spec: Whether it is a NeckSpec field (``batch`` is a run setting instead).
+        in_spec: Whether it is a NeckSpec field (``batch`` is a run setting instead).
     """
 
     name: str
     flag: str
     kind: Kind[Any]
     help: str
-    spec: bool = True
+    in_spec: bool = True
 
     @property
     def key(self) -> str:
@@ -382,38 +393,38 @@ class SpecField:
         return self.kind.check(value)
 
 
-FIELDS: tuple[SpecField, ...] = (
-    SpecField("in_channels", "--in-channels", ChannelsKind(),
+FIELDS: tuple[BuildFlag, ...] = (
+    BuildFlag("in_channels", "--in-channels", ChannelsKind(),
               "Backbone channels per input level, finest (stride 8) first; the count sets "
               "the number of levels."),
-    SpecField("out_channels", "--out-channels", IntKind(),
+    BuildFlag("out_channels", "--out-channels", IntKind(),
               "Channels of every output level."),
-    SpecField("norm", "--norm", ChoiceKind(Norm),
+    BuildFlag("norm", "--norm", ChoiceKind(Norm),
               "Normalisation after each conv (none: the conv gets a bias)."),
-    SpecField("gn_groups", "--gn-groups", IntKind(metavar="G"),
+    BuildFlag("gn_groups", "--gn-groups", IntKind(metavar="G"),
               "GroupNorm groups; must divide --out-channels. Default: the SCRFD seed's rule."),
-    SpecField("act", "--act", ChoiceKind(Activation, metavar="ACT"),
+    BuildFlag("act", "--act", ChoiceKind(Activation, metavar="ACT"),
               "Activation after each norm: relu, leaky_relu or none."),
-    SpecField("leaky_slope", "--leaky-slope", FloatKind(metavar="SLOPE"),
+    BuildFlag("leaky_slope", "--leaky-slope", FloatKind(metavar="SLOPE"),
               "Negative slope for --act leaky_relu."),
-    SpecField("num_outs", "--num-outs", IntKind(low=MIN_LEVELS, high=MAX_LEVELS),
+    BuildFlag("num_outs", "--num-outs", IntKind(low=MIN_LEVELS, high=MAX_LEVELS),
               "Output levels; those beyond the input levels are extra levels P6, P7, ... "
               "(strides 64, 128, ...). Default: one per input level."),
-    SpecField("extra_convs", "--extra-convs", ChoiceKind(ExtraConvs, metavar="MODE"),
+    BuildFlag("extra_convs", "--extra-convs", ChoiceKind(ExtraConvs, metavar="MODE"),
               "What computes the extra levels (mmdetection's add_extra_convs): none "
               "(max-pool), or a 3x3 stride-2 conv on_input, on_lateral or on_output."),
-    SpecField("relu_before_extra_convs", "--relu-before-extra-convs", BoolKind(),
+    BuildFlag("relu_before_extra_convs", "--relu-before-extra-convs", BoolKind(),
               "Apply ReLU before every extra conv after the first."),
-    SpecField("input_size", "--input-size", SizeKind(),
+    BuildFlag("input_size", "--input-size", SizeKind(),
               "Image size as HxW (640x480) or one number for square. Default: the preset's."),
-    SpecField("batch", "--batch", IntKind(high=MAX_BATCH), "Batch size. Default: 1.",
-              spec=False),
+    BuildFlag("batch", "--batch", IntKind(high=MAX_BATCH), "Batch size. Default: 1.",
+              in_spec=False),
 )
 FIELD = {f.name: f for f in FIELDS}
-SPEC_FIELDS = tuple(f.name for f in FIELDS if f.spec)
+SPEC_FIELDS = tuple(f.name for f in FIELDS if f.in_spec)
 
 
-def field_for_key(key: str) -> SpecField | None:
+def field_for_key(key: str) -> BuildFlag | None:
     """The field whose TOML key is ``key``."""
     return next((f for f in FIELDS if f.key == key), None)
 

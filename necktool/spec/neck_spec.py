@@ -26,6 +26,7 @@ from necktool.spec.fields import (
     ExtraConvs,
     Norm,
     describe_value,
+    size_text,
 )
 
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
@@ -147,7 +148,7 @@ class NeckSpec:
 
     def check_size(self, input_size: Sequence[int]) -> None:
         """Raise :class:`SpecError` unless this neck can run at ``input_size`` ``(H, W)``."""
-        text = "x".join(map(str, input_size))
+        text = size_text(input_size)
         if len(input_size) != 2:
             raise SpecError(f"input_size must be (H, W), got {list(input_size)}")
         if any(s > MAX_INPUT_SIDE for s in input_size):

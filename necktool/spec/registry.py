@@ -256,7 +256,7 @@ def reproduce_command(spec: NeckSpec, base: str | None = None, *,
     ref = PRESETS[name].spec if name in PRESETS else None
     words = ["necktool", "profile", name]
     for field in FIELD.values():
-        if not field.spec or not spec.info.takes(field.name):
+        if not field.in_spec or not spec.info.takes(field.name):
             continue
         if field.name == "input_size" and not with_size:
             continue

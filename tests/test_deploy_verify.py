@@ -189,7 +189,7 @@ def test_compare_arrays_numbers() -> None:
     got = np.array([1.1, 2.0, 0.001, -4.0], np.float32)
     cmp = compare_arrays("p3", got, ref, atol=0.01, rtol=0.05)
     # |d| = .1, 0, .001, 0; allowed = .06, .11, .01, .21 -> only the first fails
-    assert cmp.failed == 1 and not cmp.passed
+    assert cmp.failed_elements == 1 and not cmp.passed
     assert cmp.max_abs == pytest.approx(0.1, rel=1e-5)
     assert cmp.mean_abs == pytest.approx(0.101 / 4, rel=1e-4)
     assert cmp.max_rel == pytest.approx(0.1, rel=1e-5)  # the zero reference is left out
@@ -197,7 +197,7 @@ def test_compare_arrays_numbers() -> None:
     assert compare_arrays("p3", got, ref, atol=cmp.min_atol + 1e-6, rtol=0.05).passed
     nan = compare_arrays("p3", np.array([math.nan, 1.0], np.float32),
                          np.array([1.0, 1.0], np.float32), atol=1.0, rtol=1.0)
-    assert not nan.passed and nan.nonfinite_ort == 1 and nan.failed == 1
+    assert not nan.passed and nan.nonfinite_ort == 1 and nan.failed_elements == 1
     assert math.isinf(nan.min_atol) and nan.to_dict()["min_atol"] is None
     shape = compare_arrays("p3", np.zeros((2, 2)), np.zeros((2, 3)), atol=1, rtol=1)
     assert not shape.passed and "shape" in shape.note

@@ -32,7 +32,8 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def scratch() -> set[str]:
-    """What the converters could leave in the temporary directory."""
+    """What the converters could leave in the temporary directory (the test's own: another
+    process converting at the same time, a parallel test worker say, has its own)."""
     return {p.name for p in pathlib.Path(tempfile.gettempdir()).iterdir()
             if p.name.startswith(("ort.quant", "necktool-convert"))}
 
@@ -40,6 +41,14 @@ def scratch() -> set[str]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
     root = tmp_path_factory.mktemp("precision")
+    private = root / "tmp"
+    private.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(private))
+        return _export_each(root)
+
+
+def _export_each(root: pathlib.Path) -> dict[str, pathlib.Path]:
     before, handlers = scratch(), list(logging.getLogger().handlers)
     out = {}
     for precision in ("fp16", "int8"):

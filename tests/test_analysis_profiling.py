@@ -211,3 +211,29 @@ def test_any_mmdet_spec_counts_match_formula(family: str, cin: list[int], out: i
     assert [lv.flops for lv in r.levels] == mmdet_level_flops(spec, h, w, pafpn=pafpn)
     assert r.params == PARAMS[family](spec)
     assert r.unattributed_flops == 0 and r.unsupported_ops == {}
+
+
+def test_fvcore_handles_equal_fvcore_defaults_for_every_preset() -> None:
+    import warnings
+
+    import torch
+
+    from necktool import PRESETS, build_neck, make_inputs, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+        for name, preset in PRESETS.items():
+            size = (96, 128)
+            ours = profile(name, input_size=size).operators
+            model = build_neck(preset.spec)
+            plain = FlopCountAnalysis(model, (tuple(make_inputs(preset.spec, size,
+                                                                seed=None)),))
+            plain.unsupported_ops_warnings(False)
+            plain.uncalled_modules_warnings(False)
+            plain.tracer_warnings("none")
+            # fvcore's own table, untouched: everything but the adds necktool counts on top.
+            # necktool traces under torch.no_grad() (for the memory figures); this plain
+            # trace runs with grad on, so the counts are also the same either way.
+            assert torch.is_grad_enabled()
+            assert {k: v for k, v in ours.items() if k != "add"} == dict(plain.by_operator())
