@@ -269,8 +269,9 @@ def test_config_plan_checks_the_shared_settings_once(tmp_path: pathlib.Path,
     plan = plan_config(config, tmp_path, settings)
     assert calls["check_precision"] == calls["resolve_provider"] == calls["check_opset"] == 1
     assert calls["check_traced_size"] == 3  # per entry: it depends on the neck
-    assert [e.plan.output.name for e in plan.entries] == ["fpn.onnx", "wide.onnx",
-                                                          "pafpn.onnx"]
+    # fp16 files are named NAME.fp16.onnx, so they never replace the fp32 ones
+    assert [e.plan.output.name for e in plan.entries] == ["fpn.fp16.onnx", "wide.fp16.onnx",
+                                                          "pafpn.fp16.onnx"]
     assert plan.steps == 3 * len(STEPS)
     hashes = {e.plan.content_hash() for e in plan.entries}
     assert len(hashes) == 3

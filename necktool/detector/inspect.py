@@ -70,7 +70,7 @@ def conv_costs(graph: Graph, size: tuple[int, int],
 def reproduce(spec: NeckSpec, base: str | None) -> str:
     """``necktool profile NAME [flags]`` that builds ``spec`` (see
     :func:`necktool.spec.registry.reproduce_command`)."""
-    return reproduce_command(spec, base)
+    return reproduce_command(spec, base, with_size=True)
 
 
 @dataclasses.dataclass(frozen=True)
