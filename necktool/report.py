@@ -73,9 +73,12 @@ class Note:
 
 @dataclasses.dataclass(frozen=True)
 class Heading:
-    """A heading line (a markdown ``###``; bold on a terminal)."""
+    """A heading line (a markdown ``###``; bold on a terminal). ``mark`` (an emoji such as
+    a pass/fail sign) is shown in markdown and on a terminal, never in a pipe's plain text,
+    where logs and scripts read it."""
 
     text: str
+    mark: str = ""
 
 
 Block = Table | Note | Heading

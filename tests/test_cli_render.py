@@ -72,3 +72,28 @@ def test_json_and_another_format_conflict() -> None:
     assert code == 2 and out == "" and "--json and --format markdown conflict" in err
     code, _, err = run("list", "--format", "github")
     assert code == 2 and "'github' is not one of 'table', 'json', 'markdown'" in err
+
+
+def test_a_caption_wraps_at_the_consoles_width_not_the_tables() -> None:
+    """A long caption under a narrow table is one paragraph at the console's width (a
+    caption wrapped at a 20-column table's width splits its sentences line by line); the
+    pass/fail mark of a heading shows on a terminal and in markdown, not in a pipe."""
+    import io
+
+    from rich.console import Console
+
+    from necktool.cli.render import _renderable, to_markdown
+    from necktool.report import Heading, table
+
+    caption = "a caption of about one hundred characters that says what every column means, once"
+    block = table("t", ["a", "b"], [("1", "2")], caption=caption)
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(
+        _renderable(block, Console(file=io.StringIO(), width=120)))
+    assert caption in out.getvalue().splitlines()
+    piped = io.StringIO()
+    console = Console(file=piped, width=120, color_system=None, force_terminal=False)
+    console.print(_renderable(Heading("necktool check: passed", "✅"), console))
+    assert piped.getvalue() == "necktool check: passed\n"
+    assert to_markdown([Heading("necktool check: passed", "✅")]).startswith(
+        "### ✅ necktool check: passed")

@@ -374,7 +374,7 @@ class CheckReport:
         source = f"config: {self.config.display_path}" + (
             f"; baseline: {self.baseline.path}" if self.baseline else "")
         return [
-            Heading(f"{mark} necktool check: {self.summary}"),
+            Heading(f"necktool check: {self.summary}", mark),
             Note(source),
             table(None, headers, rows, sections=tuple(sections), verdict=len(headers) - 1,
                   caption=f"{SCALE_NOTE}; {MEMORY_SCALE_NOTE}; {HEADROOM_NOTE}"),

@@ -105,5 +105,7 @@ def _append_step_summary(markdown: str) -> None:
         with open(target, "a", encoding="utf-8") as fh:
             fh.write(markdown + "\n")
     except OSError as exc:
+        # One line, however narrow the terminal: a warning split mid-sentence reads badly.
         stderr_console().print(f"necktool: warning: cannot append to GITHUB_STEP_SUMMARY "
-                               f"({target}): {exc.strerror or exc}", markup=False)
+                               f"({target}): {exc.strerror or exc}", markup=False,
+                               soft_wrap=True)

@@ -23,7 +23,9 @@ from rich.text import Text
 from necktool.cli import interrupts
 from necktool.report import Block, Heading, Note, OutputFormat, Result, Table
 
-PIPE_WIDTH = 200  # a pipe has no width: tables keep their natural one up to this
+# A pipe has no width: tables keep their natural one up to this (or $COLUMNS), and
+# captions and notes wrap at the same width, so no block is sized differently from another.
+PIPE_WIDTH = 200
 
 
 def load_heavy(*, counting: bool = False) -> None:
@@ -95,7 +97,8 @@ def emit(result: Result, fmt: OutputFormat) -> None:
 
 def _renderable(block: Block, console: Console) -> RenderableType:
     if isinstance(block, Heading):
-        return Text(block.text, style="bold")
+        mark = f"{block.mark} " if block.mark and console.is_terminal else ""
+        return Text(mark + block.text, style="bold")
     if isinstance(block, Note):
         prefix = {"fail": ("FAIL ", "bold red"), "warn": ("warning: ", "yellow")}.get(
             block.style)
@@ -129,8 +132,7 @@ def _rich_table(t: Table, plain: bool, widths: list[int]) -> RenderableType:
     from rich import box
     from rich.table import Table as RichTable
 
-    table = RichTable(title=t.title, caption=t.caption, caption_justify="left",
-                      show_header=t.show_header, show_footer=t.footer is not None,
+    table = RichTable(title=t.title, show_header=t.show_header, show_footer=t.footer is not None,
                       box=None if plain else box.HEAVY_HEAD,
                       padding=(0, 1), show_edge=not plain, pad_edge=not plain)
     for i, col in enumerate(t.columns):
@@ -143,7 +145,11 @@ def _rich_table(t: Table, plain: bool, widths: list[int]) -> RenderableType:
             # Text, not markup: a cell such as "[[budget]]" is data, never a style tag.
             _verdict(cell) if i == t.verdict else Text(cell) for i, cell in enumerate(row)]
         table.add_row(*cells, end_section=r in t.sections and r != len(t.rows) - 1)
-    return table
+    if not t.caption:
+        return table
+    # The caption under the table, wrapped at the console's width like any note (a caption
+    # wrapped at a narrow table's width splits its sentences line by line).
+    return Group(table, Text(t.caption))
 
 
 def _verdict(cell: str) -> Text:
@@ -189,7 +195,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            out += [f"### {block.text}", ""]
+            out += [f"### {block.mark + ' ' if block.mark else ''}{block.text}", ""]
         elif isinstance(block, Note):
             out.append(f"- {_md(block.text)}" if block.style else _md(block.text))
             if not block.style:
