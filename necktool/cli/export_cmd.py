@@ -126,7 +126,7 @@ def export_command(
 ) -> ExportResult | NcnnExportResult | ConfigExport:
     """Export a neck to ONNX, check it, verify it in ONNX Runtime, then write it.
 
-    Inputs are named c3, c4, ... and outputs p3, p4, .... The file carries metadata
+    Inputs are named c3, c4 and so on, outputs p3, p4 and so on. The file carries metadata
     (necktool version, resolved spec, export size, the sizes it serves, precision, upsample
     form, FLOPs, params, weights' origin) and passes onnx.checker (full) and shape
     inference. Exit 1 if verification fails: the destination is then left untouched.

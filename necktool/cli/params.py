@@ -137,13 +137,21 @@ def _families_note(field: str) -> str:
 class BuildGroup(OptionGroup):
     """Every build flag of :data:`~necktool.spec.fields.FIELDS` (minus ``exclude``)."""
 
-    def __init__(self, exclude: Sequence[str] = ()) -> None:
+    def __init__(self, exclude: Sequence[str] = (), defaults_from: str | None = None) -> None:
         self.fields = [f for f in FIELDS if f.name not in exclude]
+        self.defaults_from = defaults_from
+
+    def _help(self, f: Any) -> str:
+        text = f.help
+        if self.defaults_from is not None and " Default: " in text:
+            # verify: the neck, its size and batch come from the file, not a preset
+            text = text.split(" Default: ")[0] + f" Default: {self.defaults_from}."
+        return text + _families_note(f.name)
 
     def parameters(self, prefix: str) -> list[inspect.Parameter]:
         return [_option(f"{prefix}{f.name}", Annotated[Any, typer.Option(
             f.flag, parser=typer_parser(f.kind.from_text), metavar=f.metavar, show_default=False,
-            rich_help_panel=BUILD_PANEL, help=f.help + _families_note(f.name))])
+            rich_help_panel=BUILD_PANEL, help=self._help(f))])
             for f in self.fields]
 
     def collect(self, values: dict[str, Any]) -> BuildFlags:
@@ -249,6 +257,8 @@ class FormatGroup(OptionGroup):
 
 BuildFlagsOpt = Annotated[BuildFlags, BuildGroup()]
 SizelessFlagsOpt = Annotated[BuildFlags, BuildGroup(exclude=("input_size",))]
+#: verify's build flags: each defaults to what the file's metadata records
+FileFlagsOpt = Annotated[BuildFlags, BuildGroup(defaults_from="what the file records")]
 WeightsOpt = Annotated[Weights, WeightsGroup()]
 VerifyOpt = Annotated[VerifyOptions, VerifyGroup()]
 FormatOpt = Annotated[OutputFormat, FormatGroup()]
@@ -277,7 +287,9 @@ PrecisionsOpt = Annotated[Any, typer.Option(
 CalibrationOpt = Annotated[Any, typer.Option(
     "--calibration", metavar="N", rich_help_panel=PRECISION_PANEL, show_default=False,
     parser=typer_parser(IntKind(high=MAX_CALIBRATION).from_text),
-    help=f"int8: seeded calibration batches at the export size. Default: "
+    help=f"int8: seeded calibration batches (synthetic normal inputs; real features: "
+    "--calibration-data or --images). A static file calibrates at its export size and "
+    "batch; a dynamic one at the two odd sizes verification draws, batch 1. Default: "
     f"{DEFAULT_CALIBRATION}.")]
 RuntimeOpt = Annotated[Any, typer.Option(
     "--runtime", metavar="RUNTIMES", rich_help_panel=VERIFY_PANEL,

@@ -9,7 +9,7 @@ import typer
 from necktool.cli.data_params import DataOpt, StagesOpt
 from necktool.cli.params import (
     PATH,
-    BuildFlagsOpt,
+    FileFlagsOpt,
     FormatOpt,
     RuntimeOpt,
     VerifyOpt,
@@ -37,7 +37,7 @@ NeckOpt = Annotated[str | None, typer.Option(
 
 
 def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: RuntimeOpt = None,
-                   against: AgainstOpt = None, *, flags: BuildFlagsOpt, weights: WeightsOpt,
+                   against: AgainstOpt = None, *, flags: FileFlagsOpt, weights: WeightsOpt,
                    options: VerifyOpt, fmt: FormatOpt, data: DataOpt,
                    reduce: StagesOpt) -> VerifyReport | AgainstReport:
     """Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata.
