@@ -16,7 +16,6 @@ from necktool.cli.data_params import DataOpt
 from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
-    FormatOpt,
     OptionalNeckArg,
     PrecisionsOpt,
     WeightsOpt,
@@ -69,7 +68,6 @@ def bench_command(
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
-    fmt: FormatOpt,
     data: DataOpt,
 ) -> BenchResult:
     """Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s.

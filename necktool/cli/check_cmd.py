@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, CheckFormatOpt, ConfigOpt
+from necktool.cli.params import PATH, ConfigOpt, output_formats
 from necktool.cli.render import load_heavy, progress, stderr_console, to_markdown
 from necktool.errors import ConfigError, InputError
+from necktool.report import OutputFormat
 
 if TYPE_CHECKING:
     from necktool.budgets.check import CheckReport
@@ -43,6 +44,7 @@ StrictOpt = Annotated[bool, typer.Option(
     "--suggest.")]
 
 
+@output_formats(*OutputFormat)
 def check_command(
     config: ConfigOpt = None,
     baseline: BaselineOpt = None,
@@ -51,8 +53,6 @@ def check_command(
     no_cache: NoCacheOpt = False,
     suggest: SuggestOpt = False,
     strict: StrictOpt = False,
-    *,
-    fmt: CheckFormatOpt,
 ) -> CheckReport:
     """Check every budget in the config: limit, actual, headroom, PASS/FAIL.
 

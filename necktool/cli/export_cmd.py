@@ -18,7 +18,6 @@ from necktool.cli.params import (
     BuildFlagsOpt,
     CalibrationOpt,
     ConfigOpt,
-    FormatOpt,
     PrecisionOpt,
     RuntimeOpt,
     VerifyOpt,
@@ -120,7 +119,6 @@ def export_command(
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
     options: VerifyOpt,
-    fmt: FormatOpt,
     data: DataOpt,
     reduce: ReduceOpt,
 ) -> ExportResult | NcnnExportResult | ConfigExport:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, FormatOpt
+from necktool.cli.params import PATH
 from necktool.cli.render import load_heavy
 
 if TYPE_CHECKING:
@@ -24,8 +24,7 @@ PrefixOpt = Annotated[str | None, typer.Option(
     help="Look for the neck only under this key prefix (e.g. 'neck.'). Default: anywhere.")]
 
 
-def inspect_command(file: FileArg, prefix: PrefixOpt = None, *,
-                    fmt: FormatOpt) -> InspectResult | DetectorInspect:
+def inspect_command(file: FileArg, prefix: PrefixOpt = None) -> InspectResult | DetectorInspect:
     """Find the neck in a checkpoint or ONNX file: family, channels, levels, presets.
 
     A checkpoint is read with torch.load(weights_only=True); the neck is found by its key

@@ -6,13 +6,12 @@ from typing import Annotated
 
 import typer
 
-from necktool.cli.params import FormatOpt
 from necktool.spec.registry import NeckList
 
 PatternArg = Annotated[str, typer.Argument(
     metavar="PATTERN", help="Shell wildcard, e.g. 'scrfd_*' (quoted).")]
 
 
-def list_command(pattern: PatternArg = "*", *, fmt: FormatOpt) -> NeckList:
+def list_command(pattern: PatternArg = "*") -> NeckList:
     """List the neck presets with their family, channels and default input size."""
     return NeckList.matching(pattern)

@@ -2,12 +2,14 @@
 
 Typer builds options from a function's signature and has no notion of a group. A command
 here declares one parameter per group, e.g. ``flags: BuildFlagsOpt`` or
-``fmt: FormatOpt``; :func:`expand` replaces it with the group's options (the build flags
-come from :data:`necktool.spec.fields.FIELDS`) and hands the command one object built by
-keyword. Every value is parsed and range-checked here, at the border, by the field's kind.
+``weights: WeightsOpt``; :func:`expand` replaces it with the group's options (the build
+flags come from :data:`necktool.spec.fields.FIELDS`) and hands the command one object built
+by keyword. Every value is parsed and range-checked here, at the border, by the field's
+kind.
 
-:func:`expand` also renders what the command returns through the one output pipeline, so
-a command is: parse, one or two library calls, return the result.
+:func:`expand` also adds ``--format``/``--json`` to every command and renders what the
+command returns through the one output pipeline, so a command is: parse, one or two
+library calls, return the result.
 """
 
 from __future__ import annotations
@@ -261,8 +263,16 @@ SizelessFlagsOpt = Annotated[BuildFlags, BuildGroup(exclude=("input_size",))]
 FileFlagsOpt = Annotated[BuildFlags, BuildGroup(defaults_from="what the file records")]
 WeightsOpt = Annotated[Weights, WeightsGroup()]
 VerifyOpt = Annotated[VerifyOptions, VerifyGroup()]
-FormatOpt = Annotated[OutputFormat, FormatGroup()]
-CheckFormatOpt = Annotated[OutputFormat, FormatGroup(tuple(OutputFormat))]
+FORMAT_PREFIX = "_format__"  # the options expand() adds to every command
+
+
+def output_formats(*formats: OutputFormat) -> Callable[[Any], Any]:
+    """Give a command more ``--format`` choices than table, json and markdown (``check``:
+    ``github`` too); :func:`expand` reads it."""
+    def mark(command: Any) -> Any:
+        command.output_formats = formats
+        return command
+    return mark
 
 def parse_precisions(text: str) -> list[Precision]:
     """``fp32,fp16,int8``: distinct precisions, in the order given."""
@@ -339,8 +349,9 @@ def expand(command: Callable[..., Result | None]) -> Callable[..., Result | None
     """A Typer-ready command: option groups expanded, the result rendered.
 
     The command's parameters annotated with an :class:`OptionGroup` become that group's
-    options; the command receives each group's object. The one parameter annotated with a
-    :class:`FormatGroup` decides how the returned result is printed.
+    options; the command receives each group's object. ``--format``/``--json`` are added to
+    every command here (the choices :func:`output_formats` gave it, else table, json,
+    markdown) and decide how the returned result is printed; the command never sees them.
     """
     from necktool.cli.render import emit
 
@@ -362,17 +373,21 @@ def expand(command: Callable[..., Result | None]) -> Callable[..., Result | None
         prefix = f"_{param.name}__"
         groups[param.name] = (group, prefix)
         params.extend(group.parameters(prefix))
-    fmt_param = next((n for n, (g, _) in groups.items() if isinstance(g, FormatGroup)), None)
+    formats = getattr(command, "output_formats", None)
+    fmt_group = FormatGroup(formats) if formats else FormatGroup()
+    params.extend(fmt_group.parameters(FORMAT_PREFIX))
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Result | None:
         call: dict[str, Any] = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        fmt = fmt_group.collect({k[len(FORMAT_PREFIX):]: v for k, v in kwargs.items()
+                                 if k.startswith(FORMAT_PREFIX)})
         for name, (group, prefix) in groups.items():
             own = {k[len(prefix):]: v for k, v in kwargs.items() if k.startswith(prefix)}
             call[name] = group.collect(own)
         result = command(**call)
-        if result is not None and fmt_param is not None:
-            emit(result, call[fmt_param])
+        if result is not None:
+            emit(result, fmt)
         return result
 
     ordered = sorted(params, key=lambda p: p.kind)  # keyword-only options after arguments

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from necktool.cli.params import (
     BuildFlagsOpt,
-    FormatOpt,
     OptionalNecksArg,
     WeightsOpt,
     neck_in_weights,
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def profile_command(necks: OptionalNecksArg = None, *, flags: BuildFlagsOpt,
-                    weights: WeightsOpt, fmt: FormatOpt) -> ProfileResult | ProfileSet:
+                    weights: WeightsOpt) -> ProfileResult | ProfileSet:
     """Per-level output shapes, FLOPs (fvcore: 1 multiply-add = 1 flop), parameters and memory.
 
     Breaks the cost down by level, stage and operator; memory (fp32, MiB = 2^20 bytes) by

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from necktool.budgets.schema import SchemaDocument
-from necktool.cli.params import FormatOpt
 
 
-def schema_command(*, fmt: FormatOpt) -> SchemaDocument:
+def schema_command() -> SchemaDocument:
     """Print the JSON Schema of the budget config ([tool.necktool]); --format json for the file.
 
     The schema is draft-07, a SchemaStore partial (partial-necktool.json) describing the

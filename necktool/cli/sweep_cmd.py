@@ -14,7 +14,7 @@ from necktool.analysis.sweep import (
     parse_sizes,
     sweep_plans,
 )
-from necktool.cli.params import PATH, FormatOpt, NecksArg, SizelessFlagsOpt, typer_parser
+from necktool.cli.params import PATH, NecksArg, SizelessFlagsOpt, typer_parser
 from necktool.cli.render import load_heavy, progress
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind
@@ -40,8 +40,7 @@ Metric = Annotated[Any, typer.Option(
 
 
 def sweep_command(necks: NecksArg, sizes: Sizes = DEFAULT_SIZES, plot: Plot = None,
-                  metric: Metric = None, *, flags: SizelessFlagsOpt,
-                  fmt: FormatOpt) -> SweepResult:
+                  metric: Metric = None, *, flags: SizelessFlagsOpt) -> SweepResult:
     """FLOPs (fvcore: 1 multiply-add = 1 flop), parameters and memory of each neck at each size.
 
     Memory: the peak activation MiB (2^20 bytes) in the table, every figure in JSON.

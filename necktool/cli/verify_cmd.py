@@ -10,7 +10,6 @@ from necktool.cli.data_params import DataOpt, StagesOpt
 from necktool.cli.params import (
     PATH,
     FileFlagsOpt,
-    FormatOpt,
     RuntimeOpt,
     VerifyOpt,
     WeightsOpt,
@@ -38,7 +37,7 @@ NeckOpt = Annotated[str | None, typer.Option(
 
 def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: RuntimeOpt = None,
                    against: AgainstOpt = None, *, flags: FileFlagsOpt, weights: WeightsOpt,
-                   options: VerifyOpt, fmt: FormatOpt, data: DataOpt,
+                   options: VerifyOpt, data: DataOpt,
                    reduce: StagesOpt) -> VerifyReport | AgainstReport:
     """Compare an ONNX file in ONNX Runtime with the neck rebuilt from its metadata.
 
