@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necktool.analysis.timing import (
     ALL_RUNTIMES,
@@ -33,7 +33,6 @@ from necktool.analysis.timing import (
     STAGED_RUNTIMES,
     Runtime,
 )
-from necktool.deploy.data import Data
 from necktool.deploy.metadata import WeightsRequest
 from necktool.deploy.options import Precision, check_precision
 from necktool.deploy.runtimes import require_runtime
@@ -43,6 +42,9 @@ from necktool.resources import forward_bytes, require
 from necktool.spec.fields import FIELD, BadValue, is_int
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
+
+if TYPE_CHECKING:  # numpy: only a bench with data needs it
+    from necktool.deploy.data import Data
 
 Size = tuple[int, int]
 
