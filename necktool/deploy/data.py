@@ -28,12 +28,11 @@ import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from necktool.errors import InputError
 from necktool.spec.families import LevelRelation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy loads with the data, not with the CLI's options
+    import numpy as np
     import onnx
 
     from necktool.spec.neck_spec import NeckSpec
@@ -130,6 +129,7 @@ class Data:
 def split(sets: Sequence[FeatureSet], holdout: float) -> tuple[tuple[FeatureSet, ...],
                                                                  tuple[FeatureSet, ...]]:
     """``(calibration, held out)``, deterministic (see the module doc)."""
+    import numpy as np
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) \
             or not 0 <= holdout < 1:
         raise InputError(f"--holdout must be a fraction from 0 to below 1, got {holdout!r}")
@@ -148,6 +148,7 @@ def split(sets: Sequence[FeatureSet], holdout: float) -> tuple[tuple[FeatureSet,
 def check_set(spec: NeckSpec, arrays: Sequence[Any], name: str) -> FeatureSet:
     """A validated :class:`FeatureSet` (see the module doc), float32, batch dimension added
     to 3-d arrays."""
+    import numpy as np
     if len(arrays) != spec.num_inputs:
         raise InputError(f"{name}: {len(arrays)} array(s); {spec.label} takes "
                          f"{spec.num_inputs} input levels ({', '.join(spec.input_names)})")
@@ -196,6 +197,7 @@ def image_side(sides: Sequence[int], strides: Sequence[int]) -> int | None:
 def load_npz(path: pathlib.Path, spec: NeckSpec) -> FeatureSet:
     """One ``.npz``: arrays named like the neck's inputs (``c3, c4, ...``), or exactly one
     array per level in the file's order; loaded with ``allow_pickle=False``."""
+    import numpy as np
     try:
         _check_headers(path)
         with np.load(path, allow_pickle=False) as npz:
@@ -223,6 +225,7 @@ def _check_headers(path: pathlib.Path) -> None:
     """Refuse, before numpy allocates anything, arrays whose headers claim more data than
     the file holds (numpy allocates the claimed size first) or more than
     :data:`MAX_FEATURE_BYTES` in all."""
+    import numpy as np
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -284,6 +287,7 @@ def neck_input_names(model: onnx.ModelProto, spec: NeckSpec) -> list[str]:
 
 def read_image(path: pathlib.Path, pre: Preprocess) -> np.ndarray:
     """``(1, 3, H, W)`` float32, normalised; Pillow's decompression-bomb limit is an error."""
+    import numpy as np
     from PIL import Image
 
     try:
@@ -309,6 +313,7 @@ def features_from_images(images: str | pathlib.Path, backbone: str | pathlib.Pat
                          spec: NeckSpec, pre: Preprocess | None = None,
                          provider: str = "CPUExecutionProvider") -> list[FeatureSet]:
     """Run ``backbone`` (cut at the neck's inputs) on every PNG/JPEG in ``images``."""
+    import numpy as np
     import onnx
     import onnx.utils
 
