@@ -11,9 +11,9 @@ order (so a page can build a file in one example and use it in the next):
   the page documents (default 0); ``# vary=NAME,...`` names the machine-dependent values
   that are normalised before comparing (see :data:`VARY`); the page must say in words that
   those figures depend on the machine.
-* every line of a ```` ```bash ```` block that starts with ``necktool``: run, and must
-  exit 0 (or the ``# exit=N`` at its end). A line that needs what the page cannot make
-  says so with ``# docs: skip (REASON)``.
+* every line of a ```` ```bash ```` block that starts with ``necktool`` (with its
+  backslash-continued lines): run, and must exit 0 (or the ``# exit=N`` at its end). A
+  line that needs what the page cannot make says so with ``# docs: skip (REASON)``.
 * every ```` ```python ```` block: run with the package importable; must not raise.
 
 Commands run with ``COLUMNS=88`` and no terminal (tables in plain text, no colour), the
@@ -114,10 +114,16 @@ def examples(page: str, lines: list[str]) -> Iterator[Example]:
             if fence.group("lang") == "python":
                 yield Example(page, i + 2, "python", "\n".join(body))
             else:
-                for k, text in enumerate(body):
+                k = 0
+                while k < len(body):
+                    first, text = k, body[k]
+                    while text.endswith("\\") and k + 1 < len(body):  # a continued line
+                        k += 1
+                        text = text[:-1] + " " + body[k].strip()
+                    k += 1
                     if text.startswith("necktool") and not SKIP.search(text):
                         cmd, code, vary = parse_options(text)
-                        yield Example(page, i + 2 + k, "bash", cmd, code, vary)
+                        yield Example(page, i + 2 + first, "bash", cmd, code, vary)
             i = end + 1
             continue
         i += 1

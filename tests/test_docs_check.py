@@ -87,3 +87,11 @@ def test_vary_latency_ignores_decimal_figures_and_their_column_widths(docs) -> N
             != docs.normalise(measured.replace("faster", "slower"), ("latency",)))
     # without vary= the layout is compared exactly
     assert docs.normalise(shown, ()) != docs.normalise(shown.replace("│    1", "│     1"), ())
+
+
+def test_a_continued_bash_line_is_one_command(docs) -> None:  # type: ignore[no-untyped-def]
+    lines = ["```bash", "necktool sweep scrfd_2.5g \\", "    --sizes 320  # exit=2", "echo hi",
+             "```"]
+    (example,) = docs.examples("page.md", lines)
+    assert example.command.split() == ["necktool", "sweep", "scrfd_2.5g", "--sizes", "320"]
+    assert example.exit_code == 2 and example.line == 2
