@@ -11,14 +11,16 @@ order (so a page can build a file in one example and use it in the next):
   the page documents (default 0); ``# vary=NAME,...`` names the machine-dependent values
   that are normalised before comparing (see :data:`VARY`); the page must say in words that
   those figures depend on the machine.
-* every line of a ```` ```bash ```` block that starts with ``necktool``: run, and must
-  exit 0 (or the ``# exit=N`` at its end). A line that needs what the page cannot make
-  says so with ``# docs: skip (REASON)``.
+* every line of a ```` ```bash ```` block that starts with ``necktool`` (with its
+  backslash-continued lines): run, and must exit 0 (or the ``# exit=N`` at its end). A
+  line that needs what the page cannot make says so with ``# docs: skip (REASON)``.
 * every ```` ```python ```` block: run with the package importable; must not raise.
 
 Commands run with ``COLUMNS=88`` and no terminal (tables in plain text, no colour), the
 repository root importable (``examples.custom_neck:BiFPN``), and the scratch directory as
-the working directory (a path printed inside it is shown as ``./``).
+the working directory (a path printed inside it is shown as ``./``). The repository's
+``examples/`` folder is copied into each scratch directory, so ``--config
+examples/necktool.toml`` works as in a checkout and nothing is written into the repository.
 """
 
 from __future__ import annotations
@@ -56,7 +58,12 @@ VARY: dict[str, tuple[re.Pattern[str], str]] = {
     "memory": (re.compile(r"\d+(?:\.\d+)? ?[KMGT]i?B available"), "<memory> available"),
     # reduced-precision errors depend on the CPU's kernels (fp16/int8 rounding paths)
     "errors": (re.compile(r"\d\.\d+e[-+]\d+|\d+\.\d+ dB"), "<err>"),
+    # every decimal figure (a bench table's latency cells carry no unit): 24.87, 1.0-13.1
+    "latency": (re.compile(r"\d+\.\d+(?:e[-+]?\d+)?"), "<n>"),
 }
+#: with any vary=, a table's column widths follow the figures: runs of spaces and rules
+#: collapse before comparing
+LAYOUT = re.compile(r"[ ─━]{2,}")
 
 
 @dataclass
@@ -107,10 +114,16 @@ def examples(page: str, lines: list[str]) -> Iterator[Example]:
             if fence.group("lang") == "python":
                 yield Example(page, i + 2, "python", "\n".join(body))
             else:
-                for k, text in enumerate(body):
+                k = 0
+                while k < len(body):
+                    first, text = k, body[k]
+                    while text.endswith("\\") and k + 1 < len(body):  # a continued line
+                        k += 1
+                        text = text[:-1] + " " + body[k].strip()
+                    k += 1
                     if text.startswith("necktool") and not SKIP.search(text):
                         cmd, code, vary = parse_options(text)
-                        yield Example(page, i + 2 + k, "bash", cmd, code, vary)
+                        yield Example(page, i + 2 + first, "bash", cmd, code, vary)
             i = end + 1
             continue
         i += 1
@@ -139,6 +152,8 @@ def normalise(text: str, vary: tuple[str, ...]) -> str:
     for name in vary:
         pattern, replacement = VARY[name]
         text = pattern.sub(replacement, text)
+    if vary:
+        text = LAYOUT.sub(" ", text)
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
@@ -148,6 +163,8 @@ def process(page: str, write: bool, only: str | None) -> list[str]:
     problems: list[str] = []
     replacements: list[tuple[int, int, list[str]]] = []
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="necktool-docs-"))
+    shutil.copytree(ROOT / "examples", scratch / "examples",
+                    ignore=shutil.ignore_patterns("__pycache__", ".necktool_cache"))
     try:
         for ex in examples(page, lines):
             if only and only not in ex.command:

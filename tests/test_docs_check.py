@@ -72,3 +72,26 @@ def test_a_documented_exit_code_and_skip_are_honoured(docs, tmp_path) -> None:  
                                  "necktool nosuchcommand  # exit=2\n"
                                  "necktool export --weights absent.pth  # docs: skip (a file)"))
     assert docs.process(str(page), write=False, only=None) == []
+
+
+def test_vary_latency_ignores_decimal_figures_and_their_column_widths(docs) -> None:  # type: ignore[no-untyped-def]
+    shown = ("┏━━━━━━┳━━━━━━━━━━┓\n│ fp32 │    1.093 │\n│ int8 │   12.345 │\n"
+             "73,380,000 FLOPs; 2.19x faster")
+    measured = ("┏━━━━━━┳━━━━━━━━━━━┓\n│ fp32 │    1093.5 │\n│ int8 │     0.996 │\n"
+                "73,380,000 FLOPs; 646.83x faster")
+    assert docs.normalise(shown, ("latency",)) == docs.normalise(measured, ("latency",))
+    # counts are not decimal figures: a changed one still fails, and so does a changed word
+    assert (docs.normalise(shown, ("latency",))
+            != docs.normalise(measured.replace("73,380,000", "73,380,001"), ("latency",)))
+    assert (docs.normalise(shown, ("latency",))
+            != docs.normalise(measured.replace("faster", "slower"), ("latency",)))
+    # without vary= the layout is compared exactly
+    assert docs.normalise(shown, ()) != docs.normalise(shown.replace("│    1", "│     1"), ())
+
+
+def test_a_continued_bash_line_is_one_command(docs) -> None:  # type: ignore[no-untyped-def]
+    lines = ["```bash", "necktool sweep scrfd_2.5g \\", "    --sizes 320  # exit=2", "echo hi",
+             "```"]
+    (example,) = docs.examples("page.md", lines)
+    assert example.command.split() == ["necktool", "sweep", "scrfd_2.5g", "--sizes", "320"]
+    assert example.exit_code == 2 and example.line == 2
