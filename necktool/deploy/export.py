@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,7 +53,7 @@ from necktool.deploy.options import (
     Upsample,
     VerifyOptions,
 )
-from necktool.deploy.plan import ExportPlan, planned_served
+from necktool.deploy.plan import ExportPlan, StepClock, planned_served
 from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
 from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
@@ -462,16 +461,8 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         InputError: a custom neck's file would serve multiples of the coarsest stride
             and the traced size is none.
     """
-    step = on_step or (lambda _name: None)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-        step(name)
+    done = StepClock(on_step)
+    seconds = done.seconds
 
     spec, batch, precision = plan.spec, plan.batch, plan.precision
     reduction = plan.reduction

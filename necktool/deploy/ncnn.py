@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ from necktool.analysis.plan import check_batch
 from necktool.deploy.comparison import VerificationResult
 from necktool.deploy.metadata import WeightSource, WeightsRequest
 from necktool.deploy.options import Precision, VerifyOptions, check_precision
-from necktool.deploy.plan import ExportPlan, ExportSettings
+from necktool.deploy.plan import ExportPlan, ExportSettings, StepClock
 from necktool.deploy.runtimes import NcnnPair, RuntimeName, require_runtime
 from necktool.deploy.serving import Served
 from necktool.errors import InputError
@@ -257,16 +256,8 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
     from necktool.deploy.verify import run_comparison
     from necktool.necks.weights import make_model
 
-    step = on_step or (lambda _name: None)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-        step(name)
+    done = StepClock(on_step)
+    seconds = done.seconds
 
     export, param_dest, bin_dest = plan.export, plan.param_path, plan.bin_path
     spec = export.spec

@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
@@ -68,6 +69,23 @@ if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when 
 #: Every step an export can report, in order (:attr:`ExportPlan.steps` drops the ones a
 #: plan skips).
 STEPS = ("build", "count", "export", "check", "convert", "verify", "write")
+
+
+class StepClock:
+    """Called with each step's name as it finishes: records its seconds (``seconds``)
+    and passes the name on to ``on_step`` (a progress bar of the plan's ``steps``)."""
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self.on_step = on_step
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+        if self.on_step is not None:
+            self.on_step(name)
 
 
 def resolve_provider(name: str) -> str:
