@@ -102,7 +102,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("necktool.cli.bench_cmd:bench_command",
               "Latency of PyTorch eager and ONNX Runtime (CPU): median, spread, GFLOP/s."),
     "schema": ("necktool.cli.schema_cmd:schema_command",
-               "Print the JSON Schema of the budget config (\\[tool.necktool]); --format json "
+               "Print the JSON Schema of the budget config ([tool.necktool]); --format json "
                "for the file."),
 }
 
@@ -198,8 +198,10 @@ class _Group(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         if self._listing and cmd_name not in self._loaded:
-            return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1],
-                                short_help=COMMANDS[cmd_name][1])
+            from rich.markup import escape  # "[tool.necktool]" is text, not a style tag
+
+            line = escape(COMMANDS[cmd_name][1])
+            return TyperCommand(cmd_name, help=line, short_help=line)
         if cmd_name not in self._loaded:
             command = load_command(cmd_name)
             command.short_help = COMMANDS[cmd_name][1]
