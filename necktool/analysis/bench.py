@@ -237,13 +237,22 @@ def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
             ) -> tuple[float, float]:
     """Max abs error and SQNR (dB) of the session's outputs against the fp32 module's, over
     every batch of inputs."""
-    import numpy as np
-
-    worst, noise, signal = 0.0, 0.0, 0.0
+    runs = []
     for inputs in batches:
         feeds = {meta.name: t.numpy() for meta, t in zip(session.get_inputs(), inputs,
                                                          strict=True)}
-        got = session.run(None, feeds)
+        runs.append((session.run(None, feeds), inputs))
+    return _errors_of(model, runs)
+
+
+def _errors_of(model: nn.Module, runs: Sequence[tuple[Sequence[Any], list[torch.Tensor]]]
+               ) -> tuple[float, float]:
+    """Max abs error and SQNR (dB) of runs' outputs (``(outputs, inputs)`` pairs, from any
+    runtime) against the fp32 module's on the same inputs, every element of every run."""
+    import numpy as np
+
+    worst, noise, signal = 0.0, 0.0, 0.0
+    for got, inputs in runs:
         with torch.inference_mode():
             ref = [o.numpy().astype(np.float64) for o in model(inputs)]
         diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
@@ -251,22 +260,6 @@ def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
         signal += sum(float((r * r).sum()) for r in ref)
         worst = max(worst, *(float(np.abs(d).max()) for d in diff))
     return worst, sqnr_db(signal, noise)
-
-
-def _errors_of(got: Sequence[Any], model: nn.Module, inputs: list[torch.Tensor]
-               ) -> tuple[float, float]:
-    """Max abs error and SQNR (dB) of one run's outputs (another runtime's) against the
-    fp32 module's."""
-    import numpy as np
-
-    with torch.inference_mode():
-        ref = [o.numpy().astype(np.float64) for o in model(inputs)]
-    diff = [g.astype(np.float64) - r for g, r in zip(got, ref, strict=True)]
-    noise = sum(float((d * d).sum()) for d in diff)
-    signal = sum(float((r * r).sum()) for r in ref)
-    return max(float(np.abs(d).max()) for d in diff), sqnr_db(signal, noise)
-
-
 
 
 def _runner(runtime: Runtime, proto: Any, model: nn.Module, spec: NeckSpec,
@@ -287,7 +280,7 @@ def _bench_runner(runtime: Runtime, runner: Runner, model: nn.Module,
     got = runner.run(arrays)
     if isinstance(got, str):
         raise ExportError(f"{runner.runtime.label} failed to run the neck: {got}")
-    max_abs, sqnr = _errors_of(got, model, inputs)
+    max_abs, sqnr = _errors_of(model, [(got, inputs)])
     times = _time_calls(lambda: runner.run(arrays), warmup, repeat, on_run, runtime.value)
     return RuntimeTiming(runtime, runner.version, warmup, threads, times,
                          max_abs=max_abs, sqnr_db=sqnr)

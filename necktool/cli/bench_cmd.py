@@ -98,15 +98,16 @@ def bench_command(
     # Every check, once, before torch loads; the plan also knows how many runs it times.
     counts = {k: v for k, v in (("warmup", warmup), ("repeat", repeat)) if v is not None}
     runtimes = list(dict.fromkeys(r for rs in runtime for r in rs)) if runtime else None
-    loaded = None
-    if data.given:
+    loaded, overrides = None, flags.overrides()
+    if data.given:  # the data is checked against the neck: resolve it once, here
         from necktool.spec.registry import resolve_spec
 
-        loaded = data.load(resolve_spec(chosen, **flags.overrides()))
+        chosen, overrides = resolve_spec(chosen, **overrides), {}
+        loaded = data.load(chosen)
     plan = BenchPlan.build(chosen, batch=flags.batch, threads=threads, runtimes=runtimes,
                            precisions=precision or (), calibration=calibration,
                            stages=stages, weights=weights, seed=weights.seed or 0,
-                           data=loaded, **counts, **flags.overrides())
+                           data=loaded, **counts, **overrides)
     load_heavy()
     from necktool.analysis.bench import run_bench
 

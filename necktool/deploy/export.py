@@ -58,7 +58,7 @@ from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
 from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.deploy.stages import PartOf
-from necktool.deploy.verify import VerificationResult, reference_threads, run_comparison
+from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
@@ -525,13 +525,11 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
                           seconds, nbytes=len(data), plan=plan, reduced=reduced)
 
     if plan.options is not None:
-        results = tuple(run_comparison(
-            data, model, spec, cases=plan.cases, options=plan.options,
+        verification = compare_runtimes(
+            data, model, spec, runtimes=plan.runtimes, cases=plan.cases, options=plan.options,
             weights=source.describe(), dynamic=plan.dynamic, precision=precision,
-            path=str(plan.output), runtime=runtime, features=_verification_data(reduction),
+            path=str(plan.output), features=_verification_data(reduction),
             measured_on=reduction.data.describe() if reduction and reduction.data else "")
-            for runtime in plan.runtimes)
-        verification = results[0] if len(results) == 1 else RuntimesVerification(results)
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:

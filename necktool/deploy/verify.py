@@ -388,18 +388,13 @@ def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spe
     return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
 
 
-def compare_runtimes(
-    source: ModelSource,
-    model: nn.Module,
-    spec: NeckSpec,
-    *,
-    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
-    **kwargs: Any,
-) -> VerificationResult | RuntimesVerification:
-    """:func:`compare_onnx` in each runtime: one runtime's result, or all of them as one
-    (see :class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
-    chosen = [require_runtime(r) for r in runtimes] or [RuntimeName.ORT]
-    results = tuple(compare_onnx(source, model, spec, runtime=r, **kwargs) for r in chosen)
+def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
+                     runtimes: Sequence[RuntimeName], **kwargs: Any
+                     ) -> VerificationResult | RuntimesVerification:
+    """:func:`run_comparison` in each of a plan's runtimes (checked there): one runtime's
+    result, or all of them as one (:class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
+    results = tuple(run_comparison(source, model, spec, runtime=r, **kwargs)
+                    for r in runtimes)
     return results[0] if len(results) == 1 else RuntimesVerification(results)
 
 
@@ -540,15 +535,12 @@ def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
     model, source = make_model(plan.spec, plan.weights)
     set_upsample(model, plan.upsample)  # the file's own form: compare like with like
     loaded = plan.data.load(plan.spec) if plan.data is not None else None
-    results = tuple(
-        run_comparison(plan.path, model, plan.spec, cases=plan.cases, options=plan.options,
-                       weights=source.describe(), dynamic=plan.graph.dynamic,
-                       precision=plan.precision, path=str(plan.path), on_case=on_case,
-                       runtime=runtime,
-                       features=loaded.verification if loaded is not None else None,
-                       measured_on=loaded.describe() if loaded is not None else "")
-        for runtime in plan.runtimes)
-    verification = results[0] if len(results) == 1 else RuntimesVerification(results)
+    verification = compare_runtimes(
+        plan.path, model, plan.spec, runtimes=plan.runtimes, cases=plan.cases,
+        options=plan.options, weights=source.describe(), dynamic=plan.graph.dynamic,
+        precision=plan.precision, path=str(plan.path), on_case=on_case,
+        features=loaded.verification if loaded is not None else None,
+        measured_on=loaded.describe() if loaded is not None else "")
     return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
                         served=plan.served, upsample=plan.upsample, source=source,
                         data=loaded)

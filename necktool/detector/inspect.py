@@ -22,7 +22,6 @@ from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.errors import InputError
 from necktool.report import Block, Note, share, size_text, table
-from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import reproduce_command
 from necktool.units import GFLOPS, UNIT_SHORT
 
@@ -65,12 +64,6 @@ def conv_costs(graph: Graph, size: tuple[int, int],
     arrays = [graph.const(t) for t in seen]
     params = sum(int(a.size) for a in arrays if a is not None)
     return Costs(macs, params, count)
-
-
-def reproduce(spec: NeckSpec, base: str | None) -> str:
-    """``necktool profile NAME [flags]`` that builds ``spec`` (see
-    :func:`necktool.spec.registry.reproduce_command`)."""
-    return reproduce_command(spec, base, with_size=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +181,7 @@ def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
     names = {c.node for c in neck.convs}
     base = neck.presets[0] if neck.presets else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    command = reproduce(neck.spec, base)
+    command = reproduce_command(neck.spec, base, with_size=True)
     return DetectorInspect(path, neck, neck.spec.input_size, graph.image_size is not None, opset,
                            conv_costs(graph, size, names), conv_costs(graph, size), command)
 

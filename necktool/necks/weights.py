@@ -76,7 +76,6 @@ class WeightsReport:
         return out
 
 
-sha256_of = file_sha256  # one SHA-256 of a file, shared with plans' hashes
 
 
 def randomize_norms(model: nn.Module, seed: int) -> nn.Module:
@@ -318,5 +317,5 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
         raise WeightsError(f"cannot load {str(path)!r}: {first_line(exc, typed=False)}") \
             from None
-    return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=sha256_of(path),
+    return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=file_sha256(path),
                         prefix=prefix or None, stripped=tuple(stripped))
