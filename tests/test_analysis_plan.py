@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from _cli import run as invoke
+from _counting import count_calls
 
 import necktool
 import necktool.analysis.plan as plan_mod
@@ -33,11 +34,6 @@ from necktool.spec.neck_spec import NeckSpec
 SIZE = (64, 64)
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(necktool.cli.app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.fixture
 def size_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Count every size check, spec validation, batch check and run-count check."""
@@ -54,16 +50,8 @@ def size_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(NeckSpec, "check_size", check_size)
     monkeypatch.setattr(NeckSpec, "_validate", validate)
-    for name in ("check_batch", "check_count", "resolve_spec"):
-        real = getattr(plan_mod, name)
-
-        def counted(*args: Any, _real: Callable[..., Any] = real, _name: str = name,
-                    **kwargs: Any) -> Any:
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(plan_mod, name, counted)
-    return calls
+    return count_calls(monkeypatch, plan_mod, ("check_batch", "check_count", "resolve_spec"),
+                       calls)
 
 
 def refuse_checks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from _cli import run as invoke
+from _counting import count_calls
 
 import necktool
 import necktool.cli
@@ -38,25 +39,10 @@ CHECKS = ("resolve_spec", "check_batch", "check_precision", "check_opset", "reso
           "check_traced_size", "check_writable")
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(necktool.cli.app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
 def counting(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...] = CHECKS,
              module: Any = plan_mod, calls: Counter[str] | None = None) -> Counter[str]:
     """Count the calls of each check ``module`` makes (each is a module global)."""
-    calls = Counter() if calls is None else calls
-    for name in names:
-        real = getattr(module, name)
-
-        def wrapper(*args: Any, _real: Callable[..., Any] = real, _name: str = name,
-                    **kwargs: Any) -> Any:
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, wrapper)
-    return calls
+    return count_calls(monkeypatch, module, names, calls)
 
 
 def forbid_checks(monkeypatch: pytest.MonkeyPatch) -> None:
