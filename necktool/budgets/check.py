@@ -477,12 +477,16 @@ def check_budgets(
         spec = dataclasses.replace(budget.spec, name=None)
         key = (spec, budget.batch)
         if key not in measured:
-            found = _lookup(cache, spec, budget.batch)
+            # The plan's hash and the key it is filed under, worked out once per entry.
+            plan = _plan(spec, budget.batch) if cache is not None else None
+            entry = (plan, cache.key(plan)) if cache is not None and plan is not None else None
+            found = cache.get(entry[1], spec.level_names) \
+                if cache is not None and entry is not None else None
             if found is None:
                 if not started and before_profiling is not None:
                     before_profiling()
                 started = True
-                measured[key] = (_profile(config, budget, cache), False)
+                measured[key] = (_profile(config, budget, cache, entry), False)
             else:
                 measured[key] = (found, True)
         figures, cached = measured[key]
@@ -497,35 +501,29 @@ def check_budgets(
 
 def _plan(spec: NeckSpec, batch: int) -> str | None:
     """What a cache key is made of (the profile plan's content hash; the cache adds the
-    versions), or ``None`` for a neck that is never cached."""
-    if spec.factory is not None:  # a custom neck: its code is not part of any key
+    versions), or ``None`` for a neck that is never cached (a custom neck: its code is
+    not part of any key)."""
+    if spec.factory is not None:
         return None
     return ProfilePlan(spec, batch).content_hash()
 
 
-def _lookup(cache: ResultCache | None, spec: NeckSpec, batch: int) -> CachedFigures | None:
-    plan = _plan(spec, batch) if cache is not None else None
-    if cache is None or plan is None:
-        return None
-    return cache.get(cache.key(plan), spec.level_names)
-
-
-def _profile(config: BudgetConfig, budget: Budget, cache: ResultCache | None) -> ProfileResult:
-    """Profile one entry now, and store its figures in the cache."""
+def _profile(config: BudgetConfig, budget: Budget, cache: ResultCache | None,
+             entry: tuple[str, str] | None) -> ProfileResult:
+    """Profile one entry now, and store its figures in the cache (``entry``: the plan's
+    hash and the key it is filed under, worked out once by the caller)."""
     from necktool.analysis import profiling  # torch: only once the config is known to be good
 
     try:
         result = profiling.run_profile(ProfilePlan(budget.spec, budget.batch))[0]
     except NecktoolError as exc:
         raise ConfigError(f"{config.display_path}: {budget.key_path}: {exc}") from None
-    spec = dataclasses.replace(budget.spec, name=None)
-    plan = _plan(spec, budget.batch) if cache is not None else None
-    if cache is not None and plan is not None:
+    if cache is not None and entry is not None:
         from necktool.budgets.cache import CachedFigures
 
         figures = CachedFigures.of(result)
-        if [lv.name for lv in figures.levels] == list(spec.level_names):
-            cache.put(cache.key(plan), plan, figures)
+        if [lv.name for lv in figures.levels] == list(budget.spec.level_names):
+            cache.put(entry[1], entry[0], figures)
     return result
 
 
