@@ -36,6 +36,7 @@ from necktool.spec.registry import resolve_spec
 if TYPE_CHECKING:
     from necktool.deploy.export import ExportResult
     from necktool.deploy.ncnn import NcnnExportResult
+    from necktool.budgets.cache import ExportCounts
     from necktool.deploy.plan import ExportSettings
     from necktool.deploy.project import ConfigExport
 
@@ -90,6 +91,13 @@ ForceFlag = Annotated[bool, typer.Option(
     help="Without a NECK: export every budget entry, also those whose file is up to date "
     "(its metadata matches the export this run would make: spec, size, batch, precision, "
     "opset, upsample form, weights, necktool version). Default: keep those.")]
+NoCacheFlag = Annotated[bool, typer.Option(
+    "--no-cache", rich_help_panel=EXPORT,
+    help="Run the exporter and count the neck even when necktool has exported or counted "
+    "this structure before; read and write no cache. Default: reuse the graph of an earlier "
+    "export of the same structure, only the weights written in (the template cache in "
+    "$NECKTOOL_CACHE_DIR, else $XDG_CACHE_HOME/necktool or ~/.cache/necktool), and counts "
+    "from the result cache.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -115,6 +123,7 @@ def export_command(
     force: ForceFlag = False,
     to: To = None,
     runtime: RuntimeOpt = None,
+    no_cache: NoCacheFlag = False,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -133,6 +142,7 @@ def export_command(
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
     project's config, each to <entry name>.onnx. --to ncnn writes the ncnn .param/.bin
     pair instead; --runtime ort,openvino,ncnn verifies the ONNX file in each runtime.
+    A structure exported before reuses its graph: only the weights are written in.
     """
     from necktool.deploy.plan import ExportPlan, ExportSettings
 
@@ -152,7 +162,8 @@ def export_command(
     given = {k: v for k, v in (("opset", opset), ("precision", precision),
                                ("upsample", upsample), ("runtimes", runtime)) if v is not None}
     settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
-                                    options=options, calibration=calibration, **given)
+                                    options=options, calibration=calibration,
+                                    cache=not no_cache, **given)
     if neck is None and weights.path is None:
         if runtime:
             raise InputError("--runtime verifies one neck's file; with no NECK (every budget "
@@ -177,10 +188,19 @@ def export_command(
                                dataclasses.replace(settings, weights=weights),
                                reduction=reduction)
     load_heavy()
+    from necktool.budgets.cache import export_cache_dir
     from necktool.deploy.export import run_export
 
-    with progress(len(plan.steps), "export") as advance:
-        return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
+    with progress(len(plan.steps), "export") as advance:  # failed verification: falsy, exit 1
+        return run_export(plan, on_step=advance, counts=_counts(settings, export_cache_dir()))
+
+
+def _counts(settings: ExportSettings, directory: pathlib.Path) -> ExportCounts | None:
+    """The result cache in ``directory`` as the export's source of counts (none with
+    --no-cache)."""
+    from necktool.budgets.cache import ExportCounts, ResultCache
+
+    return ExportCounts(ResultCache(directory)) if settings.cache else None
 
 
 def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, opset: int | None,
@@ -231,6 +251,7 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
+    from necktool.budgets.cache import cache_dir
     from necktool.deploy.project import plan_config, run_config
 
     plan = plan_config(cfg, output, dataclasses.replace(
@@ -238,5 +259,5 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
     if not plan.todo:  # every file is up to date: answered from their metadata, no torch
         return run_config(plan)
     load_heavy()
-    with progress(plan.steps, "export") as advance:
-        return run_config(plan, on_step=advance)
+    with progress(plan.steps, "export") as advance:  # counts: check's cache for this config
+        return run_config(plan, on_step=advance, counts=_counts(settings, cache_dir(cfg.path)))

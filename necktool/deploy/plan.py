@@ -174,6 +174,9 @@ class ExportSettings:
             provider's full name; ``None``: no verification.
         upsample: How the file writes nearest upsampling (``size`` or ``scale2``).
         runtimes: Where verification runs the file (each installed), in order.
+        cache: Reuse a graph exported before and keep this one
+            (:mod:`necktool.deploy.templates`); ``False`` (``--no-cache``) exports cold.
+            It changes no byte of the file, so it is not in :meth:`to_dict`.
     """
 
     dynamic: bool = True
@@ -184,13 +187,15 @@ class ExportSettings:
     options: VerifyOptions | None = None
     upsample: Upsample = Upsample.SIZE
     runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
+    cache: bool = True
 
     @classmethod
     def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
               weights: WeightsRequest = WeightsRequest(), verify: bool = True,
               options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
               calibration: int | None = None, upsample: Upsample | str = Upsample.SIZE,
-              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,)) -> ExportSettings:
+              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+              cache: bool = True) -> ExportSettings:
         """Raises ``InputError`` for a bad precision, calibration, opset, provider,
         upsample form or runtime (one not installed names its extra)."""
         precision, calibration = check_precision(precision, calibration)
@@ -199,7 +204,7 @@ class ExportSettings:
         chosen = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) if verify else ()
         checked = checked_options(options or VerifyOptions(), precision) if verify else None
         return cls(bool(dynamic), opset, precision, calibration, weights, checked, form,
-                   chosen or (RuntimeName.ORT,))
+                   chosen or (RuntimeName.ORT,), bool(cache))
 
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "opset": self.opset,
@@ -252,6 +257,7 @@ class ExportPlan:
         upsample: Upsample | str = Upsample.SIZE,
         runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
         reduction: Reduction | None = None,
+        cache: bool = True,
         **overrides: Any,
     ) -> ExportPlan:
         """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
@@ -268,7 +274,7 @@ class ExportPlan:
         settings = ExportSettings.check(dynamic=dynamic, opset=opset, weights=weights,
                                         verify=verify, options=options, precision=precision,
                                         calibration=calibration, upsample=upsample,
-                                        runtimes=runtimes)
+                                        runtimes=runtimes, cache=cache)
         return cls.for_spec(spec, output, batch, settings, reduction=reduction)
 
     @classmethod
