@@ -34,9 +34,9 @@ from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
+    from necktool.budgets.cache import ExportCounts
     from necktool.deploy.export import ExportResult
     from necktool.deploy.ncnn import NcnnExportResult
-    from necktool.budgets.cache import ExportCounts
     from necktool.deploy.plan import ExportSettings
     from necktool.deploy.project import ConfigExport
 

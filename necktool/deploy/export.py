@@ -87,7 +87,8 @@ class ExportResult:
     nbytes: int = 0  # the file's size
     plan: ExportPlan | None = None  # what was asked for, checked
     reduced: PrecisionReport | None = None  # fp16/int8: what it was measured on and lost
-    template: TemplateUse = TemplateUse(False)  # the graph: exported now, or reused
+    template: TemplateUse = dataclasses.field(  # the graph: exported now, or reused
+        default_factory=lambda: TemplateUse(False))
     counts_cached: bool = False  # FLOPs, params, conv counts from a result cache
 
     @property

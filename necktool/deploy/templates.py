@@ -47,6 +47,7 @@ module under fvcore again (the ONNX graph's own count is still made from the new
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -176,10 +177,8 @@ class TemplateCache:
             return None
         template = _parse(raw, key)
         if template is not None:
-            try:  # a use: the least recently used entries leave first
+            with contextlib.suppress(OSError):  # a use: least recently used leave first
                 os.utime(path)
-            except OSError:
-                pass
         return template
 
     def put(self, key: str, template: Template) -> bool:
