@@ -202,6 +202,20 @@ def test_what_does_not_shape_the_graph_is_not_in_the_key(tmp_path: pathlib.Path)
     assert _key("retinaface_mnet") == _key("fpn")
 
 
+def test_an_export_files_its_counts_where_check_looks_for_them() -> None:
+    from necktool.analysis.plan import ProfilePlan
+    from necktool.budgets.cache import profile_key
+
+    for neck, batch in (("retinaface_mnet", 1), ("fpn", 2), (GN, 1)):
+        spec = resolve_spec(neck, input_size=SIZE)
+        assert profile_key(spec, batch) == \
+            ProfilePlan(dataclasses.replace(spec, name=None), batch).content_hash()
+    assert profile_key(resolve_spec(GN, input_size=SIZE), 1) != \
+        profile_key(resolve_spec(GN, input_size=(96, 96)), 1)
+    assert profile_key(resolve_spec("examples.custom_neck:BiFPN", in_channels=(8, 16, 32),
+                                    out_channels=8), 1) is None
+
+
 def test_a_custom_neck_is_never_cached(tmp_path: pathlib.Path) -> None:
     assert _key("examples.custom_neck:BiFPN", in_channels=(8, 16, 32), out_channels=8) is None
     cache = pathlib.Path(os.environ["NECKTOOL_CACHE_DIR"])

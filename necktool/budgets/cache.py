@@ -269,11 +269,13 @@ def profile_key(spec: NeckSpec, batch: int) -> str | None:
     """What an entry's key is made of: the profile plan's content hash of ``spec`` (its
     name aside: equal structures share counts) at ``batch``; ``None`` for a custom neck,
     never cached."""
-    from necktool.analysis.plan import ProfilePlan
+    from necktool.analysis.plan import ProfilePlan, content_hash
 
     if spec.factory is not None:
         return None
-    return ProfilePlan(dataclasses.replace(spec, name=None), batch).content_hash()
+    # check keys a spec without its name, whose label is the family; the spec is not made
+    # again without it (an export's run validates nothing twice).
+    return content_hash("profile", {**ProfilePlan(spec, batch).to_dict(), "name": spec.family})
 
 
 @dataclasses.dataclass
