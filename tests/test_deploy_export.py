@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.artifact.metadata import conv_macs, read_metadata
 from necktool.deploy.export import export_onnx
-from necktool.deploy.metadata import conv_macs, read_metadata
-from necktool.deploy.options import VerifyOptions
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import open_session
 from necktool.errors import ExportError, WeightsError
 from necktool.necks.build import make_inputs

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 import necktool.cli
 from necktool import NeckSpec
 from necktool.deploy.verify import open_session
+from necktool.detector.identify import find_necks, identify_checkpoint, layout_of
 from necktool.errors import WeightsError
-from necktool.necks.identify import find_necks, identify_checkpoint, layout_of
 from necktool.necks.weights import load_weights, read_checkpoint, seeded_model
 from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.deploy.metadata import WeightSource, WeightsRequest, file_sha256
 from necktool.errors import WeightsError, first_line
+from necktool.files import file_sha256
 from necktool.necks.build import build_neck
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.weights import WeightSource, WeightsRequest
 
 SUFFIXES = (".pt", ".pth")
 DATA_PARALLEL_PREFIX = "module."
