@@ -72,7 +72,7 @@ _LAZY = {
     "verify_onnx": "necktool.deploy.verify",
     "VerificationResult": "necktool.deploy.verify",
     "VerifyReport": "necktool.deploy.verify",
-    "load_weights": "necktool.necks.weights",
+    "load_weights": "necktool.deploy.model",
     "inspect_file": "necktool.detector.identify",
     "InspectResult": "necktool.detector.identify",
     "sweep": "necktool.analysis.sweep",
@@ -97,13 +97,13 @@ if TYPE_CHECKING:
         save_baseline,
     )
     from necktool.deploy.export import ExportResult, export_onnx
+    from necktool.deploy.model import load_weights
     from necktool.deploy.plan import ExportPlan, VerifyPlan
     from necktool.deploy.runtimes.ncnn_export import NcnnExportResult, export_ncnn
     from necktool.deploy.tolerance import ErrorStat, Tolerance, VerifyOptions
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
     from necktool.detector.identify import InspectResult, inspect_file
     from necktool.necks.build import build_neck, make_inputs
-    from necktool.necks.weights import load_weights
     from necktool.spec.families import FAMILIES, Family, FamilyInfo, register_family
     from necktool.spec.fields import Activation, ExtraConvs, Norm
     from necktool.spec.neck_spec import NeckSpec, parse_channels, parse_size

@@ -234,8 +234,8 @@ def test_weights_request_says_what_kind_of_file_it_reads(tmp_path: pathlib.Path)
     assert Weights is WeightsRequest  # the CLI's group collects the library's type
     # An ONNX file is read as a detector (its neck's Conv nodes), untrusted: garbage is a
     # one-line input error naming the file, never a pickle or a checkpoint load.
+    from necktool.deploy.model import make_model
     from necktool.errors import InputError, WeightsError
-    from necktool.necks.weights import make_model
 
     onnx_file = tmp_path / "det.onnx"
     onnx_file.write_bytes(b"not read")

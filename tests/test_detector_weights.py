@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 from necktool.artifact.metadata import read_metadata
 from necktool.cli import app
 from necktool.deploy.against import verify_against
+from necktool.deploy.model import load_weights
 from necktool.detector import find_neck, load_detector
 from necktool.detector.weights import identity_variance
 from necktool.errors import WeightsError
 from necktool.necks.build import build_neck
-from necktool.necks.weights import load_weights
 
 runner = CliRunner()
 

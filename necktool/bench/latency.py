@@ -57,11 +57,11 @@ from necktool.bench.timing import (
 from necktool.deploy.comparison import sqnr_db
 from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
+from necktool.deploy.model import make_model
 from necktool.deploy.precision.convert import convert
 from necktool.deploy.runtimes.runners import NcnnRunner, OpenVinoRunner, Runner
 from necktool.errors import ExportError
 from necktool.necks.build import build_neck, input_tensors
-from necktool.necks.weights import make_model
 from necktool.report import Block, Column, num, size_text, table
 from necktool.spec.graph_form import DEFAULT_OPSET
 from necktool.spec.neck_spec import NeckSpec, neck_header

@@ -39,6 +39,7 @@ from necktool.artifact.metadata import ExportMetadata, TensorInfo, conv_macs, te
 from necktool.artifact.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.artifact.stages import PartOf
 from necktool.deploy.data import FeatureSet
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import ExportPlan, StepClock, planned_served
 from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
 from necktool.deploy.precision.loss import PrecisionReport, check_stages
@@ -50,7 +51,6 @@ from necktool.errors import ExportError, InputError, SpecError, first_line, inte
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
-from necktool.necks.weights import make_model
 from necktool.quiet import quiet
 from necktool.report import Block, size_text, table
 from necktool.spec.graph_form import DEFAULT_OPSET, Upsample

@@ -46,6 +46,7 @@ from necktool.deploy.comparison import (
     VerificationResult,
 )
 from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import VerifyPlan, checked_options
 from necktool.deploy.precision.loss import PrecisionReport
 from necktool.deploy.runtimes.runners import (
@@ -62,7 +63,6 @@ from necktool.deploy.tolerance import ErrorStat, VerifyOptions
 from necktool.errors import InputError, first_line
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.necks.weights import make_model
 from necktool.report import Block, Note
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header

@@ -26,7 +26,7 @@ class WeightsKind(enum.StrEnum):
 @dataclasses.dataclass(frozen=True)
 class WeightsRequest:
     """Where a command's weights should come from: the one request type from the CLI's
-    ``--seed``/``--weights``/``--prefix`` to :func:`necktool.necks.weights.make_model`.
+    ``--seed``/``--weights``/``--prefix`` to :func:`necktool.deploy.model.make_model`.
 
     ``None`` means "not given": a command fills it (``export``: seed 0; ``verify``: what
     the file records). A file wins over a seed. What was actually loaded is recorded as a

@@ -17,13 +17,13 @@ from necktool.artifact.metadata import load_model
 from necktool.artifact.serving import calibration_shapes
 from necktool.deploy.data import SYNTHETIC
 from necktool.deploy.export import export_model
+from necktool.deploy.model import make_model
 from necktool.deploy.precision.loss import PrecisionReport, Reference
 from necktool.deploy.precision.reduce import synthetic_feeds
 from necktool.deploy.verify import VerifyReport, verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.necks.weights import make_model
 from necktool.spec.graph_form import DEFAULT_OPSET
 from necktool.spec.precision import Precision
 

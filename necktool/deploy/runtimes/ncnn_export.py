@@ -253,9 +253,9 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
     import pnnx
 
     from necktool.deploy.export import served_by
+    from necktool.deploy.model import make_model
     from necktool.deploy.runtimes.pnnx import neck_to_ncnn
     from necktool.deploy.verify import run_comparison
-    from necktool.necks.weights import make_model
 
     done = StepClock(on_step)
     seconds = done.seconds
