@@ -30,15 +30,16 @@ from _cli import run
 from onnx import helper
 
 import necktool.deploy.templates as templates
+from necktool.artifact.metadata import read_metadata
+from necktool.artifact.serving import default_cases
 from necktool.deploy.export import export_onnx
-from necktool.deploy.metadata import WeightsRequest, read_metadata
 from necktool.deploy.plan import ExportPlan
-from necktool.deploy.serving import default_cases
 from necktool.deploy.templates import MAGIC, Template, TemplateCache, template_key
 from necktool.deploy.verify import open_session
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import resolve_spec
+from necktool.spec.weights import WeightsRequest
 
 SIZE = (64, 64)
 #: GroupNorm (the optimizer folds each GN weight into a new (C, 1, 1) initializer) and
