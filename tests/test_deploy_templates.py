@@ -34,8 +34,8 @@ from necktool.artifact.metadata import read_metadata
 from necktool.artifact.serving import default_cases
 from necktool.deploy.export import export_onnx
 from necktool.deploy.plan import ExportPlan
+from necktool.deploy.runtimes.runners import open_session
 from necktool.deploy.templates import MAGIC, Template, TemplateCache, template_key
-from necktool.deploy.verify import open_session
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import resolve_spec
