@@ -230,3 +230,15 @@ def test_the_top_of_the_package_holds_at_most_ten_modules_and_each_subpackage_sa
     for package in subpackages:
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc, f"{package.name}/__init__.py says nothing of its purpose"
+
+
+def test_the_wheel_ships_py_typed(tmp_path: Path) -> None:
+    """PEP 561: a non-editable install carries ``necktool/py.typed``, so users' type
+    checkers read necktool's annotations."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(PACKAGE.parent)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("necktool-*.whl")
+    assert "necktool/py.typed" in zipfile.ZipFile(wheel).namelist()

@@ -206,7 +206,7 @@ def test_cli_fp16_pair_leaks_no_pnnx_chatter(tmp_path: pathlib.Path, model: nn.M
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--to", "ncnn", "--static"], "--static apply to ONNX files"),
-    (["--to", "ncnn", "--opset", "18"], "--opset apply to ONNX files"),
+    (["--to", "ncnn", "--opset", "19"], "--opset apply to ONNX files"),
     (["--to", "ncnn", "--precision", "int8"], "not available for ncnn"),
     (["--to", "ncnn", "--runtime", "openvino"], "--runtime apply to ONNX files"),
     (["--to", "tflite"], "--to"),
