@@ -103,8 +103,9 @@ def template_key(plan: ExportPlan) -> str | None:
         return None
     return content_hash("template", {
         "schema": TEMPLATE_SCHEMA, "spec": plan.spec.to_dict(), "batch": plan.batch,
-        "dynamic": plan.dynamic, "serves": plan.served.to_json(), "opset": plan.opset,
-        "upsample": plan.upsample.value, "versions": graph_versions()})
+        "dynamic": plan.request.dynamic, "serves": plan.served.to_json(),
+        "opset": plan.request.opset, "upsample": plan.request.upsample.value,
+        "versions": graph_versions()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,11 +343,11 @@ def templated_graph(plan: ExportPlan, model: nn.Module,
     the cache holds one for ``plan``, else ``export()`` (the exporter, without its
     optimizer) run now, its template stored, then optimized.
 
-    ``cache`` defaults to the user's; ``plan.settings.cache`` off bypasses it.
+    ``cache`` defaults to the user's; ``plan.request.cache`` off bypasses it.
     """
-    key = template_key(plan) if plan.settings.cache else None
+    key = template_key(plan) if plan.request.cache else None
     if key is None:
-        note = "--no-cache" if not plan.settings.cache else "custom necks are never cached"
+        note = "--no-cache" if not plan.request.cache else "custom necks are never cached"
         traced = export()
         strip_traces(traced)
         return optimized(traced), TemplateUse(False, note=note)
