@@ -139,7 +139,8 @@ def _precision_table(repeat: int) -> None:
 def run(repeat: int) -> None:
     repeat = max(3, repeat // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        base = [*NECKTOOL, "export", NECK, "--onnx", "-o", f"{tmp}/n.onnx"]
+        # --no-cache: every round runs the exporter (bench_templates times the reuse)
+        base = [*NECKTOOL, "export", NECK, "--onnx", "-o", f"{tmp}/n.onnx", "--no-cache"]
         variants = {
             "floor": [PY, "-W", "ignore", "-c", FLOOR_SCRIPT, f"{tmp}/floor.onnx"],
             "(verification on)": base,

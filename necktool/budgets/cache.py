@@ -17,6 +17,10 @@ error: it only ever saves time.
 
 Custom necks (``package.module:factory``) are never cached: their code is not part of
 the key, so an edit to it would go unnoticed.
+
+An export reads the same entries (:class:`ExportCounts`): a structure ``check`` (or an
+earlier export) has counted is not counted again. A config export uses the config's
+folder, a one-neck export :func:`export_cache_dir`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from typing import Any
 from necktool.errors import NecktoolError
 from necktool.files import write_file
 from necktool.spec.fields import is_int
+from necktool.spec.neck_spec import NeckSpec
 from necktool.units import COUNTING_BUG, CROSS_CHECK, FP32_BYTES
+from necktool.user_cache import cache_subdir
 
 CACHE_SCHEMA = 1  # bump when the stored figures change meaning or layout
 CACHE_DIR_NAME = ".necktool_cache"
@@ -250,3 +256,42 @@ class ResultCache:
             ignore = self.directory / ".gitignore"
             if not ignore.exists():
                 write_file(ignore, GITIGNORE.encode(), "the cache's .gitignore")
+
+
+def export_cache_dir() -> Path:
+    """Where a one-neck export keeps counts (it has no config): ``$NECKTOOL_CACHE_DIR``
+    when set (as ``check`` does), else ``results/`` in the user's necktool cache."""
+    chosen = os.environ.get(CACHE_DIR_ENV)
+    return Path(chosen) if chosen else cache_subdir("results")
+
+
+def profile_key(spec: NeckSpec, batch: int) -> str | None:
+    """What an entry's key is made of: the profile plan's content hash of ``spec`` (its
+    name aside: equal structures share counts) at ``batch``; ``None`` for a custom neck,
+    never cached."""
+    from necktool.analysis.plan import ProfilePlan, content_hash
+
+    if spec.factory is not None:
+        return None
+    # check keys a spec without its name, whose label is the family; the spec is not made
+    # again without it (an export's run validates nothing twice).
+    return content_hash("profile", {**ProfilePlan(spec, batch).to_dict(), "name": spec.family})
+
+
+@dataclasses.dataclass
+class ExportCounts:
+    """The result cache as an export's source of counts
+    (:class:`necktool.deploy.templates.CountCache`)."""
+
+    cache: ResultCache
+
+    def get(self, spec: NeckSpec, batch: int) -> CachedFigures | None:
+        plan = profile_key(spec, batch)
+        return None if plan is None else self.cache.get(self.cache.key(plan),
+                                                        spec.level_names)
+
+    def put(self, spec: NeckSpec, batch: int, profile: Any) -> None:
+        plan = profile_key(spec, batch)
+        figures = CachedFigures.of(profile)
+        if plan is not None and [lv.name for lv in figures.levels] == list(spec.level_names):
+            self.cache.put(self.cache.key(plan), plan, figures)

@@ -44,6 +44,7 @@ from necktool.version import __version__
 
 if TYPE_CHECKING:  # the exporter imports torch: only once an entry must be exported
     from necktool.deploy.export import ExportResult
+    from necktool.deploy.templates import CountCache
 
 MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on the usual file systems
 
@@ -304,11 +305,12 @@ def export_config(config: BudgetConfig, directory: str | pathlib.Path | None = N
                       on_step=on_step)
 
 
-def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
-               ) -> ConfigExport:
+def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None,
+               counts: CountCache | None = None) -> ConfigExport:
     """Export every entry of a checked plan that is not up to date (see the module
     docstring); up-to-date entries are reported as kept, and torch is imported only when
-    an entry must be exported."""
+    an entry must be exported. ``counts``: a result cache that may hold entries' counts
+    (:func:`necktool.deploy.export.run_export`)."""
     step = on_step or (lambda _label: None)
     done = []
     for entry in plan.entries:
@@ -321,7 +323,7 @@ def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
             step(f"{label}: {name}")
 
         try:
-            result = run_export(entry.plan, on_step=entry_step)
+            result = run_export(entry.plan, on_step=entry_step, counts=counts)
         except NecktoolError as exc:
             _prefix(exc, entry.where)
             raise

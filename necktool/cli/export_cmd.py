@@ -33,6 +33,7 @@ from necktool.spec.precision import CalibrationMethod
 from necktool.spec.registry import resolve_spec
 
 if TYPE_CHECKING:
+    from necktool.budgets.cache import ExportCounts
     from necktool.budgets.export import ConfigExport
     from necktool.deploy.export import ExportResult
     from necktool.deploy.plan import ExportRequest
@@ -82,6 +83,13 @@ ForceFlag = Annotated[bool, typer.Option(
     help="Without a NECK: export every budget entry, also those whose file is up to date "
     "(its metadata matches the export this run would make: spec, size, batch, precision, "
     "opset, upsample form, weights, necktool version). Default: keep those.")]
+NoCacheFlag = Annotated[bool, typer.Option(
+    "--no-cache", rich_help_panel=EXPORT,
+    help="Run the exporter and count the neck even when necktool has exported or counted "
+    "this structure before; read and write no cache. Default: reuse the graph of an earlier "
+    "export of the same structure, only the weights written in (the template cache in "
+    "$NECKTOOL_CACHE_DIR, else $XDG_CACHE_HOME/necktool or ~/.cache/necktool), and counts "
+    "from the result cache.")]
 VerifyFlag = Annotated[bool, typer.Option(
     "--verify/--no-verify", rich_help_panel=VERIFY_PANEL,
     help="Compare ONNX Runtime with PyTorch before writing the file.")]
@@ -107,6 +115,7 @@ def export_command(
     force: ForceFlag = False,
     to: To = None,
     runtime: RuntimeOpt = None,
+    no_cache: NoCacheFlag = False,
     *,
     flags: BuildFlagsOpt,
     weights: WeightsOpt,
@@ -125,6 +134,7 @@ def export_command(
     (its prefix too, unless --prefix is given); otherwise every budget entry of the
     project's config, each to <entry name>.onnx. --to ncnn writes the ncnn .param/.bin
     pair instead; --runtime ort,openvino,ncnn verifies the ONNX file in each runtime.
+    A structure exported before reuses its graph: only the weights are written in.
     """
     from necktool.deploy.plan import ExportPlan, ExportRequest
 
@@ -154,7 +164,7 @@ def export_command(
         ("runtimes", runtime), ("calibration", calibration), ("reduction", reduction),
         ("batch", flags.given("batch"))) if v is not None}
     request = ExportRequest(dynamic=not static, weights=weights, verify=verify,
-                            options=options, **given)
+                            options=options, cache=not no_cache, **given)
     if spec is None:
         return _export_config(config, output, request, flags=flags, force=force)
     load_heavy()
@@ -165,10 +175,19 @@ def export_command(
         with progress(len(ncnn.steps), "export") as advance:
             return run_ncnn(ncnn, on_step=advance)  # a failed verification is falsy: exit 1
     plan = ExportPlan.for_spec(spec, output, request)
+    from necktool.budgets.cache import export_cache_dir
     from necktool.deploy.export import run_export
 
-    with progress(len(plan.steps), "export") as advance:
-        return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
+    with progress(len(plan.steps), "export") as advance:  # failed verification: falsy, exit 1
+        return run_export(plan, on_step=advance, counts=_counts(request, export_cache_dir()))
+
+
+def _counts(request: ExportRequest, directory: pathlib.Path) -> ExportCounts | None:
+    """The result cache in ``directory`` as the export's source of counts (none with
+    --no-cache)."""
+    from necktool.budgets.cache import ExportCounts, ResultCache
+
+    return ExportCounts(ResultCache(directory)) if request.cache else None
 
 
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
@@ -181,11 +200,12 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
+    from necktool.budgets.cache import cache_dir
     from necktool.budgets.export import plan_config, run_config
 
     plan = plan_config(cfg, output, request, force=force, flags=flags.overrides())
     if not plan.todo:  # every file is up to date: answered from their metadata, no torch
         return run_config(plan)
     load_heavy()
-    with progress(plan.steps, "export") as advance:
-        return run_config(plan, on_step=advance)
+    with progress(plan.steps, "export") as advance:  # counts: check's cache for this config
+        return run_config(plan, on_step=advance, counts=_counts(request, cache_dir(cfg.path)))

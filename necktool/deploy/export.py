@@ -34,7 +34,7 @@ import onnx
 import torch
 from torch import nn
 
-from necktool.analysis.profiling import CrossCheck, analyze
+from necktool.analysis.profiling import CrossCheck
 from necktool.artifact.metadata import ExportMetadata, TensorInfo, conv_macs, tensor_infos
 from necktool.artifact.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.artifact.stages import PartOf
@@ -45,7 +45,8 @@ from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
 from necktool.deploy.precision.loss import PrecisionReport, check_stages
 from necktool.deploy.precision.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes.runners import RuntimesVerification
-from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
+from necktool.deploy.templates import CountCache, TemplateUse, known_counts, templated_graph
+from necktool.deploy.verify import VerificationResult, compare_runtimes
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
@@ -74,6 +75,9 @@ class ExportResult:
     nbytes: int = 0  # the file's size
     plan: ExportPlan | None = None  # what was asked for, checked
     reduced: PrecisionReport | None = None  # fp16/int8: what it was measured on and lost
+    template: TemplateUse = dataclasses.field(  # the graph: exported now, or reused
+        default_factory=lambda: TemplateUse(False))
+    counts_cached: bool = False  # FLOPs, params, conv counts from a result cache
 
     @property
     def precision(self) -> Precision:
@@ -154,6 +158,8 @@ class ExportResult:
                           "flop_counter": self.conv_macs_flop_counter,
                           "onnx": self.conv_macs_onnx, "match": self.conv_macs_match},
             "exporter": m.exporter,
+            "template": self.template.to_dict(),
+            "counts_from_cache": self.counts_cached,
             "metadata": m.to_props(),
             "verification": self.verification.to_dict() if self.verification is not None
             else None,
@@ -171,6 +177,7 @@ class ExportResult:
         match = "equal" if self.conv_macs_match else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
+            ("graph", self.template.describe()),
             ("precision", precision_text(m, self.reduced)),
             ("upsample", m.upsample_text()),
             ("serves", m.serves_text()),
@@ -180,7 +187,9 @@ class ExportResult:
             ("FLOPs", f"{m.flops:,} at {size}, batch {m.batch} ({UNIT_SHORT})"),
             ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / "
                           f"{self.conv_macs_flop_counter:,} ({CROSS_CHECK}) / "
-                          f"{self.conv_macs_onnx:,} (ONNX graph): {match}"),
+                          f"{self.conv_macs_onnx:,} (ONNX graph): {match}"
+                          + ("; the first two from the result cache" if self.counts_cached
+                             else "")),
             ("params", f"{m.params:,}"),
             ("weights", m.weights.describe()),
             ("checks", "onnx.checker full check (with strict shape inference): ok"),
@@ -316,11 +325,13 @@ def exporter_name() -> str:
 
 
 def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *,
-                 dynamic: bool, opset: int, served: Served | None = None) -> onnx.ModelProto:
+                 dynamic: bool, opset: int, served: Served | None = None,
+                 optimize: bool = True) -> onnx.ModelProto:
     """Run the dynamo exporter silently and return the ONNX model (no file written).
 
     ``served`` picks the dynamic dimensions (default: what the family serves, see
-    :func:`served_by`).
+    :func:`served_by`); ``optimize=False`` skips the exporter's ONNX optimizer (an
+    export runs it after keeping the traced graph as a template).
 
     Raises:
         ExportError: the exporter failed (its last words in the message).
@@ -331,7 +342,7 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
         "output_names": spec.output_names,
         "opset_version": opset,
         "verbose": False,
-        "optimize": True,
+        "optimize": optimize,
     }
     if dynamic:
         kwargs["dynamic_shapes"] = dynamic_shapes(spec, served or served_by(spec))
@@ -391,6 +402,8 @@ def export_onnx(neck: str | NeckSpec, output: str | os.PathLike[str] | None = No
         reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
             SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data,
             verification runs on its held-out feature sets.
+        cache: Reuse the graph of an earlier export of the same structure and keep this
+            one (:mod:`necktool.deploy.templates`); ``False`` runs the exporter.
         **flags: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
@@ -412,12 +425,14 @@ def export_onnx(neck: str | NeckSpec, output: str | os.PathLike[str] | None = No
     return run_export(ExportPlan.build(neck, output, **keywords), on_step=on_step)
 
 
-def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
-               ) -> ExportResult:
+def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None,
+               counts: CountCache | None = None) -> ExportResult:
     """Run a checked plan: build, count, export, check, convert, verify, then write.
 
     Nothing the plan holds is checked again. When verification fails the result is falsy
-    (``written=False``, the destination untouched); that is no exception.
+    (``written=False``, the destination untouched); that is no exception. A graph exported
+    before is reused (:mod:`necktool.deploy.templates`, unless the request says no
+    cache); ``counts``: a result cache that may already hold the structure's counts.
 
     Raises:
         WeightsError: the weights file does not fit.
@@ -443,16 +458,16 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         plan = plan.with_served(served_by(spec, model))
     served = plan.served
     done("build")
-    with reference_threads():  # a traced forward: no fast kernels needed
-        counted = analyze(model, spec, spec.input_size, batch)
+    counted = known_counts(model, spec, batch, counts)
     done("count")
     # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
     # would count a scale2 upsample's uncropped 2x output). Verification then compares the
     # file with the module in the form it was exported in.
     set_upsample(model, plan.request.upsample)
     inputs = input_tensors(spec, spec.input_size, batch, seed=0)
-    proto = export_model(model, spec, inputs, dynamic=req.dynamic, opset=req.opset,
-                         served=served)
+    proto, template = templated_graph(plan, model, lambda: export_model(
+        model, spec, inputs, dynamic=req.dynamic, opset=req.opset, served=served,
+        optimize=False))
     done("export")
 
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
@@ -486,7 +501,8 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     data = proto.SerializeToString()
     result = ExportResult(plan.output, meta, tensor_infos(proto.graph.input),
                           tensor_infos(proto.graph.output), cross_check, None, False,
-                          seconds, nbytes=len(data), plan=plan, reduced=reduced)
+                          seconds, nbytes=len(data), plan=plan, reduced=reduced,
+                          template=template, counts_cached=counted.cached)
 
     if plan.request.options is not None:
         verification = compare_runtimes(

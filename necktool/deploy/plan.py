@@ -186,6 +186,9 @@ class ExportRequest:
         runtimes: Where verification runs the file (each installed), in order.
         reduction: fp16/int8 beyond the conversion: the user's calibration data, the
             method, stages kept in fp32, per-stage SQNR, an SQNR floor.
+        cache: Reuse a graph exported before and keep this one
+            (:mod:`necktool.deploy.templates`); ``False`` (``--no-cache``) exports cold.
+            It changes no byte of the file, so it is not in :meth:`to_dict`.
     """
 
     to: ExportTo = ExportTo.ONNX
@@ -200,6 +203,7 @@ class ExportRequest:
     upsample: Upsample = Upsample.SIZE
     runtimes: tuple[Runtime, ...] = ()
     reduction: Reduction | None = None
+    cache: bool = True
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
