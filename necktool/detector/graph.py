@@ -298,6 +298,8 @@ def _out_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
             return s
         ref = _shape_source(graph, node.input[1], "") if len(node.input) > 1 else None
         return graph.strides.get(ref) if ref else None
+    if op == "Split":  # on the channel axis (C2f, ShuffleNet units): every part keeps it
+        return s if int(attr(node, "axis", 0)) in (1, -3) else None
     if op in KEEPS:  # an add of a map and an upsample to its size is at the map's stride
         plain = [t for t in feats if (graph.node_of(t) is None
                                       or graph.node_of(t).op_type not in UPSAMPLES)]  # type: ignore[union-attr]
@@ -337,6 +339,7 @@ def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
         if node.op_type in ("Shape", "Constant", "Size"):
             continue
         s = _out_stride(graph, node)
-        if s is not None and node.output and node.output[0]:
-            graph.strides[node.output[0]] = s
+        for out in node.output if node.op_type == "Split" else node.output[:1]:
+            if s is not None and out:
+                graph.strides[out] = s
     return graph
