@@ -42,7 +42,17 @@ from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
 from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
-from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
+from necktool.report import (
+    Block,
+    Note,
+    Table,
+    channels_text,
+    neck_header,
+    num,
+    share,
+    size_text,
+    table,
+)
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import (
     COUNTING_BUG,
@@ -301,8 +311,9 @@ def comparison_table(results: Sequence[ProfileResult]) -> Table:
     """One row per neck, for ``profile`` with several names."""
     return table("comparison", ["neck", num("out"), "input", num("GFLOPs"), num("FLOPs"),
                                 num("params"), num("peak MiB")],
-                 [(r.neck, str(r.spec.out_channels), size_text(r.input_size), f"{r.gflops:.4f}",
-                   f"{r.flops:,}", f"{r.params:,}", mib(r.memory.peak_activation_bytes))
+                 [(r.neck, channels_text(r.spec.level_channels), size_text(r.input_size),
+                   f"{r.gflops:.4f}", f"{r.flops:,}", f"{r.params:,}",
+                   mib(r.memory.peak_activation_bytes))
                   for r in results],
                  caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, {MIB_CAPTION}")
 

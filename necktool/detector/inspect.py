@@ -21,7 +21,7 @@ from necktool.detector.graph import Graph, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.errors import InputError
-from necktool.report import Block, Note, share, size_text, table
+from necktool.report import Block, Note, channels_text, share, size_text, table
 from necktool.spec.registry import reproduce_command
 from necktool.units import GFLOPS, UNIT_SHORT
 
@@ -92,6 +92,7 @@ class DetectorInspect:
             "family": spec.family,
             "in_channels": list(spec.in_channels),
             "out_channels": spec.out_channels,
+            "level_channels": list(spec.level_channels),
             "num_outs": spec.num_levels,
             "levels": spec.level_names,
             "strides": list(n.strides),
@@ -131,7 +132,7 @@ class DetectorInspect:
         rows = [
             ("family", f"{spec.family}: {spec.info.description}"),
             ("in_channels", ",".join(map(str, spec.in_channels))),
-            ("out_channels", str(spec.out_channels)),
+            ("out_channels", channels_text(spec.level_channels)),
             ("levels", levels),
             ("norm", state),
             ("act", str(spec.act) + (f" ({spec.leaky_slope:g})" if str(spec.act) ==

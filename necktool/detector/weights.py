@@ -26,7 +26,6 @@ from necktool.detector.graph import Graph, attr, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import ConvNode, DetectorNeck, find_in_graph
 from necktool.errors import WeightsError, first_line
-from necktool.spec.fields import Norm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,23 +34,9 @@ if TYPE_CHECKING:
 
 
 def conv_key(spec: NeckSpec, conv: ConvNode) -> tuple[str, str]:
-    """``(conv module path, norm module path)`` of ``conv`` in the neck ``spec`` builds."""
-    i = conv.level
-    if spec.family == "fpn":
-        base = f"output{i + 1}" if conv.role == "lateral" else f"merge{i + 1}"
-        return f"{base}.0", f"{base}.1"
-    if spec.family == "pafpn":
-        container = {"lateral": "lateral_convs", "fpn": "td_convs", "downsample": "bu_convs",
-                     "pafpn": "bu_out_convs"}[conv.role]
-        index = i - 1 if conv.role == "downsample" else i
-        gn = spec.norm is Norm.GN
-        return (f"{container}.{index}.{'conv' if gn else '0'}",
-                f"{container}.{index}.{'gn' if gn else '1'}")
-    container, index = {"lateral": ("lateral_convs", i), "fpn": ("fpn_convs", i),
-                        "extra": ("fpn_convs", i), "downsample": ("downsample_convs", i - 1),
-                        "pafpn": ("pafpn_convs", i - 1)}[conv.role]
-    norm = "gn" if spec.norm is Norm.GN else "bn"
-    return f"{container}.{index}.conv", f"{container}.{index}.{norm}"
+    """``(conv module path, norm module path)`` of ``conv`` in the neck ``spec`` builds, as
+    its family declares (``conv_keys`` in its registration)."""
+    return spec.info.load_conv_keys()(spec, conv.role, conv.level)
 
 
 def identity_variance(eps: float) -> np.float32:
