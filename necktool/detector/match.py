@@ -69,8 +69,8 @@ class _Abstract:
     def _add(self, node: onnx.NodeProto) -> None:
         g, op = self.g, node.op_type
         feats = [t for t in node.input if t in self.of]
-        if not feats or not node.output:
-            return
+        if not feats or not node.output or op in ("Shape", "Size"):
+            return  # a size computation reads a map's shape, not its values
         consts = [t for t in node.input if t and t not in self.of and g.is_const(t)]
         gate = op == "Mul" and self.scan.source(node) is not None and len(feats) == 2
         if op in _COLLAPSE or gate or (op in ("Mul", "Add", "Sub", "Div") and len(feats) == 1

@@ -37,6 +37,8 @@ from necktool.spec.registry import PRESETS
 if TYPE_CHECKING:
     import onnx
 
+    from necktool.detector.merges import MergeNeck
+
 DEFAULT_SIZE = (640, 640)  # the size a dynamic detector is described at
 NORM_STATES = ("none", "folded", "present")
 _FOLDED_NAME = re.compile(r"(weight_bias|_fused|bn)", re.IGNORECASE)
@@ -104,6 +106,7 @@ class DetectorNeck:
     image: str
     image_size: tuple[int, int] | None
     notes: tuple[str, ...] = ()
+    merge: MergeNeck | None = None  # a Concat/Add neck (YuNet, the YOLO necks)
 
     @property
     def presets(self) -> tuple[str, ...]:
@@ -118,7 +121,8 @@ class DetectorNeck:
                 "family": self.spec.family, "config": self.spec.to_dict(),
                 "norm_state": self.norm_state, "strides": list(self.strides),
                 "input_strides": list(self.input_strides),
-                "convs": [c.to_dict() for c in self.convs], "notes": list(self.notes)}
+                "convs": [c.to_dict() for c in self.convs], "notes": list(self.notes),
+                **({"merges": self.merge.to_dict()["merges"]} if self.merge else {})}
 
 
 def _plain(spec: NeckSpec) -> dict[str, Any]:
@@ -315,8 +319,14 @@ def find_neck(model: onnx.ModelProto, where: str = "the ONNX file") -> DetectorN
 
 
 def find_in_graph(graph: Graph) -> DetectorNeck:
-    """:func:`find_neck` for a graph already read."""
-    return _Finder(graph).find()
+    """:func:`find_neck` for a graph already read: a lateral FPN/PAFPN, else a neck whose
+    levels merge by Concat or Add (:mod:`necktool.detector.merges`)."""
+    try:
+        return _Finder(graph).find()
+    except InputError as exc:
+        from necktool.detector.merges import find_or_explain
+
+        return find_or_explain(graph, exc)
 
 
 class _Finder:

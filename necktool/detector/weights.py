@@ -115,6 +115,10 @@ def detector_state_dict(graph: Graph, found: DetectorNeck,
     """
     import torch
 
+    if found.merge is not None:  # a Concat/Add neck: matched node for node
+        from necktool.detector.match import merge_state_dict
+
+        return merge_state_dict(graph, found, model)
     spec: NeckSpec = model.spec  # type: ignore[assignment]
     target = model.state_dict()
     state: dict[str, Any] = {}
