@@ -18,8 +18,10 @@ Nothing here is a test.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import pathlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -476,3 +478,70 @@ def conv_macs(model: nn.Module, image: torch.Tensor) -> dict[str, tuple[int, int
     for h in handles:
         h.remove()
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+# -- the suite the tests share, built once per process ------------------------------------
+YUNET_SIZE = (160, 160)  # every level even: 20x20, 10x10, 5x5
+YOLO_SIZE = (128, 128)
+
+
+@dataclasses.dataclass
+class Face:
+    """One test detector file: the torch model, the preset its neck is, the ONNX file."""
+
+    model: FaceDetector
+    preset: str
+    path: pathlib.Path
+    size: tuple[int, int]
+    static: bool
+    opset: int
+
+
+def real_neck(preset: str, size: tuple[int, int], seed: int = 0) -> nn.Module:
+    """necktool's own neck of ``preset`` (seeded weights)."""
+    from necktool.necks.weights import seeded_model
+    from necktool.spec.registry import PRESETS
+
+    return seeded_model(PRESETS[preset].spec.replace(input_size=size), seed)
+
+
+_FACES: dict[str, Face] | None = None
+
+
+def faces() -> dict[str, Face]:
+    """Build (once per process) and save every variant under a temporary directory:
+    ``*_authors`` variants hold the neck written out from the authors' yaml/code above,
+    the others necktool's own module."""
+    global _FACES
+    if _FACES is not None:
+        return _FACES
+    import atexit
+    import shutil
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="necktool-faces-"))
+    atexit.register(shutil.rmtree, root, True)
+    out: dict[str, Face] = {}
+
+    def add(name: str, model: FaceDetector, preset: str, size: tuple[int, int], opset: int,
+            input_name: str, outputs: Sequence[str], dynamic: bool = False) -> None:
+        path = root / f"{name}.onnx"
+        onnx.save(export(model, size, opset=opset, input_name=input_name,
+                         output_names=outputs, dynamic=dynamic), str(path))
+        out[name] = Face(model, preset, path, size, not dynamic, opset)
+
+    yn = yunet(real_neck("yunet", YUNET_SIZE))
+    add("yunet", yn, "yunet", YUNET_SIZE, 11, "input", yunet_names())
+    add("yunet_dynamic", yn, "yunet", YUNET_SIZE, 11, "input", yunet_names(), dynamic=True)
+    add("yunet_authors", yunet(), "yunet", YUNET_SIZE, 11, "input", yunet_names())
+    y5 = yolo5face(real_neck("yolo5face_s", YOLO_SIZE), seed=1)
+    add("yolo5face_s", fuse_bn(y5), "yolo5face_s", YOLO_SIZE, 12, "input", ["output"])
+    add("yolo5face_authors", fuse_bn(yolo5face(seed=2)), "yolo5face_s", YOLO_SIZE, 12,
+        "input", ["output"])
+    v8 = yolov8(real_neck("yolov8n_face", YOLO_SIZE), seed=3)
+    add("yolov8n_opset17", v8, "yolov8n_face", YOLO_SIZE, 17, "images", ["output0"])
+    add("yolov8n_opset12", v8, "yolov8n_face", YOLO_SIZE, 12, "images", ["output0"])
+    add("yolov8_authors", yolov8(seed=4), "yolov8n_face", YOLO_SIZE, 17, "images",
+        ["output0"])
+    _FACES = out
+    return out

@@ -402,6 +402,9 @@ def find_merge_neck(graph: Graph) -> MergeNeck:
         ref, target = n - 2, n - 1
         last = {i: bu.get(levels[i]) or td[levels[i]] for i in range(n)}
     else:
+        if n < 3:
+            raise no_merge_neck(graph, f"one top-down merge (strides {levels}) and no "
+                                "bottom-up path: too little to tell where its levels end")
         for i in range(1, n):
             outputs[i] = td[levels[i - 1]].source
         ref, target = 1, 0
@@ -554,11 +557,15 @@ _ACTS = {"relu": "relu", "silu": "silu", "leaky_relu": "leaky_relu", "none": "no
 _LAYER_NAME = re.compile(r"(?:^|[/.])model\.(\d+)[/.]")
 
 
-def _first_layer(graph: Graph, merge: MergeNeck, family: str) -> int | None:
+def _first_layer(merge: MergeNeck) -> int | None:
     """The yaml index of the neck's first layer, from node names when the exporter kept the
     module scopes (``/model.9/conv/Conv``); ``None`` when they are gone."""
     found = [int(m.group(1)) for n in merge.convs if (m := _LAYER_NAME.search(n.name))]
-    return min(found) if found and len(found) == len(merge.convs) else None
+    if not found or len(found) != len(merge.convs):
+        return None
+    # the first layer is the lateral Conv; without laterals, the Upsample and Concat come
+    # before the first block's convs (ultralytics: 10 Upsample, 11 Concat, 12 C2f)
+    return min(found) - (0 if merge.laterals else 2)
 
 
 def merge_spec(graph: Graph, merge: MergeNeck, size: tuple[int, int]) -> tuple[NeckSpec,
@@ -583,7 +590,7 @@ def merge_spec(graph: Graph, merge: MergeNeck, size: tuple[int, int]) -> tuple[N
         raise no_merge_neck(graph, f"a {merge.family} neck whose levels differ in width "
                             f"{list(merge.out_channels)}; necktool's is one width throughout")
     if merge.family != "yunet":
-        layer = _first_layer(graph, merge, merge.family)
+        layer = _first_layer(merge)
         same = [p.spec for p in PRESETS.values() if p.spec.family == merge.family and all(
             getattr(p.spec, k) == v for k, v in fields.items() if k != "input_size")]
         if layer is None:
