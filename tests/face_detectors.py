@@ -294,6 +294,59 @@ class YOLO5FaceDetect(nn.Module):
         return torch.cat(z, 1)
 
 
+class ShuffleV2Block(nn.Module):
+    """yolov5-face's ShuffleV2Block (and yolov8-lite's Shuffle_Block): stride 2, two
+    branches (3x3 depthwise s2 + 1x1; 1x1 + 3x3 depthwise s2 + 1x1) concatenated; stride 1,
+    half the channels through the second branch; then the channel shuffle
+    (view -> transpose -> view)."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        bf = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                                         nn.BatchNorm2d(inp), nn.Conv2d(inp, bf, 1, bias=False),
+                                         nn.BatchNorm2d(bf), nn.SiLU())
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, bias=False), nn.BatchNorm2d(bf),
+            nn.SiLU(), nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False),
+            nn.BatchNorm2d(bf), nn.Conv2d(bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.SiLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), 1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), 1)
+        b, c, h, w = out.shape
+        out = out.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous()
+        return out.view(b, -1, h, w)
+
+
+class ShuffleBackbone(nn.Module):
+    """yolov5n-0.5 / yolov8-lite: StemBlock, then a stride-2 ShuffleV2Block and a stride-1
+    one per level (strides 8, 16, 32); ``sppf`` adds yolov8-lite's SPPF at the end."""
+
+    def __init__(self, outs: Sequence[int], stem: int = 16, sppf: bool = False) -> None:
+        super().__init__()
+        self.stem = StemBlock(3, stem)
+        chans = [stem, *outs]
+        self.levels = nn.ModuleList(
+            nn.Sequential(ShuffleV2Block(a, b, 2), ShuffleV2Block(b, b, 1))
+            for a, b in zip(chans, chans[1:], strict=False))
+        self.sppf = SPPF(outs[-1], outs[-1]) if sppf else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for level in self.levels:
+            x = level(x)
+            outs.append(x)
+        outs[-1] = self.sppf(outs[-1])
+        return outs
+
+
 # -- YOLOv8 (ultralytics) ---------------------------------------------------------------
 class YOLOv8Backbone(nn.Module):
     """Conv s2 x2, C2f, Conv s2 + C2f (x3), SPPF (shortcut bottlenecks, as the yaml)."""
@@ -543,5 +596,12 @@ def faces() -> dict[str, Face]:
     add("yolov8n_opset12", v8, "yolov8n_face", YOLO_SIZE, 12, "images", ["output0"])
     add("yolov8_authors", yolov8(seed=4), "yolov8n_face", YOLO_SIZE, 17, "images",
         ["output0"])
+    n05 = FaceDetector(ShuffleBackbone((64, 128, 256)), real_neck("yolo5face_n0.5", YOLO_SIZE),
+                       YOLO5FaceDetect((64, 64, 64)), seed=5)
+    add("yolo5face_n0.5", n05, "yolo5face_n0.5", YOLO_SIZE, 12, "input", ["output"])
+    lite = FaceDetector(ShuffleBackbone((48, 96, 192), sppf=True),
+                        real_neck("yolov8_lite_t", YOLO_SIZE), YOLOv8Detect((48, 48, 48)),
+                        seed=6)
+    add("yolov8_lite_t", lite, "yolov8_lite_t", YOLO_SIZE, 12, "images", ["output0"])
     _FACES = out
     return out

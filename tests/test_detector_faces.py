@@ -5,7 +5,9 @@ loaded and the neck proved equal to the file's, the detector counted by part.
 The detectors (tests/face_detectors.py) are small faithful backbones, a neck (necktool's
 own module, or for the ``*_authors`` files the authors' structure written out in the test
 helpers, so the comparison is against code necktool did not write) and the authors' heads,
-exported as the authors export them.
+exported as the authors export them. The ShuffleNet backbones (YOLO5Face n-0.5,
+yolov8-lite) bring their same-scale Concats, Splits and channel-shuffle reshapes, which
+are not merges.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def _exposed(path: pathlib.Path, names: list[str], image: np.ndarray) -> dict[st
 
 
 ALL = ["yunet", "yunet_dynamic", "yunet_authors", "yolo5face_s", "yolo5face_authors",
-       "yolov8n_opset17", "yolov8n_opset12", "yolov8_authors"]
+       "yolov8n_opset17", "yolov8n_opset12", "yolov8_authors", "yolo5face_n0.5",
+       "yolov8_lite_t"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -88,7 +91,8 @@ def test_the_files_are_exported_as_the_authors_do() -> None:
     assert not dims[2].HasField("dim_value") and not dims[3].HasField("dim_value")
 
 
-@pytest.mark.parametrize("name", ["yunet_dynamic", "yolo5face_authors", "yolov8n_opset12"])
+@pytest.mark.parametrize("name", ["yunet_dynamic", "yolo5face_authors", "yolov8n_opset12",
+                                  "yolo5face_n0.5", "yolov8_lite_t"])
 def test_the_tensors_found_hold_the_backbone_and_neck_outputs(name: str) -> None:
     """Names are not evidence: the tensors named must hold what the torch model computes."""
     face = _face(name)
@@ -110,7 +114,7 @@ def test_the_loaded_neck_equals_the_files_to_1e5(name: str) -> None:
     assert max(c.max_abs for _, _, c in report.rows) < TOL
 
 
-@pytest.mark.parametrize("name", ["yunet", "yolo5face_s", "yolov8n_opset17"])
+@pytest.mark.parametrize("name", ["yunet", "yolo5face_s", "yolov8n_opset17", "yolov8_lite_t"])
 def test_weights_from_the_file_reproduce_the_neck_it_was_built_with(name: str) -> None:
     """``--weights DET.onnx``: the neck loaded from the file computes what the detector's own
     (unfused, BatchNorm in place) neck computes on any input, to 1e-5."""

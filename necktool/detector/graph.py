@@ -307,6 +307,21 @@ def _out_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
     return None
 
 
+def _reshape_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
+    """A Reshape back to ``[N, C, H, W]`` from a view of no known stride (a channel
+    shuffle's ``view -> transpose -> view``): its constant ``H, W`` against a static image,
+    or the map whose Shape its target shape is computed from."""
+    shape = graph.const(node.input[1])
+    if shape is not None:
+        flat = [int(v) for v in shape.reshape(-1)]
+        if len(flat) == 4 and min(flat[2:]) > 0 and graph.image_size is not None:
+            h, w = graph.image_size
+            return Fraction(h, flat[2]), Fraction(w, flat[3])
+        return None
+    ref = _shape_source(graph, node.input[1], "")
+    return graph.strides.get(ref) if ref and ref != graph.image else None
+
+
 def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
     """Order the nodes, find the image input and work out every feature map's stride.
 
@@ -339,6 +354,8 @@ def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
         if node.op_type in ("Shape", "Constant", "Size"):
             continue
         s = _out_stride(graph, node)
+        if s is None and node.op_type == "Reshape" and len(node.input) > 1:
+            s = _reshape_stride(graph, node)  # a ShuffleNet unit's channel shuffle
         for out in node.output if node.op_type == "Split" else node.output[:1]:
             if s is not None and out:
                 graph.strides[out] = s

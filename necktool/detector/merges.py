@@ -125,11 +125,33 @@ class MergeNeck:
                             "op": m.op} for m in self.merges]}
 
 
+def _inferred_channels(graph: Graph) -> dict[str, int]:
+    """Channels of the rank-4 tensors ONNX shape inference can tell."""
+    from onnx import shape_inference
+
+    try:
+        model = shape_inference.infer_shapes(graph.model)
+    except Exception:  # a graph the inference cannot follow: propagation alone
+        return {}
+    found = {}
+    g = model.graph
+    for vi in [*g.value_info, *g.input, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+            found[vi.name] = int(dims[1].dim_value)
+    return found
+
+
 def channels(graph: Graph) -> dict[str, int]:
     """Tensor -> channels for the feature maps whose channels the graph fixes: convs' weight
-    shapes carried through element-wise ops, resizes, pools, Concat (sum) and Split."""
+    shapes carried through element-wise ops, resizes, pools, Concat (sum) and Split, and
+    where that stops (a channel shuffle's reshapes), ONNX shape inference."""
     out: dict[str, int] = {}
+    inferred = _inferred_channels(graph)
     for node in graph.nodes:
+        for t in node.output:
+            if t in inferred:
+                out[t] = inferred[t]
         feats = [t for t in node.input if t in graph.strides]
         if not node.output or not node.output[0]:
             continue
