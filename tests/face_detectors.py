@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 import pathlib
 import warnings
@@ -334,7 +335,7 @@ class ShuffleBackbone(nn.Module):
         chans = [stem, *outs]
         self.levels = nn.ModuleList(
             nn.Sequential(ShuffleV2Block(a, b, 2), ShuffleV2Block(b, b, 1))
-            for a, b in zip(chans, chans[1:], strict=False))
+            for a, b in itertools.pairwise(chans))
         self.sppf = SPPF(outs[-1], outs[-1]) if sppf else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -134,7 +134,7 @@ def test_weights_from_the_file_reproduce_the_neck_it_was_built_with(name: str) -
 
 def test_a_neck_of_other_widths_does_not_take_the_files_weights() -> None:
     model = build_neck(PRESETS["yolov8s_face"].spec.replace(input_size=(128, 128)))
-    with pytest.raises(WeightsError, match="not built like necktool's|does not fit"):
+    with pytest.raises(WeightsError, match=r"not built like necktool's|does not fit"):
         load_detector_weights(model, _face("yolov8n_opset17").path)
 
 

@@ -158,7 +158,9 @@ class DetectorInspect:
         state = {"none": "none (convs with bias)", "folded": f"{spec.norm} folded into the "
                  "convs", "present": f"{spec.norm} (norm nodes in the graph)"}[n.norm_state]
         nc, gc = self.neck_costs, self.graph_costs
-        size = f"{size_text(self.size)} ({'--input-size' if self.given_size else 'static' if self.static else 'dynamic input: default'})"
+        how = "--input-size" if self.given_size else "static" if self.static else \
+            "dynamic input: default"
+        size = f"{size_text(self.size)} ({how})"
         rows = [
             ("family", f"{spec.family}: {spec.info.description}"),
             ("in_channels", ",".join(map(str, spec.in_channels))),

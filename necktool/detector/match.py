@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from necktool.detector.neck import DetectorNeck
+    from necktool.spec.neck_spec import NeckSpec
 
 _COLLAPSE = frozenset({"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish",
                        "Clip", "Elu", "Selu", "Identity", "Cast", "BatchNormalization",
@@ -121,6 +122,17 @@ class _Abstract:
         self.of[out] = len(self.nodes) - 1
 
 
+def identity_variance(eps: float) -> np.float32:
+    """The float32 running variance ``v`` with ``float32(v + eps) == 1`` exactly."""
+    v = np.float32(1.0 - eps)
+    for _ in range(64):
+        total = np.float32(v + np.float32(eps))
+        if total == 1:
+            return v
+        v = np.nextafter(v, np.float32(-np.inf) if total > 1 else np.float32(np.inf))
+    return np.float32(1.0 - eps)
+
+
 def _key(node: _Node, ids: list[int]) -> tuple[Any, ...]:
     return (node.label, tuple(ids) if node.ordered else tuple(sorted(ids)))
 
@@ -191,7 +203,8 @@ def export_neck(model: nn.Module, chans: list[int], sizes: list[tuple[int, int]]
     try:
         with quiet(), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (list(feats),), buf, dynamo=False, opset_version=17,
+            torch.onnx.export(model, (list(feats),), buf,  # type: ignore[arg-type]
+                              dynamo=False, opset_version=17,
                               input_names=[f"c{i}" for i in range(len(feats))],
                               training=torch.onnx.TrainingMode.PRESERVE,
                               do_constant_folding=False)
@@ -204,7 +217,7 @@ def merge_state_dict(graph: Graph, found: DetectorNeck, model: nn.Module) -> dic
     """A strict state dict for ``model`` (built from ``found.spec``) from the detector's
     Concat/Add neck."""
     assert found.merge is not None
-    spec = model.spec  # type: ignore[union-attr]
+    spec: NeckSpec = model.spec  # type: ignore[assignment]
     sizes = spec.input_sizes(found.spec.input_size)
     return neck_state_dict(graph, found.merge, model, list(spec.in_channels), sizes,
                            spec.label)
@@ -214,8 +227,6 @@ def neck_state_dict(graph: Graph, merge: MergeNeck, model: nn.Module, chans: lis
                     sizes: list[tuple[int, int]], label: str) -> dict[str, Any]:
     """:func:`merge_state_dict` for any neck module taking ``chans`` maps of ``sizes``."""
     import torch
-
-    from necktool.detector.weights import identity_variance
 
     mine_graph = read_graph(export_neck(model, chans, sizes), "necktool's neck")
     mine_inputs = [i.name for i in mine_graph.model.graph.input

@@ -32,18 +32,16 @@ Names are never read.
 from __future__ import annotations
 
 import dataclasses
-import re
+import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from necktool.detector.graph import POINTWISE, UPSAMPLES, Graph, attr
-from necktool.errors import InputError, NecktoolError
+from necktool.errors import InputError
 
 if TYPE_CHECKING:
     import onnx
 
-    from necktool.detector.neck import DetectorNeck
-    from necktool.spec.neck_spec import NeckSpec
 
 _WALK_LIMIT = 64  # nodes walked back from a merge input to the scale it came from
 _BLOCK_LIMIT = 4096  # nodes searched forward from a merge for the level's output
@@ -312,7 +310,7 @@ class _Scan:
     def signature(self, tensor: str, skip: set[int]) -> tuple[tuple[Any, ...], ...]:
         """What reads ``tensor`` (but the nodes in ``skip``): op, kernel, stride, groups,
         width; the shape of a prediction branch."""
-        sig = []
+        sig: list[tuple[Any, ...]] = []
         for r in self.g.readers(tensor):
             if id(r) in skip or r.op_type == "Shape":
                 continue
@@ -405,10 +403,10 @@ def find_merge_neck(graph: Graph) -> MergeNeck:
                             "nearest x2 upsample of a coarser one)")
     strides = sorted(td)
     levels = [*strides, 2 * strides[-1]]
-    if any(b != 2 * a for a, b in zip(levels, levels[1:], strict=False)):
+    if any(b != 2 * a for a, b in itertools.pairwise(levels)):
         raise no_merge_neck(graph, f"top-down merges at strides {strides}, which do not "
                             "double level to level")
-    for a, b in zip(strides, strides[1:], strict=False):  # each upsamples the coarser level
+    for a, b in itertools.pairwise(strides):  # each upsamples the coarser level
         if td[b].node is None or not _downstream(scan, td[b].output, td[a].source):
             raise no_merge_neck(graph, f"top-down merges at strides {a} and {b} that are not "
                                 "chained (the finer does not upsample the coarser's result)")
@@ -533,7 +531,7 @@ def _block_kind(scan: _Scan, merge: Merge, out: str) -> str:
     g = scan.g
     stride = g.strides.get(merge.output)
     nodes = [n for n in scan.block(merge.output, stride)
-             if scan.index[id(n)] <= scan.index[id(g.node_of(out))]]  # type: ignore[arg-type]
+             if scan.index[id(n)] <= scan.index[id(g.node_of(out))]]
     if any(n.op_type == "Split" for n in nodes) or any(
             n.op_type == "Slice" and _channel_slice(g, n, None) != (0, 0) for n in nodes):
         return "c2f"
@@ -572,109 +570,3 @@ def _between(scan: _Scan, inputs: list[str], outputs: list[str]) -> list[onnx.No
             up.add(id(node))
             before.update(t for t in node.input if t and t not in inputs)
     return [n for n in g.nodes if id(n) in up]
-
-
-# -- the neck as necktool describes it -----------------------------------------------------
-_ACTS = {"relu": "relu", "silu": "silu", "leaky_relu": "leaky_relu", "none": "none"}
-_LAYER_NAME = re.compile(r"(?:^|[/.])model\.(\d+)[/.]")
-
-
-def _first_layer(merge: MergeNeck) -> int | None:
-    """The yaml index of the neck's first layer, from node names when the exporter kept the
-    module scopes (``/model.9/conv/Conv``); ``None`` when they are gone."""
-    found = [int(m.group(1)) for n in merge.convs if (m := _LAYER_NAME.search(n.name))]
-    if not found or len(found) != len(merge.convs):
-        return None
-    # the first layer is the lateral Conv; without laterals, the Upsample and Concat come
-    # before the first block's convs (ultralytics: 10 Upsample, 11 Concat, 12 C2f)
-    return min(found) - (0 if merge.laterals else 2)
-
-
-def merge_spec(graph: Graph, merge: MergeNeck, size: tuple[int, int]) -> tuple[NeckSpec,
-                                                                               list[str]]:
-    """The spec of necktool's neck for ``merge`` at ``size``, and what was assumed."""
-    from necktool.spec.fields import Activation, Norm
-    from necktool.spec.neck_spec import NeckSpec
-    from necktool.spec.registry import PRESETS
-
-    notes: list[str] = []
-    act = _ACTS.get(merge.act)
-    if act is None:
-        raise no_merge_neck(graph, f"a {merge.family} neck with {merge.act} activations, which "
-                            "necktool's necks do not build (relu, silu, leaky_relu, none)")
-    fields: dict[str, Any] = {"in_channels": merge.in_channels,
-                              "out_channels": merge.out_channels[0], "norm": Norm.BN,
-                              "act": Activation(act), "input_size": size}
-    if merge.family in ("yolo5face", "yolov8"):
-        fields["widths"] = merge.out_channels if len(set(merge.out_channels)) > 1 else None
-        fields["repeats"] = merge.repeats
-    elif len(set(merge.out_channels)) > 1:
-        raise no_merge_neck(graph, f"a {merge.family} neck whose levels differ in width "
-                            f"{list(merge.out_channels)}; necktool's is one width throughout")
-    if merge.family != "yunet":
-        layer = _first_layer(merge)
-        same = [p.spec for p in PRESETS.values() if p.spec.family == merge.family and all(
-            getattr(p.spec, k) == v for k, v in fields.items() if k != "input_size")]
-        if layer is None:
-            family_default = next((p.spec.first_layer for p in PRESETS.values()
-                                   if p.spec.family == merge.family), 0)
-            layer = same[0].first_layer if same else family_default
-            notes.append(f"first_layer {layer}: the file's node names do not say where the "
-                         "neck starts in the authors' yaml (it only names the modules)")
-        fields["first_layer"] = layer
-    try:
-        spec = NeckSpec(merge.family, **fields)
-    except NecktoolError as exc:
-        raise no_merge_neck(graph, f"a {merge.family} neck necktool cannot build: {exc}") \
-            from None
-    return spec, notes
-
-
-def as_detector_neck(graph: Graph, merge: MergeNeck) -> DetectorNeck:
-    """:class:`~necktool.detector.neck.DetectorNeck` for a Concat/Add neck."""
-    from necktool.detector.neck import DEFAULT_SIZE, ConvNode, DetectorNeck
-
-    size = graph.image_size or DEFAULT_SIZE
-    spec, notes = merge_spec(graph, merge, size)
-    scan = _Scan(graph)
-    convs, norms = [], 0
-    levels = {s: i for i, s in enumerate(merge.strides)}
-    for conv in merge.convs:
-        w = graph.const(conv.input[1])
-        assert w is not None
-        out = conv.output[0]
-        norm = next((r for r in graph.readers(out) if r.op_type == "BatchNormalization"), None)
-        norms += norm is not None
-        while (nxt := [r for r in graph.readers(out) if r.op_type != "Shape"]) and \
-                len(nxt) <= 2 and all(scan.same_scale_step(r) and r.op_type != "Conv"
-                                      for r in nxt):
-            out = nxt[-1].output[0]  # through the norm and the activation (SiLU: Mul last)
-        stride = int((attr(conv, "strides") or [1])[0])
-        level = levels.get(graph.stride(conv.output[0]) or 0, 0)
-        bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
-        convs.append(ConvNode("block", level, conv.name, conv.input[1], bias, out,
-                              norm.name if norm is not None else None,
-                              tuple(int(d) for d in w.shape), stride))
-    state = "present" if norms else "folded"
-    if state == "folded":
-        notes.append("norm: BatchNorm folded into the convs (the authors' blocks all "
-                     "normalise); loaded as identity BatchNorm plus the conv bias")
-    if graph.image_size is None:
-        notes.append(f"the image input is dynamic; figures are at {size[0]}x{size[1]}")
-    return DetectorNeck(
-        inputs=merge.inputs, outputs=merge.outputs, spec=spec, norm_state=state,
-        convs=tuple(convs), strides=merge.strides,
-        input_strides=tuple(graph.stride(t) or 0 for t in merge.inputs), image=graph.image,
-        image_size=graph.image_size, notes=tuple(notes), merge=merge)
-
-
-def find_or_explain(graph: Graph, first: InputError) -> DetectorNeck:
-    """The Concat/Add neck of ``graph``, after the lateral-FPN finder failed with ``first``:
-    its message stands when this finder sees no top-down merge either."""
-    try:
-        merge = find_merge_neck(graph)
-    except InputError as exc:
-        if "no top-down merge" in str(exc):
-            raise first from None
-        raise
-    return as_detector_neck(graph, merge)

@@ -324,9 +324,30 @@ def find_in_graph(graph: Graph) -> DetectorNeck:
     try:
         return _Finder(graph).find()
     except InputError as exc:
-        from necktool.detector.merges import find_or_explain
+        return _merge_neck(graph, exc)
 
-        return find_or_explain(graph, exc)
+
+def _merge_neck(graph: Graph, first: InputError) -> DetectorNeck:
+    """The Concat/Add neck, after the lateral finder failed with ``first`` (whose message
+    stands when no top-down merge is there either)."""
+    from necktool.detector.merge_spec import conv_rows, merge_spec
+    from necktool.detector.merges import find_merge_neck
+
+    try:
+        merge = find_merge_neck(graph)
+    except InputError as exc:
+        if "no top-down merge" in str(exc):
+            raise first from None
+        raise
+    spec, notes = merge_spec(graph, merge, graph.image_size or DEFAULT_SIZE)
+    convs = tuple(ConvNode("block", **row) for row in conv_rows(graph, merge))
+    state = "present" if any(c.norm for c in convs) else "folded"
+    if state == "folded":
+        notes.insert(0, "norm: BatchNorm folded into the convs (the authors' blocks all "
+                     "normalise); loaded as identity BatchNorm plus the conv bias")
+    return DetectorNeck(merge.inputs, merge.outputs, spec, state, convs, merge.strides,
+                        tuple(graph.stride(t) or 0 for t in merge.inputs), graph.image,
+                        graph.image_size, tuple(notes), merge)
 
 
 class _Finder:

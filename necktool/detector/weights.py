@@ -24,6 +24,7 @@ import numpy as np
 from necktool.deploy.metadata import WeightSource
 from necktool.detector.graph import Graph, attr, read_graph
 from necktool.detector.loading import load_detector
+from necktool.detector.match import identity_variance
 from necktool.detector.neck import ConvNode, DetectorNeck, find_in_graph
 from necktool.errors import WeightsError, first_line
 
@@ -37,17 +38,6 @@ def conv_key(spec: NeckSpec, conv: ConvNode) -> tuple[str, str]:
     """``(conv module path, norm module path)`` of ``conv`` in the neck ``spec`` builds, as
     its family declares (``conv_keys`` in its registration)."""
     return spec.info.load_conv_keys()(spec, conv.role, conv.level)
-
-
-def identity_variance(eps: float) -> np.float32:
-    """The float32 running variance ``v`` with ``float32(v + eps) == 1`` exactly."""
-    v = np.float32(1.0 - eps)
-    for _ in range(64):
-        total = np.float32(v + np.float32(eps))
-        if total == 1:
-            return v
-        v = np.nextafter(v, np.float32(-np.inf) if total > 1 else np.float32(np.inf))
-    return np.float32(1.0 - eps)
 
 
 class _BatchNorm(NamedTuple):
