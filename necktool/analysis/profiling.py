@@ -5,8 +5,9 @@ the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
 
 * ``aten::add`` / ``aten::add_``: one flop per output element. These are the top-down
   and bottom-up fusions; fvcore would otherwise skip them with a warning.
-* ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
-  ``aten::relu`` (activations are free in its convention).
+* ``aten::leaky_relu`` / ``aten::leaky_relu_`` and ``aten::silu`` / ``aten::silu_``:
+  ignored, exactly as fvcore ignores ``aten::relu`` (activations are free in its
+  convention).
 
 Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
 
@@ -338,6 +339,8 @@ def _extra_handles() -> dict[str, Handle | None]:
         "aten::add_": _add_flop_jit,
         "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
         "aten::leaky_relu_": None,
+        "aten::silu": None,  # the YOLO necks' activation, free like relu
+        "aten::silu_": None,
     }
 
 

@@ -310,7 +310,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("lateral_convs.0.conv1.weight", "lateral_convs.0.conv2.weight"),
                      origin="libfacedetection.train mmdet/models/necks/tfpn.py",
                      infer="necktool.necks.yunet:infer"),
-    levels=LevelRelation.ONE_IMAGE,  # scale-2 upsampling of ceil(H/stride) maps
+    levels=LevelRelation.INDEPENDENT,  # levels meet only through interpolate(size=finer level)
     preprocess=YUNET_PIXELS,
     param_bound=bounds.dpu_stack,
     check=_tfpn_check,
