@@ -79,7 +79,7 @@ def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
             outs = model(x)
         assert [tuple(o.shape[2:]) for o in outs[:3]] == [(20, 30), (7, 9), (2, 5)]
     else:
-        with pytest.raises(RuntimeError, match="size of tensor|Sizes of tensors"), \
+        with pytest.raises(RuntimeError, match=r"size of tensor|Sizes of tensors"), \
                 torch.no_grad():
             model(x)
     assert FAMILIES[family].levels == SERVED_LEVELS[family]

@@ -425,3 +425,30 @@ def test_the_declared_parameter_bound_holds(name: str) -> None:
     with torch.device("meta"):
         model = spec.info.load_builder()(spec)
     assert sum(p.numel() for p in model.parameters()) <= spec.info.bound_params(spec)
+
+
+@pytest.mark.parametrize(("name", "overrides"), [
+    ("yunet", {"norm": "none", "act": "none"}),
+    ("yunet", {"in_channels": (16, 16, 16, 40), "out_channels": 16}),
+    ("yolo5face_s", {"in_channels": (24, 40, 56, 72), "widths": (16, 32, 48, 64),
+                     "repeats": 2, "norm": "none", "act": "relu"}),
+    ("yolov8n_face", {"in_channels": (24, 40), "widths": (16, 32), "repeats": 3,
+                      "first_layer": 4}),
+    ("yolov8_lite_t", {"in_channels": (24, 40, 56, 72), "out_channels": 16,
+                       "act": "leaky_relu"}),
+])
+def test_variants_equal_the_reference_and_count_by_hand(name: str, overrides: dict) -> None:  # type: ignore[type-arg]
+    from _analytic import CONV_MACS, PARAMS, REFERENCE
+
+    spec = get_spec(name, **overrides, input_size=(200, 136))
+    model = seeded_model(spec, seed=2)
+    feats = make_inputs(spec, batch=2, seed=7)
+    with torch.no_grad():
+        got = model(feats)
+    want = REFERENCE[spec.family](dict(model.state_dict()), feats, spec)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        assert g.abs().max() > 0.05
+    r = profile(spec)
+    assert r.operators["conv"] == sum(CONV_MACS[spec.family](spec, 200, 136))
+    assert r.params == PARAMS[spec.family](spec)
