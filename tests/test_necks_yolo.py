@@ -19,9 +19,10 @@ from _cli import run
 
 from necktool import build_neck, get_spec, make_inputs, profile
 from necktool.deploy.data import default_preprocess
+from necktool.deploy.model import load_weights
+from necktool.detector.identify import identify_checkpoint
 from necktool.errors import SpecError, WeightsError
-from necktool.necks.identify import identify_checkpoint
-from necktool.necks.weights import load_weights, seeded_model
+from necktool.necks.weights import seeded_model
 from necktool.spec.registry import PRESETS, yolo5_channels, yolo_repeats, yolov8_channels
 
 NEW_FAMILIES = ("yunet", "yolo5face", "yolov8", "yolov8_lite")
