@@ -5,8 +5,9 @@ the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
 
 * ``aten::add`` / ``aten::add_``: one flop per output element. These are the top-down
   and bottom-up fusions; fvcore would otherwise skip them with a warning.
-* ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
-  ``aten::relu`` (activations are free in its convention).
+* ``aten::leaky_relu`` / ``aten::leaky_relu_`` and ``aten::silu`` / ``aten::silu_``:
+  ignored, exactly as fvcore ignores ``aten::relu`` (activations are free in its
+  convention).
 
 Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
 
@@ -42,18 +43,8 @@ from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
 from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
-from necktool.report import (
-    Block,
-    Note,
-    Table,
-    channels_text,
-    neck_header,
-    num,
-    share,
-    size_text,
-    table,
-)
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, Note, Table, channels_text, num, share, size_text, table
+from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,
@@ -338,6 +329,8 @@ def _extra_handles() -> dict[str, Handle | None]:
         "aten::add_": _add_flop_jit,
         "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
         "aten::leaky_relu_": None,
+        "aten::silu": None,  # the YOLO necks' activation, free like relu
+        "aten::silu_": None,
     }
 
 

@@ -321,88 +321,85 @@ def _norm(layer: Mapping[str, Any], key: str) -> Norm:
 
 
 def _find_levels(layers: dict[int, dict[str, tuple[int, ...]]], is_block: Any,
-                 per_level: int) -> tuple[int, int, int] | None:
-    """``(first, last, levels)`` of the neck: the run of layers before the head (the
-    highest index that is not a neck block) or to the end, whose length ``per_level *
-    (levels - 1)`` and whose final layer is a block."""
+                 per_step: int, blocks_per_step: int) -> list[tuple[int, int]]:
+    """Candidate ``(first layer, levels)`` of the neck: it ends at the last layer (a
+    neck-only state dict) or just before the head (the highest index, when that is no
+    block), spans ``per_step`` layers per level step, with ``blocks_per_step`` blocks in
+    each; deepest pyramids first."""
     if not layers:
-        return None
+        return []
     top = max(layers)
     last = top if is_block(layers[top]) else top - 1
-    for levels in range(6, 1, -1):  # the deepest pyramid that fits
-        first = last - per_level * (levels - 1) + 1
+    found = []
+    for levels in range(6, 1, -1):
+        first = last - per_step * (levels - 1) + 1
         if first < 0 or not is_block(layers.get(last, {})):
             continue
         blocks = [i for i in range(first, last + 1) if i in layers and is_block(layers[i])]
-        if len(blocks) == 2 * (levels - 1):
-            return first, last, levels
-    return None
+        if len(blocks) == blocks_per_step * (levels - 1):
+            found.append((first, levels))
+    return found
 
 
 def _infer(shapes: Shapes, is_block: Any, laterals: bool) -> Inferred | None:
+    """Read the neck among a whole model's ``model.<i>.`` tensors: where it starts, its
+    level count, then the channels, walking the yaml's layers as :class:`YoloPAN` builds
+    them (top-down steps of [lateral,] upsample, Concat, block; bottom-up steps of down
+    conv, Concat/ADD, block)."""
     layers = _by_layer(shapes)
-    per_level = 7 if laterals else 6
-    found = _find_levels(layers, is_block, per_level)
-    if found is None:
-        return None
-    first, _, n = found
+    dw = is_block is _is_dw
+    per_step_td = 4 if laterals else 3
+    for first, n in _find_levels(layers, is_block, per_step_td + 3, 3 if dw else 2):
+        read = _read(layers, first, n, laterals, per_step_td)
+        if read is None:
+            continue
+        c, w, repeats, norm = read
+        if min(c) <= 0 or min(w) <= 0 or (dw and len(set(w)) != 1):
+            continue
+        fields: dict[str, Any] = {"in_channels": tuple(c), "out_channels": w[0],
+                                  "norm": norm, "act": Activation.SILU, "first_layer": first}
+        if not dw:
+            fields["repeats"] = repeats
+            fields["widths"] = tuple(w) if len(set(w)) > 1 else None
+        return Inferred(fields, ("activation: not stored in the weights; the authors' SiLU "
+                                 "assumed",))
+    return None
+
+
+def _read(layers: dict[int, dict[str, tuple[int, ...]]], first: int, n: int, laterals: bool,
+          per_step_td: int) -> tuple[list[int], list[int], int, Norm] | None:
+    c, w = [0] * n, [0] * n
     j = first
-    c: list[int] = [0] * n
-    w: list[int] = [0] * n
+    prev = 0  # channels of the map upsampled next (0: the coarsest input, not yet known)
+    top_down_in = 0
     repeats, norm = 1, Norm.NONE
-    prev = 0
     for k in range(n - 1, 0, -1):
         if laterals:
             lat = layers.get(j, {}).get("conv.weight")
-            if lat is None or len(lat) != 4:
+            if lat is None or len(lat) != 4 or lat[2:] != (1, 1):
                 return None
             if k == n - 1:
                 c[-1] = lat[1]
             prev = lat[0]
-            norm = _norm(layers[j], "bn.running_mean")
-            j += 1
-        block = layers.get(j + 2, {})
-        cin, cout, repeats, block_norm = _block_shape(block)
+        cin, cout, repeats, norm = _block_shape(layers.get(j + per_step_td - 1, {}))
         if cin is None:
             return None
-        if not laterals and k == n - 1:
-            prev = cin - 0  # fixed below once C_{k-1} is known
-        w[k - 1] = cout
-        c[k - 1] = cin - (prev if laterals or k < n - 1 else 0)
-        if not laterals:
-            if k == n - 1:
-                c[-1] = 0  # unknown until the bottom-up partner is read
-            else:
-                c[k - 1] = cin - w[k]
-        norm = block_norm
-        prev = cout
-        j += 3
+        if prev:
+            c[k - 1] = cin - prev
+        else:
+            top_down_in = cin  # C_{n-1} + C_{n-2}: split once C_{n-1} is read bottom-up
+        w[k - 1] = prev = cout
+        j += per_step_td
     for k in range(1, n):
-        block = layers.get(j + 2, {})
-        cin, cout, _, _ = _block_shape(block)
+        cin, cout, _, _ = _block_shape(layers.get(j + 2, {}))
         if cin is None:
             return None
         w[k] = cout
-        if not laterals and k == n - 1:
+        if not laterals and k == n - 1:  # cat(down(P_{n-2}), C_{n-1})
             c[-1] = cin - w[k - 1]
+            c[n - 2] = top_down_in - c[-1]
         j += 3
-    if not laterals:
-        # C_{n-2}: the first top-down block read cat(up(C_{n-1}), C_{n-2})
-        first_block = _block_shape(layers.get(first + 1, {}))[0]
-        if first_block is None:
-            return None
-        c[n - 2] = first_block - c[-1]
-    if min(c) <= 0 or min(w) <= 0:
-        return None
-    fields: dict[str, Any] = {"in_channels": tuple(c), "out_channels": w[0],
-                              "norm": norm, "act": Activation.SILU, "first_layer": first}
-    if is_block is not _is_dw:
-        fields["repeats"] = repeats
-        fields["widths"] = tuple(w)
-    elif len(set(w)) != 1:
-        return None
-    return Inferred(fields, ("activation: not stored in the weights; the authors' SiLU "
-                             "assumed",))
+    return c, w, repeats, norm
 
 
 def _block_shape(block: Mapping[str, tuple[int, ...]]

@@ -67,12 +67,35 @@ class KeyLayout:
         infer: Import path of ``infer(shapes: dict[str, tuple[int, ...]]) -> Inferred |
             None`` reading the spec fields from the tensor shapes of a state dict (keys
             relative to the neck's root); ``None`` when the shapes are not this family's.
+        whole_model: The neck's keys sit among the whole detector's (YOLO's ``model.<i>.``,
+            the yaml's layer index): ``infer`` reads the whole state dict, and only the
+            neck's own keys are compared and loaded.
+        pickled: The whole-model pickles the authors release (never unpickled: named in
+            a message that says how to reach the neck).
     """
 
     markers: tuple[str, ...]
     origin: str
     infer: str | None = None
     whole_model: bool = False
+    pickled: tuple[PickledModel, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PickledModel:
+    """A whole model the authors pickle as a checkpoint (``torch.save(model)``), which
+    necktool never unpickles: recognised by the class its pickle names, read without
+    running it.
+
+    Attributes:
+        global_name: The class the pickle would call (``models.yolo.Model``).
+        what: What the file is, for the message.
+        export: How to get an ONNX file of it with the authors' tool (``{file}``: the path).
+    """
+
+    global_name: str
+    what: str
+    export: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +201,15 @@ def register_family(info: FamilyInfo) -> FamilyInfo:
         raise ValueError(f"family {info.name!r} is already registered")
     FAMILIES[info.name] = info
     return info
+
+
+def pickled_model(globals_called: list[str]) -> PickledModel | None:
+    """The registered whole model a pickle's globals name, if any."""
+    for info in FAMILIES.values():
+        for model in info.layout.pickled if info.layout else ():
+            if model.global_name in globals_called:
+                return model
+    return None
 
 
 def get_family(name: str) -> FamilyInfo:
@@ -310,7 +342,7 @@ register_family(FamilyInfo(
     layout=KeyLayout(markers=("lateral_convs.0.conv1.weight", "lateral_convs.0.conv2.weight"),
                      origin="libfacedetection.train mmdet/models/necks/tfpn.py",
                      infer="necktool.necks.yunet:infer"),
-    levels=LevelRelation.ONE_IMAGE,  # scale-2 upsampling of ceil(H/stride) maps
+    levels=LevelRelation.INDEPENDENT,  # levels meet only through interpolate(size=finer level)
     preprocess=YUNET_PIXELS,
     param_bound=bounds.dpu_stack,
     check=_tfpn_check,
@@ -324,7 +356,11 @@ register_family(FamilyInfo(
     fields=_YOLO_FIELDS,
     layout=KeyLayout(markers=("model.",), origin="deepcam-cn/yolov5-face models/yolo.py "
                      "(model.<i>. state dicts)", infer="necktool.necks.yolo:infer_c3",
-                     whole_model=True),
+                     whole_model=True, pickled=(PickledModel(
+                         "models.yolo.Model", "a pickled YOLO5Face whole model "
+                         "(deepcam-cn/yolov5-face models.yolo.Model)",
+                         "python export.py --weights {file} (yolov5-face), then necktool "
+                         "inspect the .onnx it writes"),)),
     levels=LevelRelation.ONE_IMAGE,  # bottom-up stride-2 convs are concatenated
     preprocess=YOLO_PIXELS,
     param_bound=bounds.csp_pan,
@@ -337,7 +373,12 @@ register_family(FamilyInfo(
     fields=_YOLO_FIELDS,
     layout=KeyLayout(markers=("model.",), origin="ultralytics nn/tasks.py "
                      "(model.<i>. state dicts)", infer="necktool.necks.yolo:infer_c2f",
-                     whole_model=True),
+                     whole_model=True, pickled=tuple(PickledModel(
+                         f"ultralytics.nn.tasks.{cls}", f"a pickled ultralytics whole model "
+                         f"(ultralytics.nn.tasks.{cls}; YOLOv8 / yolov8-face)",
+                         "yolo export model={file} format=onnx (ultralytics, or the "
+                         "yolov8-face repo's copy), then necktool inspect the .onnx it writes")
+                         for cls in ("DetectionModel", "PoseModel"))),
     levels=LevelRelation.ONE_IMAGE,
     preprocess=YOLO_PIXELS,
     param_bound=bounds.csp_pan,

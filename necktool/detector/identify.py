@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from necktool.deploy.metadata import read_metadata
+from necktool.artifact.metadata import read_metadata
 from necktool.errors import InputError, NecktoolError, WeightsError
 from necktool.necks.weights import (
     DATA_PARALLEL_PREFIX,
@@ -132,7 +132,10 @@ def _candidate(info: FamilyInfo, prefix: str, sub: Shapes) -> FoundNeck | str:
                         input_size=bare.spec.input_size if bare else (640, 640))
     except NecktoolError as exc:
         return f"{where}: {info.name}-like keys, but {exc}"
-    why = layout_difference(layout_of(spec), sub)
+    expected = layout_of(spec)
+    if info.layout.whole_model:  # YOLO: the backbone's and head's model.<i>. keys stay out
+        sub = {k: s for k, s in sub.items() if k in expected}
+    why = layout_difference(expected, sub)
     if why is not None:
         return f"{where}: {info.name}-like keys, but {why}"
     return FoundNeck(prefix, spec, matching_presets(spec, sub), inferred.notes,
