@@ -24,8 +24,8 @@ from face_detectors import YUNET_SIZE, Face, faces
 from onnx import helper
 from torch import nn
 
+from necktool.deploy.against import verify_against
 from necktool.detector import find_neck, load_detector
-from necktool.detector.compare import verify_against
 from necktool.detector.inspect import inspect_detector
 from necktool.detector.neck import DEFAULT_SIZE
 from necktool.detector.weights import load_detector_weights
