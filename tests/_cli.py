@@ -41,3 +41,24 @@ def necktool_hooked(tmp_path: pathlib.Path, hook: str, *args: str,
     env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "necktool", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_without(args: list[str], *, heavy: tuple[str, ...] = ("torch",), code: int = 0,
+                cwd: pathlib.Path | None = None, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """``necktool ARGS`` in a fresh interpreter that must exit ``code`` without importing
+    any module in ``heavy``: the one check of "this command never loads torch"."""
+    program = textwrap.dedent(f"""
+        import sys
+        from necktool.cli import app
+        try:
+            app({args!r})
+        except SystemExit as e:
+            assert (e.code or 0) == {code!r}, e.code
+        loaded = [m for m in {heavy!r} if m in sys.modules]
+        assert not loaded, f"imported {{loaded}}"
+    """)
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          check=False, cwd=cwd, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _cli import run_without
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -43,12 +44,7 @@ def test_list_table_and_json() -> None:
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["profile", "--help"],
                                   ["inspect", "--help"], ["export", "--help"]])
 def test_help_and_list_do_not_import_torch(args: list[str]) -> None:
-    code = ("import sys\nfrom necktool.cli import app\n"
-            f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
+    run_without(args)
 
 
 def test_profile_table_states_the_unit_and_keeps_stderr_clean() -> None:
