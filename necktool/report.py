@@ -101,6 +101,12 @@ def num(header: str) -> Column:
     return Column(header, numeric=True)
 
 
+def channels_text(channels: Sequence[int]) -> str:
+    """Output channels as tables show them: ``64`` when every level has them, else per
+    level ``64,128,256`` (the YOLO necks)."""
+    return str(channels[0]) if len(set(channels)) == 1 else ",".join(map(str, channels))
+
+
 def share(value: int, total: int) -> str:
     return f"{100 * value / total:.1f}%" if total else "-"
 

@@ -107,9 +107,12 @@ def mmdet_level_maps(spec, *, pafpn: bool = False) -> list[int]:  # type: ignore
 
 def activation_bytes(spec, h: int, w: int, batch: int = 1) -> list[int]:  # type: ignore[no-untyped-def]
     """fp32 bytes the forward creates at each output level (4 bytes per element)."""
-    maps = LEVEL_MAPS[spec.family](spec)
-    return [m * 4 * batch * spec.out_channels * lh * lw
-            for m, (lh, lw) in zip(maps, level_sizes(h, w, spec.num_levels), strict=True)]
+    if spec.family in LEVEL_ELEMENTS:
+        channels = LEVEL_ELEMENTS[spec.family](spec)
+    else:
+        channels = [m * spec.out_channels for m in LEVEL_MAPS[spec.family](spec)]
+    return [c * 4 * batch * lh * lw
+            for c, (lh, lw) in zip(channels, level_sizes(h, w, spec.num_levels), strict=True)]
 
 
 # -- independent forward passes on the same state dict --------------------------------
@@ -280,6 +283,220 @@ def reference_mmdet_fpn(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], 
     return outs
 
 
+# -- YuNet's TFPN and the YOLO necks, from the authors' code and yaml files ------------------
+# YuNet (libfacedetection.train tfpn.py): per level a ConvDPUnit (1x1 + bias, 3x3 depthwise +
+# bias, BN, ReLU); C_i + up(P_{i+1}) before the unit of level i.
+def yunet_conv_macs(s, h: int, w: int, b: int = 1) -> list[int]:  # type: ignore[no-untyped-def]
+    c = s.out_channels
+    return [b * (ci * c + 9 * c) * lh * lw
+            for ci, (lh, lw) in zip(s.in_channels, level_sizes(h, w, s.num_levels), strict=True)]
+
+
+def yunet_params(s) -> int:  # type: ignore[no-untyped-def]
+    c = s.out_channels
+    bn = 2 * c if str(s.norm) == "bn" else 0
+    return sum(ci * c + c + 9 * c + c + bn for ci in s.in_channels)
+
+
+def yunet_level_elements(s) -> list[int]:  # type: ignore[no-untyped-def]
+    """Channels of the maps created per level: conv1, conv2, BN outputs (ReLU in place);
+    the upsample and add into every level but the coarsest."""
+    c, n = s.out_channels, s.num_levels
+    unit = 3 * c if str(s.norm) == "bn" else 2 * c
+    return [unit + (2 * c if i < n - 1 else 0) for i in range(n)]
+
+
+def _act(x: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(x)
+    if act == "leaky_relu":
+        return F.leaky_relu(x, 0.1)
+    if act == "silu":
+        return F.silu(x)
+    return x
+
+
+def reference_yunet(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], spec  # type: ignore[no-untyped-def]
+                    ) -> list[torch.Tensor]:
+    def unit(x: torch.Tensor, i: int) -> torch.Tensor:
+        p = f"lateral_convs.{i}."
+        x = F.conv2d(x, sd[p + "conv1.weight"], sd[p + "conv1.bias"])
+        x = F.conv2d(x, sd[p + "conv2.weight"], sd[p + "conv2.bias"], 1, 1, 1, x.shape[1])
+        if str(spec.norm) == "bn":
+            x = F.batch_norm(x, sd[p + "bn.running_mean"], sd[p + "bn.running_var"],
+                             sd[p + "bn.weight"], sd[p + "bn.bias"], False)
+        return _act(x, str(spec.act))
+
+    outs = list(feats)
+    outs[-1] = unit(feats[-1], len(feats) - 1)
+    for i in range(len(feats) - 2, -1, -1):
+        up = F.interpolate(outs[i + 1], size=feats[i].shape[2:], mode="nearest")
+        outs[i] = unit(feats[i] + up, i)
+    return outs
+
+
+def yolo_layers(s) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The neck's yaml layers, as the authors' files list them: index, what it is, channels
+    in and out, the level it runs at, and what it reads. YOLO5Face / lite: per top-down step
+    [Conv 1x1, Upsample, Concat, block], per bottom-up step [down, Concat (ADD), block];
+    YOLOv8: no Conv 1x1 in the top-down steps."""
+    fam = s.family
+    lateral = fam != "yolov8"
+    n = s.num_levels
+    c = list(s.in_channels)
+    w = list(s.widths) if s.widths else [s.out_channels] * n
+    block = {"yolo5face": "c3", "yolov8": "c2f", "yolov8_lite": "dw"}[fam]
+    layers: list[dict] = []  # type: ignore[type-arg]
+    j = s.first_layer
+    prev, prev_src = c[-1], ("in", n - 1)
+    lat_src: dict[int, tuple[str, object]] = {}
+    lat_ch: dict[int, int] = {}
+    td_src: dict[int, tuple[str, object]] = {n - 1: ("in", n - 1)}
+    for k in range(n - 1, 0, -1):
+        if lateral:
+            layers.append(dict(i=j, kind="conv", cin=prev, cout=w[k - 1], k=1, s=1, level=k,
+                               src=prev_src))
+            prev, prev_src = w[k - 1], ("layer", j)
+            lat_src[k], lat_ch[k] = prev_src, prev
+            j += 1
+        layers.append(dict(i=j + 1, kind="upcat", cin=prev, cfine=c[k - 1], level=k - 1,
+                           src=prev_src, fine=("in", k - 1)))
+        layers.append(dict(i=j + 2, kind=block, cin=prev + c[k - 1], cout=w[k - 1],
+                           level=k - 1, src=("layer", j + 1), s=1))
+        prev, prev_src = w[k - 1], ("layer", j + 2)
+        td_src[k - 1] = prev_src
+        j += 3
+    out_src = {0: prev_src}
+    for k in range(1, n):
+        down = "dw" if block == "dw" else "conv"
+        layers.append(dict(i=j, kind=down, cin=w[k - 1], cout=w[k - 1], k=3, s=2, level=k,
+                           src=out_src[k - 1]))
+        if block == "dw":
+            layers.append(dict(i=j + 1, kind="add", cin=w[k - 1], level=k,
+                               src=("layer", j), other=lat_src[k]))
+            cin = w[k - 1]
+        else:
+            partner_ch = lat_ch[k] if lateral else (w[k] if k < n - 1 else c[-1])
+            partner = lat_src[k] if lateral else td_src[k]
+            layers.append(dict(i=j + 1, kind="cat", cin=w[k - 1] + partner_ch, level=k,
+                               src=("layer", j), other=partner))
+            cin = w[k - 1] + partner_ch
+        layers.append(dict(i=j + 2, kind=block, cin=cin, cout=w[k], level=k,
+                           src=("layer", j + 1), s=1))
+        out_src[k] = ("layer", j + 2)
+        j += 3
+    return layers
+
+
+def _yolo_cost(s, layer: dict) -> tuple[int, int, int]:  # type: ignore[no-untyped-def,type-arg]
+    """(conv MACs per output pixel, params, channels of the maps created) of one layer."""
+    bn = str(s.norm) == "bn"
+    maps = 2 if bn else 1  # a conv's output, then BN's (the activation is in place)
+
+    def conv(c1: int, c2: int, k: int = 1, groups: int = 1) -> tuple[int, int, int]:
+        macs = c1 // groups * c2 * k * k
+        return macs, macs + (2 * c2 if bn else c2), maps * c2
+
+    def total(*parts: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts))
+
+    kind, cin = layer["kind"], layer["cin"]
+    n = s.repeats
+    if kind == "conv":
+        return conv(cin, layer["cout"], layer["k"])
+    if kind == "dw":
+        return total(conv(cin, cin, 3, groups=cin), conv(cin, layer["cout"]))
+    if kind == "c3":
+        h = layer["cout"] // 2
+        return total(conv(cin, h), conv(cin, h), *[conv(h, h)] * n, *[conv(h, h, 3)] * n,
+                     (0, 0, 2 * h), conv(2 * h, layer["cout"]))
+    if kind == "c2f":
+        h = layer["cout"] // 2  # the split halves are views: nothing created
+        return total(conv(cin, 2 * h), *[conv(h, h, 3)] * (2 * n), (0, 0, (2 + n) * h),
+                     conv((2 + n) * h, layer["cout"]))
+    if kind == "upcat":  # the upsampled map, then the concat
+        return 0, 0, cin + cin + layer["cfine"]
+    return 0, 0, cin  # a Concat's or an ADD's output
+
+
+def yolo_conv_macs(s, h: int, w: int, b: int = 1) -> list[int]:  # type: ignore[no-untyped-def]
+    sizes = level_sizes(h, w, s.num_levels)
+    out = [0] * s.num_levels
+    for layer in yolo_layers(s):
+        lh, lw = sizes[layer["level"]]
+        out[layer["level"]] += b * _yolo_cost(s, layer)[0] * lh * lw
+    return out
+
+
+def yolo_params(s) -> int:  # type: ignore[no-untyped-def]
+    return sum(_yolo_cost(s, layer)[1] for layer in yolo_layers(s))
+
+
+def yolo_level_elements(s) -> list[int]:  # type: ignore[no-untyped-def]
+    out = [0] * s.num_levels
+    for layer in yolo_layers(s):
+        out[layer["level"]] += _yolo_cost(s, layer)[2]
+    return out
+
+
+def reference_yolo(sd: dict[str, torch.Tensor], feats: list[torch.Tensor], spec  # type: ignore[no-untyped-def]
+                   ) -> list[torch.Tensor]:
+    """The YOLO necks' forward from their yaml layers, with functional ops; BatchNorm eps
+    1e-3 as ultralytics and yolov5 set it."""
+    act, bn = str(spec.act), str(spec.norm) == "bn"
+
+    def cbn(x: torch.Tensor, p: str, conv: str, norm: str, k: int, s: int = 1,
+            groups: int = 1) -> torch.Tensor:
+        x = F.conv2d(x, sd[f"{p}{conv}.weight"], sd.get(f"{p}{conv}.bias"), s, k // 2, 1,
+                     groups)
+        if bn:
+            x = F.batch_norm(x, sd[f"{p}{norm}.running_mean"], sd[f"{p}{norm}.running_var"],
+                             sd[f"{p}{norm}.weight"], sd[f"{p}{norm}.bias"], False, 0.0, 1e-3)
+        return _act(x, act)
+
+    def conv(x: torch.Tensor, p: str, k: int = 1, s: int = 1) -> torch.Tensor:
+        return cbn(x, p, "conv", "bn", k, s)
+
+    n = spec.repeats
+    out: dict[int, torch.Tensor] = {}
+
+    def get(src: tuple) -> torch.Tensor:  # type: ignore[type-arg]
+        return feats[src[1]] if src[0] == "in" else out[src[1]]
+
+    for layer in yolo_layers(spec):
+        p, kind, x = f"model.{layer['i']}.", layer["kind"], get(layer["src"])
+        if kind == "conv":
+            y = conv(x, p, layer["k"], layer["s"])
+        elif kind == "upcat":
+            fine = get(layer["fine"])
+            up = F.interpolate(x, size=fine.shape[2:], mode="nearest")
+            y = torch.cat([up, fine], 1)
+        elif kind == "cat":
+            y = torch.cat([x, get(layer["other"])], 1)
+        elif kind == "add":
+            y = x + get(layer["other"])
+        elif kind == "dw":
+            y = cbn(x, p, "conv1", "bn1", 3, layer["s"], x.shape[1])
+            y = cbn(y, p, "conv2", "bn2", 1)
+        elif kind == "c3":
+            a = conv(x, p + "cv1.")
+            for i in range(n):
+                a = conv(conv(a, f"{p}m.{i}.cv1."), f"{p}m.{i}.cv2.", 3)
+            y = conv(torch.cat([a, conv(x, p + "cv2.")], 1), p + "cv3.")
+        else:  # c2f
+            parts = list(conv(x, p + "cv1.").chunk(2, 1))
+            for i in range(n):
+                parts.append(conv(conv(parts[-1], f"{p}m.{i}.cv1.", 3), f"{p}m.{i}.cv2.", 3))
+            y = conv(torch.cat(parts, 1), p + "cv2.")
+        out[layer["i"]] = y
+    blocks = [layer for layer in yolo_layers(spec) if layer["kind"] in ("c3", "c2f", "dw")
+              and layer["s"] == 1]
+    by_level = {}
+    for layer in blocks:  # the last block at each level is its output
+        by_level[layer["level"]] = out[layer["i"]]
+    return [by_level[k] for k in range(spec.num_levels)]
+
+
 # -- the tables tests pick from, keyed by family (a new family adds one row each) -----
 # Each takes the spec (read as plain values) so a family's own fields reach its formula.
 #: family -> conv MACs per output level, (spec, H, W, batch) -> [per level]
@@ -288,6 +505,10 @@ CONV_MACS = {
     "pafpn": lambda s, h, w, b=1: pafpn_conv_macs(list(s.in_channels), s.out_channels, h, w, b),
     "mmdet_fpn": lambda s, h, w, b=1: mmdet_conv_macs(s, h, w, b),
     "mmdet_pafpn": lambda s, h, w, b=1: mmdet_conv_macs(s, h, w, b, pafpn=True),
+    "yunet": yunet_conv_macs,
+    "yolo5face": yolo_conv_macs,
+    "yolov8": yolo_conv_macs,
+    "yolov8_lite": yolo_conv_macs,
 }
 #: family -> parameter count, (spec) -> int
 PARAMS = {
@@ -295,6 +516,10 @@ PARAMS = {
     "pafpn": lambda s: pafpn_params(list(s.in_channels), s.out_channels, str(s.norm)),
     "mmdet_fpn": lambda s: mmdet_params(s),
     "mmdet_pafpn": lambda s: mmdet_params(s, pafpn=True),
+    "yunet": yunet_params,
+    "yolo5face": yolo_params,
+    "yolov8": yolo_params,
+    "yolov8_lite": yolo_params,
 }
 
 
@@ -312,6 +537,10 @@ REFERENCE = {
     "pafpn": _seed_reference(reference_pafpn),
     "mmdet_fpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec),
     "mmdet_pafpn": lambda sd, feats, spec: reference_mmdet_fpn(sd, feats, spec, pafpn=True),
+    "yunet": reference_yunet,
+    "yolo5face": reference_yolo,
+    "yolov8": reference_yolo,
+    "yolov8_lite": reference_yolo,
 }
 #: family -> activation maps created per output level, (spec) -> [per level]
 LEVEL_MAPS = {
@@ -319,4 +548,12 @@ LEVEL_MAPS = {
     "pafpn": lambda s: pafpn_level_maps(s.num_levels, str(s.norm)),
     "mmdet_fpn": lambda s: mmdet_level_maps(s),
     "mmdet_pafpn": lambda s: mmdet_level_maps(s, pafpn=True),
+}
+#: family -> channels of all the maps created per output level, for the families whose
+#: maps differ in width, (spec) -> [per level]
+LEVEL_ELEMENTS = {
+    "yunet": yunet_level_elements,
+    "yolo5face": yolo_level_elements,
+    "yolov8": yolo_level_elements,
+    "yolov8_lite": yolo_level_elements,
 }

@@ -139,8 +139,9 @@ def test_every_preset_against_the_hand_count_and_the_allocator(name: str) -> Non
         inputs = make_inputs(spec, size, batch, seed=None)
         assert measured(model, inputs) == (m.peak_activation_bytes, m.activation_bytes), where
         assert m.input_bytes == 4 * sum(x.numel() for x in inputs)
-        assert m.output_bytes == 4 * batch * spec.out_channels * sum(
-            h * w for h, w in level_sizes(*size, spec.num_levels))
+        assert m.output_bytes == 4 * batch * sum(
+            c * h * w for c, (h, w) in zip(spec.level_channels,
+                                           level_sizes(*size, spec.num_levels), strict=True))
         assert m.param_bytes == 4 * r.params
         assert m.output_bytes <= m.peak_activation_bytes < m.activation_bytes, where
         check = r.cross_check

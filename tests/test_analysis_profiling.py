@@ -40,7 +40,8 @@ def test_preset_counts_match_formula_and_flopcountermode(name: str) -> None:
     assert result.params == sum(lv.params for lv in result.levels)
     assert result.unsupported_ops == {}
     assert [lv.shape for lv in result.levels] == [
-        (1, spec.out_channels, lh, lw) for lh, lw in level_sizes(h, w, spec.num_levels)]
+        (1, c, lh, lw) for c, (lh, lw) in zip(spec.level_channels,
+                                              level_sizes(h, w, spec.num_levels), strict=True)]
     assert all(isinstance(v, int) for v in result.operators.values())
 
 

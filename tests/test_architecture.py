@@ -39,7 +39,8 @@ TORCH_FREE = [
     *(target.partition(":")[0] for target, _ in COMMANDS.values()),
     "necktool.cli.params", "necktool.cli.render",
     "necktool.detector", "necktool.detector.loading", "necktool.detector.graph",
-    "necktool.detector.neck", "necktool.detector.inspect",
+    "necktool.detector.neck", "necktool.detector.inspect", "necktool.detector.merges",
+    "necktool.detector.merge_spec",
 ]
 
 

@@ -53,7 +53,16 @@ def leftovers(directory: pathlib.Path) -> list[str]:
 # only through interpolate(size=finer level); PAFPNs add a stride-2 conv of one level to
 # the next, which ties the levels to one image.
 SERVED_LEVELS = {"fpn": "independent", "mmdet_fpn": "independent",
-                 "pafpn": "one-image", "mmdet_pafpn": "one-image"}
+                 "pafpn": "one-image", "mmdet_pafpn": "one-image", "yunet": "independent",
+                 "yolo5face": "one-image", "yolov8": "one-image", "yolov8_lite": "one-image"}
+# YuNet adds each level to the unit output of the next, so all but the coarsest have its width
+LEVEL_CHANNELS = {"yunet": (8, 8, 32)}
+
+
+def _family_neck(family: str) -> str:
+    """A preset of the family: its bare one, else its first."""
+    return family if family in PRESETS else next(
+        n for n, p in PRESETS.items() if p.spec.family == family)
 
 
 @pytest.mark.parametrize("family", [f for f, info in FAMILIES.items() if info.levels])
@@ -61,7 +70,8 @@ def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
     """What a family's registry entry claims its dynamic files serve, checked on the module:
     levels of no one image (c3 20x30, c4 7x9, c5 2x5) run where the levels are free and
     fail where a bottom-up path ties them."""
-    spec = resolve_spec(family, in_channels=(8, 16, 32), out_channels=8)
+    spec = resolve_spec(_family_neck(family), in_channels=LEVEL_CHANNELS.get(family, (8, 16, 32)),
+                        out_channels=8)
     model = seeded_model(spec)
     x = [torch.randn(1, c, h, w) for c, (h, w) in zip(spec.in_channels,
                                                       [(20, 30), (7, 9), (2, 5)], strict=True)]
@@ -70,7 +80,8 @@ def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
             outs = model(x)
         assert [tuple(o.shape[2:]) for o in outs[:3]] == [(20, 30), (7, 9), (2, 5)]
     else:
-        with pytest.raises(RuntimeError, match="size of tensor"), torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"size of tensor|Sizes of tensors"), \
+                torch.no_grad():
             model(x)
     assert FAMILIES[family].levels == SERVED_LEVELS[family]
 
@@ -94,9 +105,14 @@ def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
     assert [t["name"] for t in data["inputs"]] == [f"c{3 + i}" for i in range(spec.num_inputs)]
     assert [t["name"] for t in data["outputs"]] == [f"p{3 + i}" for i in range(spec.num_levels)]
     # Each level's H and W is a dimension of its own: every image size is served.
-    assert data["inputs"][-1]["shape"] == ["batch", spec.in_channels[-1], "H_div32", "W_div32"]
+    top = spec.input_strides[-1]  # 32, or 64 for a P6 neck (yolo5face_s6)
+    assert data["inputs"][-1]["shape"] == ["batch", spec.in_channels[-1], f"H_div{top}",
+                                           f"W_div{top}"]
     assert data["inputs"][0]["shape"][2:] == ["H_div8", "W_div8"]
-    assert data["outputs"][1]["shape"][2:] == ["H_div16", "W_div16"]
+    # A bottom-up Concat (the YOLO necks: the stride-2 conv's map first, as the authors
+    # order it) makes the exporter write P4's size as the conv's: ceil(H_div8 / 2).
+    assert data["outputs"][1]["shape"][2:] in (
+        ["H_div16", "W_div16"], ["(((H_div8 - 1)//2)) + 1", "(((W_div8 - 1)//2)) + 1"])
     # The graph's own conv count equals fvcore's and torch.utils.flop_counter's, and the
     # graph on disk says so too.
     macs = data["conv_macs"]
@@ -119,7 +135,7 @@ def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
     # Exactly which sizes the file serves: levels free for the FPN families, tied to one
     # image's ceil(H/stride) sizes by PAFPN's bottom-up path.
     assert meta.served_shapes.levels == SERVED_LEVELS[spec.family]
-    assert "every image H x W from 32x32 up" in meta.serves_text()
+    assert f"every image H x W from {top}x{top} up" in meta.serves_text()
     assert meta.spec.to_dict() == spec.to_dict()
     assert meta.flops == data["flops"] > 0
     assert meta.params == data["params"] == sum(p.numel() for p in

@@ -117,8 +117,8 @@ def test_every_preset_builds_and_runs(name: str) -> None:
     small = (8 * 2 ** (spec.num_levels - 1) * 3,) * 2
     with torch.no_grad():
         outs = neck(make_inputs(spec, small))
-    assert [tuple(o.shape) for o in outs] == [(1, spec.out_channels, h, w)
-                                              for h, w in spec.level_sizes(small)]
+    assert [tuple(o.shape) for o in outs] == [(1, c, h, w) for c, (h, w) in zip(
+        spec.level_channels, spec.level_sizes(small), strict=True)]
 
 
 def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:

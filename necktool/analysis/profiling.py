@@ -5,8 +5,9 @@ the SCRFD paper's GFLOPs. On top of fvcore's defaults necktool registers:
 
 * ``aten::add`` / ``aten::add_``: one flop per output element. These are the top-down
   and bottom-up fusions; fvcore would otherwise skip them with a warning.
-* ``aten::leaky_relu`` / ``aten::leaky_relu_``: ignored, exactly as fvcore ignores
-  ``aten::relu`` (activations are free in its convention).
+* ``aten::leaky_relu`` / ``aten::leaky_relu_`` and ``aten::silu`` / ``aten::silu_``:
+  ignored, exactly as fvcore ignores ``aten::relu`` (activations are free in its
+  convention).
 
 Whatever is still unsupported is returned in :attr:`ProfileResult.unsupported_ops`.
 
@@ -42,7 +43,7 @@ from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
 from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
-from necktool.report import Block, Note, Table, num, share, size_text, table
+from necktool.report import Block, Note, Table, channels_text, num, share, size_text, table
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.units import (
     COUNTING_BUG,
@@ -301,8 +302,9 @@ def comparison_table(results: Sequence[ProfileResult]) -> Table:
     """One row per neck, for ``profile`` with several names."""
     return table("comparison", ["neck", num("out"), "input", num("GFLOPs"), num("FLOPs"),
                                 num("params"), num("peak MiB")],
-                 [(r.neck, str(r.spec.out_channels), size_text(r.input_size), f"{r.gflops:.4f}",
-                   f"{r.flops:,}", f"{r.params:,}", mib(r.memory.peak_activation_bytes))
+                 [(r.neck, channels_text(r.spec.level_channels), size_text(r.input_size),
+                   f"{r.gflops:.4f}", f"{r.flops:,}", f"{r.params:,}",
+                   mib(r.memory.peak_activation_bytes))
                   for r in results],
                  caption=f"{UNIT_CAPTION}; peak MiB: activations held at once, {MIB_CAPTION}")
 
@@ -327,6 +329,8 @@ def _extra_handles() -> dict[str, Handle | None]:
         "aten::add_": _add_flop_jit,
         "aten::leaky_relu": None,  # None = ignore, as fvcore ignores aten::relu
         "aten::leaky_relu_": None,
+        "aten::silu": None,  # the YOLO necks' activation, free like relu
+        "aten::silu_": None,
     }
 
 

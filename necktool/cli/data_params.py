@@ -13,10 +13,29 @@ import typer
 from necktool.cli.params import PATH, PRECISION_PANEL, OptionGroup, _option, typer_parser
 from necktool.deploy.data import DEFAULT_HOLDOUT, DataRequest, parse_triple
 from necktool.errors import InputError
+from necktool.spec.families import FAMILIES, ImageNorm
 from necktool.spec.fields import ChoiceKind, FloatKind, SizeKind
 from necktool.spec.precision import CalibrationMethod
 
 DATA_PANEL = "Representative data (calibration and held-out verification)"
+
+
+def _by_family(describe: Any) -> str:
+    """``fpn: 104,117,123; pafpn, mmdet_pafpn: 127.5; ...``: each family's declared
+    preprocessing (its registration's ``preprocess``), grouped by value."""
+    groups: dict[str, list[str]] = {}
+    for info in FAMILIES.values():
+        if info.preprocess is not None:
+            groups.setdefault(describe(info.preprocess), []).append(info.name)
+    return "; ".join(f"{', '.join(names)} {text}" for text, names in groups.items())
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return str(f"{values[0]:g}") if len(set(values)) == 1 else ",".join(f"{v:g}" for v in values)
+
+
+def _order(norm: ImageNorm) -> str:
+    return "BGR" if norm.bgr else "RGB"
 
 
 def _stages(text: str) -> tuple[str, ...]:
@@ -46,16 +65,18 @@ class DataGroup(OptionGroup):
                 "--mean", metavar="R,G,B", rich_help_panel=DATA_PANEL, show_default=False,
                 parser=typer_parser(parse_triple),
                 help="Pixel mean subtracted, in the channel order fed to the backbone. "
-                "Default by family: SCRFD 127.5 (RGB); RetinaFace 104,117,123 (BGR); "
-                "mmdetection's ImageNet mean (RGB).")]),
+                "Default by family: " + _by_family(
+                    lambda n: f"{_numbers(n.mean)} ({_order(n)})") + ".")]),
             _option(f"{prefix}std", Annotated[Any, typer.Option(
                 "--std", metavar="R,G,B", rich_help_panel=DATA_PANEL, show_default=False,
                 parser=typer_parser(parse_triple),
-                help="Pixel divisor. Default by family: SCRFD 128; RetinaFace 1.")]),
+                help="Pixel divisor. Default by family: " + _by_family(
+                    lambda n: _numbers(n.std)) + ".")]),
             _option(f"{prefix}bgr", Annotated[bool | None, typer.Option(
                 "--bgr/--rgb", rich_help_panel=DATA_PANEL, show_default=False,
-                help="Channel order fed to the backbone. Default: BGR for RetinaFace (fpn), "
-                "RGB otherwise.")]),
+                help="Channel order fed to the backbone. Default: BGR for " + ", ".join(
+                    f.name for f in FAMILIES.values() if f.preprocess and f.preprocess.bgr)
+                + ", RGB otherwise.")]),
             _option(f"{prefix}image_size", Annotated[Any, typer.Option(
                 "--image-size", metavar="HxW", rich_help_panel=DATA_PANEL, show_default=False,
                 parser=typer_parser(SizeKind().from_text),

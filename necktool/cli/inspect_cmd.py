@@ -24,7 +24,14 @@ PrefixOpt = Annotated[str | None, typer.Option(
     help="Look for the neck only under this key prefix (e.g. 'neck.'). Default: anywhere.")]
 
 
-def inspect_command(file: FileArg, prefix: PrefixOpt = None) -> InspectResult | DetectorInspect:
+SizeOpt = Annotated[str | None, typer.Option(
+    "--input-size", metavar="HxW", show_default=False,
+    help="For a detector ONNX file: count its backbone, neck and head at this image size "
+    "(640x480, or one number for square). Default: the file's static size, else 640x640.")]
+
+
+def inspect_command(file: FileArg, prefix: PrefixOpt = None,
+                    input_size: SizeOpt = None) -> InspectResult | DetectorInspect:
     """Find the neck in a checkpoint or ONNX file: family, channels, levels, presets.
 
     A checkpoint is read with torch.load(weights_only=True); the neck is found by its key
@@ -36,12 +43,23 @@ def inspect_command(file: FileArg, prefix: PrefixOpt = None) -> InspectResult | 
     neck's family, channels, levels, norm (present, folded or none), the tensors entering
     and leaving it, and its conv MACs and parameters as a share of the whole graph's.
     """
+    size = None
+    if input_size is not None:
+        from necktool.spec.neck_spec import parse_size
+
+        size = parse_size(input_size)
     if prefix is None and str(file).lower().endswith(".onnx"):
         from necktool.detector.inspect import inspect_detector
 
-        found = inspect_detector(file)
+        found = inspect_detector(file, size)
         if found is not None:
             return found
+    if size is not None:
+        from necktool.errors import InputError
+
+        raise InputError("--input-size applies to a detector ONNX file (one necktool did not "
+                         "write); a neck's own figures at a size: necktool profile NECK "
+                         "--input-size HxW")
     load_heavy()
     from necktool.detector.identify import inspect_file
 

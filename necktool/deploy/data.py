@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool.errors import InputError
-from necktool.spec.families import LevelRelation
+from necktool.spec.families import LevelRelation, get_family
 
 if TYPE_CHECKING:  # numpy loads with the data, not with the CLI's options
     import numpy as np
@@ -85,14 +85,15 @@ class Preprocess:
 
 
 def default_preprocess(family: str) -> Preprocess:
-    """The preprocessing of the detectors each family comes from: SCRFD (``pafpn``,
-    ``mmdet_pafpn``) RGB ``(x - 127.5) / 128``; RetinaFace (``fpn``) BGR minus ``(104, 117,
-    123)``; mmdetection's other necks the ImageNet RGB mean and std."""
-    if family in ("pafpn", "mmdet_pafpn"):
-        return Preprocess((127.5, 127.5, 127.5), (128.0, 128.0, 128.0), bgr=False)
-    if family == "fpn":
-        return Preprocess((104.0, 117.0, 123.0), (1.0, 1.0, 1.0), bgr=True)
-    return Preprocess((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), bgr=False)
+    """The preprocessing of the detectors a family comes from, as the family declares it
+    (:class:`~necktool.spec.families.ImageNorm`): SCRFD RGB ``(x - 127.5) / 128``,
+    RetinaFace BGR minus ``(104, 117, 123)``, YuNet raw BGR, the YOLO faces RGB / 255...
+
+    Raises:
+        SpecError: the family declares none (it is named).
+    """
+    norm = get_family(family).image_norm()
+    return Preprocess(norm.mean, norm.std, bgr=norm.bgr)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -298,11 +298,28 @@ def _out_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
             return s
         ref = _shape_source(graph, node.input[1], "") if len(node.input) > 1 else None
         return graph.strides.get(ref) if ref else None
+    if op == "Split":  # on the channel axis (C2f, ShuffleNet units): every part keeps it
+        return s if int(attr(node, "axis", 0)) in (1, -3) else None
     if op in KEEPS:  # an add of a map and an upsample to its size is at the map's stride
         plain = [t for t in feats if (graph.node_of(t) is None
                                       or graph.node_of(t).op_type not in UPSAMPLES)]  # type: ignore[union-attr]
         return min((graph.strides[t] for t in plain or feats), key=lambda st: st[0])
     return None
+
+
+def _reshape_stride(graph: Graph, node: onnx.NodeProto) -> Stride | None:
+    """A Reshape back to ``[N, C, H, W]`` from a view of no known stride (a channel
+    shuffle's ``view -> transpose -> view``): its constant ``H, W`` against a static image,
+    or the map whose Shape its target shape is computed from."""
+    shape = graph.const(node.input[1])
+    if shape is not None:
+        flat = [int(v) for v in shape.reshape(-1)]
+        if len(flat) == 4 and min(flat[2:]) > 0 and graph.image_size is not None:
+            h, w = graph.image_size
+            return Fraction(h, flat[2]), Fraction(w, flat[3])
+        return None
+    ref = _shape_source(graph, node.input[1], "")
+    return graph.strides.get(ref) if ref and ref != graph.image else None
 
 
 def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
@@ -337,6 +354,9 @@ def read_graph(model: onnx.ModelProto, where: str = "the ONNX file") -> Graph:
         if node.op_type in ("Shape", "Constant", "Size"):
             continue
         s = _out_stride(graph, node)
-        if s is not None and node.output and node.output[0]:
-            graph.strides[node.output[0]] = s
+        if s is None and node.op_type == "Reshape" and len(node.input) > 1:
+            s = _reshape_stride(graph, node)  # a ShuffleNet unit's channel shuffle
+        for out in node.output if node.op_type == "Split" else node.output[:1]:
+            if s is not None and out:
+                graph.strides[out] = s
     return graph

@@ -30,7 +30,7 @@ from necktool.necks.weights import (
     Checkpoint,
     read_checkpoint,
 )
-from necktool.report import Block, Note, size_text, table
+from necktool.report import Block, Note, channels_text, size_text, table
 from necktool.spec.families import FAMILIES, FamilyInfo, Inferred, Shapes, load
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import PRESETS, reproduce_command
@@ -99,7 +99,7 @@ def matching_presets(spec: NeckSpec, shapes: Shapes) -> tuple[str, ...]:
     for name, preset in PRESETS.items():
         p = preset.spec
         if p.family != spec.family or p.in_channels != spec.in_channels \
-                or p.out_channels != spec.out_channels:
+                or p.level_channels != spec.level_channels:
             continue  # cheap filter before a (meta-device) build
         if layout_difference(layout_of(p), shapes) is None:
             out.append(name)
@@ -132,7 +132,10 @@ def _candidate(info: FamilyInfo, prefix: str, sub: Shapes) -> FoundNeck | str:
                         input_size=bare.spec.input_size if bare else (640, 640))
     except NecktoolError as exc:
         return f"{where}: {info.name}-like keys, but {exc}"
-    why = layout_difference(layout_of(spec), sub)
+    expected = layout_of(spec)
+    if info.layout.whole_model:  # YOLO: the backbone's and head's model.<i>. keys stay out
+        sub = {k: s for k, s in sub.items() if k in expected}
+    why = layout_difference(expected, sub)
     if why is not None:
         return f"{where}: {info.name}-like keys, but {why}"
     return FoundNeck(prefix, spec, matching_presets(spec, sub), inferred.notes,
@@ -270,6 +273,7 @@ class InspectResult:
             "prefix": self.prefix,
             "in_channels": list(spec.in_channels),
             "out_channels": spec.out_channels,
+            "level_channels": list(spec.level_channels),
             "num_outs": spec.num_levels,
             "levels": spec.level_names,
             "extra_levels": self._extra(),
@@ -302,7 +306,7 @@ class InspectResult:
             rows.append(("tensors", str(self.tensors)))
         rows += [
             ("in_channels", ",".join(map(str, spec.in_channels))),
-            ("out_channels", str(spec.out_channels)),
+            ("out_channels", channels_text(spec.level_channels)),
             ("levels", levels),
             ("norm", f"{spec.norm} ({bias})"),
             ("presets", ", ".join(self.presets) or "(none matches exactly)"),

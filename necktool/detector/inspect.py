@@ -7,6 +7,11 @@ Conv contributes ``Cout * ceil(H/s) * ceil(W/s) * (Cin / groups) * kh * kw`` for
 output stride ``s`` (the ``ceil`` is exact for the ``k // 2``-padded convs detectors use).
 Parameters are the elements of the tensors the convs read (a tensor two convs share, as in
 a deduplicated file, counted once).
+
+The detector is also counted by part: the backbone (the convs the neck's inputs are
+computed from), the neck, and the head (every other conv), at ``--input-size`` when given
+(the graph's static size otherwise), so that each family's published figure can be
+reproduced: multiply-adds at the authors' size, or twice that (ultralytics' "FLOPs").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from necktool.detector.graph import Graph, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.errors import InputError
-from necktool.report import Block, Note, share, size_text, table
+from necktool.report import Block, Note, channels_text, share, size_text, table
 from necktool.spec.registry import reproduce_command
 from necktool.units import GFLOPS, UNIT_SHORT
 
@@ -42,12 +47,15 @@ class Costs:
 
 
 def conv_costs(graph: Graph, size: tuple[int, int],
-               names: set[str] | None = None) -> Costs:
-    """MACs and parameters of the graph's Conv nodes (only those named in ``names``)."""
+               names: set[str] | None = None, nodes: set[int] | None = None) -> Costs:
+    """MACs and parameters of the graph's Conv nodes (only those named in ``names``, or
+    whose ``id`` is in ``nodes``)."""
     macs, count = 0, 0
     seen: set[str] = set()
     for node in graph.convs:
         if names is not None and node.name not in names:
+            continue
+        if nodes is not None and id(node) not in nodes:
             continue
         w = graph.const(node.input[1]) if len(node.input) > 1 else None
         s = graph.strides.get(node.output[0])
@@ -66,6 +74,25 @@ def conv_costs(graph: Graph, size: tuple[int, int],
     return Costs(macs, params, count)
 
 
+def detector_parts(graph: Graph, neck: DetectorNeck) -> dict[str, set[int]]:
+    """The graph's Conv nodes (by ``id``) split into ``backbone`` (what the neck's inputs
+    are computed from), ``neck`` and ``head`` (every other conv: what reads the levels)."""
+    neck_ids = {id(n) for n in graph.convs if n.name in {c.node for c in neck.convs}}
+    if neck.merge is not None:
+        neck_ids = {id(n) for n in neck.merge.convs}
+    seen: set[int] = set()
+    stack = list(neck.inputs)
+    while stack:
+        node = graph.node_of(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(t for t in node.input if t)
+    backbone = {id(n) for n in graph.convs if id(n) in seen and id(n) not in neck_ids}
+    head = {id(n) for n in graph.convs} - backbone - neck_ids
+    return {"backbone": backbone, "neck": neck_ids, "head": head}
+
+
 @dataclasses.dataclass(frozen=True)
 class DetectorInspect:
     """The neck of a detector file: what it is, where it sits, what it costs."""
@@ -78,6 +105,8 @@ class DetectorInspect:
     neck_costs: Costs
     graph_costs: Costs
     command: str
+    parts: dict[str, Costs] = dataclasses.field(default_factory=dict)
+    given_size: bool = False  # --input-size chose the size
 
     @property
     def presets(self) -> tuple[str, ...]:
@@ -92,6 +121,7 @@ class DetectorInspect:
             "family": spec.family,
             "in_channels": list(spec.in_channels),
             "out_channels": spec.out_channels,
+            "level_channels": list(spec.level_channels),
             "num_outs": spec.num_levels,
             "levels": spec.level_names,
             "strides": list(n.strides),
@@ -110,6 +140,7 @@ class DetectorInspect:
             "graph": self.graph_costs.to_dict(),
             "neck_share": {"conv_macs": _ratio(self.neck_costs.macs, self.graph_costs.macs),
                            "params": _ratio(self.neck_costs.params, self.graph_costs.params)},
+            "parts": {k: c.to_dict() for k, c in self.parts.items()},
             "command": self.command,
             "export_command": f"necktool export --weights {self.path} --onnx",
             "verify_command": f"necktool verify --weights {self.path}",
@@ -127,11 +158,13 @@ class DetectorInspect:
         state = {"none": "none (convs with bias)", "folded": f"{spec.norm} folded into the "
                  "convs", "present": f"{spec.norm} (norm nodes in the graph)"}[n.norm_state]
         nc, gc = self.neck_costs, self.graph_costs
-        size = f"{size_text(self.size)} ({'static' if self.static else 'dynamic input: default'})"
+        how = "--input-size" if self.given_size else "static" if self.static else \
+            "dynamic input: default"
+        size = f"{size_text(self.size)} ({how})"
         rows = [
             ("family", f"{spec.family}: {spec.info.description}"),
             ("in_channels", ",".join(map(str, spec.in_channels))),
-            ("out_channels", str(spec.out_channels)),
+            ("out_channels", channels_text(spec.level_channels)),
             ("levels", levels),
             ("norm", state),
             ("act", str(spec.act) + (f" ({spec.leaky_slope:g})" if str(spec.act) ==
@@ -143,6 +176,9 @@ class DetectorInspect:
             ("neck MACs", f"{nc.macs / GFLOPS:.4f} G of {gc.macs / GFLOPS:.4f} G "
              f"({share(nc.macs, gc.macs)}), {nc.convs} of {gc.convs} convs"),
             ("neck params", f"{nc.params:,} of {gc.params:,} ({share(nc.params, gc.params)})"),
+            *((f"{part} MACs, params", f"{c.macs / GFLOPS:.4f} G ({share(c.macs, gc.macs)}), "
+               f"{c.params:,} ({share(c.params, gc.params)}), {c.convs} convs")
+              for part, c in self.parts.items() if part != "neck"),
             ("reproduce", self.command),
             ("export", f"necktool export --weights {self.path} --onnx"),
             ("verify", f"necktool verify --weights {self.path}"),
@@ -164,8 +200,10 @@ def has_necktool_metadata(model: onnx.ModelProto) -> bool:
     return any(p.key.startswith(META) for p in model.metadata_props)
 
 
-def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
-    """Find the neck of ``model`` and cost it (see the module docstring)."""
+def inspect_model(model: onnx.ModelProto, path: str,
+                  input_size: tuple[int, int] | None = None) -> DetectorInspect:
+    """Find the neck of ``model`` and cost it (see the module docstring), at
+    ``input_size`` when given, else at the graph's static size or the default."""
     where = f"{path!r}"
     graph = read_graph(model, where)
     try:
@@ -177,16 +215,26 @@ def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
         raise InputError(f"{where} carries no necktool metadata (not written by 'necktool "
                          "export'), and no neck was found in its graph: "
                          + text.removeprefix(f"{where}: no neck found: ")) from None
-    size = graph.image_size or DEFAULT_SIZE
+    size = input_size or graph.image_size or DEFAULT_SIZE
+    if input_size is not None:
+        neck.spec.check_size(input_size)
+        neck = dataclasses.replace(neck, spec=neck.spec.replace(input_size=input_size),
+                                   notes=tuple(n for n in neck.notes
+                                               if not n.startswith("the image input is dyn")))
     names = {c.node for c in neck.convs}
+    parts = {k: conv_costs(graph, size, nodes=v) for k, v in
+             detector_parts(graph, neck).items()}
     base = neck.presets[0] if neck.presets else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     command = reproduce_command(neck.spec, base, with_size=True)
     return DetectorInspect(path, neck, neck.spec.input_size, graph.image_size is not None, opset,
-                           conv_costs(graph, size, names), conv_costs(graph, size), command)
+                           parts["neck"] if neck.merge is not None else
+                           conv_costs(graph, size, names), conv_costs(graph, size), command,
+                           parts, input_size is not None)
 
 
-def inspect_detector(path: str | os.PathLike[str]) -> DetectorInspect | None:
+def inspect_detector(path: str | os.PathLike[str],
+                     input_size: tuple[int, int] | None = None) -> DetectorInspect | None:
     """The neck of a detector ONNX file, or ``None`` when necktool wrote the file (its
     metadata answers instead: :func:`necktool.detector.identify.inspect_file`).
 
@@ -197,4 +245,4 @@ def inspect_detector(path: str | os.PathLike[str]) -> DetectorInspect | None:
     model = load_detector(path)
     if has_necktool_metadata(model):
         return None
-    return inspect_model(model, str(pathlib.Path(path)))
+    return inspect_model(model, str(pathlib.Path(path)), input_size)

@@ -37,6 +37,8 @@ from necktool.spec.registry import PRESETS
 if TYPE_CHECKING:
     import onnx
 
+    from necktool.detector.merges import MergeNeck
+
 DEFAULT_SIZE = (640, 640)  # the size a dynamic detector is described at
 NORM_STATES = ("none", "folded", "present")
 _FOLDED_NAME = re.compile(r"(weight_bias|_fused|bn)", re.IGNORECASE)
@@ -104,6 +106,7 @@ class DetectorNeck:
     image: str
     image_size: tuple[int, int] | None
     notes: tuple[str, ...] = ()
+    merge: MergeNeck | None = None  # a Concat/Add neck (YuNet, the YOLO necks)
 
     @property
     def presets(self) -> tuple[str, ...]:
@@ -118,7 +121,8 @@ class DetectorNeck:
                 "family": self.spec.family, "config": self.spec.to_dict(),
                 "norm_state": self.norm_state, "strides": list(self.strides),
                 "input_strides": list(self.input_strides),
-                "convs": [c.to_dict() for c in self.convs], "notes": list(self.notes)}
+                "convs": [c.to_dict() for c in self.convs], "notes": list(self.notes),
+                **({"merges": self.merge.to_dict()["merges"]} if self.merge else {})}
 
 
 def _plain(spec: NeckSpec) -> dict[str, Any]:
@@ -315,8 +319,35 @@ def find_neck(model: onnx.ModelProto, where: str = "the ONNX file") -> DetectorN
 
 
 def find_in_graph(graph: Graph) -> DetectorNeck:
-    """:func:`find_neck` for a graph already read."""
-    return _Finder(graph).find()
+    """:func:`find_neck` for a graph already read: a lateral FPN/PAFPN, else a neck whose
+    levels merge by Concat or Add (:mod:`necktool.detector.merges`)."""
+    try:
+        return _Finder(graph).find()
+    except InputError as exc:
+        return _merge_neck(graph, exc)
+
+
+def _merge_neck(graph: Graph, first: InputError) -> DetectorNeck:
+    """The Concat/Add neck, after the lateral finder failed with ``first`` (whose message
+    stands when no top-down merge is there either)."""
+    from necktool.detector.merge_spec import conv_rows, merge_spec
+    from necktool.detector.merges import find_merge_neck
+
+    try:
+        merge = find_merge_neck(graph)
+    except InputError as exc:
+        if "no top-down merge" in str(exc):
+            raise first from None
+        raise
+    spec, notes = merge_spec(graph, merge, graph.image_size or DEFAULT_SIZE)
+    convs = tuple(ConvNode("block", **row) for row in conv_rows(graph, merge))
+    state = "present" if any(c.norm for c in convs) else "folded"
+    if state == "folded":
+        notes.insert(0, "norm: BatchNorm folded into the convs (the authors' blocks all "
+                     "normalise); loaded as identity BatchNorm plus the conv bias")
+    return DetectorNeck(merge.inputs, merge.outputs, spec, state, convs, merge.strides,
+                        tuple(graph.stride(t) or 0 for t in merge.inputs), graph.image,
+                        graph.image_size, tuple(notes), merge)
 
 
 class _Finder:

@@ -23,9 +23,9 @@ import numpy as np
 
 from necktool.detector.graph import Graph, attr, read_graph
 from necktool.detector.loading import load_detector
+from necktool.detector.match import identity_variance
 from necktool.detector.neck import ConvNode, DetectorNeck, find_in_graph
 from necktool.errors import WeightsError, first_line
-from necktool.spec.fields import Norm
 from necktool.spec.weights import WeightSource
 
 if TYPE_CHECKING:
@@ -35,34 +35,9 @@ if TYPE_CHECKING:
 
 
 def conv_key(spec: NeckSpec, conv: ConvNode) -> tuple[str, str]:
-    """``(conv module path, norm module path)`` of ``conv`` in the neck ``spec`` builds."""
-    i = conv.level
-    if spec.family == "fpn":
-        base = f"output{i + 1}" if conv.role == "lateral" else f"merge{i + 1}"
-        return f"{base}.0", f"{base}.1"
-    if spec.family == "pafpn":
-        container = {"lateral": "lateral_convs", "fpn": "td_convs", "downsample": "bu_convs",
-                     "pafpn": "bu_out_convs"}[conv.role]
-        index = i - 1 if conv.role == "downsample" else i
-        gn = spec.norm is Norm.GN
-        return (f"{container}.{index}.{'conv' if gn else '0'}",
-                f"{container}.{index}.{'gn' if gn else '1'}")
-    container, index = {"lateral": ("lateral_convs", i), "fpn": ("fpn_convs", i),
-                        "extra": ("fpn_convs", i), "downsample": ("downsample_convs", i - 1),
-                        "pafpn": ("pafpn_convs", i - 1)}[conv.role]
-    norm = "gn" if spec.norm is Norm.GN else "bn"
-    return f"{container}.{index}.conv", f"{container}.{index}.{norm}"
-
-
-def identity_variance(eps: float) -> np.float32:
-    """The float32 running variance ``v`` with ``float32(v + eps) == 1`` exactly."""
-    v = np.float32(1.0 - eps)
-    for _ in range(64):
-        total = np.float32(v + np.float32(eps))
-        if total == 1:
-            return v
-        v = np.nextafter(v, np.float32(-np.inf) if total > 1 else np.float32(np.inf))
-    return np.float32(1.0 - eps)
+    """``(conv module path, norm module path)`` of ``conv`` in the neck ``spec`` builds, as
+    its family declares (``conv_keys`` in its registration)."""
+    return spec.info.load_conv_keys()(spec, conv.role, conv.level)
 
 
 class _BatchNorm(NamedTuple):
@@ -130,6 +105,10 @@ def detector_state_dict(graph: Graph, found: DetectorNeck,
     """
     import torch
 
+    if found.merge is not None:  # a Concat/Add neck: matched node for node
+        from necktool.detector.match import merge_state_dict
+
+        return merge_state_dict(graph, found, model)
     spec: NeckSpec = model.spec  # type: ignore[assignment]
     target = model.state_dict()
     state: dict[str, Any] = {}

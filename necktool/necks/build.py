@@ -78,7 +78,8 @@ def input_tensors(spec: NeckSpec, input_size: tuple[int, int], batch: int, *,
 def check_neck_outputs(spec: NeckSpec, outputs: Any, batch: int,
                        input_size: tuple[int, int]) -> None:
     """Raise :class:`CustomNeckError` unless ``outputs`` (any neck's, built-in or custom) is
-    one ``(batch, out_channels, H_i, W_i)`` tensor per level."""
+    one ``(batch, C_i, H_i, W_i)`` tensor per level (``C_i``: ``out_channels``, or the
+    level's width for the YOLO necks)."""
     name = spec.label
     if not isinstance(outputs, (tuple, list)) or len(outputs) != spec.num_levels or \
             not all(isinstance(o, torch.Tensor) for o in outputs):
@@ -86,9 +87,9 @@ def check_neck_outputs(spec: NeckSpec, outputs: Any, batch: int,
                else type(outputs).__name__)
         raise CustomNeckError(f"{name}: forward must return one tensor per level "
                               f"({spec.num_levels}: {', '.join(spec.level_names)}), got {got}")
-    for level, out, (h, w) in zip(spec.level_names, outputs, spec.level_sizes(
-            input_size), strict=True):
-        expected = (batch, spec.out_channels, h, w)
+    for level, out, c, (h, w) in zip(spec.level_names, outputs, spec.level_channels,
+                                     spec.level_sizes(input_size), strict=True):
+        expected = (batch, c, h, w)
         if tuple(out.shape) != expected:
             raise CustomNeckError(f"{name}: output {level} has shape {tuple(out.shape)}; "
                                   f"expected {expected} (batch, out_channels, H, W)")

@@ -1,4 +1,4 @@
-"""Building blocks shared by both neck families."""
+"""Building blocks shared by the neck families."""
 
 from __future__ import annotations
 
@@ -37,24 +37,39 @@ def conv_norm_act(
     """
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
                      bias=norm is Norm.NONE)
-    norm_layer: nn.Module
-    if norm is Norm.GN:
-        norm_layer = nn.GroupNorm(gn_groups, out_channels)
-    elif norm is Norm.BN:
-        norm_layer = nn.BatchNorm2d(out_channels)
-    else:
-        norm_layer = nn.Identity()
-    act_layer: nn.Module
-    if act is Activation.RELU:
-        act_layer = nn.ReLU(inplace=True)
-    elif act is Activation.LEAKY_RELU:
-        act_layer = nn.LeakyReLU(negative_slope=leaky_slope, inplace=True)
-    else:
-        act_layer = nn.Identity()
-    layers = (conv, norm_layer, act_layer)
+    layers = (conv, norm_layer(norm, out_channels, gn_groups), activation(act, leaky_slope))
     if names is None:
         return nn.Sequential(*layers)
     return nn.Sequential(OrderedDict(zip(names, layers, strict=True)))
+
+
+def activation(act: Activation, leaky_slope: float = 0.1) -> nn.Module:
+    """The module of an :class:`Activation` (``none``: identity)."""
+    if act is Activation.RELU:
+        return nn.ReLU(inplace=True)
+    if act is Activation.LEAKY_RELU:
+        return nn.LeakyReLU(negative_slope=leaky_slope, inplace=True)
+    if act is Activation.SILU:
+        return nn.SiLU(inplace=True)
+    return nn.Identity()
+
+
+def norm_layer(norm: Norm, channels: int, gn_groups: int = 1) -> nn.Module:
+    """The module of a :class:`Norm` over ``channels`` (``none``: identity)."""
+    if norm is Norm.GN:
+        return nn.GroupNorm(gn_groups, channels)
+    if norm is Norm.BN:
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
+
+
+def upsample_like(coarse: torch.Tensor, fine: torch.Tensor, form: Upsample) -> torch.Tensor:
+    """``coarse`` nearest-upsampled to ``fine``'s size, written in ``form`` (see
+    :class:`UpsampleAdd`)."""
+    if form is Upsample.SCALE2:
+        up = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
+        return up[:, :, :fine.size(2), :fine.size(3)]
+    return F.interpolate(coarse, size=[fine.size(2), fine.size(3)], mode="nearest")
 
 
 class UpsampleAdd(nn.Module):
@@ -80,13 +95,26 @@ class UpsampleAdd(nn.Module):
         self.form = Upsample(form)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        if self.form is Upsample.SCALE2:
-            up = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
-            return fine + up[:, :, :fine.size(2), :fine.size(3)]
-        return fine + F.interpolate(coarse, size=[fine.size(2), fine.size(3)], mode="nearest")
+        return fine + upsample_like(coarse, fine, self.form)
 
     def extra_repr(self) -> str:
         return "" if self.form is Upsample.SIZE else f"form={self.form.value}"
+
+
+class UpsampleCat(UpsampleAdd):
+    """``cat([nearest_upsample(coarse), fine], channels)``: the YOLO necks' top-down merge
+    (their ``nn.Upsample(None, 2, 'nearest')`` then ``Concat``, upsampled part first),
+    written in ``form`` like :class:`UpsampleAdd`; holds no parameters."""
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        return torch.cat([upsample_like(coarse, fine, self.form), fine], 1)
+
+
+class Concat(nn.Module):
+    """``cat([a, b], channels)``; holds no parameters (the YOLO necks' bottom-up merge)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], 1)
 
 
 def set_upsample(model: nn.Module, form: Upsample | str) -> int:

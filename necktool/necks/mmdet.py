@@ -248,3 +248,13 @@ def infer_fpn(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
 def infer_pafpn(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     """The ``mmdet_pafpn`` spec fields a state dict's shapes imply."""
     return _infer(shapes, pafpn=True)
+
+
+def conv_keys(spec: NeckSpec, role: str, level: int) -> tuple[str, str]:
+    """The module a detector file's neck conv loads into: ``(conv, norm)`` paths."""
+    container, index = {"lateral": ("lateral_convs", level), "fpn": ("fpn_convs", level),
+                        "extra": ("fpn_convs", level),
+                        "downsample": ("downsample_convs", level - 1),
+                        "pafpn": ("pafpn_convs", level - 1)}[role]
+    norm = "gn" if spec.norm is Norm.GN else "bn"
+    return f"{container}.{index}.conv", f"{container}.{index}.{norm}"

@@ -82,3 +82,13 @@ def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     if gn:
         notes.append("GroupNorm groups: not stored in the weights; the seed's rule assumed")
     return Inferred(fields, tuple(notes))
+
+
+def conv_keys(spec: NeckSpec, role: str, level: int) -> tuple[str, str]:
+    """The module a detector file's neck conv loads into: ``(conv, norm)`` paths."""
+    container = {"lateral": "lateral_convs", "fpn": "td_convs", "downsample": "bu_convs",
+                 "pafpn": "bu_out_convs"}[role]
+    index = level - 1 if role == "downsample" else level
+    gn = spec.norm is Norm.GN
+    return (f"{container}.{index}.{'conv' if gn else '0'}",
+            f"{container}.{index}.{'gn' if gn else '1'}")

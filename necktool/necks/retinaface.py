@@ -57,3 +57,10 @@ def infer(shapes: Mapping[str, tuple[int, ...]]) -> Inferred | None:
     notes = [f"activation: not stored in the weights; Pytorch_Retinaface's LeakyReLU "
              f"assumed, slope {slope:g} (its rule: 0.1 when out_channels <= 64, else 0)"]
     return Inferred(fields, tuple(notes))
+
+
+def conv_keys(spec: NeckSpec, role: str, level: int) -> tuple[str, str]:
+    """The module a detector file's neck conv loads into: ``(conv, norm)`` paths
+    (``role`` ``lateral`` -> ``output<i+1>``, else ``merge<i+1>``)."""
+    base = f"output{level + 1}" if role == "lateral" else f"merge{level + 1}"
+    return f"{base}.0", f"{base}.1"

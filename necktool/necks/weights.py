@@ -27,6 +27,7 @@ from torch import nn
 from necktool.errors import WeightsError, first_line
 from necktool.files import file_sha256
 from necktool.necks.build import build_neck
+from necktool.spec.families import pickled_model
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.weights import WeightSource
 
@@ -169,6 +170,12 @@ def read_checkpoint(path: str | pathlib.Path) -> Checkpoint:
             obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         unsafe = _unsafe_globals(file)
+        model = pickled_model(unsafe)
+        if model is not None:
+            raise WeightsError(
+                f"{str(file)!r} is {model.what}, which necktool never unpickles; to reach its "
+                f"neck, export it to ONNX with the authors' tool: "
+                f"{model.export.format(file=file.name)}") from None
         if unsafe:
             raise WeightsError(
                 f"refused to load {str(file)!r}: it would call {', '.join(unsafe[:3])}"
@@ -246,6 +253,14 @@ def _as_model_dtypes(state: dict[str, Any], model: nn.Module,
     return out
 
 
+def _whole_model(model: nn.Module) -> bool:
+    """Whether the neck's keys sit among a whole detector's (see
+    :class:`~necktool.spec.families.KeyLayout`): only its own are loaded."""
+    spec = getattr(model, "spec", None)
+    layout = spec.info.layout if isinstance(spec, NeckSpec) else None
+    return bool(layout and layout.whole_model)
+
+
 def load_checkpoint(model: nn.Module, path: str | pathlib.Path,
                  prefix: str | None = None) -> WeightSource:
     """Load a state dict into ``model`` with strict key and shape matching.
@@ -282,6 +297,9 @@ def load_checkpoint(model: nn.Module, path: str | pathlib.Path,
                                f"keys look like: {sample}")
         state = selected
         stripped.append(prefix)
+    if _whole_model(model):  # YOLO's model.<i>. keys: the neck's are among the detector's
+        expected = model.state_dict()
+        state = {k: v for k, v in state.items() if k in expected}
     report = compare_keys(state, model)
     if not report.ok:
         how = f" (stripped: {', '.join(repr(s) for s in stripped)})" if stripped else ""

@@ -33,6 +33,8 @@ MAX_INPUT_SIDE = 8192  # beyond this the feature maps alone need tens of GiB
 MAX_CHANNELS = 16384
 MAX_BATCH = 1024
 MAX_DIGITS = 12  # longer integer text is refused before int() sees it
+MAX_REPEATS = 64  # bottlenecks per CSP block; the authors' largest tiers use 3 (x-scale 4)
+MAX_LAYER_INDEX = 1000  # a yaml-built model's layer index (the YOLO necks start near 10)
 
 _INT = re.compile(r"[+-]?[0-9]+")  # ASCII only: str.isdigit() also accepts '²' and '٣'
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
@@ -51,6 +53,7 @@ class Activation(enum.StrEnum):
 
     RELU = "relu"
     LEAKY_RELU = "leaky_relu"
+    SILU = "silu"
     NONE = "none"
 
 
@@ -402,7 +405,7 @@ FIELDS: tuple[BuildFlag, ...] = (
     BuildFlag("gn_groups", "--gn-groups", IntKind(metavar="G"),
               "GroupNorm groups; must divide --out-channels. Default: the SCRFD seed's rule."),
     BuildFlag("act", "--act", ChoiceKind(Activation, metavar="ACT"),
-              "Activation after each norm: relu, leaky_relu or none."),
+              "Activation after each norm: relu, leaky_relu, silu or none."),
     BuildFlag("leaky_slope", "--leaky-slope", FloatKind(metavar="SLOPE"),
               "Negative slope for --act leaky_relu."),
     BuildFlag("num_outs", "--num-outs", IntKind(low=MIN_LEVELS, high=MAX_LEVELS),
@@ -413,6 +416,16 @@ FIELDS: tuple[BuildFlag, ...] = (
               "(max-pool), or a 3x3 stride-2 conv on_input, on_lateral or on_output."),
     BuildFlag("relu_before_extra_convs", "--relu-before-extra-convs", BoolKind(),
               "Apply ReLU before every extra conv after the first."),
+    BuildFlag("widths", "--widths", ChannelsKind(metavar="W3,W4,..."),
+              "Channels of each output level, finest first, for necks whose levels differ "
+              "in width (the YOLO necks' C3/C2f outputs). Default: --out-channels at every "
+              "level."),
+    BuildFlag("repeats", "--repeats", IntKind(high=MAX_REPEATS),
+              "Bottlenecks in each C3 / C2f block (the yaml's n after the depth multiple, "
+              "max(round(n * depth), 1))."),
+    BuildFlag("first_layer", "--first-layer", IntKind(low=0, high=MAX_LAYER_INDEX),
+              "Layer index of the neck's first layer in the authors' yaml; the modules are "
+              "named model.<index>. as in their checkpoints (the backbone's layer count)."),
     BuildFlag("input_size", "--input-size", SizeKind(),
               "Image size as HxW (640x480) or one number for square. Default: the preset's."),
     BuildFlag("batch", "--batch", IntKind(high=MAX_BATCH), "Batch size. Default: 1.",

@@ -82,6 +82,12 @@ class NeckSpec:
             keeps doubling.
         extra_convs: What computes the extra levels (mmdetection's ``add_extra_convs``).
         relu_before_extra_convs: ReLU before every extra conv after the first.
+        widths: Channels of each output level (finest first) for the families whose
+            levels differ in width (the YOLO necks); ``None``: ``out_channels`` at every
+            level. When given, ``out_channels`` is the finest level's width.
+        repeats: Bottlenecks in each C3 / C2f block (the YOLO necks).
+        first_layer: The yaml index of the neck's first layer (the YOLO necks name their
+            modules ``model.<index>`` as the authors' checkpoints do).
 
     A field the family does not take must keep its default; giving one is an error
     naming the families that take it.
@@ -105,6 +111,9 @@ class NeckSpec:
     num_outs: int | None = None
     extra_convs: ExtraConvs = ExtraConvs.NONE
     relu_before_extra_convs: bool = False
+    widths: tuple[int, ...] | None = None
+    repeats: int = 1
+    first_layer: int = 0
 
     def __post_init__(self) -> None:
         info = get_family(self.family)
@@ -139,6 +148,19 @@ class NeckSpec:
                 f"num_outs={self.num_outs} is fewer than the {len(chans)} input levels "
                 f"{chans}; give at least {len(chans)}, or pass only the levels the neck uses "
                 "(mmdetection's start_level drops the finest backbone outputs)")
+        if self.widths is not None:
+            if len(self.widths) != self.num_levels:
+                raise SpecError(f"widths has {len(self.widths)} level(s) {list(self.widths)} "
+                                f"but the neck has {self.num_levels} ({', '.join(self.level_names)}"
+                                "); give one width per level with --widths, finest first")
+            if self.out_channels != self.widths[0]:
+                raise SpecError(f"out_channels={self.out_channels} differs from the finest "
+                                f"width {self.widths[0]} of widths={list(self.widths)}; with "
+                                "--widths, out_channels is the finest level's width")
+        if info.check is not None:
+            problem = info.check(self)
+            if problem:
+                raise SpecError(f"{self.label} (family {info.name}): {problem}")
         if self.gn_groups is not None and self.norm is Norm.GN \
                 and self.out_channels % self.gn_groups:
             raise SpecError(
@@ -217,6 +239,11 @@ class NeckSpec:
         return [n.lower() for n in self.level_names]
 
     @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of each output level: ``widths``, else ``out_channels`` everywhere."""
+        return self.widths if self.widths is not None else (self.out_channels,) * self.num_levels
+
+    @property
     def resolved_gn_groups(self) -> int:
         return self.gn_groups if self.gn_groups is not None else seed_gn_groups(self.out_channels)
 
@@ -245,6 +272,12 @@ class NeckSpec:
                 raise _not_taken(key, info, self.label)
         if not changes:  # a spec is validated when made: nothing to check again
             return self
+        if changes.get("widths") is not None:  # the finest width is out_channels
+            given = changes["widths"]
+            if isinstance(given, (tuple, list)) and given:
+                changes["out_channels"] = given[0]
+        elif "out_channels" in changes and self.widths is not None:
+            changes["widths"] = None  # --out-channels alone: that width at every level
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import os
 import re
 from typing import Any
 
 from necktool.errors import SpecError, UnknownNeckError
-from necktool.report import Block, num, size_text, table
+from necktool.report import Block, channels_text, num, size_text, table
 from necktool.spec.families import FAMILIES
 from necktool.spec.fields import Activation, ExtraConvs, Norm
 from necktool.spec.neck_spec import NeckSpec, retinaface_leaky_slope
@@ -210,6 +211,87 @@ register_neck(
 )
 
 
+# YuNet (libfacedetection.train): backbone C3/C4/C5 of 64 channels in both YuNet-n and -s.
+register_neck(
+    "yunet",
+    NeckSpec("yunet", (64, 64, 64), 64, Norm.BN, Activation.RELU, input_size=(640, 640)),
+    "YuNet-s TFPN, as OpenCV's FaceDetectorYN ships it (face_detection_yunet_2023mar.onnx, "
+    "640x640); YuNet-n's neck is the same; family: build variants with flags",
+)
+
+
+def yolo5_channels(arg: int, width: float) -> int:
+    """yolov5(-face)'s channel rule: ``make_divisible(arg * width, 8)``, i.e.
+    ``ceil(arg * width / 8) * 8``."""
+    return math.ceil(arg * width / 8) * 8
+
+
+def yolov8_channels(arg: int, width: float, max_channels: int) -> int:
+    """ultralytics' rule: ``make_divisible(min(arg, max_channels) * width, 8)``."""
+    return yolo5_channels(min(arg, max_channels), width)
+
+
+def yolo_repeats(n: int, depth: float) -> int:
+    """Both repos' depth rule: ``max(round(n * depth), 1)`` for ``n > 1``."""
+    return max(round(n * depth), 1) if n > 1 else n
+
+
+# YOLO5Face (deepcam-cn/yolov5-face models/*.yaml): the backbone levels' yaml args and
+# multiples, the neck's first layer index (the backbone's layer count); the neck's widths
+# are its C3 args (the same as the backbone's for s/m/l, 128 everywhere for the ShuffleNet
+# n tiers), its C3 repeats 3 (s/m/l) or 1 (n) before the depth multiple.
+_YOLO5FACE = {
+    "yolo5face_n0.5": ((128, 256, 512), (128, 128, 128), 1, 1.0, 0.5, 7, "YOLOv5n-0.5"),
+    "yolo5face_n": ((128, 256, 512), (128, 128, 128), 1, 1.0, 1.0, 7, "YOLOv5n"),
+    "yolo5face_s": ((256, 512, 1024), (256, 512, 1024), 3, 0.33, 0.5, 9, "YOLOv5s"),
+    "yolo5face_m": ((256, 512, 1024), (256, 512, 1024), 3, 0.67, 0.75, 9, "YOLOv5m"),
+    "yolo5face_l": ((256, 512, 1024), (256, 512, 1024), 3, 1.0, 1.0, 9, "YOLOv5l"),
+    "yolo5face_s6": ((256, 512, 768, 1024), (256, 512, 768, 1024), 3, 0.33, 0.5, 11,
+                     "YOLOv5s6"),
+}
+for _name, (_args, _w, _n, _depth, _width, _first, _model) in _YOLO5FACE.items():
+    _widths = tuple(yolo5_channels(a, _width) for a in _w)
+    register_neck(
+        _name,
+        NeckSpec("yolo5face", tuple(yolo5_channels(a, _width) for a in _args), _widths[0],
+                 Norm.BN, Activation.SILU, input_size=(640, 640),
+                 widths=_widths if len(set(_widths)) > 1 else None,
+                 repeats=yolo_repeats(_n, _depth), first_layer=_first),
+        f"YOLO5Face {_model} neck: C3 PAN, widths {'/'.join(map(str, _widths))}",
+    )
+
+# YOLOv8 faces (stock ultralytics yolov8.yaml scales [depth, width, max_channels], used
+# by yolov8-face): backbone C3 = C2f[256], C4 = C2f[512], C5 = SPPF[1024]; the neck's C2f
+# args 256/512/1024 with 3 repeats; first neck layer 10.
+_YOLOV8 = {
+    "yolov8n_face": (0.33, 0.25, 1024, "n"),
+    "yolov8s_face": (0.33, 0.50, 1024, "s"),
+    "yolov8m_face": (0.67, 0.75, 768, "m"),
+}
+for _name, (_depth, _width, _max, _scale) in _YOLOV8.items():
+    _v8: tuple[int, ...] = tuple(yolov8_channels(a, _width, _max) for a in (256, 512, 1024))
+    register_neck(
+        _name,
+        NeckSpec("yolov8", _v8, _v8[0], Norm.BN, Activation.SILU,
+                 input_size=(640, 640), widths=_v8, repeats=yolo_repeats(3, _depth),
+                 first_layer=10),
+        f"YOLOv8{_scale}-face neck (ultralytics yolov8.yaml): C2f PAN, widths "
+        f"{'/'.join(map(str, _v8))}",
+    )
+
+# yolov8-lite (derronqi/yolov8-face yolov8-lite-t/s.yaml): ShuffleNet backbone levels
+# 48/96/192 (t) or 96/192/384 (s), the neck 48 or 96 wide everywhere; first layer 8.
+for _name, (_lite, _out, _tier) in {"yolov8_lite_t": ((48, 96, 192), 48, "t"),
+                                  "yolov8_lite_s": ((96, 192, 384), 96, "s")}.items():
+    register_neck(
+        _name,
+        NeckSpec("yolov8_lite", _lite, _out, Norm.BN, Activation.SILU, input_size=(640, 640),
+                 first_layer=8),
+        f"yolov8-lite-{_tier} face neck: Concat top-down, Add bottom-up, DWConvblocks, "
+        f"width {_out}",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class NeckList:
     """``necktool list``'s result: the presets matching a pattern."""
@@ -239,7 +321,8 @@ class NeckList:
             s = p.spec
             act = f"leaky({s.leaky_slope:g})" if s.act is Activation.LEAKY_RELU else s.act.value
             rows.append((p.name, s.family, ",".join(map(str, s.in_channels)),
-                         str(s.out_channels), s.norm.value, act, size_text(s.input_size)))
+                         channels_text(s.level_channels), s.norm.value, act,
+                         size_text(s.input_size)))
         return [table("necktool presets (details: --format json)",
                       ["name", "family", "in_channels", num("out"), "norm", "act", "input"],
                       rows)]

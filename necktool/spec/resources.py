@@ -97,10 +97,9 @@ def limit() -> tuple[int | None, str]:
 
 
 def param_bound(spec: NeckSpec) -> int:
-    """An upper bound of a neck's parameters from its spec (no module built)."""
-    out = spec.out_channels
-    per_level = out * out * 9 * 3 + 6 * out
-    return sum(c * out for c in spec.in_channels) + spec.num_levels * per_level
+    """An upper bound of a neck's parameters from its spec (no module built), as its
+    family declares (:mod:`necktool.spec.bounds`)."""
+    return spec.info.bound_params(spec)
 
 
 def forward_bytes(spec: NeckSpec, input_size: Sequence[int], batch: int) -> int:
@@ -108,7 +107,8 @@ def forward_bytes(spec: NeckSpec, input_size: Sequence[int], batch: int) -> int:
     size = (int(input_size[0]), int(input_size[1]))
     inputs = sum(batch * c * h * w for c, (h, w) in
                  zip(spec.in_channels, spec.input_sizes(size), strict=True))
-    outputs = sum(batch * spec.out_channels * h * w for h, w in spec.level_sizes(size))
+    outputs = sum(batch * c * h * w for c, (h, w) in
+                  zip(spec.level_channels, spec.level_sizes(size), strict=True))
     return FP32_BYTES * (param_bound(spec) + inputs + ACTIVATIONS_PER_LEVEL * outputs)
 
 

@@ -154,8 +154,9 @@ def _blobs(pair: NcnnPair, spec: NeckSpec) -> tuple[tuple[Blob, ...], tuple[Blob
     ins = tuple(Blob(b, n, (c, h, w)) for b, n, c, (h, w) in zip(
         pair.input_blobs, spec.input_names, spec.in_channels, spec.input_sizes(size),
         strict=True))
-    outs = tuple(Blob(b, n, (spec.out_channels, h, w)) for b, n, (h, w) in zip(
-        pair.output_blobs, spec.output_names, spec.level_sizes(size), strict=True))
+    outs = tuple(Blob(b, n, (c, h, w)) for b, n, c, (h, w) in zip(
+        pair.output_blobs, spec.output_names, spec.level_channels, spec.level_sizes(size),
+        strict=True))
     return ins, outs
 
 
