@@ -54,6 +54,7 @@ from necktool.deploy.options import (
     VerifyOptions,
 )
 from necktool.deploy.plan import ExportPlan, StepClock, planned_served
+from necktool.deploy.privacy import scrub
 from necktool.deploy.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
 from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
@@ -64,7 +65,7 @@ from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.necks.weights import make_model
-from necktool.quiet import quiet
+from necktool.quiet import no_torch_cache, quiet
 from necktool.report import Block, neck_header, size_text, table
 from necktool.spec.neck_spec import NeckSpec
 from necktool.units import CROSS_CHECK, UNIT_SHORT
@@ -347,7 +348,7 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
     }
     if dynamic:
         kwargs["dynamic_shapes"] = dynamic_shapes(spec, served or served_by(spec))
-    with quiet() as log:
+    with quiet() as log, no_torch_cache():
         try:
             program = torch.onnx.export(model, (inputs,), **kwargs)
         except Exception as exc:  # the exporter raises many error types
@@ -359,7 +360,9 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
                 from None
         if program is None:  # only when f= is given; kept for the type checker
             raise ExportError("the ONNX exporter returned no program")
-        return program.model_proto
+        # The one place an exported graph leaves the exporter: nothing past here sees the
+        # exporter's stack traces (absolute paths of this machine), only the name scopes.
+        return scrub(program.model_proto)
 
 
 # -- the export ------------------------------------------------------------------------

@@ -438,7 +438,8 @@ class VerifyPlan:
         request: WeightsRequest
         if meta is not None and (neck is None or neck == recorded):
             spec = meta.spec.replace(**overrides)
-            request = meta.weights.request()
+            request = WeightsRequest(seed=meta.weights.seed or 0) \
+                if meta.weights.source == "seed" else WeightsRequest()
         elif neck is not None:
             spec = resolve_spec(neck, **overrides)
             request = WeightsRequest(seed=0)
@@ -457,14 +458,15 @@ class VerifyPlan:
             request = WeightsRequest(path=weights.path, prefix=weights.prefix)
         elif weights.seed is not None:
             request = WeightsRequest(seed=weights.seed)
-        elif meta is not None and request.path is not None \
-                and meta.weights.source == "file":
-            recorded_file = request.path
-            if not recorded_file.is_file() or file_sha256(recorded_file) != meta.weights.sha256:
-                raise InputError(
-                    f"{str(file)!r} was exported from weights file {meta.weights.path!r} "
-                    f"(sha256 {str(meta.weights.sha256)[:12]}...), which is not there or "
-                    "has changed; pass --weights FILE (and --prefix)")
+        elif meta is not None and meta.weights.source == "file" \
+                and (neck is None or neck == recorded):
+            # The metadata only names the file: necktool opens no path the user did not give.
+            prefix = f" --prefix {meta.weights.prefix}" if meta.weights.prefix else ""
+            raise InputError(
+                f"{str(file)!r} was exported from weights file {meta.weights.path!r} "
+                f"(sha256 {str(meta.weights.sha256)[:12]}...); necktool opens only files you "
+                f"name: pass --weights PATH{prefix} (that file), or --seed N to compare with "
+                "seeded weights")
         graph = describe(proto)
         if batch is None:
             batch = meta.batch if meta is not None and neck is None else 1

@@ -226,5 +226,4 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike[str]) -> Wei
             from None
     note = {"folded": "norm folded into the convs; loaded as identity BatchNorm plus the "
                       "conv bias", "present": "norm nodes in the graph", "none": None}
-    return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=_sha256(path),
-                        note=note[found.norm_state])
+    return WeightSource.of_file(path, _sha256(path), note=note[found.norm_state])
