@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -16,3 +18,10 @@ def _no_terminal_size(monkeypatch: pytest.MonkeyPatch) -> None:
     a width sets COLUMNS itself."""
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The user's cache (the check cache's MAC key, ...) in a folder of the session's own,
+    never the real ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))

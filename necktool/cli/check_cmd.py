@@ -82,6 +82,8 @@ def check_command(
     from necktool.budgets.check import check_budgets
 
     cache = None if no_cache else ResultCache(cache_dir(cfg.path))
+    if cache is not None and not cache.usable:  # no key to prove entries are ours: none
+        cache = None
     with progress(len(cfg.budgets), "checking budgets") as advance:
         report = check_budgets(cfg, base, allowed, on_progress=advance, cache=cache,
                                before_profiling=lambda: load_heavy(counting=True))
