@@ -17,6 +17,7 @@ resent signal would kill the process; the remembered interrupt decides the exit 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -50,11 +51,10 @@ def hook(unraisable: Any) -> None:
 
 
 def _resend() -> None:
-    try:
+    # At interpreter shutdown no thread starts: the record (swallowed()) must do then.
+    with contextlib.suppress(RuntimeError, KeyboardInterrupt):
         threading.Thread(target=_interrupt_main, name="necktool-interrupt",
                          daemon=True).start()
-    except (RuntimeError, KeyboardInterrupt):  # interpreter shutdown: the record must do
-        pass
 
 
 def _interrupt_main() -> None:

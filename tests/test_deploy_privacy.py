@@ -71,7 +71,7 @@ def leaks(paths: list[pathlib.Path]) -> list[str]:
     for path in paths:
         data, text = path.read_bytes(), text_of(path)
         for word in machine_words():
-            if MARKER in word and word.encode() in data or word.encode() in text:
+            if (MARKER in word and word.encode() in data) or word.encode() in text:
                 found.append(f"{path.name}: {word!r}")
     return found
 

@@ -17,10 +17,11 @@ parse, is of another schema, is filed under another key or holds malformed count
 the key cannot be read or created the cache is simply not used.
 
 The folder is bounded: at most :data:`MAX_ENTRIES` entries; after each write the least
-recently used ones (oldest modification time; a hit touches its entry) are removed. Writes are atomic
-(:func:`necktool.files.write_file`), so concurrent checks read a whole entry or none. A
-cache folder that cannot be created, read or written makes the cache a no-op, never an
-error: it only ever saves time.
+recently used ones (oldest modification time; a hit touches its entry) are removed.
+
+Writes are atomic (:func:`necktool.files.write_file`), so concurrent checks read a whole
+entry or none. A cache folder that cannot be created, read or written makes the cache a
+no-op, never an error: it only ever saves time.
 
 Custom necks (``package.module:factory``) are never cached: their code is not part of
 the key, so an edit to it would go unnoticed.
