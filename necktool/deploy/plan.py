@@ -27,18 +27,19 @@ import dataclasses
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
 from necktool.analysis.plan import check_batch, content_hash
-from necktool.deploy.data import DataRequest
+from necktool.deploy.data import DataRequest, check_static_fit
 from necktool.deploy.metadata import (
     DEFAULT_OPSET,
     MAX_OPSET,
     MIN_OPSET,
     DamagedMetadata,
     GraphInfo,
+    TensorInfo,
     WeightsRequest,
     describe,
     file_sha256,
@@ -283,6 +284,8 @@ class ExportPlan:
         check_traced_size(spec, served)
         if reduction is not None:
             reduction.check(settings.precision)
+            if reduction.data is not None and not settings.dynamic:
+                check_static_fit(reduction.data, spec, batch)
         need = export_bytes(spec, spec.input_size, batch)
         if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
             need += settings.calibration * forward_bytes(spec, spec.input_size, batch)
@@ -377,6 +380,43 @@ class ExportPlan:
         return content_hash("export", self.to_dict())
 
 
+def _channels(tensors: Sequence[TensorInfo]) -> list[int | None]:
+    return [t.shape[1] if len(t.shape) == 4 and isinstance(t.shape[1], int) else None
+            for t in tensors]
+
+
+def _levels(channels: Sequence[int | None]) -> str:
+    return (f"{len(channels)} level(s) of "
+            f"{','.join('?' if c is None else str(c) for c in channels)} channels")
+
+
+def check_graph_fits(file: pathlib.Path, graph: GraphInfo, spec: NeckSpec,
+                     overrides: Mapping[str, Any]) -> None:
+    """Refuse a neck that cannot be the one in the file: other input or output levels or
+    channels (a build flag that contradicts the file, or the wrong --neck), in one line
+    naming both sides.
+
+    Raises:
+        InputError: the file's inputs or outputs do not fit ``spec``.
+    """
+    ins, outs = _channels(graph.inputs), _channels(graph.outputs)
+    if spec.factory is not None:  # a custom neck's outputs are its own business
+        return
+    want_in, want_out = list(spec.in_channels), [spec.out_channels] * spec.num_levels
+    if len(ins) == len(want_in) and len(outs) == len(want_out) and all(
+            c is None or c == w for c, w in zip([*ins, *outs], [*want_in, *want_out],
+                                                strict=True)):
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
+    why = f"{', '.join(given)} contradict{'s' if len(given) == 1 else ''} the file: " \
+        if given else ""
+    raise InputError(
+        f"{why}{str(file)!r} takes {_levels(ins)} and gives {_levels(outs)}; "
+        f"{spec.label} as asked takes {_levels(want_in)} and gives {_levels(want_out)}"
+        + ("; leave the flag out (the file's metadata describes its neck)" if given
+           else "; pass the --neck and build flags of the neck the file holds"))
+
+
 @dataclasses.dataclass(frozen=True)
 class VerifyPlan:
     """A re-check of an existing ONNX file (``necktool verify``), checked: the file is
@@ -468,6 +508,7 @@ class VerifyPlan:
                 f"name: pass --weights PATH{prefix} (that file), or --seed N to compare with "
                 "seeded weights")
         graph = describe(proto)
+        check_graph_fits(file, graph, spec, overrides)
         if batch is None:
             batch = meta.batch if meta is not None and neck is None else 1
         served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \

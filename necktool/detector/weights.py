@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
