@@ -120,7 +120,8 @@ class VerifyReport:
     def stand_in(self) -> str | None:
         """What ran in place of the file, said plainly: ncnn loads no ONNX file, so its
         rows are a pnnx conversion of the neck the file describes, not the file."""
-        results = getattr(self.verification, "results", (self.verification,))
+        v = self.verification
+        results = v.results if isinstance(v, RuntimesVerification) else (v,)
         if not any(r.runtime == RuntimeName.NCNN.value for r in results):
             return None
         weights = self.source.describe() if self.source is not None else "its weights"
