@@ -22,8 +22,8 @@ import torch
 from _cli import necktool
 
 import necktool as package
+from necktool.artifact.stages import NAME_SCOPES, module_path
 from necktool.deploy.export import export_onnx
-from necktool.deploy.stages import NAME_SCOPES, module_path
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import PRESETS, resolve_spec
 
@@ -109,7 +109,7 @@ def test_no_export_of_any_preset_or_a_custom_neck_names_the_machine(
 
 def test_the_ncnn_pair_names_nothing_of_the_machine(marked: pathlib.Path) -> None:
     pytest.importorskip("pnnx")
-    from necktool.deploy.ncnn import export_ncnn
+    from necktool.deploy.runtimes.ncnn_export import export_ncnn
 
     result = export_ncnn("scrfd_0.5g", marked / "work" / "n.param", input_size=SMALL,
                          verify=False)
@@ -134,7 +134,8 @@ def test_an_exporting_process_leaves_nothing_in_tmpdir_and_names_weights_by_name
     assert (proc.returncode, proc.stderr) == (0, "")
     assert list((marked / "tmp").iterdir()) == []
     assert leaks(written(marked)) == []
-    from necktool.deploy.metadata import file_sha256, read_metadata
+    from necktool.artifact.metadata import read_metadata
+    from necktool.files import file_sha256
 
     weights = read_metadata(onnx.load(str(marked / "work" / "n.onnx"))).weights
     assert (weights.path, weights.sha256) == ("neck.pt", file_sha256(checkpoint))

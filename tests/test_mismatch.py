@@ -208,7 +208,7 @@ def test_save_baseline_into_a_directory_writes_a_file_in_it(
 def test_an_openvino_failure_gives_its_reason_not_its_cpp_location(
         tmp_path: pathlib.Path) -> None:
     pytest.importorskip("openvino")
-    from necktool.deploy.runtimes import OpenVinoRunner
+    from necktool.deploy.runtimes.runners import OpenVinoRunner
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07" + bytes(range(200)))

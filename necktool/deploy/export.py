@@ -4,15 +4,15 @@ The exporter is PyTorch's maintained one, ``torch.onnx.export(..., dynamo=True)`
 A dynamic export gives each input level's height and width a ``torch.export.Dim`` of its
 own (``H_div8, W_div8, H_div16, ...``: level ``k`` of an ``H x W`` image is
 ``ceil(H/s_k) x ceil(W/s_k)``), so one file serves every image size from the coarsest
-stride up (:mod:`necktool.deploy.serving` says exactly which, per family, and the file's metadata
+stride up (:mod:`necktool.artifact.serving` says exactly which, per family, and the file's metadata
 repeats it). A custom neck that cannot run at such sizes in PyTorch gets the levels tied
 as the strides tie them (``4*H_div32, 2*H_div32, H_div32``): images whose sides are
 multiples of the coarsest stride. Extra output levels (mmdetection's P6, P7) are computed
 from the coarsest level, so their sizes follow.
 
 ``precision`` fp16 or int8 converts the checked fp32 graph in memory
-(:mod:`necktool.deploy.convert`); verification then compares the converted graph with the fp32
-PyTorch module, held to that precision's default tolerances.
+(:mod:`necktool.deploy.precision.convert`); verification then compares the converted
+graph with the fp32 PyTorch module, held to that precision's default tolerances.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
 includes strict shape inference), the conv-MAC cross-check (fvcore's count, the
@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -35,39 +35,27 @@ import torch
 from torch import nn
 
 from necktool.analysis.profiling import CrossCheck, analyze
-from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.artifact.metadata import ExportMetadata, TensorInfo, conv_macs, tensor_infos
+from necktool.artifact.privacy import scrub
+from necktool.artifact.serving import Images, LevelRelation, Served, calibration_shapes
+from necktool.artifact.stages import PartOf
 from necktool.deploy.data import FeatureSet
-from necktool.deploy.loss import PrecisionReport, check_stages
-from necktool.deploy.metadata import (
-    DEFAULT_OPSET,
-    ExportMetadata,
-    TensorInfo,
-    WeightsRequest,
-    conv_macs,
-    tensor_infos,
-)
-from necktool.deploy.options import (
-    DEFAULT_CALIBRATION,
-    CalibrationMethod,
-    Precision,
-    Upsample,
-    VerifyOptions,
-)
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import ExportPlan, StepClock, planned_served
-from necktool.deploy.privacy import scrub
-from necktool.deploy.reduce import Reduction, reduce_precision
-from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
-from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
-from necktool.deploy.stages import PartOf
+from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.deploy.precision.loss import PrecisionReport, check_stages
+from necktool.deploy.precision.reduce import Reduction, reduce_precision
+from necktool.deploy.runtimes.runners import RuntimesVerification
 from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
-from necktool.necks.weights import make_model
 from necktool.quiet import no_torch_cache, quiet
-from necktool.report import Block, neck_header, size_text, table
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, size_text, table
+from necktool.spec.graph_form import Upsample
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
 from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
 
@@ -366,42 +354,27 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
 
 
 # -- the export ------------------------------------------------------------------------
-def export_onnx(
-    neck: str | NeckSpec,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    batch: int = 1,
-    dynamic: bool = True,
-    opset: int = DEFAULT_OPSET,
-    seed: int | None = None,
-    weights: str | os.PathLike[str] | WeightsRequest | None = None,
-    prefix: str | None = None,
-    verify: bool = True,
-    options: VerifyOptions | None = None,
-    precision: Precision | str = Precision.FP32,
-    calibration: int | None = None,
-    on_step: Callable[[str], None] | None = None,
-    upsample: Upsample | str = Upsample.SIZE,
-    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
-    reduction: Reduction | None = None,
-    **overrides: Any,
-) -> ExportResult:
+def export_onnx(neck: str | NeckSpec, output: str | os.PathLike[str] | None = None, *,
+                on_step: Callable[[str], None] | None = None, **keywords: Any) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
 
     Builds an :class:`~necktool.deploy.plan.ExportPlan` (every check) and runs it
-    (:func:`run_export`).
+    (:func:`run_export`). The keywords are the fields of the one export request,
+    :class:`~necktool.deploy.plan.ExportRequest` (below), and the neck's build flags.
 
     Args:
         neck: A preset name, an import path or a :class:`NeckSpec`.
         output: Destination file; default ``<neck>.onnx`` in the current directory.
+        on_step: Called with each step's name as it finishes (for a progress bar; the
+            steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
         batch: Batch size traced (and fixed, for a static export).
         dynamic: Dynamic batch, height and width (every image size from the coarsest
-            stride up; see :mod:`necktool.deploy.serving`); ``False`` fixes the export size.
+            stride up; see :mod:`necktool.artifact.serving`); ``False`` fixes the export size.
         opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
         seed: Weight init seed when ``weights`` is not given (norms randomised too;
             default 0).
         weights: A ``.pt``/``.pth`` state dict, loaded strictly (see ``load_weights``), or
-            a :class:`~necktool.deploy.metadata.WeightsRequest` (which then holds the seed
+            a :class:`~necktool.artifact.metadata.WeightsRequest` (which then holds the seed
             and prefix too).
         prefix: Key prefix selecting the neck in ``weights`` (e.g. ``"fpn."``).
         verify: Compare ONNX Runtime with PyTorch before writing.
@@ -410,20 +383,18 @@ def export_onnx(
         precision: ``fp32``, ``fp16`` (float16 weights and compute, float32 inputs and
             outputs) or ``int8`` (ONNX Runtime static QDQ quantization).
         calibration: int8 only: seeded calibration batches (default
-            :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
-        on_step: Called with each step's name as it finishes (for a progress bar; the
-            steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
+            :data:`~necktool.deploy.tolerance.DEFAULT_CALIBRATION`).
         upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
             level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
             which converters that freeze a size-computed Resize keep). The numbers, the
             FLOPs (counted on the ``size`` form) and the conv MACs are the same.
-        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes`):
+        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes.runners`):
             ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
             give one result, which passes when every runtime passed.
         reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
-            SQNR, an SQNR floor (see :mod:`necktool.deploy.reduce`); with data, verification
-            runs on its held-out feature sets.
-        **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
+            SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data,
+            verification runs on its held-out feature sets.
+        **flags: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
         The result; the file is at ``result.path``. When ONNX Runtime disagrees with
@@ -441,14 +412,7 @@ def export_onnx(
         >>> result.verification.passed, result.inputs[0].shape
         (True, ('batch', 48, 'H_div8', 'W_div8'))
     """
-    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
-        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
-    plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
-                            weights=request, verify=verify, options=options,
-                            precision=precision, calibration=calibration,
-                            upsample=upsample, runtimes=runtimes, reduction=reduction,
-                            **overrides)
-    return run_export(plan, on_step=on_step)
+    return run_export(ExportPlan.build(neck, output, **keywords), on_step=on_step)
 
 
 def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
@@ -467,12 +431,12 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     done = StepClock(on_step)
     seconds = done.seconds
 
-    spec, batch, precision = plan.spec, plan.batch, plan.precision
-    reduction = plan.reduction
-    model, source = make_model(spec, plan.weights)
-    if plan.upsample is not Upsample.SIZE \
+    spec, batch, req = plan.spec, plan.batch, plan.request
+    precision, reduction = req.precision, req.reduction
+    model, source = make_model(spec, plan.request.weights)
+    if plan.request.upsample is not Upsample.SIZE \
             and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
-        raise InputError(f"--upsample {plan.upsample.value} rewrites necktool's UpsampleAdd "
+        raise InputError(f"--upsample {req.upsample.value} rewrites necktool's UpsampleAdd "
                          f"modules, and {spec.label} has none (it upsamples in its own code); "
                          f"leave --upsample at {Upsample.SIZE.value}")
     if reduction is not None and reduction.keep_fp32:  # a bad stage name: before the work
@@ -488,23 +452,23 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
     # would count a scale2 upsample's uncropped 2x output). Verification then compares the
     # file with the module in the form it was exported in.
-    set_upsample(model, plan.upsample)
+    set_upsample(model, plan.request.upsample)
     inputs = input_tensors(spec, spec.input_size, batch, seed=0)
-    proto = export_model(model, spec, inputs, dynamic=plan.dynamic, opset=plan.opset,
+    proto = export_model(model, spec, inputs, dynamic=req.dynamic, opset=req.opset,
                          served=served)
     done("export")
 
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
     cross_check = counted.cross_check.with_onnx(conv_macs(proto, input_shapes))
-    calibration = plan.calibration
+    calibration = plan.request.calibration
     if calibration and reduction is not None and reduction.data is not None:
         calibration = len(reduction.data.calibration)  # what the metadata records
     meta = ExportMetadata(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
-        batch=batch, dynamic=plan.dynamic, opset=plan.opset, flops=counted.flops,
+        batch=batch, dynamic=plan.request.dynamic, opset=plan.request.opset, flops=counted.flops,
         params=counted.params, conv_macs=int(cross_check.onnx_conv_macs or 0),
         weights=source, exporter=exporter_name(), precision=precision, served=served,
-        calibration=calibration, upsample=plan.upsample)
+        calibration=calibration, upsample=plan.request.upsample)
     _stamp(proto, meta)
     _check_model(proto)
     if not cross_check.agree:
@@ -527,10 +491,10 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
                           tensor_infos(proto.graph.output), cross_check, None, False,
                           seconds, nbytes=len(data), plan=plan, reduced=reduced)
 
-    if plan.options is not None:
+    if plan.request.options is not None:
         verification = compare_runtimes(
-            data, model, spec, runtimes=plan.runtimes, cases=plan.cases, options=plan.options,
-            weights=source.describe(), dynamic=plan.dynamic, precision=precision,
+            data, model, spec, runtimes=req.runtimes, cases=plan.cases, options=req.options,
+            weights=source.describe(), dynamic=plan.request.dynamic, precision=precision,
             path=str(plan.output), features=_verification_data(reduction),
             measured_on=reduction.data.describe() if reduction and reduction.data else "")
         result = dataclasses.replace(result, verification=verification)

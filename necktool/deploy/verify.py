@@ -1,6 +1,6 @@
 """Compare an ONNX file, run by ONNX Runtime, with the PyTorch neck it came from.
 
-The rule is :mod:`necktool.deploy.options`'s: per output, with the element excess
+The rule is :mod:`necktool.deploy.tolerance`'s: per output, with the element excess
 ``e = |ort - torch| - rtol * |torch|``, the output passes when ``stat(e) <= atol``
 (``elemwise``: every element, i.e. ``numpy.isclose``'s rule; this is stricter than
 Polygraphy, which fails an element only when it breaks both tolerances). Per output and
@@ -14,12 +14,12 @@ survives, which matters for fp16 and int8 files: the SQNR,
 outputs, both over every element of every trial.
 
 The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to its
-precision's default tolerances (:data:`necktool.deploy.options.PRECISION_DEFAULTS`) unless the
-user gives others. The cases are :func:`necktool.deploy.serving.default_cases`: the export size,
+precision's default tolerances (:data:`necktool.deploy.tolerance.PRECISION_DEFAULTS`) unless the
+user gives others. The cases are :func:`necktool.artifact.serving.default_cases`: the export size,
 and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
 
 ``runtime`` runs the file in OpenVINO, or the neck converted by pnnx in ncnn, instead of
-ONNX Runtime (:mod:`necktool.deploy.runtimes`), with the same cases and statistics;
+ONNX Runtime (:mod:`necktool.deploy.runtimes.runners`), with the same cases and statistics;
 :func:`compare_runtimes` runs several and returns them as one result.
 """
 
@@ -37,34 +37,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from necktool import quiet
+from necktool.artifact.metadata import GraphInfo
+from necktool.artifact.serving import Case, Served, default_cases
 from necktool.deploy.comparison import (
     CaseComparison,
     OutputComparison,
     VerificationResult,
 )
 from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
-from necktool.deploy.loss import PrecisionReport
-from necktool.deploy.metadata import GraphInfo, WeightSource, WeightsRequest
-from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import VerifyPlan, checked_options
-from necktool.deploy.runtimes import (
+from necktool.deploy.precision.loss import PrecisionReport
+from necktool.deploy.runtimes.runners import (
+    ModelSource,
     NcnnPair,
-    NcnnRunner,
-    OpenVinoRunner,
     OrtRunner,
     Runner,
-    RuntimeName,
     RuntimesVerification,
-    require_runtime,
+    open_runner,
+    source_name,
 )
-from necktool.deploy.serving import Case, Served, default_cases
-from necktool.errors import InputError, first_line
+from necktool.deploy.tolerance import ErrorStat, VerifyOptions
+from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.necks.weights import make_model
-from necktool.report import Block, Note, neck_header
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, Note
+from necktool.spec.graph_form import Upsample
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import Precision
+from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
+from necktool.spec.weights import WeightSource, WeightsRequest
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 # Re-exported: the results and cases live in torch-free modules.
@@ -122,7 +124,7 @@ class VerifyReport:
         rows are a pnnx conversion of the neck the file describes, not the file."""
         v = self.verification
         results = v.results if isinstance(v, RuntimesVerification) else (v,)
-        if not any(r.runtime == RuntimeName.NCNN.value for r in results):
+        if not any(r.runtime == Runtime.NCNN.value for r in results):
             return None
         weights = self.source.describe() if self.source is not None else "its weights"
         return (f"ncnn did not run {self.path}: ncnn loads no ONNX file, so the ncnn rows "
@@ -167,31 +169,6 @@ class VerifyReport:
 
 
 # -- running ---------------------------------------------------------------------------
-ModelSource = str | pathlib.Path | bytes  # a file, or a serialized model still in memory
-
-
-def _name(source: ModelSource) -> str:
-    return "the exported model" if isinstance(source, bytes) else repr(str(source))
-
-
-def open_session(source: ModelSource, provider: str) -> Any:
-    """An ONNX Runtime session on ``provider`` only, with ORT's own logging off.
-
-    ORT prints its errors on the C++ side's stderr even at severity 3; every error here is
-    caught and reported (a load failure as an ``InputError``, a failed run as a failed
-    case), so its own logging is fatal-only."""
-    ort = quiet.onnxruntime()
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    model = source if isinstance(source, bytes) else str(source)
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=[provider])
-    except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-        raise InputError(f"ONNX Runtime cannot load {_name(source)}: "
-                         f"{first_line(exc, typed=False)}") from None
-
-
 @contextlib.contextmanager
 def reference_threads() -> Iterator[int]:
     """torch's intra-op threads for reference forwards (verification, counting), lowered
@@ -300,7 +277,7 @@ def compare_onnx(
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
     path: str | None = None,
-    runtime: RuntimeName | str = RuntimeName.ORT,
+    runtime: Runtime | str = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -318,9 +295,9 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
-        runtime: What runs the file (:mod:`necktool.deploy.runtimes`): ``ort``, ``openvino``,
-            ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default: ``model``
-            converted by pnnx, as ``necktool export --to ncnn`` converts it).
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``,
+            ``openvino``, ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default:
+            ``model`` converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
     whose note quotes ORT's error.
@@ -333,7 +310,7 @@ def compare_onnx(
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
                           dynamic=dynamic, precision=precision, path=path, check_outputs=True,
-                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair,
+                          runtime=require_runtime(parse_runtime(runtime)), ncnn_pair=ncnn_pair,
                           features=features, measured_on=measured_on)
 
 
@@ -350,7 +327,7 @@ def run_comparison(
     path: str | None = None,
     check_outputs: bool = False,
     on_case: Callable[[str], None] | None = None,
-    runtime: RuntimeName = RuntimeName.ORT,
+    runtime: Runtime = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -358,11 +335,12 @@ def run_comparison(
     """:func:`compare_onnx` with ``options`` already checked by a plan (tolerances
     resolved, the provider's full name, tolerances naming outputs the file has) and
     ``runtime`` known to be installed: nothing is checked again unless ``check_outputs``."""
-    runner = make_runner(runtime, source, model, spec, options.provider, ncnn_pair)
+    runner = open_runner(runtime, source, model, spec, options.provider, ncnn_pair)
     provider = runner.provider if isinstance(runner, OrtRunner) else runner.describe()
     n_in, n_out = len(runner.input_names), len(runner.output_names)
     if n_in != spec.num_inputs or n_out != spec.num_levels:
-        raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
+        raise InputError(f"{source_name(source)} has {n_in} input(s) and {n_out} output(s); "
+                         f"the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
     out_names = runner.output_names
@@ -388,26 +366,12 @@ def run_comparison(
                               measured_on if features is not None else "")
 
 
-def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spec: NeckSpec,
-                provider: str = "cpu", ncnn_pair: NcnnPair | None = None) -> Runner:
-    """The runner of ``runtime`` for an ONNX ``source`` (ncnn: for ``ncnn_pair``, else for
-    ``model`` converted by pnnx)."""
-    if runtime is RuntimeName.ORT:  # the provider's full name, checked by the plan
-        return OrtRunner(open_session(source, provider), provider)
-    if runtime in (RuntimeName.OPENVINO, RuntimeName.OPENVINO_BF16):
-        return OpenVinoRunner(source, hint="f32" if runtime is RuntimeName.OPENVINO else None)
-    if ncnn_pair is None:
-        from necktool.deploy.ncnn_convert import neck_to_ncnn
-
-        ncnn_pair = neck_to_ncnn(model, spec)
-    return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
-
-
 def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
-                     runtimes: Sequence[RuntimeName], **kwargs: Any
+                     runtimes: Sequence[Runtime], **kwargs: Any
                      ) -> VerificationResult | RuntimesVerification:
     """:func:`run_comparison` in each of a plan's runtimes (checked there): one runtime's
-    result, or all of them as one (:class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
+    result, or all of them as one
+    (:class:`~necktool.deploy.runtimes.runners.RuntimesVerification`)."""
     results = tuple(run_comparison(source, model, spec, runtime=r, **kwargs)
                     for r in runtimes)
     return results[0] if len(results) == 1 else RuntimesVerification(results)
@@ -470,7 +434,7 @@ def _check_static_shapes(runner: Runner, inputs: Sequence[torch.Tensor],
         got = list(tensor.shape)
         if len(want) != len(got) or any(isinstance(w, int) and w != g
                                          for w, g in zip(want, got, strict=True)):
-            raise InputError(f"{_name(source)} expects input {name} of shape {want}, but the "
+            raise InputError(f"{source_name(source)} expects input {name} of shape {want}, but the "
                              f"neck at this size gives {got}; check --input-size, --batch and "
                              "the build flags")
 
@@ -486,7 +450,7 @@ def verify_onnx(
     batch: int | None = None,
     options: VerifyOptions | None = None,
     upsample: Upsample | str | None = None,
-    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
     data: DataRequest | None = None,
     **overrides: Any,
 ) -> VerifyReport:
@@ -498,11 +462,11 @@ def verify_onnx(
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
         neck: Which neck the file holds; needed when the file has no necktool metadata,
-            unless ``weights`` holds a neck :mod:`necktool.necks.identify` recognises; and for a
+            unless ``weights`` holds a neck :mod:`necktool.detector.identify` recognises; and for a
             custom neck: the file's import path is imported only when ``neck`` names the
             same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded);
-            ``weights`` may be a :class:`~necktool.deploy.metadata.WeightsRequest`.
+            ``weights`` may be a :class:`~necktool.artifact.metadata.WeightsRequest`.
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
@@ -513,7 +477,7 @@ def verify_onnx(
             the neck converted by pnnx from the PyTorch module); several give one result.
         data: Real feature sets (``--calibration-data`` or ``--images``): verification
             runs on the held-out part (the same split the export calibrated on).
-            :func:`necktool.deploy.file_stages.verify_stages` adds the per-stage SQNR.
+            :func:`necktool.deploy.precision.audit.verify_stages` adds the per-stage SQNR.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:

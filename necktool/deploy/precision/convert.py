@@ -10,7 +10,7 @@
   calibration), calibrated on ``calibration`` seeded batches
   drawn as verification draws its inputs (standard normal, one seed per batch; seeds of
   their own, so verification runs on inputs the calibration never saw), cycling through
-  the given ``(size, batch)`` shapes (:func:`necktool.deploy.serving.calibration_shapes`).
+  the given ``(size, batch)`` shapes (:func:`necktool.artifact.serving.calibration_shapes`).
 
 Before quantizing, every initializer that several nodes share gets one copy per
 consumer: the dynamo exporter's optimiser shares the ``InstanceNormalization`` scale and
@@ -33,14 +33,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.options import (
+from necktool.errors import ExportError, first_line
+from necktool.quiet import quiet
+from necktool.spec.precision import (
     DEFAULT_CALIBRATION,
     CalibrationMethod,
     Precision,
-    check_precision,
 )
-from necktool.errors import ExportError, first_line
-from necktool.quiet import quiet
 
 if TYPE_CHECKING:
     import onnx
@@ -66,21 +65,21 @@ Feeds = dict[str, Any]  # input name -> float32 array: one calibration batch
 PER_CHANNEL = True
 
 
-def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpec,
+def convert(proto: onnx.ModelProto, precision: Precision, *, spec: NeckSpec,
             shapes: Sequence[Shape], calibration: int = DEFAULT_CALIBRATION,
             feeds: Sequence[Feeds] | None = None,
-            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            method: CalibrationMethod = CalibrationMethod.MINMAX,
             per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
             ) -> onnx.ModelProto:
     """``proto`` (fp32, left unchanged) at ``precision``; fp32 returns it as it is.
     ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`);
     ``feeds``: real calibration inputs instead; ``keep_fp32``: node names left in fp32.
 
+    ``precision``, ``calibration`` and ``method`` come from a checked plan.
+
     Raises:
-        InputError: ``calibration`` is not 1 to ``MAX_CALIBRATION`` batches (int8).
         ExportError: the converter failed or made a graph that does not load.
     """
-    precision = Precision(precision)
     if precision is Precision.FP32:
         return proto
     if precision is Precision.FP16:
@@ -127,7 +126,7 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
             calibration: int = DEFAULT_CALIBRATION, *, feeds: Sequence[Feeds] | None = None,
-            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            method: CalibrationMethod = CalibrationMethod.MINMAX,
             per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
             ) -> onnx.ModelProto:
     """ONNX Runtime static QDQ quantization, calibrated on ``feeds`` (real inputs) or on
@@ -142,11 +141,9 @@ def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
     """
     import onnx
 
-    method = CalibrationMethod(method)
     if method is CalibrationMethod.AUTO:
-        raise ExportError("calibration method 'auto' is chosen by necktool.deploy.loss; "
+        raise ExportError("calibration method 'auto' is chosen by necktool.deploy.precision.loss; "
                           "to_int8 takes minmax, percentile or entropy")
-    calibration = check_precision(Precision.INT8, calibration)[1] or DEFAULT_CALIBRATION
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     unshare_initializers(copy)

@@ -4,7 +4,7 @@ The dynamo exporter annotates every node with where it was traced: the Python st
 (``pkg.torch.onnx.stack_trace``, absolute paths into the exporting machine's environment,
 home directory included) and other source locations. :func:`scrub` keeps, of every
 node's ``metadata_props``, only the keys in :data:`KEPT_NODE_PROPS`: the module scopes
-(``pkg.torch.onnx.name_scopes``) that :mod:`necktool.deploy.stages` reads for ``--stages``
+(``pkg.torch.onnx.name_scopes``) that :mod:`necktool.artifact.stages` reads for ``--stages``
 and ``bench --stages`` (module attribute paths such as ``td_convs.1.conv``: names from the
 neck's code, never from the file system). Doc strings anywhere in the graph (nodes,
 graphs, value infos, functions) are emptied; the model's own doc string and
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.stages import NAME_SCOPES
+from necktool.artifact.stages import NAME_SCOPES
 
 if TYPE_CHECKING:
     import onnx
