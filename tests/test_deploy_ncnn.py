@@ -23,7 +23,8 @@ pytest.importorskip("pnnx")
 
 from necktool.artifact.serving import default_cases
 from necktool.deploy.runtimes.ncnn_export import export_ncnn, ncnn_paths
-from necktool.deploy.runtimes.runners import NcnnPair, NcnnRunner
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair
+from necktool.deploy.runtimes.runners import NcnnRunner
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model

@@ -296,8 +296,8 @@ def test_verify_plan_runs_without_validating_and_hashes_the_file(
     seen: list[str] = []
     report = run_verify(plan, on_case=seen.append)
     assert report and len(seen) == plan.steps == 3
-    assert report.served == plan.served and "every image H x W" in report.serves
-    assert report.to_dict()["serves"] == report.serves  # the sentence, from the Served
+    assert report.served == plan.served and "every image H x W" in report.serves_text
+    assert report.to_dict()["serves"] == report.serves_text  # the sentence, from the Served
     assert report.verification.path == str(path)  # no patched-in path
 
 

@@ -61,7 +61,7 @@ class UpToDate:
         return {**neck_header(m.spec, m.input_size, m.batch), "path": str(self.path),
                 "written": False, "up_to_date": True, "bytes": self.nbytes,
                 "opset": m.opset, "dynamic": m.dynamic, "precision": m.precision.value,
-                "serves": m.serves.to_json(), "necktool_version": m.version,
+                "serves": m.served_shapes.to_json(), "necktool_version": m.version,
                 "weights": m.weights.to_dict(), "verification": None}
 
 
@@ -130,7 +130,7 @@ class ConfigExport:
         for e in self.entries:
             m = e.metadata
             served = {Images.STATIC: "static", Images.ANY: "any HxW",
-                      Images.MULTIPLES: "multiples"}[m.serves.images]
+                      Images.MULTIPLES: "multiples"}[m.served_shapes.images]
             if e.result is None:
                 assert e.kept is not None
                 path, nbytes, max_abs, verdict = e.kept.path, e.kept.nbytes, "-", "up to date"

@@ -102,7 +102,7 @@ class ExportResult:
 
     @property
     def served(self) -> Served:
-        return self.metadata.serves
+        return self.metadata.served_shapes
 
     @property
     def conv_macs_onnx(self) -> int:
@@ -213,7 +213,7 @@ def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) ->
             on = (f"{len(reduced.data.calibration)} real feature set(s) "
                   f"({reduced.data.source})")
         else:
-            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.served_shapes)
             at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
             on = f"{m.calibration} seeded batch(es) ({at})"
         return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights}weights (7-bit "
@@ -237,7 +237,7 @@ def _calibration(m: ExportMetadata, reduced: PrecisionReport | None = None
     if reduced is not None and reduced.data is not None:
         return {"batches": len(reduced.data.calibration), "data": reduced.data.to_dict(),
                 **common}
-    shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+    shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.served_shapes)
     return {"batches": m.calibration,
             "shapes": [{"input_size": list(s), "batch": b} for s, b in shapes],
             "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + m.calibration - 1],

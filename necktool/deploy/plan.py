@@ -528,8 +528,8 @@ class VerifyPlan:
         check_graph_fits(file, graph, spec, overrides)
         if batch is None:
             batch = meta.batch if meta is not None and neck is None else 1
-        served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \
-            else Served.legacy(graph.dynamic)
+        served = meta.served_shapes if meta is not None \
+            and meta.served_shapes.dynamic == graph.dynamic else Served.legacy(graph.dynamic)
         # The metadata's precision; the graph's for a file without it or converted later.
         in_graph = graph_precision(proto)
         precision = meta.precision if meta is not None and in_graph is Precision.FP32 \

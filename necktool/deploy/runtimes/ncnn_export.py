@@ -23,7 +23,7 @@ from typing import Any
 from necktool.artifact.serving import Served
 from necktool.deploy.comparison import VerificationResult
 from necktool.deploy.plan import ExportPlan, ExportRequest, ExportTo, StepClock
-from necktool.deploy.runtimes.runners import NcnnPair
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair
 from necktool.files import check_writable, write_file
 from necktool.report import Block, size_text, table
 from necktool.spec.neck_spec import NeckSpec, neck_header
@@ -66,7 +66,7 @@ class Blob:
         return f"{self.blob} ({self.name}, {'x'.join(map(str, self.shape))} at export size)"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class NcnnExportResult:
     """An ncnn export: the pair, its blobs, the verification in ncnn."""
 
@@ -245,11 +245,12 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
     done("convert")
     ins, outs = _blobs(pair, spec)
     result = NcnnExportResult(
-        spec, param_dest, bin_dest, export.batch, export.request.precision, ins, outs,
-        export.served, source,
-        f"pnnx {getattr(pnnx, '__version__', '?')} from the PyTorch module (pnnx.export, "
-        f"traced at {size_text(spec.input_size)} and a second size)", None, False, seconds,
-        len(pair.param), len(pair.weights))
+        spec=spec, param_path=param_dest, bin_path=bin_dest, batch=export.batch,
+        precision=export.request.precision, inputs=ins, outputs=outs, served=export.served,
+        weights=source, converter=f"pnnx {getattr(pnnx, '__version__', '?')} from the PyTorch "
+        f"module (pnnx.export, traced at {size_text(spec.input_size)} and a second size)",
+        verification=None, written=False, seconds=seconds, param_bytes=len(pair.param),
+        bin_bytes=len(pair.weights))
     if export.request.options is not None:
         verification = run_comparison(
             str(param_dest), model, spec, runtime=Runtime.NCNN, ncnn_pair=pair,
