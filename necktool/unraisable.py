@@ -17,7 +17,6 @@ resent signal would kill the process; the remembered interrupt decides the exit 
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
@@ -51,10 +50,15 @@ def hook(unraisable: Any) -> None:
 
 
 def _resend() -> None:
-    # At interpreter shutdown no thread starts: the record (swallowed()) must do then.
-    with contextlib.suppress(RuntimeError, KeyboardInterrupt):
-        threading.Thread(target=_interrupt_main, name="necktool-interrupt",
-                         daemon=True).start()
+    for _ in range(3):  # a resent signal landing in here must not end the resending
+        try:
+            threading.Thread(target=_interrupt_main, name="necktool-interrupt",
+                             daemon=True).start()
+            return
+        except KeyboardInterrupt:
+            continue
+        except RuntimeError:  # interpreter shutdown: the record (swallowed()) must do
+            return
 
 
 def _interrupt_main() -> None:
