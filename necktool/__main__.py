@@ -18,12 +18,19 @@ def run() -> None:
     """
     code = INTERRUPTED
     try:
+        # An interrupt raised inside a weakref callback (an import's module lock), __del__
+        # or gc is delivered again, never printed as "Exception ignored".
+        from necktool import unraisable
+
+        unraisable.install()
         for sig in _SIGNALS:  # until the CLI's own, and again once it gives them back
             signal.signal(sig, signal.default_int_handler)  # (also over an inherited SIG_IGN)
         from necktool.cli import main
 
         code = main(standalone=False)
     except KeyboardInterrupt:
+        code = INTERRUPTED
+    if "necktool.unraisable" in sys.modules and sys.modules["necktool.unraisable"].swallowed():
         code = INTERRUPTED
     end(code)
 

@@ -59,3 +59,26 @@ def onnxruntime() -> Any:
 
     ort.set_default_logger_severity(3)
     return ort
+
+
+
+@contextlib.contextmanager
+def no_torch_cache() -> Iterator[None]:
+    """Run torch code (``torch.export``, the ONNX exporter) without it leaving an empty
+    ``torchinductor_<user>`` folder in ``$TMPDIR``.
+
+    Importing ``torch._dynamo`` (and parts of the export) asks for the inductor cache
+    directory, which torch creates, by default as ``$TMPDIR/torchinductor_<user name>``:
+    debris that also names the user. necktool compiles nothing, so inside the block the
+    cache is a temporary directory, removed on the way out (even on Ctrl-C). A
+    ``TORCHINDUCTOR_CACHE_DIR`` the user set is left alone.
+    """
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="necktool-") as scratch:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = scratch
+        try:
+            yield
+        finally:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)

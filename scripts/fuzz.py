@@ -17,7 +17,7 @@ import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzzing import Files, execute, fuzz_environment, invocation, verdict
+from fuzzing import Files, execute, fuzz_environment, invocation, leftovers, verdict
 
 
 def main(argv: list[str]) -> int:
@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
                 if (seed - start + 1) % 500 == 0:
                     print(f"... {seed - start + 1} invocations, {len(problems)} problems",
                           file=sys.stderr, flush=True)
+            left = leftovers(root)
     seconds = time.perf_counter() - began
     print(f"{count} invocations (seeds {start}..{start + count - 1}) in {seconds:.0f} s")
     print(f"{'command':<10} {'total':>6} " + " ".join(f"{'exit ' + str(c):>8}"
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
     tracebacks = sum("traceback" in p for p in problems)
     internal = sum("internal error" in p for p in problems)
     print(f"problems: {len(problems)} (tracebacks {tracebacks}, internal errors {internal})")
+    print(f"left in $TMPDIR: {len(left)}" + (f" ({', '.join(left[:10])})" if left else ""))
+    if left:
+        problems.append(f"left in $TMPDIR: {left}")
     for line in problems[:50]:
         print("  " + line[:400])
     return 1 if problems else 0

@@ -8,6 +8,11 @@ numbers, NaN and infinities, whitespace, empty strings, directories, devices, li
 missing and over-long paths, and files with random bytes, non-UTF-8 text, deep nesting or
 damaged ONNX metadata. Each invocation runs in process and is judged by :func:`verdict`.
 
+The new surfaces are drawn too: a neck file against detector files (``verify --against``),
+images through a detector as ``--backbone`` (folders of tiny, huge, odd-mode and broken
+pictures), ``.npz`` archives with odd members (encrypted, unreadable compression, pickled,
+lying headers). ``$TMPDIR`` is a folder of the run's own, which must stay empty.
+
 The exporter itself (``torch.onnx.export``) is replaced by a stub that fails at once:
 the fuzzer attacks necktool's handling of input, and a real export of every valid
 combination would take seconds each; the export tests cover the exporter.
@@ -85,6 +90,8 @@ def verdict(outcome: Outcome) -> str | None:
         return f"exit code {outcome.code}"
     if outcome.traceback:
         return "printed a traceback"
+    if "Warning: " in outcome.stderr or "Exception ignored" in outcome.stderr:
+        return f"third-party noise on stderr: {outcome.stderr.strip()[:200]}"
     if outcome.code == 2:
         lines = outcome.stderr.splitlines()
         if not lines or not lines[0].startswith("necktool: error: "):
@@ -104,7 +111,128 @@ class Files:
         self.configs: list[str] = []
         self.onnx: list[str] = []
         self.weights: list[str] = []
+        self.detectors: list[str] = []  # detector ONNX files whose necks differ from good.onnx's
+        self.archives: list[str] = []  # .npz files with odd members, and folders of them
+        self.images: list[str] = []  # folders of tiny, huge and odd-mode pictures
         self._make(onnx_file)
+        self._make_archives()
+        self._make_images()
+        self._make_detectors()
+
+    def _make_archives(self) -> None:
+        """One .npz per oddity: the good shape for scrfd_0.5g, an encrypted member, a
+        compression zipfile cannot read, a pickled object, a header claiming more than the
+        file holds, other channels, other sizes, 1x1 levels, an integer array, NaN."""
+        import io
+        import struct
+        import zipfile
+
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        folder = self.root / "npz"
+        folder.mkdir(exist_ok=True)
+
+        def save(name: str, arrays: dict[str, Any]) -> str:
+            path = folder / name
+            np.savez(path, **arrays)
+            return str(path)
+
+        def levels(channels: tuple[int, ...] = (72, 152, 288), side: int = 8,
+                   dtype: Any = np.float32) -> dict[str, Any]:
+            return {f"c{3 + i}": rng.random((1, c, side >> i or 1, side >> i or 1)).astype(dtype)
+                    for i, c in enumerate(channels)}
+
+        def patched(name: str, flags: int = 0, method: int | None = None) -> str:
+            path = folder / name
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+                for key, array in levels().items():
+                    buffer = io.BytesIO()
+                    np.save(buffer, array)
+                    archive.writestr(f"{key}.npy", buffer.getvalue())
+            data = bytearray(path.read_bytes())
+            for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+                at = data.index(signature)
+                if flags:
+                    struct.pack_into("<H", data, at + flag_at, flags)
+                if method is not None:
+                    struct.pack_into("<H", data, at + method_at, method)
+            path.write_bytes(bytes(data))
+            return str(path)
+
+        nan = levels()
+        nan["c3"][0, 0, 0, 0] = np.nan
+        self.archives = [
+            save("good.npz", levels()), patched("encrypted.npz", flags=1),
+            patched("deflate64.npz", method=9), patched("lzma.npz", method=14),
+            save("channels.npz", levels((16, 24, 32))), save("sizes.npz", levels(side=16)),
+            save("tiny.npz", levels(side=1)), save("ints.npz", levels(dtype=np.int32)),
+            save("nan.npz", nan), save("one.npz", {"x": np.ones((1, 72, 8, 8), np.float32)}),
+            self._write("claims.npz", self._claiming_npz()),
+            str(folder), *self.paths[:4]]
+        with contextlib.suppress(ValueError):  # numpy refuses to write object arrays unpickled
+            np.savez(folder / "objects.npz", c3=np.array([{"a": 1}], dtype=object))
+            self.archives.append(str(folder / "objects.npz"))
+
+    def _claiming_npz(self) -> bytes:
+        """A member whose header claims a (10**6, 10**6) array in a few bytes."""
+        import io
+        import zipfile
+
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }"
+        npy = b"\x93NUMPY\x01\x00" + len(header.ljust(118) + "\n").to_bytes(2, "little") + \
+            (header.ljust(118) + "\n").encode()
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("c3.npy", npy + b"\x00" * 16)
+        return buffer.getvalue()
+
+    def _make_images(self) -> None:
+        """Folders of pictures: 1x1, 1x2000, 4000x3, palette with transparency, 16-bit
+        grey, CMYK JPEG, 1-bit, LA, a truncated PNG, text named .png."""
+        with contextlib.suppress(ImportError):
+            from PIL import Image
+
+            odd = self.root / "images_odd"
+            odd.mkdir(exist_ok=True)
+            Image.new("RGB", (1, 1), (9, 9, 9)).save(odd / "one.png")
+            Image.new("RGB", (2000, 1)).save(odd / "wide.png")
+            Image.new("L", (3, 4000)).save(odd / "tall.png")
+            palette = Image.new("P", (40, 30))
+            palette.putpalette([0, 0, 0, 255, 0, 0] * 128)
+            palette.save(odd / "palette.png", transparency=b"\x00\xff")
+            Image.new("I;16", (50, 40)).save(odd / "grey16.png")
+            Image.new("CMYK", (64, 64)).save(odd / "cmyk.jpg")
+            Image.new("1", (70, 60)).save(odd / "bits.png")
+            Image.new("LA", (64, 48)).save(odd / "la.png")
+            tiny = self.root / "images_tiny"
+            tiny.mkdir(exist_ok=True)
+            for i in range(3):
+                Image.new("RGB", (1 + i, 1), (i, i, i)).save(tiny / f"t{i}.png")
+            broken = self.root / "images_broken"
+            broken.mkdir(exist_ok=True)
+            good = odd / "cmyk.jpg"
+            (broken / "cut.jpg").write_bytes(good.read_bytes()[:200])
+            (broken / "text.png").write_text("not a picture")
+            normal = self.root / "images_normal"
+            normal.mkdir(exist_ok=True)
+            for i in range(3):
+                Image.new("RGB", (128, 128), (40 * i, 80, 120)).save(normal / f"n{i}.png")
+            self.images = [str(odd), str(tiny), str(broken), str(normal), *self.paths[:4]]
+
+    def _make_detectors(self) -> None:
+        """Small detectors (tests/detectors.py): SCRFD-like (another neck than good.onnx's)
+        and RetinaFace-like, static and dynamic, and a classifier with no neck."""
+        with contextlib.suppress(ImportError):
+            import detectors
+
+            scrfd = detectors.Detector(detectors.spec_of("scrfd3"))
+            retina = detectors.Detector(detectors.spec_of("retinaface"))
+            made = {"det_scrfd.onnx": detectors.export_torchscript(scrfd),
+                    "det_scrfd_dynamic.onnx": detectors.export_torchscript(scrfd, dynamic=True),
+                    "det_retina.onnx": detectors.export_torchscript(retina),
+                    "classifier.onnx": detectors.export_plain(detectors.classifier())}
+            self.detectors = [str(detectors.save(m, self.root / n)) for n, m in made.items()]
 
     def _write(self, name: str, data: bytes) -> str:
         path = self.root / name
@@ -203,7 +331,13 @@ def _value(flag: str, metavar: str, rng: random.Random, files: Files) -> str:
     if flag in ("--config",):
         pool = files.configs
     elif flag in ("--weights",):
-        pool = files.weights
+        pool = files.weights + files.detectors
+    elif flag in ("--against", "--backbone"):
+        pool = files.detectors + files.onnx
+    elif flag == "--calibration-data":
+        pool = files.archives
+    elif flag == "--images":
+        pool = files.images or files.paths
     elif metavar in ("PATH", "FILE") or flag in ("--output", "--plot", "--save-baseline",
                                                     "--baseline"):
         pool = [*files.paths, str(files.root / "out.onnx"), str(files.root / "p.png"),
@@ -243,6 +377,18 @@ def invocation(seed: int, files: Files) -> Invocation:
         args.append(flag)
         if not is_flag:
             args.append(_value(flag, metavar, rng, files))
+    if command in ("verify", "export") and files.detectors and rng.random() < 0.25:
+        # the pairs: a neck file against a detector, images through a detector as backbone
+        det = rng.choice(files.detectors)
+        if command == "verify" and rng.random() < 0.5:
+            args += ["--against", det] + (["--images", rng.choice(files.images)]
+                                          if files.images and rng.random() < 0.5 else [])
+        elif files.images:
+            args += ["--images", rng.choice(files.images), "--backbone", det]
+            if command == "export":
+                args += ["--precision", rng.choice(["int8", "fp16"])] + (
+                    ["--static", "--input-size", rng.choice(["64", "128", "96x64"])]
+                    if rng.random() < 0.5 else [])
     if command == "check" and rng.random() < 0.2:  # the success path too, with one option
         args = ["check", "--config", files.configs[0], *args[1:3]]
     if command == "export" and "--output" not in args and "-o" not in args:
@@ -265,8 +411,14 @@ def fuzz_environment(root: pathlib.Path) -> Iterator[None]:
     def stub(*args: object, **kwargs: object) -> None:
         raise RuntimeError("fuzz: the exporter is stubbed out")
 
+    import tempfile
+
     real_export, cwd = torch.onnx.export, os.getcwd()
+    old_tmp = os.environ.get("TMPDIR")
     os.environ["NECKTOOL_MAX_MEMORY"] = "2G"
+    (root / "tmp").mkdir(exist_ok=True)  # $TMPDIR: what is left there is debris (leftovers)
+    os.environ["TMPDIR"] = str(root / "tmp")
+    tempfile.tempdir = None
     torch.onnx.export = stub  # type: ignore[assignment]
     os.chdir(root)
     try:
@@ -275,6 +427,17 @@ def fuzz_environment(root: pathlib.Path) -> Iterator[None]:
         os.chdir(cwd)
         torch.onnx.export = real_export
         os.environ.pop("NECKTOOL_MAX_MEMORY", None)
+        if old_tmp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_tmp
+        tempfile.tempdir = None
+
+
+def leftovers(root: pathlib.Path) -> list[str]:
+    """What the invocations left in the fuzz environment's ``$TMPDIR``."""
+    folder = root / "tmp"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 def execute(inv: Invocation) -> Outcome:

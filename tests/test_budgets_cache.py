@@ -268,7 +268,8 @@ def test_an_uncreatable_cache_folder_degrades_to_no_cache(
     monkeypatch.chdir(project)
     code, out, err = run("check", "--format", "json")
     assert code == 0 and err == ""
-    assert json.loads(out)["cache"]["from_cache"] == 0
+    # $NECKTOOL_CACHE_DIR moves the user's cache too: no key can be made there, so no cache
+    assert json.loads(out)["cache"] is None
 
 
 READ_ONLY = """
@@ -278,6 +279,7 @@ from necktool.budgets.cache import CachedFigures, ResultCache
 directory = Path(sys.argv[1])
 cache, fresh = ResultCache(directory), ResultCache(directory / "new")
 cache.found_versions, fresh.found_versions  # read before dropping privileges
+cache.secret, fresh.secret  # the MAC key too (it lives in root's private user cache)
 if os.geteuid() == 0:  # root writes through any mode: become nobody for the rest
     os.setgid(65534)
     os.setuid(65534)
@@ -369,3 +371,113 @@ def test_a_custom_neck_is_never_cached(tmp_path: Path) -> None:
 def _write(root: Path, text: str) -> Path:
     (root / "necktool.toml").write_text(text)
     return root
+
+
+# -- the gate cannot be forged ----------------------------------------------------------
+OVER_BUDGET = '[[budget]]\nneck = "scrfd_2.5g"\nmax-gflops = 0.2\n'  # 0.2935 GFLOPs at 640
+
+
+def _forge(entry: Path, key: bytes) -> None:
+    """Every count a tenth, consistently (levels sum to the total), under ``key``'s MAC."""
+    data = json.loads(entry.read_text())
+    figures = data["figures"]
+    for level in figures["levels"]:
+        level["flops"] //= 10
+    figures["flops"] = sum(level["flops"] for level in figures["levels"])
+    data["mac"] = cache_mod.entry_mac(key, data)
+    entry.write_text(json.dumps(data, indent=1))
+
+
+@pytest.mark.parametrize("forger", ["edited here", "written on another machine"])
+def test_a_forged_entry_for_an_over_budget_neck_cannot_pass_the_gate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forger: str) -> None:
+    """The issue's reproduction: a committed .necktool_cache entry with a tenth of the
+    figures made 'check' PASS (exit 0) and still claim a cross-check it never ran. Here the
+    forger gives it a MAC too: under a guessed key, or under the key of the machine it was
+    written on (their own necktool's, which they can read)."""
+    (tmp_path / "necktool.toml").write_text(OVER_BUDGET)
+    monkeypatch.chdir(tmp_path)
+    ci = os.environ["XDG_CACHE_HOME"]
+    theirs = tmp_path / "their_cache"
+    if forger == "written on another machine":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(theirs))
+    code, out, _ = run("check", "--format", "json")
+    measured = json.loads(out)["entries"][0]["checks"][0]["count"]
+    assert code == 1 and round(measured / 1e9, 4) == 0.2935  # the issue's figure
+    (entry,) = entries(tmp_path)
+    key = (theirs / "necktool" / "keys" / cache_mod.KEY_FILE).read_bytes() \
+        if forger != "edited here" else b"k" * cache_mod.KEY_BYTES
+    _forge(entry, key)
+    monkeypatch.setenv("XDG_CACHE_HOME", ci)  # CI: this machine's user cache
+    if forger != "edited here":  # on their machine the forgery would pass: it is well made
+        monkeypatch.setenv("XDG_CACHE_HOME", str(theirs))
+        assert run("check")[0] == 0
+        monkeypatch.setenv("XDG_CACHE_HOME", ci)
+        _forge(entry, key)  # the run above rewrote nothing (a hit); forge afresh regardless
+    code, out, _ = run("check", "--format", "json")
+    data = json.loads(out)
+    assert code == 1 and data["passed"] is False and data["cache"]["from_cache"] == 0
+    assert data["entries"][0]["checks"][0]["count"] == measured  # measured again
+    code, out, _ = run("check")  # now this machine's own entry: a hit, still failing
+    assert code == 1 and "1 of 1 entries from the cache" in " ".join(out.split())
+
+
+def test_the_key_is_private_made_once_and_one_not_private_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    key = cache_mod.mac_key()
+    path = tmp_path / "cache" / "necktool" / "keys" / cache_mod.KEY_FILE
+    assert key is not None and len(key) == cache_mod.KEY_BYTES
+    assert path.read_bytes() == key and (path.stat().st_mode & 0o777) == 0o600
+    assert cache_mod.mac_key() == key  # read back, not made again
+    assert [p.name for p in path.parent.iterdir()] == [cache_mod.KEY_FILE]  # no debris
+    path.chmod(0o644)  # as a checkout or an unpacked archive would have it
+    assert cache_mod.mac_key() is None
+    assert ResultCache(tmp_path / "entries").put("0" * 64, "plan", _figures()) is False
+
+
+def test_no_key_means_no_cache_and_never_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counting: list[Any]) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a file: no folder in it
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "necktool.toml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path / "p")
+    code, out, err = run("check", "--format", "json")
+    assert (code, err) == (0, "") and json.loads(out)["cache"] is None
+    assert len(counting) == 2 and not (tmp_path / "p" / ".necktool_cache").exists()
+
+
+def _figures() -> CachedFigures:
+    figures = CachedFigures.from_json(
+        {"flops": 10, "params": 2, "memory": {f: 1 for f in cache_mod.MEMORY_FIELDS},
+         "levels": [{"name": "P3", "flops": 10, "params": 2, "activation_bytes": 4}],
+         "cross_check": {"fvcore_conv_macs": 5, "flop_counter_conv_macs": 5}}, ["P3"])
+    assert figures is not None
+    return figures
+
+
+def test_the_cache_keeps_at_most_max_entries_the_least_recently_used_go_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_mod, "MAX_ENTRIES", 3)
+    cache = ResultCache(tmp_path / "c")
+    keys = [f"{i:064x}" for i in range(5)]
+    for i, key in enumerate(keys[:3]):
+        assert cache.put(key, "plan", _figures())
+        os.utime(cache.path(key), ns=(i * 10**9, i * 10**9))  # written at t = 0, 1, 2 s
+    assert cache.get(keys[0], ["P3"]) is not None  # used now: the newest
+    assert cache.put(keys[3], "plan", _figures())  # one too many: the oldest goes (keys[1])
+    assert sorted(p.name for p in (tmp_path / "c").glob("check-*.json")) == sorted(
+        f"check-{k}.json" for k in (keys[0], keys[2], keys[3]))
+    assert cache.put(keys[4], "plan", _figures())
+    assert not cache.path(keys[2]).exists() and len(list((tmp_path / "c").glob("*.json"))) == 3
+    assert cache_mod.MAX_ENTRIES == 3 and (tmp_path / "c" / ".gitignore").exists()
+
+
+def test_a_warm_report_says_its_entries_were_cross_checked_when_written(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    code, out, _ = run("check")
+    assert code == 0 and "for every entry" not in out
+    assert "the 2 entries from the cache were cross-checked with torch.utils.flop_counter " \
+           "when their entries were written (equal)" in " ".join(out.split())

@@ -9,7 +9,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
-from fuzzing import Files, execute, fuzz_environment, invocation, verdict
+from fuzzing import Files, execute, fuzz_environment, invocation, leftovers, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +38,12 @@ def test_hostile_invocations_are_clean(files: Files, seed: int) -> None:
     assert problem is None, f"{inv}: {problem}\n{outcome.stderr[-1500:]}"
 
 
+def test_the_invocations_left_nothing_in_tmpdir(files: Files) -> None:
+    """After the seeds above (pytest runs a module's tests in order)."""
+    assert leftovers(files.root) == []
+    assert files.detectors and files.archives and files.images  # the new surfaces were drawn
+
+
 def test_the_verdict_catches_what_it_must(files: Files) -> None:
     from fuzzing import Outcome
 
@@ -45,6 +51,7 @@ def test_the_verdict_catches_what_it_must(files: Files) -> None:
     assert verdict(Outcome(2, "", "necktool: error: bad\n", None)) is None
     assert "traceback" in str(verdict(Outcome(1, "", "Traceback (most recent", None)))
     assert "internal error" in str(verdict(Outcome(70, "", "necktool: internal error", None)))
+    assert "noise" in str(verdict(Outcome(0, "ok", "x.py:3: UserWarning: odd\n", None)))
     assert "raised" in str(verdict(Outcome(1, "", "", ValueError("x"))))
     assert "without a 'necktool: error:'" in str(verdict(Outcome(2, "", "Usage: ...", None)))
     assert "lines" in str(verdict(Outcome(2, "", "necktool: error: x\n" + "y\n" * 9, None)))

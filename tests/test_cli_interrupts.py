@@ -179,3 +179,47 @@ def test_the_entry_point_exits_with_the_commands_code(
         necktool.__main__.run()
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("necktool: error: unknown neck 'no_such_neck'")
+
+
+# -- where Python cannot raise ----------------------------------------------------------------
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("where", ["weakref", "del", "gc"])
+def test_a_signal_inside_a_weakref_callback_del_or_gc_is_exit_130_and_one_line(
+        tmp_path: pathlib.Path, sig: str, where: str) -> None:
+    """The handler's ``KeyboardInterrupt`` raised inside a weakref callback (importlib's module
+    locks hold one: the issue's 'Exception ignored in: ... in cb'), a ``__del__`` or a gc
+    callback cannot propagate; Python printed it as ignored and the command ran on. It must
+    resurface: exit 130, stdout empty (the listing never printed), one line on stderr."""
+    proc = necktool_hooked(tmp_path, f"""
+        import gc, os, signal, time, weakref
+        import necktool.spec.registry as registry
+
+        def land_here():
+            os.kill(os.getpid(), signal.{sig})
+            for _ in range(100000):  # the handler runs at the first bytecode check in here
+                pass
+
+        class Thing:
+            def __del__(self):
+                if "{where}" == "del":
+                    land_here()
+
+        def in_gc(phase, info):
+            if phase == "start":
+                gc.callbacks.remove(in_gc)
+                land_here()
+
+        real = registry.NeckList.matching
+        def matching(*args, **kwargs):
+            thing = Thing()
+            if "{where}" == "weakref":
+                ref = weakref.ref(thing, lambda r: land_here())
+            del thing
+            if "{where}" == "gc":
+                gc.callbacks.append(in_gc)
+                gc.collect()
+            time.sleep(3)  # the command would carry on, and print the listing
+            return real(*args, **kwargs)
+        registry.NeckList.matching = matching
+    """, "list", "scrfd_0.5g")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", INTERRUPTED)

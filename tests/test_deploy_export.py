@@ -375,10 +375,16 @@ def test_weights_round_trip_with_prefix(tmp_path: pathlib.Path) -> None:
         other = seeded_model(spec, seed=0)(x)
     np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-4, rtol=1e-4)
     assert float((want[0] - other[0]).abs().max()) > 0.1
-    # verify rebuilds the neck from the recorded checkpoint path and hash.
+    # The file names the checkpoint (its name and hash, no folder); verify opens no file the
+    # user did not name, so it asks for it, then rebuilds the neck from it.
+    assert data["weights"]["path"] == "mobilenet0.25_Final.pth"
     code, stdout, stderr = invoke("verify", str(out), "--trials", "1")
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert "'mobilenet0.25_Final.pth'" in stderr and "--weights PATH --prefix fpn." in stderr
+    code, stdout, stderr = invoke("verify", str(out), "--trials", "1", "--weights", ckpt,
+                                  "--prefix", "fpn.")
     assert code == 0, stderr
-    assert "file " in stdout and "PASS" in stdout
+    assert "file mobilenet0.25_Final.pth" in stdout and "PASS" in stdout
 
 
 def test_load_weights_strips_module_prefix_alone(tmp_path: pathlib.Path) -> None:

@@ -8,12 +8,20 @@ simply never asked for again. One JSON file per key, ``check-<key>.json``, in
 ``.necktool_cache/`` beside the config (or ``$NECKTOOL_CACHE_DIR``), which holds its own
 ``.gitignore`` (``*``) as ruff's cache does.
 
-An entry is trusted only if it parses, is of this schema, stores the very key it is filed
-under and holds well-formed counts; anything else (a damaged file, a foreign one, one
-hand-edited) is a miss, recomputed and rewritten. Writes are atomic
-(:func:`necktool.files.write_file`), so concurrent checks read a whole entry or none. A
-cache folder that cannot be created, read or written makes the cache a no-op, never an
-error: it only ever saves time.
+An entry is trusted only if necktool wrote it on this machine: each carries an HMAC-SHA256
+over its content under a random key kept outside the project, in the user's cache
+(:func:`necktool.user_cache.cache_subdir` ``("keys")``, created once, atomically, mode
+0600). A committed, copied or edited entry (even one with the right key and a consistent
+checksum) fails the MAC and is a miss, recomputed and rewritten, as is one that does not
+parse, is of another schema, is filed under another key or holds malformed counts. When
+the key cannot be read or created the cache is simply not used.
+
+The folder is bounded: at most :data:`MAX_ENTRIES` entries; after each write the least
+recently used ones (oldest modification time; a hit touches its entry) are removed.
+
+Writes are atomic (:func:`necktool.files.write_file`), so concurrent checks read a whole
+entry or none. A cache folder that cannot be created, read or written makes the cache a
+no-op, never an error: it only ever saves time.
 
 Custom necks (``package.module:factory``) are never cached: their code is not part of
 the key, so an edit to it would go unnoticed.
@@ -25,10 +33,15 @@ folder, a one-neck export :func:`export_cache_dir`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
+import secrets
+import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +53,7 @@ from necktool.spec.neck_spec import NeckSpec
 from necktool.units import COUNTING_BUG, CROSS_CHECK, FP32_BYTES
 from necktool.user_cache import cache_subdir
 
-CACHE_SCHEMA = 1  # bump when the stored figures change meaning or layout
+CACHE_SCHEMA = 2  # bump when the stored figures change meaning or layout (2: the MAC)
 CACHE_DIR_NAME = ".necktool_cache"
 CACHE_DIR_ENV = "NECKTOOL_CACHE_DIR"
 MAX_ENTRY_BYTES = 1 << 20
@@ -48,6 +61,55 @@ GITIGNORE = "# Automatically created by necktool.\n*\n"
 #: The code whose behaviour the counts depend on; their versions are part of every key.
 MEASURED_BY = ("necktool", "torch", "fvcore")
 MEMORY_FIELDS = ("param_bytes", "activation_bytes", "peak_activation_bytes")
+MAX_ENTRIES = 256  # entries kept in one cache folder; the least recently used go first
+KEY_FILE = "check-cache.key"  # in the user's cache, cache_subdir("keys")
+KEY_BYTES = 32
+
+
+def mac_key() -> bytes | None:
+    """The machine's secret for entry MACs: read from the user's cache, or made there once
+    (random, written to a private temporary file and linked into place, so two checks
+    starting together agree on one key and nobody reads a half-written one). ``None`` when
+    it can be neither read nor made: the cache is then not used."""
+    folder = cache_subdir("keys")
+    path = folder / KEY_FILE
+    with contextlib.suppress(OSError):
+        return _read_key(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(KEY_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another check made it first
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+        return _read_key(path)
+    except OSError:
+        return None
+
+
+def _read_key(path: Path) -> bytes:
+    """The key in ``path``, if it is one this user made: a regular file, theirs, private
+    (mode 0600, as :func:`mac_key` makes it; a file from a checkout or an archive is not)."""
+    with open(path, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        key = fh.read(KEY_BYTES + 1)
+    private = stat.S_ISREG(info.st_mode) and not info.st_mode & 0o077 and (
+        not hasattr(os, "getuid") or info.st_uid == os.getuid())
+    if len(key) != KEY_BYTES or not private:
+        raise OSError(f"{path}: not a private necktool key")
+    return key
+
+
+def entry_mac(key: bytes, document: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 (hex) of an entry's content (every field but ``mac``, canonical JSON)."""
+    body = {k: v for k, v in document.items() if k != "mac"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -197,6 +259,19 @@ class ResultCache:
     directory: Path
     hits: int = 0
     _versions: dict[str, str] | None = None
+    _secret: bytes | None = dataclasses.field(default=None, repr=False)
+    _secret_read: bool = dataclasses.field(default=False, repr=False)
+
+    @property
+    def secret(self) -> bytes | None:
+        """The MAC key (:func:`mac_key`), read once; ``None``: the cache is not used."""
+        if not self._secret_read:
+            self._secret, self._secret_read = mac_key(), True
+        return self._secret
+
+    @property
+    def usable(self) -> bool:
+        return self.secret is not None
 
     @property
     def found_versions(self) -> dict[str, str]:
@@ -218,7 +293,11 @@ class ResultCache:
         return self.directory / f"check-{key}.json"
 
     def get(self, key: str, level_names: Sequence[str]) -> CachedFigures | None:
-        """The figures filed under ``key``, if the entry there is whole and truly its own."""
+        """The figures filed under ``key``, if the entry there is whole, truly its own and
+        written by necktool on this machine (its MAC)."""
+        secret = self.secret
+        if secret is None:
+            return None
         try:
             with open(self.path(key), "rb") as fh:
                 raw = fh.read(MAX_ENTRY_BYTES + 1)
@@ -226,27 +305,55 @@ class ResultCache:
         except (OSError, ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or data.get("schema") != CACHE_SCHEMA \
-                or data.get("key") != key:
+                or data.get("key") != key or not isinstance(data.get("mac"), str):
+            return None
+        try:
+            authentic = hmac.compare_digest(data["mac"], entry_mac(secret, data))
+        except (TypeError, ValueError, RecursionError):  # a non-ASCII mac, odd JSON
+            return None
+        if not authentic:
             return None
         figures = CachedFigures.from_json(data.get("figures"), level_names)
         if figures is not None:
             self.hits += 1
+            with contextlib.suppress(OSError):  # used: the last to be pruned
+                os.utime(self.path(key))
         return figures
 
     def put(self, key: str, plan: Mapping[str, Any] | str, figures: CachedFigures) -> bool:
         """Store ``figures`` under ``key`` (atomically); ``False`` if the folder cannot be
         made or written, which is not an error."""
-        if not figures.cross_check.agree:
+        secret = self.secret
+        if not figures.cross_check.agree or secret is None:
             return False
-        document = {"schema": CACHE_SCHEMA, "key": key, "plan": plan,
-                    "versions": self.found_versions, "figures": figures.to_json()}
+        document: dict[str, Any] = {"schema": CACHE_SCHEMA, "key": key, "plan": plan,
+                                    "versions": self.found_versions,
+                                    "figures": figures.to_json()}
+        document["mac"] = entry_mac(secret, document)
         try:
             self._prepare()
             write_file(self.path(key), (json.dumps(document, indent=1) + "\n").encode(),
                        "a cache entry")
         except (OSError, NecktoolError):
             return False
+        self.prune()
         return True
+
+    def prune(self, keep: int | None = None) -> int:
+        """Remove all but the ``keep`` (default :data:`MAX_ENTRIES`) most recently used
+        entries; how many went."""
+        keep = MAX_ENTRIES if keep is None else keep
+        try:
+            entries = [(p.stat().st_mtime_ns, p.name, p)
+                       for p in self.directory.glob("check-*.json") if p.is_file()]
+        except OSError:
+            return 0
+        removed = 0
+        for _, _, path in sorted(entries, reverse=True)[keep:]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed
 
     def _prepare(self) -> None:
         """Create the folder and its ``.gitignore`` (once; a folder made by someone else

@@ -287,6 +287,19 @@ class CheckReport:
         """How many entries' figures came from the result cache."""
         return sum(e.from_cache for e in self.entries)
 
+    def cross_check_note(self) -> str:
+        """What was cross-checked in this run, and what was when its cache entry was
+        written: never a check claimed that did not run now."""
+        cached = self.from_cache
+        if not cached:
+            return CROSS_CHECKED
+        measured = len(self.entries) - cached
+        now = (f"conv MACs cross-checked with {CROSS_CHECK} now for the {measured} measured "
+               f"entr{'y' if measured == 1 else 'ies'}: equal; " if measured else "")
+        return (f"{now}the {cached} entr{'y' if cached == 1 else 'ies'} from the cache "
+                f"{'was' if cached == 1 else 'were'} cross-checked with {CROSS_CHECK} when "
+                f"{'its entry was' if cached == 1 else 'their entries were'} written (equal)")
+
     def cache_note(self) -> str | None:
         if self.cache is None:
             return None
@@ -378,8 +391,8 @@ class CheckReport:
             Note(source),
             table(None, headers, rows, sections=tuple(sections), verdict=len(headers) - 1,
                   caption=f"{SCALE_NOTE}; {MEMORY_SCALE_NOTE}; {HEADROOM_NOTE}"),
-            *([Note(CROSS_CHECKED)] if all(e.profile.cross_check.agree
-                                           for e in self.entries) else []),
+            *([Note(self.cross_check_note())] if all(e.profile.cross_check.agree
+                                                     for e in self.entries) else []),
             *(Note(msg, "fail") for _, msg in self.failures()),
             *(Note(msg, "warn") for _, msg in self.warnings()),
             *(self.hints.blocks() if self.hints is not None else []),

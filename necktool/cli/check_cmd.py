@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.cli.params import PATH, ConfigOpt, output_formats
+from necktool.cli.params import PATH, ConfigOpt, output_formats, parse_path, typer_parser
 from necktool.cli.render import load_heavy, progress, stderr_console, to_markdown
 from necktool.errors import ConfigError, InputError
 from necktool.report import OutputFormat
@@ -27,9 +27,24 @@ MaxIncreaseOpt = Annotated[str | None, typer.Option(
     "--max-increase", metavar="PCT", rich_help_panel=BASELINE,
     help="Allowed growth against --baseline: '2%' or '2' (percent). Default: the config's "
     "max-increase, else 0.", show_default=False)]
+#: The file ``--save-baseline DIR/`` writes in DIR.
+BASELINE_NAME = "necktool-baseline.json"
+
+
+def parse_baseline_dest(text: str) -> Path:
+    """``--save-baseline``: a file, or a folder named with a trailing slash (``DIR/``), which
+    gets :data:`BASELINE_NAME` (``Path`` drops the slash: it wrote a file named DIR)."""
+    path = parse_path(text)
+    if text.endswith(("/", os.sep)):
+        return path / BASELINE_NAME
+    return path
+
+
 SaveBaselineOpt = Annotated[Any, typer.Option(
-    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False, parser=PATH,
-    help="Write the measured figures to FILE as JSON (also when a budget fails).")]
+    "--save-baseline", metavar="FILE", rich_help_panel=BASELINE, show_default=False,
+    parser=typer_parser(parse_baseline_dest),
+    help=f"Write the measured figures to FILE as JSON (also when a budget fails); DIR/ "
+    f"writes DIR/{BASELINE_NAME}.")]
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Measure every entry; do not read or write the result cache "
     "(.necktool_cache/ beside the config, or $NECKTOOL_CACHE_DIR).")]
@@ -82,6 +97,8 @@ def check_command(
     from necktool.budgets.check import check_budgets
 
     cache = None if no_cache else ResultCache(cache_dir(cfg.path))
+    if cache is not None and not cache.usable:  # no key to prove entries are ours: none
+        cache = None
     with progress(len(cfg.budgets), "checking budgets") as advance:
         report = check_budgets(cfg, base, allowed, on_progress=advance, cache=cache,
                                before_profiling=lambda: load_heavy(counting=True))

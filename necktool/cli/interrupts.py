@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import Any
 
+from necktool import unraisable
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _requested = threading.Event()
 _reported = threading.Event()
@@ -25,21 +27,26 @@ def _handler(signum: int, frame: Any) -> None:
 
 
 def install() -> dict[int, Any] | None:
-    """Handle SIGINT and SIGTERM (main thread only); return the previous handlers."""
+    """Handle SIGINT and SIGTERM (main thread only), and an interrupt raised where Python
+    can only ignore it (:mod:`necktool.unraisable`); return the previous handlers."""
     _requested.clear()
     _reported.clear()
+    unraisable.clear()
     if threading.current_thread() is not threading.main_thread():
         return None
+    unraisable.install()
     return {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
 
 
 def restore(previous: dict[int, Any] | None) -> None:
     for sig, handler in (previous or {}).items():
         signal.signal(sig, handler)
+    if previous is not None:
+        unraisable.uninstall()
 
 
 def requested() -> bool:
-    return _requested.is_set()
+    return _requested.is_set() or unraisable.swallowed()
 
 
 def checkpoint() -> None:

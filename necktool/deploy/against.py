@@ -116,6 +116,7 @@ def read_images(directory: str | os.PathLike[str], size: tuple[int, int]) -> lis
     for file in files[:MAX_IMAGES]:
         try:
             with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's notes on odd files: not ours
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(file) as img:
                     rgb = img.convert("RGB").resize((size[1], size[0]))
@@ -152,6 +153,41 @@ def _session(data: bytes | str, provider: str) -> Any:
     except Exception as exc:
         raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc, 200)}") \
             from None
+
+
+def _dims(value_infos: Sequence[Any]) -> list[Any]:
+    """Each tensor's channel dimension (an int, or ``None`` when symbolic or absent)."""
+    out = []
+    for info in value_infos:
+        shape = list(getattr(info, "shape", None) or [])
+        out.append(shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None)
+    return out
+
+
+def _levels_text(channels: Sequence[Any]) -> str:
+    return f"{len(channels)} level(s) of {','.join('?' if c is None else str(c) for c in channels)}"
+
+
+def check_neck_file(session: Any, neck_file: str, found: DetectorNeck, where: str) -> None:
+    """Refuse, in one line, a neck file that cannot be the detector's neck: another number
+    of input or output levels, or other channels, naming what each side holds.
+
+    Raises:
+        InputError: the file's inputs or outputs do not fit the detector's neck.
+    """
+    spec = found.spec
+    ins, outs = _dims(session.get_inputs()), _dims(session.get_outputs())
+    want_in = list(spec.in_channels)
+    want_out = [spec.out_channels] * len(found.outputs)
+    fits = len(ins) == len(want_in) and len(outs) == len(want_out) and all(
+        c is None or c == w for c, w in zip([*ins, *outs], [*want_in, *want_out], strict=True))
+    if not fits:
+        raise InputError(
+            f"{neck_file!r} holds another neck than {where}: it takes {_levels_text(ins)} "
+            f"channels and gives {_levels_text(outs)}; the detector's neck "
+            f"({spec.family}) takes {_levels_text(want_in)} and gives "
+            f"{_levels_text(want_out)}; compare a file exported from it "
+            f"('necktool export --weights {where.strip(chr(39))}')")
 
 
 def verify_against(detector: str | os.PathLike[str], *, neck_file: str | os.PathLike[str]
@@ -191,6 +227,7 @@ def verify_against(detector: str | os.PathLike[str], *, neck_file: str | os.Path
     neck_sess = None
     if neck_file is not None:
         neck_sess = _session(str(neck_file), options.provider)
+        check_neck_file(neck_sess, str(neck_file), found, where)
     batches = read_images(images, size) if images is not None else \
         [np.random.default_rng(seed).standard_normal((1, 3, *size)).astype(np.float32)]
     merged: dict[tuple[str, int], OutputComparison] = {}
@@ -208,10 +245,15 @@ def verify_against(detector: str | os.PathLike[str], *, neck_file: str | os.Path
         runs = [("pytorch", got)]
         if neck_sess is not None:
             inputs = [i.name for i in neck_sess.get_inputs()]
-            if len(inputs) != len(feats):
-                raise InputError(f"{str(neck_file)!r} takes {len(inputs)} inputs; the "
-                                 f"detector's neck takes {len(feats)}")
-            runs.append(("onnx", neck_sess.run(None, dict(zip(inputs, feats, strict=True)))))
+            try:
+                ran = neck_sess.run(None, dict(zip(inputs, feats, strict=True)))
+            except Exception as exc:  # ORT's untyped errors: a static file, other sizes
+                fed = ", ".join("x".join(map(str, f.shape)) for f in feats)
+                raise InputError(
+                    f"{str(neck_file)!r} cannot run on the features of {where}'s neck "
+                    f"({fed}): {first_line(exc, 160)}; export the neck at the detector's "
+                    f"size ({size[0]}x{size[1]}) or dynamic") from None
+            runs.append(("onnx", ran))
         for runtime, arrays in runs:
             for i, (mine, ref) in enumerate(zip(arrays, want, strict=False)):
                 atol, rtol = options.tolerances(levels[i])

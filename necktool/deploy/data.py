@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.errors import InputError
+from necktool.errors import InputError, SpecError
 from necktool.spec.families import LevelRelation, get_family
 
 if TYPE_CHECKING:  # numpy loads with the data, not with the CLI's options
@@ -183,6 +183,15 @@ def check_set(spec: NeckSpec, arrays: Sequence[Any], name: str) -> FeatureSet:
                     f"ceil(H/s) sizes of one image for strides "
                     f"{', '.join(map(str, spec.input_strides))} ({spec.label}'s levels are "
                     f"tied: e.g. {[math.ceil(100 / s) for s in spec.input_strides]} for 100)")
+    sides = [image_side([s[axis] for s in sizes], spec.input_strides) for axis in (0, 1)]
+    if sides[0] is not None and sides[1] is not None:
+        try:  # the image these levels come from must be one the neck can run at
+            spec.check_size((sides[0], sides[1]))
+        except SpecError as exc:
+            shown = ", ".join(f"{h}x{w}" for h, w in sizes)
+            raise InputError(f"{name}: level sizes {shown} are those of a "
+                             f"{sides[0]}x{sides[1]} image, and {exc} (larger images, or "
+                             "--image-size HxW to resize them)") from None
     return FeatureSet(name, tuple(out))
 
 
@@ -192,6 +201,33 @@ def image_side(sides: Sequence[int], strides: Sequence[int]) -> int | None:
     low = max((n - 1) * s + 1 for n, s in zip(sides, strides, strict=True))
     high = min(n * s for n, s in zip(sides, strides, strict=True))
     return low if low <= high else None
+
+
+def check_static_fit(data: Data, spec: NeckSpec, batch: int) -> None:
+    """Refuse feature sets a static file (``--static``, exported at ``spec.input_size``,
+    batch ``batch``) cannot take: each set's level sizes and batch must be the file's.
+
+    Raises:
+        InputError: a set of other sizes or batch, naming both and what would match.
+    """
+    want = [tuple(s) for s in spec.level_sizes(spec.input_size)]
+    for found in (*data.calibration, *data.holdout):
+        if list(found.sizes) == want and found.batch == batch:
+            continue
+        # the largest image side these levels come from (a multiple of the coarsest stride
+        # when they are the ceil(H/s) sizes of one), when there is one
+        sides = [min(n * s for n, s in zip([sz[axis] for sz in found.sizes],
+                                           spec.input_strides, strict=True))
+                 if image_side([sz[axis] for sz in found.sizes], spec.input_strides)
+                 is not None else None for axis in (0, 1)]
+        hint = f"--input-size {sides[0]}x{sides[1]}" if None not in sides else \
+            "another --input-size"
+        shown = ", ".join(f"{h}x{w}" for h, w in found.sizes)
+        raise InputError(
+            f"{found.name} ({data.source}): level sizes {shown}, batch {found.batch}; the "
+            f"static file exported at {spec.input_size[0]}x{spec.input_size[1]}, batch "
+            f"{batch}, takes {', '.join(f'{h}x{w}' for h, w in want)}: export at {hint} "
+            f"(batch {found.batch}) or leave out --static")
 
 
 # -- .npz ------------------------------------------------------------------------------
@@ -214,8 +250,11 @@ def load_npz(path: pathlib.Path, spec: NeckSpec) -> FeatureSet:
                     f"{', '.join(wanted)} (or {spec.num_inputs} arrays in level order)")
     except InputError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        # ValueError: pickled objects (allow_pickle=False) or a damaged array header
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError,
+            NotImplementedError) as exc:
+        # ValueError: pickled objects (allow_pickle=False) or a damaged array header;
+        # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile
+        # cannot read (e.g. deflate64, PPMd)
         raise InputError(f"cannot read {str(path)!r} as .npz feature arrays: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
                          ) from None
@@ -266,19 +305,26 @@ def load_features(path: str | pathlib.Path, spec: NeckSpec) -> list[FeatureSet]:
 
 # -- images through a backbone ------------------------------------------------------------
 def neck_input_names(model: onnx.ModelProto, spec: NeckSpec) -> list[str]:
-    """The tensors of ``model`` the neck reads, finest level first: a backbone's outputs
-    when they are the neck's input levels, else the inputs of the neck found in the
-    detector's graph (:func:`necktool.detector.find_neck`, by structure).
+    """The tensors of ``model`` the neck reads, finest level first: the inputs of the neck
+    found in the detector's graph (:func:`necktool.detector.find_neck`, by structure, never
+    by counting outputs: a RetinaFace detector has three head outputs, which are no
+    levels), else, for a backbone with no neck inside, its outputs.
 
     Raises:
         InputError: no neck in the graph, or one with another number of input levels.
     """
-    outputs = [o.name for o in model.graph.output]
-    if len(outputs) == spec.num_inputs:
-        return outputs
     from necktool.detector import find_neck
 
-    found = find_neck(model)
+    try:
+        found = find_neck(model)
+    except InputError:  # no neck inside: a backbone alone, whose outputs are the levels
+        outputs = [o.name for o in model.graph.output]
+        if len(outputs) != spec.num_inputs:
+            raise InputError(
+                f"--backbone: the file holds no neck and has {len(outputs)} output(s); "
+                f"{spec.label} takes {spec.num_inputs} levels (a backbone's outputs, or a "
+                "detector with a neck inside)") from None
+        return outputs
     if len(found.inputs) != spec.num_inputs:
         raise InputError(
             f"--backbone: the neck found in the file reads {len(found.inputs)} level(s) "
@@ -293,6 +339,8 @@ def read_image(path: pathlib.Path, pre: Preprocess) -> np.ndarray:
 
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files (a palette with
+            # transparency, a truncated EXIF...) are no error, and no stderr of ours
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 img = opened.convert("RGB")

@@ -36,6 +36,7 @@ from torch import nn
 
 from necktool.analysis.profiling import CrossCheck
 from necktool.artifact.metadata import ExportMetadata, TensorInfo, conv_macs, tensor_infos
+from necktool.artifact.privacy import scrub
 from necktool.artifact.serving import Images, LevelRelation, Served, calibration_shapes
 from necktool.artifact.stages import PartOf
 from necktool.deploy.data import FeatureSet
@@ -51,7 +52,7 @@ from necktool.errors import ExportError, InputError, SpecError, first_line, inte
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
-from necktool.quiet import quiet
+from necktool.quiet import no_torch_cache, quiet
 from necktool.report import Block, size_text, table
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
@@ -346,7 +347,7 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
     }
     if dynamic:
         kwargs["dynamic_shapes"] = dynamic_shapes(spec, served or served_by(spec))
-    with quiet() as log:
+    with quiet() as log, no_torch_cache():
         try:
             program = torch.onnx.export(model, (inputs,), **kwargs)
         except Exception as exc:  # the exporter raises many error types
@@ -358,7 +359,9 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
                 from None
         if program is None:  # only when f= is given; kept for the type checker
             raise ExportError("the ONNX exporter returned no program")
-        return program.model_proto
+        # The one place an exported graph leaves the exporter: nothing past here sees the
+        # exporter's stack traces (absolute paths of this machine), only the name scopes.
+        return scrub(program.model_proto)
 
 
 # -- the export ------------------------------------------------------------------------

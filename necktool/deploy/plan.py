@@ -30,7 +30,7 @@ import functools
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
@@ -38,13 +38,14 @@ from necktool.analysis.plan import check_batch, content_hash
 from necktool.artifact.metadata import (
     DamagedMetadata,
     GraphInfo,
+    TensorInfo,
     describe,
     graph_precision,
     load_model,
     read_metadata,
 )
 from necktool.artifact.serving import Case, Images, LevelRelation, Served, default_cases
-from necktool.deploy.data import DataRequest
+from necktool.deploy.data import DataRequest, check_static_fit
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
 from necktool.files import check_writable, file_sha256
@@ -339,6 +340,9 @@ class ExportPlan:
         batch = batch or request.batch or 1
         served = tied_by_upsample(planned_served(spec, request.dynamic), request.upsample)
         check_traced_size(spec, served)
+        reduction = request.reduction
+        if reduction is not None and reduction.data is not None and not request.dynamic:
+            check_static_fit(reduction.data, spec, batch)
         need = export_bytes(spec, spec.input_size, batch)
         if request.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
             need += request.calibration * forward_bytes(spec, spec.input_size, batch)
@@ -395,6 +399,43 @@ class ExportPlan:
         in it.
         """
         return content_hash("export", self.to_dict())
+
+
+def _channels(tensors: Sequence[TensorInfo]) -> list[int | None]:
+    return [t.shape[1] if len(t.shape) == 4 and isinstance(t.shape[1], int) else None
+            for t in tensors]
+
+
+def _levels(channels: Sequence[int | None]) -> str:
+    return (f"{len(channels)} level(s) of "
+            f"{','.join('?' if c is None else str(c) for c in channels)} channels")
+
+
+def check_graph_fits(file: pathlib.Path, graph: GraphInfo, spec: NeckSpec,
+                     overrides: Mapping[str, Any]) -> None:
+    """Refuse a neck that cannot be the one in the file: other input or output levels or
+    channels (a build flag that contradicts the file, or the wrong --neck), in one line
+    naming both sides.
+
+    Raises:
+        InputError: the file's inputs or outputs do not fit ``spec``.
+    """
+    ins, outs = _channels(graph.inputs), _channels(graph.outputs)
+    if spec.factory is not None:  # a custom neck's outputs are its own business
+        return
+    want_in, want_out = list(spec.in_channels), [spec.out_channels] * spec.num_levels
+    if len(ins) == len(want_in) and len(outs) == len(want_out) and all(
+            c is None or c == w for c, w in zip([*ins, *outs], [*want_in, *want_out],
+                                                strict=True)):
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
+    why = f"{', '.join(given)} contradict{'s' if len(given) == 1 else ''} the file: " \
+        if given else ""
+    raise InputError(
+        f"{why}{str(file)!r} takes {_levels(ins)} and gives {_levels(outs)}; "
+        f"{spec.label} as asked takes {_levels(want_in)} and gives {_levels(want_out)}"
+        + ("; leave the flag out (the file's metadata describes its neck)" if given
+           else "; pass the --neck and build flags of the neck the file holds"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,7 +499,8 @@ class VerifyPlan:
         request: WeightsRequest
         if meta is not None and (neck is None or neck == recorded):
             spec = meta.spec.replace(**overrides)
-            request = meta.weights.request()
+            request = WeightsRequest(seed=meta.weights.seed or 0) \
+                if meta.weights.source == "seed" else WeightsRequest()
         elif neck is not None:
             spec = resolve_spec(neck, **overrides)
             request = WeightsRequest(seed=0)
@@ -477,15 +519,17 @@ class VerifyPlan:
             request = WeightsRequest(path=weights.path, prefix=weights.prefix)
         elif weights.seed is not None:
             request = WeightsRequest(seed=weights.seed)
-        elif meta is not None and request.path is not None \
-                and meta.weights.source == "file":
-            recorded_file = request.path
-            if not recorded_file.is_file() or file_sha256(recorded_file) != meta.weights.sha256:
-                raise InputError(
-                    f"{str(file)!r} was exported from weights file {meta.weights.path!r} "
-                    f"(sha256 {str(meta.weights.sha256)[:12]}...), which is not there or "
-                    "has changed; pass --weights FILE (and --prefix)")
+        elif meta is not None and meta.weights.source == "file" \
+                and (neck is None or neck == recorded):
+            # The metadata only names the file: necktool opens no path the user did not give.
+            prefix = f" --prefix {meta.weights.prefix}" if meta.weights.prefix else ""
+            raise InputError(
+                f"{str(file)!r} was exported from weights file {meta.weights.path!r} "
+                f"(sha256 {str(meta.weights.sha256)[:12]}...); necktool opens only files you "
+                f"name: pass --weights PATH{prefix} (that file), or --seed N to compare with "
+                "seeded weights")
         graph = describe(proto)
+        check_graph_fits(file, graph, spec, overrides)
         if batch is None:
             batch = meta.batch if meta is not None and neck is None else 1
         served = meta.served_shapes if meta is not None \

@@ -119,6 +119,18 @@ class VerifyReport:
         return None if self.passed else \
             f"verification of {self.path!r} failed: {self.summary()}"
 
+    def stand_in(self) -> str | None:
+        """What ran in place of the file, said plainly: ncnn loads no ONNX file, so its
+        rows are a pnnx conversion of the neck the file describes, not the file."""
+        v = self.verification
+        results = v.results if isinstance(v, RuntimesVerification) else (v,)
+        if not any(r.runtime == Runtime.NCNN.value for r in results):
+            return None
+        weights = self.source.describe() if self.source is not None else "its weights"
+        return (f"ncnn did not run {self.path}: ncnn loads no ONNX file, so the ncnn rows "
+                f"are the neck the file describes ({self.spec.label}, {weights}) converted "
+                "from PyTorch by pnnx; only the other runtimes ran the file itself")
+
     def to_dict(self) -> dict[str, Any]:
         """The same top-level keys as ``export --json`` (path, opset, dynamic, inputs,
         outputs, verification), after the per-neck header."""
@@ -134,10 +146,13 @@ class VerifyReport:
             "outputs": [t.to_dict() for t in self.graph.outputs],
             "verification": self.verification.to_dict(),
             "reduced_precision": self.reduced.to_dict() if self.reduced is not None else None,
+            "not_the_file": self.stand_in(),
         }
 
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
+        if (instead := self.stand_in()) is not None:
+            out.append(Note(instead, "warn"))
         if self.serves_text:
             out.append(Note(f"{self.path} ({self.precision.value}, upsample "
                             f"{self.upsample.value}) serves {self.serves_text}"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -205,5 +204,4 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike[str]) -> Wei
             from None
     note = {"folded": "norm folded into the convs; loaded as identity BatchNorm plus the "
                       "conv bias", "present": "norm nodes in the graph", "none": None}
-    return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=_sha256(path),
-                        note=note[found.norm_state])
+    return WeightSource.of_file(path, _sha256(path), note=note[found.norm_state])

@@ -312,5 +312,5 @@ def load_checkpoint(model: nn.Module, path: str | pathlib.Path,
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
         raise WeightsError(f"cannot load {str(path)!r}: {first_line(exc, typed=False)}") \
             from None
-    return WeightSource("file", path=str(pathlib.Path(path).resolve()), sha256=file_sha256(path),
-                        prefix=prefix or None, stripped=tuple(stripped))
+    return WeightSource.of_file(path, file_sha256(path), prefix=prefix or None,
+                                stripped=tuple(stripped))

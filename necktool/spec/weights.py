@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from necktool.errors import InputError
 from necktool.files import file_sha256
 from necktool.spec.fields import is_int
 
@@ -69,15 +71,31 @@ class WeightsRequest:
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
     """How a model's weights were made; written into an exported file's metadata (the
-    record of what a :class:`WeightsRequest` loaded)."""
+    record of what a :class:`WeightsRequest` loaded).
+
+    A file is recorded by its name and SHA-256 only (:meth:`of_file`): never the folder it
+    was in, which would ship the exporting machine's paths (a home directory, a user name).
+    ``loaded_from``, the path actually read, lives in this process only: it is never
+    written and never read back from a file.
+    """
 
     source: str  # "seed" or "file"
     seed: int | None = None
-    path: str | None = None
+    path: str | None = None  # the file's name, no folder
     sha256: str | None = None
     prefix: str | None = None
     stripped: tuple[str, ...] = ()
     note: str | None = None  # how the file's tensors were mapped (a detector ONNX's folded norm)
+    loaded_from: pathlib.Path | None = dataclasses.field(default=None, compare=False,
+                                                         repr=False)
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike[str], sha256: str, *, prefix: str | None = None,
+                stripped: tuple[str, ...] = (), note: str | None = None) -> WeightSource:
+        """The record of weights read from ``path``: its name and SHA-256."""
+        where = pathlib.Path(path)
+        return cls("file", path=where.name, sha256=sha256, prefix=prefix, stripped=stripped,
+                   note=note, loaded_from=where)
 
     def to_dict(self) -> dict[str, Any]:
         if self.source == "seed":
@@ -102,10 +120,15 @@ class WeightSource:
         return cls(source=data["source"], seed=seed, stripped=tuple(stripped), **strings)
 
     def request(self) -> WeightsRequest:
-        """The request that makes these weights again."""
+        """The request that makes these weights again in this process (a file: the path it
+        was read from; a record read back from a file names no path, see
+        :meth:`~necktool.deploy.plan.VerifyPlan.build`)."""
         if self.source == "seed":
             return WeightsRequest(seed=self.seed or 0)
-        return WeightsRequest(path=pathlib.Path(self.path or ""), prefix=self.prefix)
+        if self.loaded_from is None:
+            raise InputError(f"the weights were read from a file named {self.path!r} "
+                             "somewhere else; pass --weights FILE")
+        return WeightsRequest(path=self.loaded_from, prefix=self.prefix)
 
     def describe(self) -> str:
         if self.source == "seed":

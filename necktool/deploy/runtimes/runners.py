@@ -79,6 +79,17 @@ def _why(exc: BaseException) -> str:
     return first_line(exc, 160, typed=False)
 
 
+def openvino_reason(exc: BaseException, limit: int = 300) -> str:
+    """OpenVINO's message without its C++ locations: it nests ``Exception from
+    src/...cpp:84:`` lines before the reason, so its first line says nothing."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    reason = " ".join(ln for ln in lines if ln and not ln.startswith("Exception from ")
+                      and not ln.startswith("Check '"))
+    if not reason:
+        reason = " ".join(ln for ln in lines if ln)
+    return reason[:limit] or type(exc).__name__
+
+
 class OrtRunner(Runner):
     """An ONNX Runtime session (from :func:`necktool.deploy.verify.open_session`)."""
 
@@ -128,7 +139,7 @@ class OpenVinoRunner(Runner):
                 model = core.read_model(source if isinstance(source, bytes) else str(source))
                 self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with C++ text
-            raise InputError(f"OpenVINO cannot load {what}: {_why(exc)}") from None
+            raise InputError(f"OpenVINO cannot load {what}: {openvino_reason(exc)}") from None
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
         self.version = ov.get_version().split("-")[0]
@@ -150,7 +161,7 @@ class OpenVinoRunner(Runner):
             result = self.compiled([np.ascontiguousarray(x) for x in inputs])
             return [np.asarray(result[p]) for p in self.compiled.outputs]
         except Exception as exc:
-            return _why(exc)
+            return openvino_reason(exc)
 
     def describe(self) -> str:
         how = "hint f32, set explicitly" if self.hint else "OpenVINO's default hint"
