@@ -34,7 +34,7 @@ def scrub(model: onnx.ModelProto) -> onnx.ModelProto:
     for graph in _graphs(model.graph):
         _scrub_graph(graph)
     for function in model.functions:
-        function.doc_string = ""
+        function.ClearField("doc_string")
         _keep(function.metadata_props)
         for node in function.node:
             _scrub_node(node)
@@ -56,23 +56,23 @@ def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
 
 
 def _scrub_graph(graph: onnx.GraphProto) -> None:
-    graph.doc_string = ""
+    graph.ClearField("doc_string")
     _keep(graph.metadata_props)
     for info in (*graph.input, *graph.output, *graph.value_info):
-        info.doc_string = ""
+        info.ClearField("doc_string")
         _keep(info.metadata_props)
     for tensor in graph.initializer:
-        tensor.doc_string = ""
+        tensor.ClearField("doc_string")
         _keep(tensor.metadata_props)
     for node in graph.node:
         _scrub_node(node)
 
 
 def _scrub_node(node: onnx.NodeProto) -> None:
-    node.doc_string = ""
+    node.ClearField("doc_string")
     _keep(node.metadata_props)
     for attribute in node.attribute:
-        attribute.doc_string = ""
+        attribute.ClearField("doc_string")
 
 
 def _keep(props: Any) -> None:

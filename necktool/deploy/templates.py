@@ -316,23 +316,20 @@ def make_template(traced: onnx.ModelProto, model: nn.Module) -> Template | None:
     return template
 
 
-def strip_traces(proto: onnx.ModelProto) -> None:
-    """Drop the exporter's per-node metadata (stack traces with the machine's paths)."""
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-
-
 def optimized(traced: onnx.ModelProto) -> onnx.ModelProto:
     """The graph after the optimizer ``torch.onnx.export(optimize=True)`` runs."""
     import onnx_ir as ir
     import torch
 
+    from necktool.artifact.privacy import scrub
     from necktool.quiet import quiet
 
     program = torch.onnx.ONNXProgram(ir.from_proto(traced), None)
     with quiet():
         program.optimize()
-    return program.model_proto
+    # export() scrubbed the traced graph; the optimizer annotates what it rewrites, so the
+    # graph that is written is scrubbed again (the name scopes --stages reads stay).
+    return scrub(program.model_proto)
 
 
 def templated_graph(plan: ExportPlan, model: nn.Module,
@@ -349,7 +346,6 @@ def templated_graph(plan: ExportPlan, model: nn.Module,
     if key is None:
         note = "--no-cache" if not plan.request.cache else "custom necks are never cached"
         traced = export()
-        strip_traces(traced)
         return optimized(traced), TemplateUse(False, note=note)
     store = cache or TemplateCache()
     found = store.get(key)
@@ -359,7 +355,6 @@ def templated_graph(plan: ExportPlan, model: nn.Module,
         except _Mismatch:
             pass  # the module does not fit the entry: export anew and replace it
     traced = export()
-    strip_traces(traced)
     template = make_template(traced, model)
     if template is None:
         note = "its graph holds constants other than the module's weights: not cached"
