@@ -87,13 +87,14 @@ def _runtime_table(repeat: int) -> None:
 
 def _precision_table(repeat: int) -> None:
     """Per preset at its default size: conversion seconds and the verification delta."""
-    from necktool.deploy.convert import convert
+    from necktool.artifact.serving import calibration_shapes, default_cases
     from necktool.deploy.export import export_model, served_by
-    from necktool.deploy.options import DEFAULT_CALIBRATION, Precision, VerifyOptions
-    from necktool.deploy.serving import calibration_shapes, default_cases
+    from necktool.deploy.precision.convert import convert
+    from necktool.deploy.tolerance import VerifyOptions
     from necktool.deploy.verify import compare_onnx
     from necktool.necks.build import make_inputs
     from necktool.necks.weights import seeded_model
+    from necktool.spec.precision import DEFAULT_CALIBRATION, Precision
     from necktool.spec.registry import PRESETS
 
     print(f"\nWhat --precision adds per preset at its default size (in process; min of "

@@ -3,9 +3,9 @@
 For each runtime the two are measured in the same process, interleaved run by run (plain,
 profiled, plain, ...) so that load on a shared machine falls on both alike, each call
 timed from outside with ``perf_counter``: PyTorch eager without and with the stage hooks
-(:func:`necktool.analysis.stage_timing.stage_hooks`, on a copy of the module), ONNX
+(:func:`necktool.bench.stages.stage_hooks`, on a copy of the module), ONNX
 Runtime on two sessions set up alike, one with ``enable_profiling``
-(:func:`necktool.analysis.stage_timing.ort_session`).
+(:func:`necktool.bench.stages.ort_session`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _interleaved(plain: Callable[[], Any], profiled: Callable[[], Any],
 def _measure(name: str, runs: int) -> list[tuple[str, float, float]]:
     import torch
 
-    from necktool.analysis.stage_timing import ort_session, stage_hooks
+    from necktool.bench.stages import ort_session, stage_hooks
     from necktool.deploy.export import export_model
     from necktool.necks.build import build_neck, make_inputs
     from necktool.spec.registry import resolve_spec

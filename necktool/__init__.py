@@ -47,17 +47,17 @@ _LAZY = {
     "NeckSpec": "necktool.spec.neck_spec",
     "parse_channels": "necktool.spec.neck_spec",
     "parse_size": "necktool.spec.neck_spec",
-    "ErrorStat": "necktool.deploy.options",
-    "Tolerance": "necktool.deploy.options",
-    "VerifyOptions": "necktool.deploy.options",
+    "ErrorStat": "necktool.deploy.tolerance",
+    "Tolerance": "necktool.deploy.tolerance",
+    "VerifyOptions": "necktool.deploy.tolerance",
     "build_neck": "necktool.necks.build",
     "make_inputs": "necktool.necks.build",
     "profile": "necktool.analysis.profiling",
     "ProfilePlan": "necktool.analysis.plan",
-    "BenchPlan": "necktool.analysis.plan",
+    "BenchPlan": "necktool.bench.plan",
     "ExportPlan": "necktool.deploy.plan",
     "VerifyPlan": "necktool.deploy.plan",
-    "WeightsRequest": "necktool.deploy.metadata",
+    "WeightsRequest": "necktool.spec.weights",
     "ProfileResult": "necktool.analysis.profiling",
     "BudgetConfig": "necktool.budgets",
     "CheckReport": "necktool.budgets",
@@ -67,26 +67,27 @@ _LAZY = {
     "save_baseline": "necktool.budgets",
     "export_onnx": "necktool.deploy.export",
     "ExportResult": "necktool.deploy.export",
-    "export_ncnn": "necktool.deploy.ncnn",
-    "NcnnExportResult": "necktool.deploy.ncnn",
+    "export_ncnn": "necktool.deploy.runtimes.ncnn_export",
+    "NcnnExportResult": "necktool.deploy.runtimes.ncnn_export",
     "verify_onnx": "necktool.deploy.verify",
     "VerificationResult": "necktool.deploy.verify",
     "VerifyReport": "necktool.deploy.verify",
-    "load_weights": "necktool.necks.weights",
-    "inspect_file": "necktool.necks.identify",
-    "InspectResult": "necktool.necks.identify",
+    "load_weights": "necktool.deploy.model",
+    "inspect_file": "necktool.detector.identify",
+    "InspectResult": "necktool.detector.identify",
     "sweep": "necktool.analysis.sweep",
     "parse_sizes": "necktool.analysis.sweep",
     "SweepResult": "necktool.analysis.sweep",
-    "bench": "necktool.analysis.bench",
-    "BenchResult": "necktool.analysis.bench",
+    "bench": "necktool.bench.latency",
+    "BenchResult": "necktool.bench.latency",
 }
 
 if TYPE_CHECKING:
-    from necktool.analysis.bench import BenchResult, bench
-    from necktool.analysis.plan import BenchPlan, ProfilePlan
+    from necktool.analysis.plan import ProfilePlan
     from necktool.analysis.profiling import ProfileResult, profile
     from necktool.analysis.sweep import SweepResult, parse_sizes, sweep
+    from necktool.bench.latency import BenchResult, bench
+    from necktool.bench.plan import BenchPlan
     from necktool.budgets import (
         BudgetConfig,
         CheckReport,
@@ -96,18 +97,18 @@ if TYPE_CHECKING:
         save_baseline,
     )
     from necktool.deploy.export import ExportResult, export_onnx
-    from necktool.deploy.metadata import WeightsRequest
-    from necktool.deploy.ncnn import NcnnExportResult, export_ncnn
-    from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
+    from necktool.deploy.model import load_weights
     from necktool.deploy.plan import ExportPlan, VerifyPlan
+    from necktool.deploy.runtimes.ncnn_export import NcnnExportResult, export_ncnn
+    from necktool.deploy.tolerance import ErrorStat, Tolerance, VerifyOptions
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
+    from necktool.detector.identify import InspectResult, inspect_file
     from necktool.necks.build import build_neck, make_inputs
-    from necktool.necks.identify import InspectResult, inspect_file
-    from necktool.necks.weights import load_weights
     from necktool.spec.families import FAMILIES, Family, FamilyInfo, register_family
     from necktool.spec.fields import Activation, ExtraConvs, Norm
     from necktool.spec.neck_spec import NeckSpec, parse_channels, parse_size
     from necktool.spec.registry import PRESETS, get_spec, list_necks, register_neck, resolve_spec
+    from necktool.spec.weights import WeightsRequest
 
 
 def __getattr__(name: str) -> Any:

@@ -11,13 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-from necktool.spec.fields import size_text as size_text  # one spelling, re-exported
-from necktool.units import UNIT, UNIT_NOTE
-
-if TYPE_CHECKING:
-    from necktool.spec.neck_spec import NeckSpec
+from typing import Any, Protocol, runtime_checkable
 
 
 class OutputFormat(enum.StrEnum):
@@ -111,15 +105,6 @@ def share(value: int, total: int) -> str:
     return f"{100 * value / total:.1f}%" if total else "-"
 
 
-def neck_header(spec: NeckSpec, input_size: Sequence[int], batch: int) -> dict[str, Any]:
-    """The keys every per-neck JSON result starts with, in one order: ``neck``, ``family``,
-    ``config`` (the fully resolved spec), ``input_size``, ``batch``, ``unit``."""
-    return {
-        "neck": spec.label,
-        "family": spec.family,
-        "config": spec.to_dict(),
-        "input_size": list(input_size),
-        "batch": batch,
-        "unit": UNIT,
-        "unit_note": UNIT_NOTE,
-    }
+def size_text(size: Sequence[int]) -> str:
+    """``640x480``: an image size (H, W) as the flags and tables write it."""
+    return "x".join(map(str, size))

@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import backbones
 
 from necktool import PRESETS
-from necktool.deploy.convert import to_int8
+from necktool.artifact.serving import Served, calibration_shapes
 from necktool.deploy.data import DEFAULT_HOLDOUT, load_data
 from necktool.deploy.export import export_model
-from necktool.deploy.loss import Reference
-from necktool.deploy.options import CalibrationMethod
-from necktool.deploy.serving import Served, calibration_shapes
+from necktool.deploy.precision.convert import to_int8
+from necktool.deploy.precision.loss import Reference
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
+from necktool.spec.precision import CalibrationMethod
 from necktool.spec.registry import resolve_spec
 
 METHODS = (CalibrationMethod.MINMAX, CalibrationMethod.PERCENTILE, CalibrationMethod.ENTROPY)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from necktool import PRESETS, VerifyOptions
 from necktool.deploy.export import ExportResult, export_onnx
-from necktool.deploy.options import PRECISION_DEFAULTS, Precision
+from necktool.deploy.tolerance import PRECISION_DEFAULTS
+from necktool.spec.precision import Precision
 
 
 def measure(name: str, precision: Precision, where: Path) -> ExportResult:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from necktool import profile
-from necktool.analysis.bench import BenchResult, Runtime, bench, percentile
+from necktool.bench.latency import BenchResult, Runtime, bench, percentile
 from necktool.cli import app
 from necktool.errors import InputError, SpecError
 

@@ -18,18 +18,20 @@ from _counting import count_calls
 
 import necktool
 import necktool.analysis.plan as plan_mod
+import necktool.bench.plan as bench_plan_mod
 import necktool.cli
 import necktool.cli.bench_cmd
 import necktool.cli.profile_cmd
 import necktool.cli.sweep_cmd
-from necktool.analysis.bench import run_bench
-from necktool.analysis.plan import BenchPlan, ProfilePlan
+from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.profiling import run_profile
 from necktool.analysis.sweep import run_sweep, sweep_plans
-from necktool.analysis.timing import Runtime
-from necktool.deploy.options import Precision
+from necktool.bench.latency import run_bench
+from necktool.bench.plan import BenchPlan
+from necktool.bench.timing import Runtime
 from necktool.errors import InputError, SpecError
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import Precision
 
 SIZE = (64, 64)
 
@@ -50,7 +52,8 @@ def size_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(NeckSpec, "check_size", check_size)
     monkeypatch.setattr(NeckSpec, "_validate", validate)
-    return count_calls(monkeypatch, plan_mod, ("check_batch", "check_count", "resolve_spec"),
+    count_calls(monkeypatch, plan_mod, ("check_batch", "resolve_spec"), calls)
+    return count_calls(monkeypatch, bench_plan_mod, ("check_batch", "check_count", "resolve_spec"),
                        calls)
 
 
@@ -60,8 +63,10 @@ def refuse_checks(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(NeckSpec, "check_size", refuse)
     monkeypatch.setattr(NeckSpec, "_validate", refuse)
-    for name in ("check_batch", "check_count", "resolve_spec"):
+    for name in ("check_batch", "resolve_spec"):
         monkeypatch.setattr(plan_mod, name, refuse)
+    for name in ("check_batch", "check_count", "resolve_spec"):
+        monkeypatch.setattr(bench_plan_mod, name, refuse)
 
 
 @contextlib.contextmanager
@@ -212,7 +217,7 @@ def test_cli_bench_errors_are_exit_2_before_torch() -> None:
 def test_hashes_are_stable_across_processes() -> None:
     here = [ProfilePlan.build("scrfd_2.5g").content_hash(),
             BenchPlan.build("fpn", SIZE, repeat=3).content_hash()]
-    code = ("from necktool.analysis.plan import BenchPlan, ProfilePlan\n"
+    code = ("from necktool.analysis.plan import ProfilePlan\nfrom necktool.bench.plan import BenchPlan\n"
             "print(ProfilePlan.build('scrfd_2.5g').content_hash())\n"
             "print(BenchPlan.build('fpn', (64, 64), repeat=3).content_hash())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from necktool.analysis.bench import BenchResult, bench
-from necktool.analysis.stage_timing import (
+from necktool.bench.latency import BenchResult, bench
+from necktool.bench.stages import (
     REORDER,
     UNATTRIBUTED,
     StageRun,
@@ -162,7 +162,7 @@ def test_cli_json() -> None:
 
 
 def test_the_plan_knows_exactly_the_runtimes_that_have_a_stage_profiler() -> None:
-    from necktool.analysis.stage_timing import STAGE_PROFILERS
-    from necktool.analysis.timing import STAGED_RUNTIMES
+    from necktool.bench.stages import STAGE_PROFILERS
+    from necktool.bench.timing import STAGED_RUNTIMES
 
     assert tuple(STAGE_PROFILERS) == STAGED_RUNTIMES

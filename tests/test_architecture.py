@@ -23,11 +23,11 @@ TORCH_FREE = [
     "necktool.files", "necktool.quiet",
     "necktool.spec", "necktool.spec.fields", "necktool.spec.families", "necktool.spec.neck_spec",
     "necktool.spec.registry",
-    "necktool.deploy", "necktool.deploy.options", "necktool.deploy.metadata",
-    "necktool.deploy.plan", "necktool.deploy.project",
-    "necktool.deploy.runtimes",
-    "necktool.deploy.data", "necktool.deploy.loss", "necktool.cli.data_params",
-    "necktool.analysis", "necktool.analysis.timing", "necktool.analysis.sweep",
+    "necktool.deploy", "necktool.deploy.tolerance", "necktool.artifact.metadata",
+    "necktool.deploy.plan", "necktool.budgets.export",
+    "necktool.deploy.runtimes.runners",
+    "necktool.deploy.data", "necktool.deploy.precision.loss", "necktool.cli.data_params",
+    "necktool.analysis", "necktool.bench.timing", "necktool.analysis.sweep",
     "necktool.analysis.plan",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
     "necktool.budgets.check", "necktool.budgets.cache", "necktool.budgets.schema",
@@ -49,9 +49,10 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every necktool module ``path`` imports, at any depth (function bodies included)."""
-    found = set()
+def _import_sites(path: Path, modules: dict[str, Path]) -> list[tuple[int, str]]:
+    """Every necktool module ``path`` imports, with the line: at any depth (function bodies
+    and ``if TYPE_CHECKING:`` blocks included)."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
         names: list[str] = []
         if isinstance(node, ast.Import):
@@ -60,8 +61,47 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
             # 'from necktool.analysis import profiling' names a module; 'from necktool import X' not
             names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
                      else node.module for a in node.names]
-        found.update(n for n in names if n in modules)
+        found.extend((node.lineno, n) for n in names if n in modules)
     return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    return {name for _, name in _import_sites(path, modules)}
+
+
+#: The layers, lowest first: a module may import its own layer and those before it, never
+#: one after it. "base" is the top-level modules (errors, units, files, report, ...); "entry"
+#: is the package's facade (``necktool/__init__.py``, the lazy public names) and ``__main__``.
+LAYERS = ("base", "spec", "necks", "analysis", "artifact", "detector", "deploy", "bench",
+          "budgets", "cli", "entry")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if module in ("necktool", "necktool.__main__"):
+        return "entry"
+    return parts[1] if (PACKAGE / parts[1]).is_dir() else "base"
+
+
+def test_the_packages_import_only_downwards_in_the_declared_order() -> None:
+    modules = _modules()
+    assert {_layer(m) for m in modules} == set(LAYERS), "a package is missing from LAYERS"
+    upward = []
+    for name, path in sorted(modules.items()):
+        here = LAYERS.index(_layer(name))
+        for line, target in _import_sites(path, modules):
+            if LAYERS.index(_layer(target)) > here:
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} "
+                              f"({_layer(name)} -> {_layer(target)})")
+    assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from necktool.cli import app\n")
+    modules = _modules()
+    assert [(2, "necktool.cli")] == _import_sites(bad, modules)
+    assert LAYERS.index(_layer("necktool.cli")) > LAYERS.index(_layer("necktool.necks.build"))
 
 
 def test_no_import_cycles_between_necktool_modules() -> None:

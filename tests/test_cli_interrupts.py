@@ -49,8 +49,8 @@ def test_an_interrupt_inside_the_exporter_is_the_interrupt_not_an_export_error(
     import torch
 
     from necktool.deploy.export import export_model
+    from necktool.deploy.model import make_model
     from necktool.necks.build import make_inputs
-    from necktool.necks.weights import make_model
     from necktool.spec.registry import resolve_spec
 
     monkeypatch.setattr(torch.onnx, "export", exporter)

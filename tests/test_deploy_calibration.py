@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from necktool.artifact.serving import Served, calibration_shapes
 from necktool.cli import app
 from necktool.deploy import data as D
-from necktool.deploy.convert import to_int8
-from necktool.deploy.loss import Reference
-from necktool.deploy.options import CalibrationMethod
-from necktool.deploy.serving import Served, calibration_shapes
+from necktool.deploy.precision.convert import to_int8
+from necktool.deploy.precision.loss import Reference
 from necktool.errors import InputError
+from necktool.spec.precision import CalibrationMethod
 from necktool.spec.registry import resolve_spec
 
 NECK = "insightface_scrfd_500m"
@@ -231,7 +231,7 @@ def test_split_is_deterministic_disjoint_and_covers_everything(spec) -> None:
 def test_held_out_data_is_really_held_out(spec, data, fp32, monkeypatch) -> None:
     """The calibrator is fed exactly the calibration sets (the held-out ones never) and
     verification runs exactly on the held-out ones."""
-    from necktool.deploy import convert
+    from necktool.deploy.precision import convert
 
     _, proto = fp32
     seen: list[str] = []
@@ -385,8 +385,8 @@ def test_export_calibrated_on_npz_verifies_on_the_held_out_files(tmp_path, spec,
     """The library call: .npz files (the photos' features saved by name), int8 calibrated
     on the calibration files, verified on exactly the held-out ones."""
     from necktool.deploy.export import export_onnx
-    from necktool.deploy.options import VerifyOptions
-    from necktool.deploy.reduce import Reduction
+    from necktool.deploy.precision.reduce import Reduction
+    from necktool.deploy.tolerance import VerifyOptions
 
     folder = tmp_path / "feats"
     folder.mkdir()
@@ -408,7 +408,7 @@ def test_export_calibrated_on_npz_verifies_on_the_held_out_files(tmp_path, spec,
 
 def test_bench_calibrates_its_static_file_on_features_of_its_size(spec, photos,
                                                                    backbone, data) -> None:
-    from necktool.analysis.bench import bench
+    from necktool.bench.latency import bench
 
     pre = D.DataRequest(images=photos, backbone=backbone,
                         image_size=SIZE).preprocess(spec.family)

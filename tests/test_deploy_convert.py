@@ -16,11 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.deploy.convert import unshare_initializers
+from necktool.artifact.metadata import graph_precision, read_metadata
 from necktool.deploy.export import export_onnx
-from necktool.deploy.metadata import graph_precision, read_metadata
-from necktool.deploy.options import PRECISION_DEFAULTS, Precision, VerifyOptions
+from necktool.deploy.precision.convert import unshare_initializers
+from necktool.deploy.tolerance import PRECISION_DEFAULTS, VerifyOptions
 from necktool.errors import InputError
+from necktool.spec.precision import Precision
 
 NECK = "scrfd_0.5g"  # GroupNorm (the shared InstanceNormalization constants) and small
 SIZE = "64x96"

@@ -19,13 +19,14 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.artifact.metadata import conv_macs, read_metadata
 from necktool.deploy.export import export_onnx
-from necktool.deploy.metadata import conv_macs, read_metadata
-from necktool.deploy.options import VerifyOptions
+from necktool.deploy.model import load_weights
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import open_session
 from necktool.errors import ExportError, WeightsError
 from necktool.necks.build import make_inputs
-from necktool.necks.weights import WeightsReport, load_weights, seeded_model
+from necktool.necks.weights import WeightsReport, seeded_model
 from necktool.spec.families import FAMILIES
 from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 

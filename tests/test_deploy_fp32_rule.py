@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from necktool.deploy.export import export_onnx
-from necktool.deploy.options import VerifyOptions
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import compare_arrays, verify_onnx
 from necktool.necks.build import build_neck
 
@@ -87,7 +87,7 @@ def test_the_scaled_atol_is_atol_times_the_rms_but_never_below_atol() -> None:
 
 
 def test_scaling_is_the_fp32_default_only() -> None:
-    from necktool.deploy.options import Precision
+    from necktool.spec.precision import Precision
 
     assert VerifyOptions().resolved(Precision.FP32).atol_scaled
     assert not VerifyOptions().resolved(Precision.INT8).atol_scaled

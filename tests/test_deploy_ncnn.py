@@ -21,10 +21,10 @@ import necktool.cli
 pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
-from necktool.deploy.ncnn import export_ncnn, ncnn_paths
-from necktool.deploy.options import VerifyOptions
-from necktool.deploy.runtimes import NcnnPair, NcnnRunner
-from necktool.deploy.serving import default_cases
+from necktool.artifact.serving import default_cases
+from necktool.deploy.runtimes.ncnn_export import export_ncnn, ncnn_paths
+from necktool.deploy.runtimes.runners import NcnnPair, NcnnRunner
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import resolve_spec
@@ -157,9 +157,9 @@ def test_a_broken_pair_fails_verification_and_writes_nothing(
     weights = bytearray(pair.weights)
     weights[4:8] = np.float32(10.0).tobytes()  # the first conv's first weight
     broken = dataclasses.replace(pair, weights=bytes(weights))
-    import necktool.deploy.ncnn_convert
+    import necktool.deploy.runtimes.pnnx
 
-    monkeypatch.setattr(necktool.deploy.ncnn_convert, "neck_to_ncnn", lambda *a, **k: broken)
+    monkeypatch.setattr(necktool.deploy.runtimes.pnnx, "neck_to_ncnn", lambda *a, **k: broken)
     (tmp_path / "x.bin").write_bytes(b"old")
     failed = export_ncnn("pafpn", tmp_path / "x", options=VerifyOptions(trials=1), **SMALL)
     assert not failed and not failed.written  # falsy, no exception

@@ -13,10 +13,11 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.artifact.metadata import conv_macs, static_shapes
 from necktool.deploy.export import ExportResult, export_onnx
-from necktool.deploy.metadata import MAX_OPSET, MIN_OPSET, conv_macs, static_shapes
-from necktool.deploy.options import VerifyOptions
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
+from necktool.spec.graph_form import MAX_OPSET, MIN_OPSET
 
 # SCRFD's PAFPN with GroupNorm (4 groups of 2 channels), small enough for seconds a file.
 NECK = {"in_channels": (8, 16, 32), "out_channels": 8, "norm": "gn", "gn_groups": 4}

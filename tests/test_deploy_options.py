@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from necktool.cli import app, fold_tolerances
-from necktool.deploy.options import ErrorStat, Tolerance, VerifyOptions
+from necktool.deploy.tolerance import ErrorStat, Tolerance, VerifyOptions
 from necktool.deploy.verify import compare_arrays
 from necktool.errors import InputError
 

@@ -23,16 +23,17 @@ import necktool
 import necktool.cli
 import necktool.cli.export_cmd
 import necktool.deploy.export
-import necktool.deploy.options
 import necktool.deploy.plan as plan_mod
+import necktool.deploy.tolerance
 from necktool.budgets.config import BudgetConfig, load_config
-from necktool.deploy.metadata import WeightsKind, WeightsRequest
-from necktool.deploy.options import Precision, VerifyOptions
+from necktool.budgets.export import plan_config
 from necktool.deploy.plan import STEPS, ExportPlan, VerifyPlan
-from necktool.deploy.project import plan_config
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import run_verify
 from necktool.errors import InputError, SpecError, VerificationFailed
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import Precision
+from necktool.spec.weights import WeightsKind, WeightsRequest
 
 SIZE = (64, 64)  # fpn's coarsest stride is 32: 2x2 at the coarsest level
 CHECKS = ("resolve_spec", "check_batch", "check_precision", "check_opset", "resolve_provider",
@@ -54,7 +55,7 @@ def forbid_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CHECKS:
         monkeypatch.setattr(plan_mod, name, refuse)
     monkeypatch.setattr(NeckSpec, "check_size", refuse)
-    monkeypatch.setattr(necktool.deploy.options, "check_precision", refuse)
+    monkeypatch.setattr(necktool.deploy.tolerance, "check_precision", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +234,8 @@ def test_weights_request_says_what_kind_of_file_it_reads(tmp_path: pathlib.Path)
     assert Weights is WeightsRequest  # the CLI's group collects the library's type
     # An ONNX file is read as a detector (its neck's Conv nodes), untrusted: garbage is a
     # one-line input error naming the file, never a pickle or a checkpoint load.
+    from necktool.deploy.model import make_model
     from necktool.errors import InputError, WeightsError
-    from necktool.necks.weights import make_model
 
     onnx_file = tmp_path / "det.onnx"
     onnx_file.write_bytes(b"not read")

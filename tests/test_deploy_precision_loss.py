@@ -12,12 +12,12 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from necktool.artifact.serving import Served, calibration_shapes
+from necktool.artifact.stages import node_parts
 from necktool.cli import app
-from necktool.deploy.convert import to_fp16, to_int8
-from necktool.deploy.loss import Reference, stage_nodes, stage_outputs, suggest_keep_fp32
-from necktool.deploy.reduce import synthetic_feeds
-from necktool.deploy.serving import Served, calibration_shapes
-from necktool.deploy.stages import node_parts
+from necktool.deploy.precision.convert import to_fp16, to_int8
+from necktool.deploy.precision.loss import Reference, stage_nodes, stage_outputs, suggest_keep_fp32
+from necktool.deploy.precision.reduce import synthetic_feeds
 from necktool.errors import InputError
 from necktool.spec.registry import resolve_spec
 
@@ -70,7 +70,7 @@ def test_stage_sqnr_matches_a_hand_computed_sqnr(neck, reference) -> None:
     rows = {(r.stage, r.level): r for r in reference.stage_sqnr(int8)}
     assert set(rows) == set(stage_outputs(proto, model.part_of))
     tensor = rows[("top-down", 1)].tensor
-    from necktool.deploy.loss import _as_read, expose
+    from necktool.deploy.precision.loss import _as_read, expose
 
     read = _as_read(int8, tensor)
     assert read is not None and read != tensor  # after the int8 graph's Q/DQ pair

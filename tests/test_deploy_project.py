@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.artifact.metadata import read_metadata
 from necktool.budgets.config import load_config
-from necktool.deploy.metadata import read_metadata
-from necktool.deploy.project import export_config
+from necktool.budgets.export import export_config
 
 CONFIG = """
 input-size = "64x96"

@@ -15,14 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.artifact.serving import default_cases
 from necktool.deploy.export import export_onnx, served_by
-from necktool.deploy.runtimes import (
+from necktool.deploy.runtimes.runners import (
     RuntimeName,
     RuntimesVerification,
     parse_runtimes,
     require_runtime,
 )
-from necktool.deploy.serving import default_cases
 from necktool.deploy.verify import verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
@@ -107,7 +107,7 @@ def test_a_runtime_not_installed_is_exit_2_naming_the_extra(
 def test_openvino_f32_hint_is_set_and_read_back_from_the_compiled_model(
         onnx_file: pathlib.Path, spec: Any) -> None:
     pytest.importorskip("openvino")
-    from necktool.deploy.runtimes import OpenVinoRunner
+    from necktool.deploy.runtimes.runners import OpenVinoRunner
 
     runner = OpenVinoRunner(onnx_file)
     # Read from the compiled model, not from what was asked: on a CPU with AVX512-BF16
@@ -125,7 +125,7 @@ def test_openvino_f32_hint_is_set_and_read_back_from_the_compiled_model(
 def test_openvino_default_hint_is_bf16_here_and_shows_its_error(
         onnx_file: pathlib.Path, spec: Any) -> None:
     pytest.importorskip("openvino")
-    from necktool.deploy.runtimes import OpenVinoRunner
+    from necktool.deploy.runtimes.runners import OpenVinoRunner
 
     default = OpenVinoRunner(onnx_file, hint=None)
     if default.inference_precision != "bf16":
@@ -183,7 +183,7 @@ def test_export_verifies_in_each_runtime_and_writes_only_if_all_pass(
     default is bf16 (this CPU), it fails fp32 tolerances, so nothing is written (exit 1)
     though the other two passed; elsewhere all three pass and the file is written."""
     pytest.importorskip("openvino")
-    from necktool.deploy.runtimes import OpenVinoRunner
+    from necktool.deploy.runtimes.runners import OpenVinoRunner
 
     bf16 = OpenVinoRunner(onnx_file, hint=None).inference_precision == "bf16"
     dest = tmp_path / "n.onnx"

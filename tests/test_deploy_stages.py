@@ -7,7 +7,7 @@ from collections import Counter
 import onnx
 import pytest
 
-from necktool.deploy.stages import module_path, node_parts
+from necktool.artifact.stages import module_path, node_parts
 from necktool.necks.build import build_neck
 
 

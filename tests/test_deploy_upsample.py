@@ -18,16 +18,17 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool.analysis.profiling import analyze, profile
-from necktool.deploy.convert import to_fp16
+from necktool.artifact.metadata import DamagedMetadata, ExportMetadata, read_metadata
 from necktool.deploy.export import ExportResult, export_onnx
-from necktool.deploy.metadata import DamagedMetadata, ExportMetadata, read_metadata
-from necktool.deploy.options import Upsample, VerifyOptions
+from necktool.deploy.precision.convert import to_fp16
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import open_session, verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
 from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.necks.weights import seeded_model
 from necktool.spec.families import LevelRelation
+from necktool.spec.graph_form import Upsample
 from necktool.spec.registry import resolve_spec
 
 BOUND = 200  # every image side 1..BOUND

@@ -16,13 +16,14 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-import necktool.deploy.project as project_mod
+import necktool.budgets.export as project_mod
 from necktool.budgets.config import load_config
+from necktool.budgets.export import up_to_date
 from necktool.cli import app
-from necktool.deploy.metadata import DEFAULT_OPSET, WeightsRequest
-from necktool.deploy.options import DEFAULT_CALIBRATION, Precision
 from necktool.deploy.plan import ExportPlan, ExportSettings
-from necktool.deploy.project import up_to_date
+from necktool.spec.graph_form import DEFAULT_OPSET
+from necktool.spec.precision import DEFAULT_CALIBRATION, Precision
+from necktool.spec.weights import WeightsRequest
 
 UPSAMPLE_KEY = "necktool.upsample"
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
-from necktool.deploy.options import VerifyOptions
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import compare_arrays, open_session, reference_threads, verify_onnx
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import get_spec

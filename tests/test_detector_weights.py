@@ -17,14 +17,14 @@ import torch
 from detectors import SIZE, VARIANTS, suite
 from typer.testing import CliRunner
 
+from necktool.artifact.metadata import read_metadata
 from necktool.cli import app
-from necktool.deploy.metadata import read_metadata
+from necktool.deploy.against import verify_against
+from necktool.deploy.model import load_weights
 from necktool.detector import find_neck, load_detector
-from necktool.detector.compare import verify_against
 from necktool.detector.weights import identity_variance
 from necktool.errors import WeightsError
 from necktool.necks.build import build_neck
-from necktool.necks.weights import load_weights
 
 runner = CliRunner()
 
@@ -193,9 +193,9 @@ def test_profile_and_bench_take_the_neck_and_weights_from_a_detector() -> None:
 
 def test_bench_loads_the_detector_weights_into_the_timed_model(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.analysis.bench as bench_mod
-    from necktool.analysis.plan import BenchPlan
-    from necktool.deploy.metadata import WeightsRequest
+    import necktool.bench.latency as bench_mod
+    from necktool.bench.plan import BenchPlan
+    from necktool.spec.weights import WeightsRequest
 
     det = suite().files["scrfd_dedup"]
     spec = find_neck(load_detector(det)).spec

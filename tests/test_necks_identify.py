@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 
 import necktool.cli
 from necktool import NeckSpec
+from necktool.deploy.model import load_weights
 from necktool.deploy.verify import open_session
+from necktool.detector.identify import find_necks, identify_checkpoint, layout_of
 from necktool.errors import WeightsError
-from necktool.necks.identify import find_necks, identify_checkpoint, layout_of
-from necktool.necks.weights import load_weights, read_checkpoint, seeded_model
+from necktool.necks.weights import read_checkpoint, seeded_model
 from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 
 SIZE = "64x96"  # multiples of 32; small enough for quick exports

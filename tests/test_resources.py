@@ -1,4 +1,4 @@
-"""The memory limit (necktool.resources): work that cannot fit is refused with the
+"""The memory limit (necktool.spec.resources): work that cannot fit is refused with the
 figure, before any tensor is made; the limit is a flag or an environment variable."""
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.receptive import ReceptiveField, ReceptiveFields, receptive_fields
 from necktool.errors import CustomNeckError
 from necktool.necks.build import build_neck, check_neck_outputs, input_tensors
-from necktool.report import Block, Note, Table, neck_header, num, share, size_text, table
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, Note, Table, num, share, size_text, table
+from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.units import (
     COUNTING_BUG,
     CROSS_CHECK,

@@ -306,8 +306,8 @@ class _Group(TyperGroup):
                 code = ExitCode.INTERNAL
         finally:
             interrupts.restore(previous)
-            if "necktool.resources" in sys.modules:  # --max-memory lasts one invocation
-                sys.modules["necktool.resources"].set_limit(None)
+            if "necktool.spec.resources" in sys.modules:  # --max-memory lasts one invocation
+                sys.modules["necktool.spec.resources"].set_limit(None)
         if interrupts.requested():  # even if a library swallowed the KeyboardInterrupt
             code = ExitCode.INTERRUPTED
         if code == ExitCode.INTERRUPTED:  # also Typer's own 130, from an interrupt in parsing
@@ -337,7 +337,7 @@ def _version(value: bool) -> None:
 
 def _max_memory(value: str | None) -> str | None:
     if value is not None:
-        from necktool import resources
+        from necktool.spec import resources
 
         try:
             resources.set_limit(value)

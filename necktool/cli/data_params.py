@@ -12,9 +12,9 @@ import typer
 
 from necktool.cli.params import PATH, PRECISION_PANEL, OptionGroup, _option, typer_parser
 from necktool.deploy.data import DEFAULT_HOLDOUT, DataRequest, parse_triple
-from necktool.deploy.options import CalibrationMethod
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind, FloatKind, SizeKind
+from necktool.spec.precision import CalibrationMethod
 
 DATA_PANEL = "Representative data (calibration and held-out verification)"
 

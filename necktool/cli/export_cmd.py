@@ -26,18 +26,19 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
-from necktool.deploy.metadata import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, WeightsRequest
-from necktool.deploy.options import CalibrationMethod, Upsample
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind, IntKind
+from necktool.spec.graph_form import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Upsample
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import CalibrationMethod
 from necktool.spec.registry import resolve_spec
+from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:
+    from necktool.budgets.export import ConfigExport
     from necktool.deploy.export import ExportResult
-    from necktool.deploy.ncnn import NcnnExportResult
     from necktool.deploy.plan import ExportSettings
-    from necktool.deploy.project import ConfigExport
+    from necktool.deploy.runtimes.ncnn_export import NcnnExportResult
 
 EXPORT = "Export"
 
@@ -168,7 +169,7 @@ def export_command(
     spec = resolve_spec(chosen, **flags.overrides())
     reduction = None
     if data.given or reduce != type(reduce)():  # the user's data: read and checked here
-        from necktool.deploy.reduce import Reduction
+        from necktool.deploy.precision.reduce import Reduction
 
         reduction = Reduction(data.load(spec), reduce.method or CalibrationMethod.MINMAX,
                               keep_fp32=reduce.keep_fp32, stages=reduce.stages,
@@ -187,7 +188,7 @@ def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, op
                  precision: Any, calibration: int | None, config: pathlib.Path | None,
                  verify: bool, runtime: list[Any] | None, upsample: Any, *, flags: Any,
                  weights: WeightsRequest, options: Any) -> NcnnExportResult:
-    """``--to ncnn``: one neck's pair (see :mod:`necktool.deploy.ncnn`)."""
+    """``--to ncnn``: one neck's pair (see :mod:`necktool.deploy.runtimes.ncnn_export`)."""
     given = [flag for flag, on in (("--static", static), ("--opset", opset is not None),
                                    ("--calibration", calibration is not None),
                                    ("--config", config is not None),
@@ -201,12 +202,12 @@ def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, op
         raise InputError("--to ncnn needs a NECK (or --weights FILE holding one)")
     chosen: str | NeckSpec
     chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
-    from necktool.deploy.ncnn import plan_ncnn
+    from necktool.deploy.runtimes.ncnn_export import plan_ncnn
 
     plan = plan_ncnn(chosen, output, batch=flags.batch, weights=weights, verify=verify,
                      options=options, precision=precision or "fp32", **flags.overrides())
     load_heavy()
-    from necktool.deploy.ncnn import run_ncnn
+    from necktool.deploy.runtimes.ncnn_export import run_ncnn
 
     with progress(len(plan.steps), "export") as advance:
         return run_ncnn(plan, on_step=advance)  # a failed verification is falsy: exit 1
@@ -215,7 +216,7 @@ def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, op
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
                    settings: ExportSettings, *, flags: Any, force: bool = False
                    ) -> ConfigExport:
-    """Every budget entry of the project's config (see :mod:`necktool.deploy.project`)."""
+    """Every budget entry of the project's config (see :mod:`necktool.budgets.export`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
     given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
@@ -231,7 +232,7 @@ def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
-    from necktool.deploy.project import plan_config, run_config
+    from necktool.budgets.export import plan_config, run_config
 
     plan = plan_config(cfg, output, dataclasses.replace(
         settings, weights=WeightsRequest(seed=settings.weights.seed or 0)), force=force)

@@ -10,8 +10,8 @@ from necktool.cli.params import PATH
 from necktool.cli.render import load_heavy
 
 if TYPE_CHECKING:
+    from necktool.detector.identify import InspectResult
     from necktool.detector.inspect import DetectorInspect
-    from necktool.necks.identify import InspectResult
 
 FileArg = Annotated[Any, typer.Argument(
     metavar="FILE", show_default=False, parser=PATH,
@@ -43,6 +43,6 @@ def inspect_command(file: FileArg, prefix: PrefixOpt = None) -> InspectResult | 
         if found is not None:
             return found
     load_heavy()
-    from necktool.necks.identify import inspect_file
+    from necktool.detector.identify import inspect_file
 
     return inspect_file(file, prefix)

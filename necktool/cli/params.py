@@ -23,25 +23,23 @@ from typing import Annotated, Any
 
 import typer
 
-from necktool.deploy.metadata import WeightsRequest
-from necktool.deploy.options import (
-    DEFAULT_CALIBRATION,
+from necktool.deploy.runtimes.runners import parse_runtimes
+from necktool.deploy.tolerance import (
     DEFAULT_PROVIDER,
     DEFAULT_TRIALS,
-    MAX_CALIBRATION,
     MAX_TRIALS,
     PRECISION_DEFAULTS,
     ErrorStat,
-    Precision,
     VerifyOptions,
 )
-from necktool.deploy.runtimes import parse_runtimes
 from necktool.errors import InputError
 from necktool.report import OutputFormat, Result
 from necktool.spec.families import FAMILIES, families_taking
 from necktool.spec.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, describe_text
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import DEFAULT_CALIBRATION, MAX_CALIBRATION, Precision
 from necktool.spec.registry import bare_families
+from necktool.spec.weights import WeightsRequest
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"
 PRECISION_PANEL = "Precision"
@@ -85,7 +83,7 @@ class BuildFlags:
 
 
 #: Where weights come from: ``--weights FILE`` (with ``--prefix``) or ``--seed``; the one
-#: request type the library takes too (:class:`necktool.deploy.metadata.WeightsRequest`).
+#: request type the library takes too (:class:`necktool.artifact.metadata.WeightsRequest`).
 Weights = WeightsRequest
 
 
@@ -337,7 +335,7 @@ def neck_in_weights(weights: Weights) -> tuple[NeckSpec, Weights]:
     from necktool.cli.render import load_heavy
 
     load_heavy()
-    from necktool.necks.identify import identify_checkpoint
+    from necktool.detector.identify import identify_checkpoint
 
     found = identify_checkpoint(weights.path, weights.prefix)
     return found.neck_spec, dataclasses.replace(weights,

@@ -17,8 +17,8 @@ from necktool.cli.params import (
 from necktool.cli.render import load_heavy, progress
 
 if TYPE_CHECKING:
+    from necktool.deploy.against import AgainstReport
     from necktool.deploy.verify import VerifyReport
-    from necktool.detector.compare import AgainstReport
 
 ModelArg = Annotated[Any, typer.Argument(
     metavar="[MODEL.onnx]", show_default=False, parser=PATH,
@@ -69,7 +69,7 @@ def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: Runtim
             raise InputError(f"{', '.join(extra)} verify an exported file; with --against "
                              "the detector runs in ONNX Runtime on --images: leave them out")
         load_heavy()
-        from necktool.detector.compare import verify_against
+        from necktool.deploy.against import verify_against
 
         with progress(1, "verify") as advance:
             against_report = verify_against(detector, neck_file=model, images=data.images,
@@ -90,7 +90,7 @@ def verify_command(model: ModelArg = None, neck: NeckOpt = None, runtime: Runtim
     with progress(plan.steps, "verify") as advance:
         report = run_verify(plan, on_case=advance)
     if reduce.stages:
-        from necktool.deploy.file_stages import add_stages
+        from necktool.deploy.precision.audit import add_stages
 
         report = add_stages(report)
     return report

@@ -13,9 +13,10 @@ import dataclasses
 import math
 from typing import Any
 
-from necktool.deploy.options import ErrorStat, Precision, VerifyOptions
-from necktool.deploy.serving import Case
+from necktool.artifact.serving import Case
+from necktool.deploy.tolerance import ErrorStat, VerifyOptions
 from necktool.report import Block, Table, num, table
+from necktool.spec.precision import Precision
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -148,7 +149,7 @@ class VerificationResult:
     weights: str
     cases: tuple[CaseComparison, ...]
     precision: Precision = Precision.FP32  # the file's; the reference is always fp32 torch
-    runtime: str = "ort"  # necktool.deploy.runtimes.RuntimeName; provider then describes it
+    runtime: str = "ort"  # necktool.deploy.runtimes.runners.RuntimeName; provider then describes it
     #: what the cases ran on: "" for seeded normal inputs, else e.g. "real features from 12
     #: images (photos/), 4 held out" (one case per feature set)
     measured_on: str = ""

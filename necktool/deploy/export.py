@@ -4,14 +4,14 @@ The exporter is PyTorch's maintained one, ``torch.onnx.export(..., dynamo=True)`
 A dynamic export gives each input level's height and width a ``torch.export.Dim`` of its
 own (``H_div8, W_div8, H_div16, ...``: level ``k`` of an ``H x W`` image is
 ``ceil(H/s_k) x ceil(W/s_k)``), so one file serves every image size from the coarsest
-stride up (:mod:`necktool.deploy.serving` says exactly which, per family, and the file's metadata
+stride up (:mod:`necktool.artifact.serving` says exactly which, per family, and the file's metadata
 repeats it). A custom neck that cannot run at such sizes in PyTorch gets the levels tied
 as the strides tie them (``4*H_div32, 2*H_div32, H_div32``): images whose sides are
 multiples of the coarsest stride. Extra output levels (mmdetection's P6, P7) are computed
 from the coarsest level, so their sizes follow.
 
 ``precision`` fp16 or int8 converts the checked fp32 graph in memory
-(:mod:`necktool.deploy.convert`); verification then compares the converted graph with the fp32
+(:mod:`necktool.deploy.precision.convert`); verification then compares the converted graph with the fp32
 PyTorch module, held to that precision's default tolerances.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
@@ -35,38 +35,28 @@ import torch
 from torch import nn
 
 from necktool.analysis.profiling import CrossCheck, analyze
-from necktool.deploy.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.artifact.metadata import ExportMetadata, TensorInfo, conv_macs, tensor_infos
+from necktool.artifact.serving import Images, LevelRelation, Served, calibration_shapes
+from necktool.artifact.stages import PartOf
 from necktool.deploy.data import FeatureSet
-from necktool.deploy.loss import PrecisionReport, check_stages
-from necktool.deploy.metadata import (
-    DEFAULT_OPSET,
-    ExportMetadata,
-    TensorInfo,
-    WeightsRequest,
-    conv_macs,
-    tensor_infos,
-)
-from necktool.deploy.options import (
-    DEFAULT_CALIBRATION,
-    CalibrationMethod,
-    Precision,
-    Upsample,
-    VerifyOptions,
-)
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import ExportPlan, StepClock, planned_served
-from necktool.deploy.reduce import Reduction, reduce_precision
-from necktool.deploy.runtimes import RuntimeName, RuntimesVerification
-from necktool.deploy.serving import Images, LevelRelation, Served, calibration_shapes
-from necktool.deploy.stages import PartOf
+from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
+from necktool.deploy.precision.loss import PrecisionReport, check_stages
+from necktool.deploy.precision.reduce import Reduction, reduce_precision
+from necktool.deploy.runtimes.runners import RuntimeName, RuntimesVerification
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
-from necktool.necks.weights import make_model
 from necktool.quiet import quiet
-from necktool.report import Block, neck_header, size_text, table
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, size_text, table
+from necktool.spec.graph_form import DEFAULT_OPSET, Upsample
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
+from necktool.spec.weights import WeightsRequest
 from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
 
@@ -393,12 +383,12 @@ def export_onnx(
         output: Destination file; default ``<neck>.onnx`` in the current directory.
         batch: Batch size traced (and fixed, for a static export).
         dynamic: Dynamic batch, height and width (every image size from the coarsest
-            stride up; see :mod:`necktool.deploy.serving`); ``False`` fixes the export size.
+            stride up; see :mod:`necktool.artifact.serving`); ``False`` fixes the export size.
         opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
         seed: Weight init seed when ``weights`` is not given (norms randomised too;
             default 0).
         weights: A ``.pt``/``.pth`` state dict, loaded strictly (see ``load_weights``), or
-            a :class:`~necktool.deploy.metadata.WeightsRequest` (which then holds the seed
+            a :class:`~necktool.artifact.metadata.WeightsRequest` (which then holds the seed
             and prefix too).
         prefix: Key prefix selecting the neck in ``weights`` (e.g. ``"fpn."``).
         verify: Compare ONNX Runtime with PyTorch before writing.
@@ -407,18 +397,18 @@ def export_onnx(
         precision: ``fp32``, ``fp16`` (float16 weights and compute, float32 inputs and
             outputs) or ``int8`` (ONNX Runtime static QDQ quantization).
         calibration: int8 only: seeded calibration batches (default
-            :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`).
+            :data:`~necktool.deploy.tolerance.DEFAULT_CALIBRATION`).
         on_step: Called with each step's name as it finishes (for a progress bar; the
             steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
         upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
             level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
             which converters that freeze a size-computed Resize keep). The numbers, the
             FLOPs (counted on the ``size`` form) and the conv MACs are the same.
-        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes`):
+        runtimes: Where verification runs the file (:mod:`necktool.deploy.runtimes.runners`):
             ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
             give one result, which passes when every runtime passed.
         reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
-            SQNR, an SQNR floor (see :mod:`necktool.deploy.reduce`); with data, verification
+            SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data, verification
             runs on its held-out feature sets.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 

@@ -32,39 +32,31 @@ from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
 from necktool.analysis.plan import check_batch, content_hash
-from necktool.deploy.data import DataRequest
-from necktool.deploy.metadata import (
-    DEFAULT_OPSET,
-    MAX_OPSET,
-    MIN_OPSET,
+from necktool.artifact.metadata import (
     DamagedMetadata,
     GraphInfo,
-    WeightsRequest,
     describe,
-    file_sha256,
     graph_precision,
     load_model,
     read_metadata,
 )
-from necktool.deploy.options import (
-    Precision,
-    Upsample,
-    VerifyOptions,
-    check_precision,
-    check_upsample,
-)
-from necktool.deploy.runtimes import RuntimeName, require_runtime
-from necktool.deploy.serving import Case, Images, LevelRelation, Served, default_cases
+from necktool.artifact.serving import Case, Images, LevelRelation, Served, default_cases
+from necktool.deploy.data import DataRequest
+from necktool.deploy.runtimes.runners import RuntimeName, require_runtime
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
-from necktool.files import check_writable
+from necktool.files import check_writable, file_sha256
 from necktool.report import size_text
-from necktool.resources import export_bytes, forward_bytes, require
 from necktool.spec.fields import is_int
+from necktool.spec.graph_form import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Upsample, check_upsample
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
+from necktool.spec.resources import export_bytes, forward_bytes, require
+from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when used
-    from necktool.deploy.reduce import Reduction
+    from necktool.deploy.precision.reduce import Reduction
 
 #: Every step an export can report, in order (:attr:`ExportPlan.steps` drops the ones a
 #: plan skips).
@@ -224,7 +216,7 @@ class ExportPlan:
         probe: Run the (custom) module at an odd size to learn what the file serves.
         reduction: fp16/int8 beyond the conversion itself: the user's calibration data,
             the method, stages kept in fp32, per-stage SQNR, an SQNR floor
-            (:class:`~necktool.deploy.reduce.Reduction`, checked against the precision).
+            (:class:`~necktool.deploy.precision.reduce.Reduction`, checked against the precision).
     """
 
     spec: NeckSpec
@@ -443,7 +435,7 @@ class VerifyPlan:
             spec = resolve_spec(neck, **overrides)
             request = WeightsRequest(seed=0)
         elif weights.path is not None:  # no metadata, but the weights say which neck
-            from necktool.necks.identify import identify_checkpoint
+            from necktool.detector.identify import identify_checkpoint
 
             found = identify_checkpoint(weights.path, weights.prefix)
             spec = found.neck_spec.replace(**overrides)

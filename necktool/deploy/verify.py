@@ -1,6 +1,6 @@
 """Compare an ONNX file, run by ONNX Runtime, with the PyTorch neck it came from.
 
-The rule is :mod:`necktool.deploy.options`'s: per output, with the element excess
+The rule is :mod:`necktool.deploy.tolerance`'s: per output, with the element excess
 ``e = |ort - torch| - rtol * |torch|``, the output passes when ``stat(e) <= atol``
 (``elemwise``: every element, i.e. ``numpy.isclose``'s rule; this is stricter than
 Polygraphy, which fails an element only when it breaks both tolerances). Per output and
@@ -14,12 +14,12 @@ survives, which matters for fp16 and int8 files: the SQNR,
 outputs, both over every element of every trial.
 
 The reference is always the fp32 PyTorch module; an fp16 or int8 file is held to its
-precision's default tolerances (:data:`necktool.deploy.options.PRECISION_DEFAULTS`) unless the
-user gives others. The cases are :func:`necktool.deploy.serving.default_cases`: the export size,
+precision's default tolerances (:data:`necktool.deploy.tolerance.PRECISION_DEFAULTS`) unless the
+user gives others. The cases are :func:`necktool.artifact.serving.default_cases`: the export size,
 and for a dynamic file two more sizes it serves (odd, non-square, one in batch 2).
 
 ``runtime`` runs the file in OpenVINO, or the neck converted by pnnx in ncnn, instead of
-ONNX Runtime (:mod:`necktool.deploy.runtimes`), with the same cases and statistics;
+ONNX Runtime (:mod:`necktool.deploy.runtimes.runners`), with the same cases and statistics;
 :func:`compare_runtimes` runs several and returns them as one result.
 """
 
@@ -38,17 +38,18 @@ import torch
 from torch import nn
 
 from necktool import quiet
+from necktool.artifact.metadata import GraphInfo
+from necktool.artifact.serving import Case, Served, default_cases
 from necktool.deploy.comparison import (
     CaseComparison,
     OutputComparison,
     VerificationResult,
 )
 from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
-from necktool.deploy.loss import PrecisionReport
-from necktool.deploy.metadata import GraphInfo, WeightSource, WeightsRequest
-from necktool.deploy.options import ErrorStat, Precision, Upsample, VerifyOptions
+from necktool.deploy.model import make_model
 from necktool.deploy.plan import VerifyPlan, checked_options
-from necktool.deploy.runtimes import (
+from necktool.deploy.precision.loss import PrecisionReport
+from necktool.deploy.runtimes.runners import (
     NcnnPair,
     NcnnRunner,
     OpenVinoRunner,
@@ -58,13 +59,15 @@ from necktool.deploy.runtimes import (
     RuntimesVerification,
     require_runtime,
 )
-from necktool.deploy.serving import Case, Served, default_cases
+from necktool.deploy.tolerance import ErrorStat, VerifyOptions
 from necktool.errors import InputError, first_line
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.necks.weights import make_model
-from necktool.report import Block, Note, neck_header
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, Note
+from necktool.spec.graph_form import Upsample
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import Precision
+from necktool.spec.weights import WeightSource, WeightsRequest
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
 # Re-exported: the results and cases live in torch-free modules.
@@ -303,7 +306,7 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
-        runtime: What runs the file (:mod:`necktool.deploy.runtimes`): ``ort``, ``openvino``,
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``, ``openvino``,
             ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default: ``model``
             converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
@@ -382,7 +385,7 @@ def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spe
     if runtime in (RuntimeName.OPENVINO, RuntimeName.OPENVINO_BF16):
         return OpenVinoRunner(source, hint="f32" if runtime is RuntimeName.OPENVINO else None)
     if ncnn_pair is None:
-        from necktool.deploy.ncnn_convert import neck_to_ncnn
+        from necktool.deploy.runtimes.pnnx import neck_to_ncnn
 
         ncnn_pair = neck_to_ncnn(model, spec)
     return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
@@ -392,7 +395,7 @@ def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
                      runtimes: Sequence[RuntimeName], **kwargs: Any
                      ) -> VerificationResult | RuntimesVerification:
     """:func:`run_comparison` in each of a plan's runtimes (checked there): one runtime's
-    result, or all of them as one (:class:`~necktool.deploy.runtimes.RuntimesVerification`)."""
+    result, or all of them as one (:class:`~necktool.deploy.runtimes.runners.RuntimesVerification`)."""
     results = tuple(run_comparison(source, model, spec, runtime=r, **kwargs)
                     for r in runtimes)
     return results[0] if len(results) == 1 else RuntimesVerification(results)
@@ -483,11 +486,11 @@ def verify_onnx(
     Args:
         path: An ONNX file, normally written by :func:`necktool.export_onnx`.
         neck: Which neck the file holds; needed when the file has no necktool metadata,
-            unless ``weights`` holds a neck :mod:`necktool.necks.identify` recognises; and for a
+            unless ``weights`` holds a neck :mod:`necktool.detector.identify` recognises; and for a
             custom neck: the file's import path is imported only when ``neck`` names the
             same one.
         seed, weights, prefix: Override how the weights are made (default: as recorded);
-            ``weights`` may be a :class:`~necktool.deploy.metadata.WeightsRequest`.
+            ``weights`` may be a :class:`~necktool.artifact.metadata.WeightsRequest`.
         batch: Batch of the export-size case (default: as recorded, else 1).
         options: Tolerances, error statistic, trials and provider; tolerances not given
             are the defaults of the file's precision (its metadata; for a file without
@@ -498,7 +501,7 @@ def verify_onnx(
             the neck converted by pnnx from the PyTorch module); several give one result.
         data: Real feature sets (``--calibration-data`` or ``--images``): verification
             runs on the held-out part (the same split the export calibrated on).
-            :func:`necktool.deploy.file_stages.verify_stages` adds the per-stage SQNR.
+            :func:`necktool.deploy.precision.audit.verify_stages` adds the per-stage SQNR.
         **overrides: Spec fields (``input_size=(320, 320)``...); ``None`` is ignored.
 
     Returns:

@@ -159,7 +159,7 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 def has_necktool_metadata(model: onnx.ModelProto) -> bool:
-    from necktool.deploy.metadata import META
+    from necktool.artifact.metadata import META
 
     return any(p.key.startswith(META) for p in model.metadata_props)
 
@@ -188,7 +188,7 @@ def inspect_model(model: onnx.ModelProto, path: str) -> DetectorInspect:
 
 def inspect_detector(path: str | os.PathLike[str]) -> DetectorInspect | None:
     """The neck of a detector ONNX file, or ``None`` when necktool wrote the file (its
-    metadata answers instead: :func:`necktool.necks.identify.inspect_file`).
+    metadata answers instead: :func:`necktool.detector.identify.inspect_file`).
 
     Raises:
         InputError: unreadable or hostile file, or no recognisable neck (one line saying

@@ -4,7 +4,7 @@ Nothing from the file is imported or executed: it is parsed by protobuf, its ext
 locations are checked (each must name a file inside the model's own directory; absolute
 paths and ``..`` escapes are refused) before any of them is read, and the bytes its
 tensors declare count against the memory limit (``--max-memory``,
-:mod:`necktool.resources`) before they are allocated. Damage of any kind (truncated or
+:mod:`necktool.spec.resources`) before they are allocated. Damage of any kind (truncated or
 malformed protobuf, a tensor whose data does not fill its shape) is a one-line
 :class:`~necktool.errors.InputError`, exit 2.
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from necktool.errors import InputError, first_line
-from necktool.resources import human, limit
+from necktool.spec.resources import human, limit
 
 if TYPE_CHECKING:
     import onnx

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from necktool.deploy.metadata import WeightSource
 from necktool.detector.graph import Graph, attr, read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import ConvNode, DetectorNeck, find_in_graph
 from necktool.errors import WeightsError, first_line
 from necktool.spec.fields import Norm
+from necktool.spec.weights import WeightSource
 
 if TYPE_CHECKING:
     from torch import nn

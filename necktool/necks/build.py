@@ -9,9 +9,9 @@ from torch import nn
 
 from necktool.errors import CustomNeckError
 from necktool.report import size_text
-from necktool.resources import FLOAT32, forward_bytes, param_bound, require
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
+from necktool.spec.resources import FLOAT32, forward_bytes, param_bound, require
 
 
 def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.Module:

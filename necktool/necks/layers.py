@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from necktool.deploy.options import Upsample
 from necktool.spec.fields import Activation, Norm
+from necktool.spec.graph_form import Upsample
 
 # Child names of the SCRFD seed's ConvGNReLU; a BN or norm-free block keeps the seed's
 # (and Pytorch_Retinaface's) nn.Sequential indices 0/1/2 so checkpoints load strictly.

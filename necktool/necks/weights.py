@@ -1,6 +1,6 @@
 """Where a neck's weights come from: a checkpoint file, or a seed.
 
-* :func:`load_weights` loads a ``.pt``/``.pth`` state dict (``torch.load(...,
+* :func:`load_checkpoint` loads a ``.pt``/``.pth`` state dict (``torch.load(...,
   weights_only=True)``) with strict key matching. A ``module.`` prefix (DataParallel) is
   stripped automatically; ``prefix`` (e.g. ``"fpn."``) selects the neck's sub-dict of a
   whole-detector checkpoint such as Pytorch_Retinaface's. When the keys do not fit, a
@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from necktool.deploy.metadata import WeightSource, WeightsRequest, file_sha256
 from necktool.errors import WeightsError, first_line
+from necktool.files import file_sha256
 from necktool.necks.build import build_neck
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.weights import WeightSource
 
 SUFFIXES = (".pt", ".pth")
 DATA_PARALLEL_PREFIX = "module."
@@ -106,22 +107,6 @@ def seeded_model(spec: NeckSpec, seed: int = 0) -> nn.Module:
     return randomize_norms(build_neck(spec, seed=seed), seed)  # build_neck gives eval mode
 
 
-def make_model(spec: NeckSpec, weights: WeightsRequest = WeightsRequest()
-               ) -> tuple[nn.Module, WeightSource]:
-    """The neck with weights from ``weights.path`` (strict) or else from ``weights.seed``
-    (default 0), and the record of where they came from.
-
-    Raises:
-        WeightsError: the file is missing, unreadable, or its keys (or, for a detector
-            ONNX file, its neck) do not fit.
-    """
-    seed = weights.seed or 0
-    if weights.path is None:
-        return seeded_model(spec, seed), WeightSource("seed", seed=seed)
-    # A checkpoint, or a detector ONNX file (its neck's Conv nodes): load_weights tells them
-    # apart.
-    model = build_neck(spec, seed=seed)
-    return model, load_weights(model, weights.path, weights.prefix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,14 +246,13 @@ def _as_model_dtypes(state: dict[str, Any], model: nn.Module,
     return out
 
 
-def load_weights(model: nn.Module, path: str | pathlib.Path,
+def load_checkpoint(model: nn.Module, path: str | pathlib.Path,
                  prefix: str | None = None) -> WeightSource:
     """Load a state dict into ``model`` with strict key and shape matching.
 
     Args:
         model: The neck to fill, in place.
-        path: A ``.pt``/``.pth`` file holding a state dict, or a detector ONNX file
-            (:func:`necktool.detector.weights.load_detector_weights`).
+        path: A ``.pt``/``.pth`` file holding a state dict.
         prefix: Keep only keys starting with this (``"fpn."``, ``"neck."``) and strip it.
             A leading ``module.`` (DataParallel) is stripped first, automatically (so
             ``"module.fpn."`` and ``"fpn."`` select the same keys).
@@ -281,15 +265,8 @@ def load_weights(model: nn.Module, path: str | pathlib.Path,
 
     Example:
         >>> neck = build_neck("retinaface_mnet")
-        >>> load_weights(neck, "mobilenet0.25_Final.pth", prefix="fpn.")  # doctest: +SKIP
+        >>> load_checkpoint(neck, "mobilenet0.25_Final.pth", prefix="fpn.")  # doctest: +SKIP
     """
-    if pathlib.Path(path).suffix.lower() == ".onnx":  # a detector: its neck's Conv nodes
-        if prefix:
-            raise WeightsError("--prefix selects a neck inside a checkpoint; a detector ONNX "
-                               "file's neck is found by the graph's structure")
-        from necktool.detector.weights import load_detector_weights
-
-        return load_detector_weights(model, path)
     state: dict[str, Any] = read_state_dict(path)
     stripped: list[str] = []
     if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from necktool.errors import InputError
+from necktool.report import size_text
 
 T = TypeVar("T")
 
@@ -135,9 +136,6 @@ def parse_float_text(text: str, expected: str) -> float:
     return float(raw)
 
 
-def size_text(size: Sequence[int]) -> str:
-    """``640x480``: an image size (H, W) as the flags and tables write it."""
-    return "x".join(map(str, size))
 
 
 def is_int(value: Any) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from necktool.errors import InputError, SpecError
+from necktool.report import size_text
 from necktool.spec.families import FamilyInfo, families_taking, get_family
 from necktool.spec.fields import (
     BASE_STRIDE,
@@ -26,8 +27,8 @@ from necktool.spec.fields import (
     ExtraConvs,
     Norm,
     describe_value,
-    size_text,
 )
+from necktool.units import UNIT, UNIT_NOTE
 
 SEED_GN_GROUPS = 16  # the SCRFD seed starts from 16 groups and reduces until it divides
 _SHOWN_DIVISORS = 12
@@ -321,3 +322,17 @@ def parse_channels(text: str) -> tuple[int, ...]:
         return FIELD["in_channels"].kind.from_text(text)
     except BadValue as exc:
         raise InputError(f"malformed channel list {text!r}; {exc.reason()}") from None
+
+
+def neck_header(spec: NeckSpec, input_size: Sequence[int], batch: int) -> dict[str, Any]:
+    """The keys every per-neck JSON result starts with, in one order: ``neck``, ``family``,
+    ``config`` (the fully resolved spec), ``input_size``, ``batch``, ``unit``."""
+    return {
+        "neck": spec.label,
+        "family": spec.family,
+        "config": spec.to_dict(),
+        "input_size": list(input_size),
+        "batch": batch,
+        "unit": UNIT,
+        "unit_note": UNIT_NOTE,
+    }

@@ -1,9 +1,9 @@
 """``necktool export --to ncnn``: the neck's ncnn ``.param``/``.bin`` pair, converted by pnnx
 from the PyTorch module, verified in ncnn, then written.
 
-The pair serves what a dynamic ONNX export serves (:mod:`necktool.deploy.serving`): pnnx
+The pair serves what a dynamic ONNX export serves (:mod:`necktool.artifact.serving`): pnnx
 traces the module at two sizes, so the upsample takes its size from the finer level's blob
-(:mod:`necktool.deploy.ncnn_convert`). Weights are fp32 (pnnx's default would be fp16)
+(:mod:`necktool.deploy.runtimes.pnnx`). Weights are fp32 (pnnx's default would be fp16)
 unless ``precision="fp16"``. ncnn has no batch dimension: a C++ caller feeds one image's
 levels, each ``(C, H, W)``; verification runs a batch sample by sample.
 
@@ -21,17 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 from necktool.analysis.plan import check_batch
+from necktool.artifact.serving import Served
 from necktool.deploy.comparison import VerificationResult
-from necktool.deploy.metadata import WeightSource, WeightsRequest
-from necktool.deploy.options import Precision, VerifyOptions, check_precision
 from necktool.deploy.plan import ExportPlan, ExportSettings, StepClock
-from necktool.deploy.runtimes import NcnnPair, RuntimeName, require_runtime
-from necktool.deploy.serving import Served
+from necktool.deploy.runtimes.runners import NcnnPair, RuntimeName, require_runtime
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
 from necktool.files import check_writable, write_file
-from necktool.report import Block, neck_header, size_text, table
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, size_text, table
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
+from necktool.spec.weights import WeightSource, WeightsRequest
 
 NCNN_STEPS = ("build", "convert", "verify", "write")
 
@@ -252,9 +253,9 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
     import pnnx
 
     from necktool.deploy.export import served_by
-    from necktool.deploy.ncnn_convert import neck_to_ncnn
+    from necktool.deploy.model import make_model
+    from necktool.deploy.runtimes.pnnx import neck_to_ncnn
     from necktool.deploy.verify import run_comparison
-    from necktool.necks.weights import make_model
 
     done = StepClock(on_step)
     seconds = done.seconds

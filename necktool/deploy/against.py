@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from necktool.deploy.comparison import OutputComparison
-from necktool.deploy.options import Precision, VerifyOptions
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.detector.graph import read_graph
 from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.detector.weights import detector_state_dict
 from necktool.errors import InputError, first_line
 from necktool.report import Block, Note, num, table
+from necktool.spec.precision import Precision
 
 if TYPE_CHECKING:
     import onnx

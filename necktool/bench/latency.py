@@ -18,12 +18,12 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
 * ``openvino`` / ``openvino:bf16``: the same static ONNX export, compiled by OpenVINO for
   its CPU plugin with ``INFERENCE_NUM_THREADS=threads`` and the f32 precision hint (or
   OpenVINO's default hint); ``ncnn``: the pair pnnx converts from the module
-  (:mod:`necktool.deploy.ncnn_convert`), fp32, ``num_threads=threads``, one image at a
+  (:mod:`necktool.deploy.runtimes.pnnx`), fp32, ``num_threads=threads``, one image at a
   time. Their rows carry the max abs error and SQNR against PyTorch on the timed inputs
-  (:mod:`necktool.deploy.runtimes`).
+  (:mod:`necktool.deploy.runtimes.runners`).
 
 ``precisions`` (``fp32``, ``fp16``, ``int8``) times that export at each precision
-(:mod:`necktool.deploy.convert`, int8 calibrated as ``necktool export`` calibrates it) in one
+(:mod:`necktool.deploy.precision.convert`, int8 calibrated as ``necktool export`` calibrates it) in one
 run, and reports per precision the file's size and its max abs error and SQNR against the
 fp32 PyTorch module on the timed inputs.
 """
@@ -42,14 +42,10 @@ import torch
 from torch import nn
 
 from necktool import quiet
-from necktool.analysis.plan import BenchPlan
 from necktool.analysis.profiling import analyze
-from necktool.analysis.stage_timing import (
-    RuntimeStages,
-    StageRun,
-    stage_times,
-)
-from necktool.analysis.timing import (
+from necktool.bench.plan import BenchPlan
+from necktool.bench.stages import RuntimeStages, StageRun, stage_times
+from necktool.bench.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -59,17 +55,17 @@ from necktool.analysis.timing import (
     percentile,
 )
 from necktool.deploy.comparison import sqnr_db
-from necktool.deploy.convert import convert
 from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
-from necktool.deploy.metadata import DEFAULT_OPSET
-from necktool.deploy.options import Precision
-from necktool.deploy.runtimes import NcnnRunner, OpenVinoRunner, Runner
+from necktool.deploy.model import make_model
+from necktool.deploy.precision.convert import convert
+from necktool.deploy.runtimes.runners import NcnnRunner, OpenVinoRunner, Runner
 from necktool.errors import ExportError
 from necktool.necks.build import build_neck, input_tensors
-from necktool.necks.weights import make_model
-from necktool.report import Block, Column, neck_header, num, size_text, table
-from necktool.spec.neck_spec import NeckSpec
+from necktool.report import Block, Column, num, size_text, table
+from necktool.spec.graph_form import DEFAULT_OPSET
+from necktool.spec.neck_spec import NeckSpec, neck_header
+from necktool.spec.precision import Precision
 from necktool.units import UNIT_SHORT
 
 __all__ = ["ALL_RUNTIMES", "BenchPlan", "BenchResult", "Runtime", "RuntimeTiming", "bench",
@@ -265,7 +261,7 @@ def _errors_of(model: nn.Module, runs: Sequence[tuple[Sequence[Any], list[torch.
 def _runner(runtime: Runtime, proto: Any, model: nn.Module, spec: NeckSpec,
             threads: int) -> Runner:
     if runtime is Runtime.NCNN:
-        from necktool.deploy.ncnn_convert import neck_to_ncnn
+        from necktool.deploy.runtimes.pnnx import neck_to_ncnn
 
         pair = neck_to_ncnn(model, spec)
         return NcnnRunner(pair, spec.input_names, spec.output_names, threads=threads)
@@ -325,7 +321,7 @@ def bench(
         on_run: Called with the runtime's name after each timed run (for a progress bar
             of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
         stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
-            time of every stage x level (:mod:`necktool.analysis.stage_timing`).
+            time of every stage x level (:mod:`necktool.bench.stages`).
         data: int8: calibrate on these feature sets' calibration part instead; the files
             are static, so every set must have this size's levels.
         **overrides: Spec fields to change; ``None`` values are ignored.

@@ -1,6 +1,6 @@
 """Where a reduced-precision graph loses precision, and what to do about it (torch-free).
 
-* :func:`stage_outputs`: per ``(stage, level)`` of the neck (:mod:`necktool.deploy.stages`
+* :func:`stage_outputs`: per ``(stage, level)`` of the neck (:mod:`necktool.artifact.stages`
   maps nodes to them), the tensor that leaves the stage: the last one, in graph order,
   that a node outside the stage (or the graph's outputs) reads.
 * :func:`measure`: the fp32 and the converted graph with those tensors exposed as extra
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from necktool.artifact.stages import PartOf, node_parts
 from necktool.deploy.comparison import sqnr_db
-from necktool.deploy.options import CalibrationMethod, Precision
-from necktool.deploy.stages import PartOf, node_parts
 from necktool.errors import InputError
 from necktool.report import Block, Note, Table, num, table
+from necktool.spec.precision import CalibrationMethod, Precision
 
 if TYPE_CHECKING:
     import onnx

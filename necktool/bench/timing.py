@@ -31,7 +31,7 @@ class Runtime(enum.StrEnum):
 
 
 ALL_RUNTIMES = (Runtime.TORCH, Runtime.ONNXRUNTIME)
-#: runtimes bench reaches through necktool.deploy.runtimes (each an optional extra)
+#: runtimes bench reaches through necktool.deploy.runtimes.runners (each an optional extra)
 OTHER_RUNTIMES = (Runtime.OPENVINO, Runtime.OPENVINO_BF16, Runtime.NCNN)
 #: runtimes with a stage profiler (``bench --stages``; see ``stage_timing.STAGE_PROFILERS``)
 STAGED_RUNTIMES = (Runtime.TORCH.value, Runtime.ONNXRUNTIME.value)
@@ -39,8 +39,8 @@ STAGED_RUNTIMES = (Runtime.TORCH.value, Runtime.ONNXRUNTIME.value)
 
 def parse_bench_runtimes(text: str) -> list[Runtime]:
     """``torch,ort,openvino,ncnn``: distinct runtimes in the order given; MNN and LiteRT
-    are refused with the reason (:data:`necktool.deploy.runtimes.UNSUPPORTED`)."""
-    from necktool.deploy.runtimes import RuntimeName, parse_runtime
+    are refused with the reason (:data:`necktool.deploy.runtimes.runners.UNSUPPORTED`)."""
+    from necktool.deploy.runtimes.runners import RuntimeName, parse_runtime
     from necktool.errors import InputError
 
     valid = "torch, ort (onnxruntime), openvino, openvino:bf16, ncnn"

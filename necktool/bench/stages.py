@@ -11,7 +11,7 @@ in with one entry); each turns N profiled runs into the same :class:`RuntimeStag
 * ``onnxruntime``: ``SessionOptions.enable_profiling`` on a session set up as ``bench``
   sets up its own. The profile's per-node ``*_kernel_time`` events are grouped by run
   (the ``model_run`` events; warm-up runs dropped) and mapped to stages through the
-  exported nodes' name scopes (:func:`necktool.deploy.stages.node_parts`). ORT's optimiser
+  exported nodes' name scopes (:func:`necktool.artifact.stages.node_parts`). ORT's optimiser
   renames and inserts nodes; read from the optimised graph it saves, a node is placed by
   (1) its name, (2) the value it computes (``conv2d_2_nchwc`` computes ``conv2d_2``'s
   value in the blocked layout; fused nodes keep the value of the last node they fuse),
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from necktool import quiet
-from necktool.deploy.stages import node_parts
+from necktool.artifact.stages import node_parts
 from necktool.errors import InputError
 from necktool.report import Block, num, table
 from necktool.spec.neck_spec import NeckSpec

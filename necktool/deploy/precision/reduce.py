@@ -1,8 +1,8 @@
 """Convert a checked fp32 graph to fp16 or int8 and measure what it lost: the conversion
-(:mod:`necktool.deploy.convert`) calibrated on the user's data or on synthetic inputs, the
+(:mod:`necktool.deploy.precision.convert`) calibrated on the user's data or on synthetic inputs, the
 calibration method chosen on held-out data (``auto``), stages kept in fp32, the per-stage
 SQNR and the smallest set of stages to keep in fp32 when ``min_sqnr`` is not met
-(:mod:`necktool.deploy.loss`).
+(:mod:`necktool.deploy.precision.loss`).
 
 Without data, calibration and measurement use seeded normal inputs (measurement on seeds
 of its own, :data:`MEASURE_SEED`), and the report says so.
@@ -15,9 +15,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.convert import PER_CHANNEL, Shape, convert
+from necktool.artifact.stages import PartOf
 from necktool.deploy.data import SYNTHETIC, SYNTHETIC_NOTE, Data
-from necktool.deploy.loss import (
+from necktool.deploy.precision.convert import PER_CHANNEL, Shape, convert
+from necktool.deploy.precision.loss import (
     MethodTrial,
     PrecisionReport,
     Reference,
@@ -26,14 +27,9 @@ from necktool.deploy.loss import (
     stages_of,
     suggest_keep_fp32,
 )
-from necktool.deploy.options import (
-    DEFAULT_CALIBRATION,
-    CalibrationMethod,
-    Precision,
-)
-from necktool.deploy.stages import PartOf
 from necktool.errors import InputError
 from necktool.spec.fields import is_number
+from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
 
 if TYPE_CHECKING:
     import numpy as np

@@ -30,20 +30,18 @@ import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from necktool.artifact.metadata import DamagedMetadata, ExportMetadata
+from necktool.artifact.serving import Images
 from necktool.budgets.config import Budget, BudgetConfig
-from necktool.deploy.metadata import (
-    DEFAULT_OPSET,
-    DamagedMetadata,
-    ExportMetadata,
-    WeightsRequest,
-    file_sha256,
-)
-from necktool.deploy.options import Precision, Upsample, VerifyOptions
 from necktool.deploy.plan import ExportPlan, ExportSettings, onnx_file_name
-from necktool.deploy.serving import Images
+from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import ConfigError, InputError, NecktoolError
-from necktool.files import check_writable
-from necktool.report import Block, Note, neck_header, num, size_text, table
+from necktool.files import check_writable, file_sha256
+from necktool.report import Block, Note, num, size_text, table
+from necktool.spec.graph_form import DEFAULT_OPSET, Upsample
+from necktool.spec.neck_spec import neck_header
+from necktool.spec.precision import Precision
+from necktool.spec.weights import WeightsRequest
 from necktool.version import __version__
 
 if TYPE_CHECKING:  # the exporter imports torch: only once an entry must be exported
@@ -325,7 +323,7 @@ def up_to_date(plan: ExportPlan) -> UpToDate | None:
     necktool's version. Anything else (no file, not ONNX, damaged or foreign metadata, any
     difference): ``None``, and the entry is exported. Reads with onnx only, never torch.
     """
-    from necktool.deploy.metadata import load_model, read_metadata
+    from necktool.artifact.metadata import load_model, read_metadata
 
     path = plan.output
     if not path.is_file():

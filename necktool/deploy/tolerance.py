@@ -30,11 +30,10 @@ from typing import Any
 
 from necktool.errors import InputError
 from necktool.spec.fields import BadValue, is_int, is_number, parse_float_text
+from necktool.spec.precision import Precision
 
 DEFAULT_ATOL = 1e-4  # fp32 (see PRECISION_DEFAULTS for fp16 and int8)
 DEFAULT_RTOL = 1e-4
-DEFAULT_CALIBRATION = 8  # int8: seeded calibration batches (--calibration)
-MAX_CALIBRATION = 1000
 DEFAULT_TRIALS = 3
 MAX_TRIALS = 100
 DEFAULT_PROVIDER = "CPUExecutionProvider"
@@ -43,33 +42,10 @@ _PROVIDER = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 MAX_TOLERANCE = 1e6
 
 
-class Precision(enum.StrEnum):
-    """The arithmetic of an exported file (``--precision``); inputs and outputs are float32
-    in all three."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"  # weights and compute in float16
-    INT8 = "int8"  # ONNX Runtime static quantization, QDQ, int8 weights and activations
 
 
-class Upsample(enum.StrEnum):
-    """How an export writes the necks' nearest upsampling (``--upsample``).
-
-    Both give the same numbers wherever level ``k`` is ``ceil(H / s_k)``; they differ in
-    what a converter sees (README, "Upsampling that converters keep").
-    """
-
-    SIZE = "size"  # Resize to the finer level's size, computed from its Shape (PyTorch's form)
-    SCALE2 = "scale2"  # a constant x2 Resize, then a Slice (crop) to the finer level's size
 
 
-def check_upsample(upsample: Upsample | str) -> Upsample:
-    """The upsample form, or an ``InputError`` naming the valid ones."""
-    try:
-        return Upsample(upsample)
-    except ValueError:
-        raise InputError(f"upsample form {str(upsample)[:40]!r} is not one of "
-                         f"{', '.join(Upsample)}") from None
 
 
 #: Default ``(atol, rtol)`` per precision, against the fp32 PyTorch module. Measured on
@@ -88,13 +64,6 @@ PRECISION_DEFAULTS: dict[Precision, tuple[float, float]] = {
 }
 
 
-class CalibrationMethod(enum.StrEnum):
-    """How int8 activation ranges are found (``--calibration-method``)."""
-
-    MINMAX = "minmax"  # the observed minimum and maximum
-    PERCENTILE = "percentile"  # the 99.999th percentile of |x| (ONNX Runtime's default)
-    ENTROPY = "entropy"  # the threshold minimising the KL divergence of the histograms
-    AUTO = "auto"  # each of the three; the best held-out worst-level SQNR is kept
 
 
 #: The fp32 default ``atol`` is relative to each output's size: an output passes when every
@@ -289,22 +258,3 @@ def provider_name(name: str) -> str:
     return name.strip()
 
 
-def check_precision(precision: Precision | str, calibration: int | None) -> tuple[Precision,
-                                                                                  int | None]:
-    """The precision, and the calibration batch count (int8 only; default
-    :data:`~necktool.deploy.options.DEFAULT_CALIBRATION`)."""
-    try:
-        precision = Precision(precision)
-    except ValueError:
-        raise InputError(f"precision {str(precision)[:40]!r} is not one of "
-                         f"{', '.join(Precision)}") from None
-    if calibration is not None and precision is not Precision.INT8:
-        raise InputError(f"--calibration sets the int8 calibration batches; this export is "
-                         f"{precision.value} (add --precision int8)")
-    if precision is not Precision.INT8:
-        return precision, None
-    calibration = DEFAULT_CALIBRATION if calibration is None else calibration
-    if not is_int(calibration) or not 1 <= calibration <= MAX_CALIBRATION:
-        raise InputError(f"calibration must be an integer from 1 to {MAX_CALIBRATION}, got "
-                         f"{calibration!r}")
-    return precision, calibration

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from necktool.deploy.metadata import read_metadata
+from necktool.artifact.metadata import read_metadata
 from necktool.errors import InputError, NecktoolError, WeightsError
 from necktool.necks.weights import (
     DATA_PARALLEL_PREFIX,

@@ -13,18 +13,19 @@ import dataclasses
 import pathlib
 from typing import Any
 
+from necktool.artifact.metadata import load_model
+from necktool.artifact.serving import calibration_shapes
 from necktool.deploy.data import SYNTHETIC
 from necktool.deploy.export import export_model
-from necktool.deploy.loss import PrecisionReport, Reference
-from necktool.deploy.metadata import DEFAULT_OPSET, load_model
-from necktool.deploy.options import Precision
-from necktool.deploy.reduce import synthetic_feeds
-from necktool.deploy.serving import calibration_shapes
+from necktool.deploy.model import make_model
+from necktool.deploy.precision.loss import PrecisionReport, Reference
+from necktool.deploy.precision.reduce import synthetic_feeds
 from necktool.deploy.verify import VerifyReport, verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.necks.weights import make_model
+from necktool.spec.graph_form import DEFAULT_OPSET
+from necktool.spec.precision import Precision
 
 
 def verify_stages(path: str | pathlib.Path, **kwargs: Any) -> VerifyReport:

@@ -15,31 +15,27 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.options import MAX_CALIBRATION, Precision, Upsample
-from necktool.deploy.serving import Served
+from necktool.artifact.serving import Served
 from necktool.errors import ExportError, InputError, NecktoolError
-from necktool.spec.fields import BadValue, SizeKind, describe_value, is_int, parse_int_text
+from necktool.spec.fields import BadValue, SizeKind, describe_value, parse_int_text
+from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec
+from necktool.spec.precision import MAX_CALIBRATION, Precision
+from necktool.spec.weights import WeightSource
 from necktool.units import UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
     import onnx
 
-DEFAULT_OPSET = 18  # the dynamo exporter's native floor; the widest runtime support
-MIN_OPSET = 18  # lower opsets go through a lossy version converter; not offered
-MAX_OPSET = 24  # the newest this machine's onnx + onnxruntime both load (measured)
 META = "necktool."  # prefix of every metadata_props key necktool writes
 MAX_META_VALUE = 64 * 1024  # bytes of one metadata value necktool will parse
 MAX_META_DEPTH = 8  # nesting of the JSON inside a metadata value
-SEEDED_INIT = "necktool-seeded-v1: build_neck(seed) + randomize_norms(seed)"
 #: Ops whose output has the shape of their first input, for which onnx (1.23) has no
 #: shape inference: from opset 21 the exporter writes GroupNorm as one
 #: ``GroupNormalization`` node, and without this every shape after it stays unknown.
@@ -50,122 +46,12 @@ class DamagedMetadata(InputError):
     """The file's ``necktool.*`` metadata is there but cannot be trusted."""
 
 
-class WeightsKind(enum.StrEnum):
-    """What a weights request reads: nothing (a seed), a checkpoint or an ONNX file."""
-
-    SEED = "seed"  # drawn from a seed (see SEEDED_INIT)
-    CHECKPOINT = "checkpoint"  # a .pt/.pth state dict (torch.load(weights_only=True))
-    ONNX = "onnx"  # a detector or neck ONNX file's initializers (not loaded yet)
 
 
-@dataclasses.dataclass(frozen=True)
-class WeightsRequest:
-    """Where a command's weights should come from: the one request type from the CLI's
-    ``--seed``/``--weights``/``--prefix`` to :func:`necktool.necks.weights.make_model`.
-
-    ``None`` means "not given": a command fills it (``export``: seed 0; ``verify``: what
-    the file records). A file wins over a seed. What was actually loaded is recorded as a
-    :class:`WeightSource` (with the file's SHA-256).
-
-    Example:
-        >>> WeightsRequest(path=pathlib.Path("det.onnx")).kind.value
-        'onnx'
-    """
-
-    seed: int | None = None
-    path: pathlib.Path | None = None
-    prefix: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.path is not None and not isinstance(self.path, pathlib.Path):
-            object.__setattr__(self, "path", pathlib.Path(self.path))
-
-    @property
-    def kind(self) -> WeightsKind:
-        if self.path is None:
-            return WeightsKind.SEED
-        return WeightsKind.ONNX if self.path.suffix.lower() == ".onnx" \
-            else WeightsKind.CHECKPOINT
-
-    @property
-    def given(self) -> bool:
-        """A seed or a file was asked for."""
-        return self.seed is not None or self.path is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        """What decides the weights (a plan's content hash): the seed, or the file's kind,
-        SHA-256 and prefix (not its path: the same bytes elsewhere are the same weights)."""
-        if self.path is None:
-            return {"kind": WeightsKind.SEED.value, "seed": self.seed or 0}
-        return {"kind": self.kind.value, "sha256": file_sha256(self.path),
-                "prefix": self.prefix}
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes.
-
-    Raises:
-        InputError: the file cannot be read.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise InputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class WeightSource:
-    """How a model's weights were made; written into an exported file's metadata (the
-    record of what a :class:`WeightsRequest` loaded)."""
-
-    source: str  # "seed" or "file"
-    seed: int | None = None
-    path: str | None = None
-    sha256: str | None = None
-    prefix: str | None = None
-    stripped: tuple[str, ...] = ()
-    note: str | None = None  # how the file's tensors were mapped (a detector ONNX's folded norm)
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.source == "seed":
-            return {"source": "seed", "seed": self.seed, "init": SEEDED_INIT}
-        return {"source": "file", "path": self.path, "sha256": self.sha256,
-                "prefix": self.prefix, "stripped": list(self.stripped),
-                **({"note": self.note} if self.note else {})}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> WeightSource:
-        if not isinstance(data, Mapping) or data.get("source") not in ("seed", "file"):
-            raise ValueError("weights must be an object with source 'seed' or 'file'")
-        strings = {k: data.get(k) for k in ("path", "sha256", "prefix", "note")}
-        if any(v is not None and not isinstance(v, str) for v in strings.values()):
-            raise ValueError("weights path, sha256, prefix and note must be strings")
-        seed = data.get("seed")
-        if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
-            raise ValueError("weights seed must be a non-negative integer")
-        stripped = data.get("stripped", [])
-        if not isinstance(stripped, list) or not all(isinstance(s, str) for s in stripped):
-            raise ValueError("weights stripped must be a list of strings")
-        return cls(source=data["source"], seed=seed, stripped=tuple(stripped), **strings)
-
-    def request(self) -> WeightsRequest:
-        """The request that makes these weights again."""
-        if self.source == "seed":
-            return WeightsRequest(seed=self.seed or 0)
-        return WeightsRequest(path=pathlib.Path(self.path or ""), prefix=self.prefix)
-
-    def describe(self) -> str:
-        if self.source == "seed":
-            return f"seed {self.seed} (norms and biases randomised too)"
-        extra = f", prefix {self.prefix!r}" if self.prefix else ""
-        extra += f" ({self.note})" if self.note else ""
-        return f"file {self.path}{extra}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@
   calibration), calibrated on ``calibration`` seeded batches
   drawn as verification draws its inputs (standard normal, one seed per batch; seeds of
   their own, so verification runs on inputs the calibration never saw), cycling through
-  the given ``(size, batch)`` shapes (:func:`necktool.deploy.serving.calibration_shapes`).
+  the given ``(size, batch)`` shapes (:func:`necktool.artifact.serving.calibration_shapes`).
 
 Before quantizing, every initializer that several nodes share gets one copy per
 consumer: the dynamo exporter's optimiser shares the ``InstanceNormalization`` scale and
@@ -33,14 +33,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from necktool.deploy.options import (
+from necktool.errors import ExportError, first_line
+from necktool.quiet import quiet
+from necktool.spec.precision import (
     DEFAULT_CALIBRATION,
     CalibrationMethod,
     Precision,
     check_precision,
 )
-from necktool.errors import ExportError, first_line
-from necktool.quiet import quiet
 
 if TYPE_CHECKING:
     import onnx
@@ -144,7 +144,7 @@ def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
 
     method = CalibrationMethod(method)
     if method is CalibrationMethod.AUTO:
-        raise ExportError("calibration method 'auto' is chosen by necktool.deploy.loss; "
+        raise ExportError("calibration method 'auto' is chosen by necktool.deploy.precision.loss; "
                           "to_int8 takes minmax, percentile or entropy")
     calibration = check_precision(Precision.INT8, calibration)[1] or DEFAULT_CALIBRATION
     copy = onnx.ModelProto()

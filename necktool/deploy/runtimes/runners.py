@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
 from necktool.deploy.comparison import VerificationResult, _db
-from necktool.deploy.options import Precision
 from necktool.errors import ExportError, InputError, first_line
 from necktool.report import Block, Note, Table, num, table
+from necktool.spec.precision import Precision
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,0 +1,1 @@
+"""Timing exported necks: latency in PyTorch and each runtime, stage by stage."""

@@ -1,0 +1,2 @@
+"""Reduced precision: fp16 and int8 versions of an exported graph, and where they lose
+precision."""

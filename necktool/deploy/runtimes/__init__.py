@@ -1,0 +1,1 @@
+"""The runtimes an exported neck is verified and timed in, and the ncnn export."""
