@@ -1,6 +1,6 @@
 """The ``necktool`` command line: a thin Typer layer over the library.
 
-This is the one place that turns outcomes into exit codes (see the README):
+This is the one place that turns outcomes into exit codes (docs/reference/exit-codes.md):
 0 success; 1 a result that failed (verification, budgets) or a check that could not
 pass; 2 bad usage or input; 70 a bug in necktool; 130 interrupted.
 """
