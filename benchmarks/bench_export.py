@@ -56,7 +56,7 @@ def _runtime_table(repeat: int) -> None:
     import torch
 
     from necktool.deploy.export import export_onnx
-    from necktool.deploy.verify import open_session
+    from necktool.deploy.runtimes.runners import open_session
     from necktool.necks.build import make_inputs
     from necktool.necks.weights import seeded_model
     from necktool.spec.registry import PRESETS

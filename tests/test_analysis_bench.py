@@ -44,7 +44,7 @@ def small() -> tuple[BenchResult, list[str]]:
 def test_both_runtimes_report_positive_finite_figures(small: tuple[BenchResult, list[str]]
                                                       ) -> None:
     result, labels = small
-    assert [t.runtime for t in result.timings] == [Runtime.TORCH, Runtime.ONNXRUNTIME]
+    assert [t.runtime for t in result.timings] == [Runtime.TORCH, Runtime.ORT]
     assert labels == ["torch"] * 3 + ["onnxruntime"] * 3  # one progress step per timed run
     for t in result.timings:
         assert (t.warmup, t.repeat, t.threads) == (1, 3, 1)
@@ -84,7 +84,7 @@ def test_threads_are_restored_and_torch_alone_skips_the_export() -> None:
     ({"repeat": 0}, InputError, "repeat"),
     ({"warmup": 0}, InputError, "warmup"),
     ({"threads": 0}, InputError, "threads"),
-    ({"runtimes": ["tensorrt"]}, InputError, "valid: torch, onnxruntime"),
+    ({"runtimes": ["tensorrt"]}, InputError, "valid: torch, ort, openvino"),
     ({"runtimes": []}, InputError, "no runtime"),
     ({"input_size": (16, 16)}, SpecError, "coarsest stride"),
     ({"batch": 0}, InputError, "batch"),
@@ -106,7 +106,7 @@ def test_precisions_are_timed_in_one_run_with_size_and_error() -> None:
     result = bench("pafpn", (64, 96), warmup=1, repeat=2, threads=1,
                    precisions=["fp32", "fp16", "int8", "fp16"], calibration=2, **SMALL)
     assert [t.precision for t in result.timings] == ["fp32", "fp16", "int8"]
-    assert all(t.runtime is Runtime.ONNXRUNTIME for t in result.timings)  # ORT alone
+    assert all(t.runtime is Runtime.ORT for t in result.timings)  # ORT alone
     fp32, fp16, int8 = result.timings
     for t in result.timings:
         assert t.nbytes is not None and t.nbytes > 0 and positive_finite(t.median_ms)

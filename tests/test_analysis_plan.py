@@ -28,10 +28,10 @@ from necktool.analysis.profiling import run_profile
 from necktool.analysis.sweep import run_sweep, sweep_plans
 from necktool.bench.latency import run_bench
 from necktool.bench.plan import BenchPlan
-from necktool.bench.timing import Runtime
 from necktool.errors import InputError, SpecError
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import Precision
+from necktool.spec.runtimes import Runtime
 
 SIZE = (64, 64)
 
@@ -158,14 +158,14 @@ def test_bench_plan_checks_once_and_knows_its_runs(size_checks: Counter[str]) ->
                            precisions=["fp16", "int8", "fp16"], calibration=2)
     assert size_checks["check_count"] == 3 and size_checks["resolve_spec"] == 1
     assert size_checks["check_size"] == 1 and size_checks["check_batch"] == 1
-    assert plan.runtimes == (Runtime.ONNXRUNTIME,)  # with precisions: ORT alone
+    assert plan.runtimes == (Runtime.ORT,)  # with precisions: ORT alone
     assert plan.precisions == (Precision.FP16, Precision.INT8)
     assert plan.steps == 4 * 2 and plan.calibration == 2
     both = BenchPlan.build("fpn", SIZE, repeat=3, precisions=["fp32", "fp16"],
                            runtimes=["torch", "onnxruntime"])
     assert both.series == ((Runtime.TORCH, Precision.FP32),
-                           (Runtime.ONNXRUNTIME, Precision.FP32),
-                           (Runtime.ONNXRUNTIME, Precision.FP16))
+                           (Runtime.ORT, Precision.FP32),
+                           (Runtime.ORT, Precision.FP16))
     assert both.steps == 9
     assert BenchPlan.build("fpn", SIZE).steps == 30 * 2  # the defaults: 30 runs, 2 runtimes
 
@@ -217,7 +217,8 @@ def test_cli_bench_errors_are_exit_2_before_torch() -> None:
 def test_hashes_are_stable_across_processes() -> None:
     here = [ProfilePlan.build("scrfd_2.5g").content_hash(),
             BenchPlan.build("fpn", SIZE, repeat=3).content_hash()]
-    code = ("from necktool.analysis.plan import ProfilePlan\nfrom necktool.bench.plan import BenchPlan\n"
+    code = ("from necktool.analysis.plan import ProfilePlan\n"
+            "from necktool.bench.plan import BenchPlan\n"
             "print(ProfilePlan.build('scrfd_2.5g').content_hash())\n"
             "print(BenchPlan.build('fpn', (64, 64), repeat=3).content_hash())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from necktool.bench.timing import Runtime, RuntimeTiming, percentile
+from necktool.bench.timing import RuntimeTiming, percentile
+from necktool.spec.runtimes import Runtime
 
 TIMES = st.lists(st.floats(0.001, 1e4), min_size=1, max_size=40)
 QS = st.sampled_from([0, 1, 10, 25, 50, 90, 99, 100])

@@ -100,7 +100,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
     bad.write_text("def f():\n    from necktool.cli import app\n")
     modules = _modules()
-    assert [(2, "necktool.cli")] == _import_sites(bad, modules)
+    assert _import_sites(bad, modules) == [(2, "necktool.cli")]
     assert LAYERS.index(_layer("necktool.cli")) > LAYERS.index(_layer("necktool.necks.build"))
 
 

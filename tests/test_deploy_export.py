@@ -22,8 +22,8 @@ import necktool.cli
 from necktool.artifact.metadata import conv_macs, read_metadata
 from necktool.deploy.export import export_onnx
 from necktool.deploy.model import load_weights
+from necktool.deploy.runtimes.runners import open_session
 from necktool.deploy.tolerance import VerifyOptions
-from necktool.deploy.verify import open_session
 from necktool.errors import ExportError, WeightsError
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import WeightsReport, seeded_model

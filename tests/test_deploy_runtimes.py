@@ -17,17 +17,13 @@ from typer.testing import CliRunner
 import necktool.cli
 from necktool.artifact.serving import default_cases
 from necktool.deploy.export import export_onnx, served_by
-from necktool.deploy.runtimes.runners import (
-    RuntimeName,
-    RuntimesVerification,
-    parse_runtimes,
-    require_runtime,
-)
+from necktool.deploy.runtimes.runners import RuntimesVerification
 from necktool.deploy.verify import verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import resolve_spec
+from necktool.spec.runtimes import Runtime, parse_runtimes, require_runtime
 
 SMALL = {"in_channels": (8, 16, 32), "out_channels": 8, "input_size": (64, 48)}
 FLAGS = ["--in-channels", "8,16,32", "--out-channels", "8", "--input-size", "64x48"]
@@ -65,9 +61,9 @@ def torch_outputs(spec: Any, size: tuple[int, int], batch: int, seed: int
 # -- names, refusals, extras ------------------------------------------------------------
 def test_runtime_lists_parse_in_order_without_repeats() -> None:
     assert parse_runtimes("ort,openvino,ncnn,ort") == [
-        RuntimeName.ORT, RuntimeName.OPENVINO, RuntimeName.NCNN]
-    assert parse_runtimes("onnxruntime, openvino:bf16") == [RuntimeName.ORT,
-                                                            RuntimeName.OPENVINO_BF16]
+        Runtime.ORT, Runtime.OPENVINO, Runtime.NCNN]
+    assert parse_runtimes("onnxruntime, openvino:bf16") == [Runtime.ORT,
+                                                            Runtime.OPENVINO_BF16]
     with pytest.raises(InputError, match="unknown runtime 'tensorrt'; valid: ort"):
         parse_runtimes("ort,tensorrt")
     with pytest.raises(InputError, match="comma-separated"):
@@ -94,7 +90,7 @@ def test_a_runtime_not_installed_is_exit_2_naming_the_extra(
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("openvino", "pnnx") else real(name, *a))
     with pytest.raises(InputError, match=r"pip install 'necktool\[ncnn\]'"):
-        require_runtime("ncnn")
+        require_runtime(Runtime.NCNN)
     code, out, err = invoke("verify", str(onnx_file), "--runtime", "ort,openvino")
     assert code == 2 and out == ""
     assert "necktool: error: --runtime openvino needs the Python package(s) openvino" in err
@@ -216,3 +212,35 @@ def test_bench_times_openvino_and_ncnn_with_their_error() -> None:
         assert r["repeat"] == 3 and all(t > 0 for t in r["times_ms"])
     for r in rows[1:]:
         assert r["max_abs"] < FP32_ERROR and r["sqnr_db"] > 80
+
+
+# -- one runtime vocabulary ---------------------------------------------------------------
+def test_a_runtime_without_a_runner_fails_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime missing from the runner table is refused by name; it never runs on another
+    runtime's runner (bench once sent every runtime but ncnn to OpenVINO)."""
+    from necktool.deploy.runtimes import runners
+    from necktool.errors import InputError
+    from necktool.spec.runtimes import Runtime
+
+    monkeypatch.delitem(runners.RUNNERS, Runtime.OPENVINO_BF16)
+    with pytest.raises(InputError, match=r"runtime 'openvino:bf16' has no runner"):
+        runners.open_runner(Runtime.OPENVINO_BF16, b"", None, None)
+
+
+def test_an_unregistered_runtime_has_no_label_or_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from necktool.errors import InputError
+    from necktool.spec import runtimes
+
+    monkeypatch.delitem(runtimes.RUNTIMES, runtimes.Runtime.NCNN)
+    with pytest.raises(InputError, match=r"runtime 'ncnn' is not registered"):
+        runtimes.require_runtime(runtimes.Runtime.NCNN)
+
+
+def test_every_runtime_that_runs_files_has_a_runner_and_the_names_agree() -> None:
+    from necktool.deploy.runtimes.runners import RUNNERS
+    from necktool.spec.runtimes import RUNTIMES, Runtime, parse_runtime
+
+    assert set(RUNTIMES) == set(Runtime)
+    assert set(RUNNERS) == {r for r, info in RUNTIMES.items() if info.runs_files}
+    assert parse_runtime("onnxruntime") is parse_runtime(" ORT ") is Runtime.ORT
+    assert parse_runtime("torch", torch=True) is Runtime.TORCH

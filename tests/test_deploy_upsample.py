@@ -21,8 +21,9 @@ from necktool.analysis.profiling import analyze, profile
 from necktool.artifact.metadata import DamagedMetadata, ExportMetadata, read_metadata
 from necktool.deploy.export import ExportResult, export_onnx
 from necktool.deploy.precision.convert import to_fp16
+from necktool.deploy.runtimes.runners import open_session
 from necktool.deploy.tolerance import VerifyOptions
-from necktool.deploy.verify import open_session, verify_onnx
+from necktool.deploy.verify import verify_onnx
 from necktool.errors import InputError
 from necktool.necks.build import make_inputs
 from necktool.necks.layers import UpsampleAdd, set_upsample

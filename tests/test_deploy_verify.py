@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import necktool.cli
+from necktool.deploy.runtimes.runners import open_session
 from necktool.deploy.tolerance import VerifyOptions
-from necktool.deploy.verify import compare_arrays, open_session, reference_threads, verify_onnx
+from necktool.deploy.verify import compare_arrays, reference_threads, verify_onnx
 from necktool.necks.weights import seeded_model
 from necktool.spec.registry import get_spec
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import necktool.cli
 from necktool import NeckSpec
 from necktool.deploy.model import load_weights
-from necktool.deploy.verify import open_session
+from necktool.deploy.runtimes.runners import open_session
 from necktool.detector.identify import find_necks, identify_checkpoint, layout_of
 from necktool.errors import WeightsError
 from necktool.necks.weights import read_checkpoint, seeded_model

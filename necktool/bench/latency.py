@@ -23,9 +23,9 @@ per second; hardware peak figures, which count a multiply-add as two, are twice 
   (:mod:`necktool.deploy.runtimes.runners`).
 
 ``precisions`` (``fp32``, ``fp16``, ``int8``) times that export at each precision
-(:mod:`necktool.deploy.precision.convert`, int8 calibrated as ``necktool export`` calibrates it) in one
-run, and reports per precision the file's size and its max abs error and SQNR against the
-fp32 PyTorch module on the timed inputs.
+(:mod:`necktool.deploy.precision.convert`, int8 calibrated as ``necktool export``
+calibrates it) in one run, and reports per precision the file's size and its max abs
+error and SQNR against the fp32 PyTorch module on the timed inputs.
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ from necktool.bench.timing import (
     ALL_RUNTIMES,
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
-    OTHER_RUNTIMES,
-    Runtime,
     RuntimeTiming,
     percentile,
 )
@@ -59,13 +57,14 @@ from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
 from necktool.deploy.model import make_model
 from necktool.deploy.precision.convert import convert
-from necktool.deploy.runtimes.runners import NcnnRunner, OpenVinoRunner, Runner
+from necktool.deploy.runtimes.runners import Runner, open_runner
 from necktool.errors import ExportError
 from necktool.necks.build import build_neck, input_tensors
 from necktool.report import Block, Column, num, size_text, table
 from necktool.spec.graph_form import DEFAULT_OPSET
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
+from necktool.spec.runtimes import Runtime
 from necktool.units import UNIT_SHORT
 
 __all__ = ["ALL_RUNTIMES", "BenchPlan", "BenchResult", "Runtime", "RuntimeTiming", "bench",
@@ -95,7 +94,7 @@ class BenchResult:
     @property
     def ort_speedup(self) -> float | None:
         """Torch median / ORT median: above 1 means ONNX Runtime is faster."""
-        torch_t, ort_t = self.timing(Runtime.TORCH), self.timing(Runtime.ONNXRUNTIME)
+        torch_t, ort_t = self.timing(Runtime.TORCH), self.timing(Runtime.ORT)
         if torch_t is None or ort_t is None or not ort_t.median_ms:
             return None
         return torch_t.median_ms / ort_t.median_ms
@@ -131,7 +130,7 @@ class BenchResult:
             caption += f"\nONNX Runtime vs torch: {speedup:.2f}x " + \
                 ("faster" if speedup >= 1 else "slower") + " (median)"
         rows: list[tuple[str, ...]] = [
-            (t.runtime.value, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
+            (t.runtime.timing_name, _ms(t.median_ms), f"{_ms(t.p10_ms)}-{_ms(t.p90_ms)}",
              _ms(t.min_ms), f"{t.gflops_per_s(self.flops):.2f}", f"{t.warmup}+{t.repeat}")
             for t in self.timings]
         headers: list[str | Column] = ["runtime", num("median ms"), num("p10-p90 ms"),
@@ -142,7 +141,7 @@ class BenchResult:
                      "-" if t.sqnr_db is None else f"{t.sqnr_db:.1f}")
                     for row, t in zip(rows, self.timings, strict=True)]
             caption += "\nmax abs and SQNR vs PyTorch on the timed inputs; " + "; ".join(
-                f"{t.runtime.value} {t.version}" for t in self.timings
+                f"{t.runtime.timing_name} {t.version}" for t in self.timings
                 if t.max_abs is not None)
         return [table(f"{self.neck} at {size_text(self.input_size)}, batch {self.batch}, "
                       f"{self.threads} thread(s)", headers, rows, caption=caption),
@@ -226,7 +225,7 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
                                                      strict=True)}
     times = _time_calls(lambda: session.run(None, feeds), warmup, repeat, on_run,
                         "onnxruntime")
-    return RuntimeTiming(Runtime.ONNXRUNTIME, ort.__version__, warmup, threads, times)
+    return RuntimeTiming(Runtime.ORT, ort.__version__, warmup, threads, times)
 
 
 def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
@@ -258,17 +257,6 @@ def _errors_of(model: nn.Module, runs: Sequence[tuple[Sequence[Any], list[torch.
     return worst, sqnr_db(signal, noise)
 
 
-def _runner(runtime: Runtime, proto: Any, model: nn.Module, spec: NeckSpec,
-            threads: int) -> Runner:
-    if runtime is Runtime.NCNN:
-        from necktool.deploy.runtimes.pnnx import neck_to_ncnn
-
-        pair = neck_to_ncnn(model, spec)
-        return NcnnRunner(pair, spec.input_names, spec.output_names, threads=threads)
-    return OpenVinoRunner(proto.SerializeToString(), threads=threads,
-                          hint="f32" if runtime is Runtime.OPENVINO else None)
-
-
 def _bench_runner(runtime: Runtime, runner: Runner, model: nn.Module,
                   inputs: list[torch.Tensor], threads: int, warmup: int, repeat: int,
                   on_run: Callable[[str], None]) -> RuntimeTiming:
@@ -277,7 +265,7 @@ def _bench_runner(runtime: Runtime, runner: Runner, model: nn.Module,
     if isinstance(got, str):
         raise ExportError(f"{runner.runtime.label} failed to run the neck: {got}")
     max_abs, sqnr = _errors_of(model, [(got, inputs)])
-    times = _time_calls(lambda: runner.run(arrays), warmup, repeat, on_run, runtime.value)
+    times = _time_calls(lambda: runner.run(arrays), warmup, repeat, on_run, runtime.timing_name)
     return RuntimeTiming(runtime, runner.version, warmup, threads, times,
                          max_abs=max_abs, sqnr_db=sqnr)
 
@@ -363,11 +351,14 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
     # Export (and convert) before any timing, so a failure costs no timed runs.
     sessions: list[tuple[Precision, Any, int]] = []
     proto = export_model(model, spec, inputs, dynamic=False, opset=DEFAULT_OPSET) \
-        if {Runtime.ONNXRUNTIME, Runtime.OPENVINO, Runtime.OPENVINO_BF16} & set(plan.runtimes) \
-        else None
-    runners = {r: _runner(r, proto, model, spec, threads) for r in plan.runtimes
-               if r in OTHER_RUNTIMES}
-    if proto is not None and Runtime.ONNXRUNTIME in plan.runtimes:
+        if any(r.info.runs_files and r is not Runtime.NCNN for r in plan.runtimes) \
+        else None  # ncnn converts the module itself
+    # Every runtime but torch and ONNX Runtime (timed on its own tuned session) comes from
+    # the one table of runners; ncnn converts the module, the others load the fp32 file.
+    runners = {r: open_runner(r, b"" if proto is None else proto.SerializeToString(), model,
+                              spec, threads=threads)
+               for r in plan.runtimes if r not in (Runtime.TORCH, Runtime.ORT)}
+    if proto is not None and Runtime.ORT in plan.runtimes:
         for precision in plan.precisions or (Precision.FP32,):
             converted = convert(proto, precision, spec=spec, shapes=[(size, batch)],
                                 calibration=plan.calibration or 1,
@@ -393,13 +384,13 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
     profiled = []
     if plan.stages:
         data = proto.SerializeToString() if proto is not None \
-            and Runtime.ONNXRUNTIME in plan.runtimes else None
+            and Runtime.ORT in plan.runtimes else None
         for runtime in plan.runtimes:
             plain = next((t.median_ms / 1e3 for t in timings if t.runtime is runtime
                           and t.precision == Precision.FP32.value), None)
             run = StageRun(model, spec, inputs, data, threads, plan.warmup, plan.repeat, plain,
-                           on_run=functools.partial(step, f"{runtime.value} stages"))
-            profiled.append(stage_times(runtime.value, run))
+                           on_run=functools.partial(step, f"{runtime.timing_name} stages"))
+            profiled.append(stage_times(runtime.timing_name, run))
     return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
                        tuple(timings), plan.precisions, plan.calibration, tuple(profiled),
                        plan.data.describe() if plan.data is not None and plan.calibration

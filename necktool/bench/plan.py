@@ -12,11 +12,7 @@ from necktool.bench.timing import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
     MAX_RUNS,
-    OTHER_RUNTIMES,
-    STAGED_RUNTIMES,
-    Runtime,
 )
-from necktool.deploy.runtimes.runners import require_runtime
 from necktool.errors import InputError
 from necktool.report import size_text
 from necktool.spec.fields import is_int
@@ -24,6 +20,7 @@ from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
 from necktool.spec.resources import forward_bytes, require
+from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
 from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:  # numpy: only a bench with data needs it
@@ -116,23 +113,19 @@ class BenchPlan:
         if Precision.INT8 in order:
             calibration = check_precision(Precision.INT8, calibration)[1]
         if runtimes is None:
-            runtimes = (Runtime.ONNXRUNTIME,) if order else ALL_RUNTIMES
-        try:
-            chosen = tuple(dict.fromkeys(Runtime(r) for r in runtimes))
-        except ValueError:
-            raise InputError(f"unknown runtime in {list(runtimes)!r}; valid: "
-                             f"{', '.join(r.value for r in Runtime)}") from None
+            runtimes = (Runtime.ORT,) if order else ALL_RUNTIMES
+        chosen = tuple(dict.fromkeys(parse_runtime(r, torch=True) for r in runtimes))
         if not chosen:
             raise InputError("no runtime to time; valid: torch, onnxruntime")
-        if order and Runtime.ONNXRUNTIME not in chosen:
+        if order and Runtime.ORT not in chosen:
             raise InputError("--precision times ONNX Runtime files; add --runtime onnxruntime")
         for runtime in chosen:  # an optional extra not installed: exit 2 naming it
-            if runtime in OTHER_RUNTIMES:
-                require_runtime(runtime.value)
-        missing = [r.value for r in chosen if r.value not in STAGED_RUNTIMES] if stages else []
+            require_runtime(runtime)
+        missing = [r.timing_name for r in chosen if not r.info.staged] if stages else []
         if missing:
+            staged = [r.timing_name for r in Runtime if r.info.staged]
             raise InputError(f"--stages: no per-stage profile for runtime {missing[0]!r}; "
-                             f"available: {', '.join(STAGED_RUNTIMES)}")
+                             f"available: {', '.join(staged)}")
         spec = resolve_spec(neck, input_size=input_size, **overrides)
         batch = check_batch(batch)
         require(forward_bytes(spec, spec.input_size, batch),

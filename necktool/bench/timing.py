@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from necktool.spec.runtimes import Runtime, parse_runtimes
 from necktool.units import GFLOPS
 
 DEFAULT_WARMUP = 5
@@ -16,48 +16,14 @@ DEFAULT_REPEAT = 30
 MAX_RUNS = 100_000  # a guard against a typo such as --repeat 3000000
 
 
-class Runtime(enum.StrEnum):
-    """What runs the neck (``ort`` is ``onnxruntime``)."""
-
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"  # the ONNX file, f32 inference precision hint (deploy/runtimes.py)
-    OPENVINO_BF16 = "openvino:bf16"  # OpenVINO's default hint
-    NCNN = "ncnn"  # the pair pnnx converts from the module
-
-    @classmethod
-    def _missing_(cls, value: object) -> Runtime | None:
-        return cls.ONNXRUNTIME if value == "ort" else None
-
-
-ALL_RUNTIMES = (Runtime.TORCH, Runtime.ONNXRUNTIME)
-#: runtimes bench reaches through necktool.deploy.runtimes.runners (each an optional extra)
-OTHER_RUNTIMES = (Runtime.OPENVINO, Runtime.OPENVINO_BF16, Runtime.NCNN)
-#: runtimes with a stage profiler (``bench --stages``; see ``stage_timing.STAGE_PROFILERS``)
-STAGED_RUNTIMES = (Runtime.TORCH.value, Runtime.ONNXRUNTIME.value)
+#: What bench times unless told: PyTorch eager and ONNX Runtime.
+ALL_RUNTIMES = (Runtime.TORCH, Runtime.ORT)
 
 
 def parse_bench_runtimes(text: str) -> list[Runtime]:
     """``torch,ort,openvino,ncnn``: distinct runtimes in the order given; MNN and LiteRT
-    are refused with the reason (:data:`necktool.deploy.runtimes.runners.UNSUPPORTED`)."""
-    from necktool.deploy.runtimes.runners import RuntimeName, parse_runtime
-    from necktool.errors import InputError
-
-    valid = "torch, ort (onnxruntime), openvino, openvino:bf16, ncnn"
-    out = []
-    for word in text.split(","):
-        if not word.strip():
-            raise InputError(f"--runtime takes a comma-separated list of {valid}")
-        if word.strip().lower() == "torch":
-            out.append(Runtime.TORCH)
-            continue
-        try:
-            name = parse_runtime(word)
-        except InputError as exc:
-            text = str(exc).replace("valid: ", "valid: torch, ")
-            raise InputError(text.replace("supported: ", "supported: torch, ")) from None
-        out.append(Runtime.ONNXRUNTIME if name is RuntimeName.ORT else Runtime(name.value))
-    return list(dict.fromkeys(out))
+    are refused with the reason (:data:`necktool.spec.runtimes.UNSUPPORTED`)."""
+    return parse_runtimes(text, torch=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +75,7 @@ class RuntimeTiming:
 
     def to_dict(self, flops: int) -> dict[str, Any]:
         return {
-            "runtime": self.runtime.value,
+            "runtime": self.runtime.timing_name,
             "version": self.version,
             "warmup": self.warmup,
             "repeat": self.repeat,

@@ -23,7 +23,6 @@ from typing import Annotated, Any
 
 import typer
 
-from necktool.deploy.runtimes.runners import parse_runtimes
 from necktool.deploy.tolerance import (
     DEFAULT_PROVIDER,
     DEFAULT_TRIALS,
@@ -39,6 +38,7 @@ from necktool.spec.fields import FIELD, FIELDS, BadValue, ChoiceKind, IntKind, d
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import DEFAULT_CALIBRATION, MAX_CALIBRATION, Precision
 from necktool.spec.registry import bare_families
+from necktool.spec.runtimes import parse_runtimes
 from necktool.spec.weights import WeightsRequest
 
 BUILD_PANEL = "Build flags (override the preset; unset flags leave it alone)"

@@ -149,7 +149,7 @@ class VerificationResult:
     weights: str
     cases: tuple[CaseComparison, ...]
     precision: Precision = Precision.FP32  # the file's; the reference is always fp32 torch
-    runtime: str = "ort"  # necktool.deploy.runtimes.runners.RuntimeName; provider then describes it
+    runtime: str = "ort"  # necktool.deploy.runtimes.runners.Runtime; provider then describes it
     #: what the cases ran on: "" for seeded normal inputs, else e.g. "real features from 12
     #: images (photos/), 4 held out" (one case per feature set)
     measured_on: str = ""

@@ -11,8 +11,8 @@ multiples of the coarsest stride. Extra output levels (mmdetection's P6, P7) are
 from the coarsest level, so their sizes follow.
 
 ``precision`` fp16 or int8 converts the checked fp32 graph in memory
-(:mod:`necktool.deploy.precision.convert`); verification then compares the converted graph with the fp32
-PyTorch module, held to that precision's default tolerances.
+(:mod:`necktool.deploy.precision.convert`); verification then compares the converted
+graph with the fp32 PyTorch module, held to that precision's default tolerances.
 
 Nothing is lost: the model stays in memory through ``onnx.checker`` (full check, which
 includes strict shape inference), the conv-MAC cross-check (fvcore's count, the
@@ -44,7 +44,7 @@ from necktool.deploy.plan import ExportPlan, StepClock, planned_served
 from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
 from necktool.deploy.precision.loss import PrecisionReport, check_stages
 from necktool.deploy.precision.reduce import Reduction, reduce_precision
-from necktool.deploy.runtimes.runners import RuntimeName, RuntimesVerification
+from necktool.deploy.runtimes.runners import RuntimesVerification
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
@@ -56,6 +56,7 @@ from necktool.report import Block, size_text, table
 from necktool.spec.graph_form import DEFAULT_OPSET, Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
+from necktool.spec.runtimes import Runtime
 from necktool.spec.weights import WeightsRequest
 from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
@@ -369,7 +370,7 @@ def export_onnx(
     calibration: int | None = None,
     on_step: Callable[[str], None] | None = None,
     upsample: Upsample | str = Upsample.SIZE,
-    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
     reduction: Reduction | None = None,
     **overrides: Any,
 ) -> ExportResult:
@@ -408,8 +409,8 @@ def export_onnx(
             ``ort`` (default), ``openvino``, ``openvino:bf16``, ``ncnn``; several at once
             give one result, which passes when every runtime passed.
         reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
-            SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data, verification
-            runs on its held-out feature sets.
+            SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data,
+            verification runs on its held-out feature sets.
         **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:

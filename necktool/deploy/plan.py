@@ -42,7 +42,6 @@ from necktool.artifact.metadata import (
 )
 from necktool.artifact.serving import Case, Images, LevelRelation, Served, default_cases
 from necktool.deploy.data import DataRequest
-from necktool.deploy.runtimes.runners import RuntimeName, require_runtime
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
 from necktool.files import check_writable, file_sha256
@@ -53,6 +52,7 @@ from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
 from necktool.spec.resources import export_bytes, forward_bytes, require
+from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
 from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when used
@@ -175,23 +175,24 @@ class ExportSettings:
     weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
     options: VerifyOptions | None = None
     upsample: Upsample = Upsample.SIZE
-    runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
+    runtimes: tuple[Runtime, ...] = (Runtime.ORT,)
 
     @classmethod
     def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
               weights: WeightsRequest = WeightsRequest(), verify: bool = True,
               options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
               calibration: int | None = None, upsample: Upsample | str = Upsample.SIZE,
-              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,)) -> ExportSettings:
+              runtimes: Sequence[Runtime | str] = (Runtime.ORT,)) -> ExportSettings:
         """Raises ``InputError`` for a bad precision, calibration, opset, provider,
         upsample form or runtime (one not installed names its extra)."""
         precision, calibration = check_precision(precision, calibration)
         check_opset(opset)
         form = check_upsample(upsample)
-        chosen = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) if verify else ()
+        chosen = tuple(dict.fromkeys(require_runtime(parse_runtime(r)) for r in runtimes)) \
+            if verify else ()
         checked = checked_options(options or VerifyOptions(), precision) if verify else None
         return cls(bool(dynamic), opset, precision, calibration, weights, checked, form,
-                   chosen or (RuntimeName.ORT,))
+                   chosen or (Runtime.ORT,))
 
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "opset": self.opset,
@@ -242,7 +243,7 @@ class ExportPlan:
         precision: Precision | str = Precision.FP32,
         calibration: int | None = None,
         upsample: Upsample | str = Upsample.SIZE,
-        runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+        runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
         reduction: Reduction | None = None,
         **overrides: Any,
     ) -> ExportPlan:
@@ -325,7 +326,7 @@ class ExportPlan:
         return self.settings.upsample
 
     @property
-    def runtimes(self) -> tuple[RuntimeName, ...]:
+    def runtimes(self) -> tuple[Runtime, ...]:
         return self.settings.runtimes
 
     @property
@@ -398,19 +399,19 @@ class VerifyPlan:
     precision: Precision
     options: VerifyOptions
     upsample: Upsample = Upsample.SIZE
-    runtimes: tuple[RuntimeName, ...] = (RuntimeName.ORT,)
+    runtimes: tuple[Runtime, ...] = (Runtime.ORT,)
     data: DataRequest | None = None
 
     @classmethod
     def build(cls, path: str | os.PathLike[str], *, neck: str | NeckSpec | None = None,
               weights: WeightsRequest = WeightsRequest(), batch: int | None = None,
               options: VerifyOptions | None = None, upsample: Upsample | str | None = None,
-              runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+              runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
               data: DataRequest | None = None, **overrides: Any) -> VerifyPlan:
         """See :func:`necktool.verify_onnx` for the arguments and errors."""
         options = options or VerifyOptions()
-        chosen_runtimes = tuple(dict.fromkeys(require_runtime(r) for r in runtimes)) \
-            or (RuntimeName.ORT,)
+        chosen_runtimes = tuple(dict.fromkeys(require_runtime(parse_runtime(r))
+                                              for r in runtimes)) or (Runtime.ORT,)
         chosen = None if upsample is None else check_upsample(upsample)
         file = pathlib.Path(path)
         if not file.is_file():

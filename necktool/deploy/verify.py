@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from necktool import quiet
 from necktool.artifact.metadata import GraphInfo
 from necktool.artifact.serving import Case, Served, default_cases
 from necktool.deploy.comparison import (
@@ -50,23 +49,23 @@ from necktool.deploy.model import make_model
 from necktool.deploy.plan import VerifyPlan, checked_options
 from necktool.deploy.precision.loss import PrecisionReport
 from necktool.deploy.runtimes.runners import (
+    ModelSource,
     NcnnPair,
-    NcnnRunner,
-    OpenVinoRunner,
     OrtRunner,
     Runner,
-    RuntimeName,
     RuntimesVerification,
-    require_runtime,
+    open_runner,
+    source_name,
 )
 from necktool.deploy.tolerance import ErrorStat, VerifyOptions
-from necktool.errors import InputError, first_line
+from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
 from necktool.report import Block, Note
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
+from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
 from necktool.spec.weights import WeightSource, WeightsRequest
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
@@ -155,31 +154,6 @@ class VerifyReport:
 
 
 # -- running ---------------------------------------------------------------------------
-ModelSource = str | pathlib.Path | bytes  # a file, or a serialized model still in memory
-
-
-def _name(source: ModelSource) -> str:
-    return "the exported model" if isinstance(source, bytes) else repr(str(source))
-
-
-def open_session(source: ModelSource, provider: str) -> Any:
-    """An ONNX Runtime session on ``provider`` only, with ORT's own logging off.
-
-    ORT prints its errors on the C++ side's stderr even at severity 3; every error here is
-    caught and reported (a load failure as an ``InputError``, a failed run as a failed
-    case), so its own logging is fatal-only."""
-    ort = quiet.onnxruntime()
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    model = source if isinstance(source, bytes) else str(source)
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=[provider])
-    except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
-        raise InputError(f"ONNX Runtime cannot load {_name(source)}: "
-                         f"{first_line(exc, typed=False)}") from None
-
-
 @contextlib.contextmanager
 def reference_threads() -> Iterator[int]:
     """torch's intra-op threads for reference forwards (verification, counting), lowered
@@ -288,7 +262,7 @@ def compare_onnx(
     dynamic: bool = False,
     precision: Precision | str = Precision.FP32,
     path: str | None = None,
-    runtime: RuntimeName | str = RuntimeName.ORT,
+    runtime: Runtime | str = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -306,9 +280,9 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
-        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``, ``openvino``,
-            ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default: ``model``
-            converted by pnnx, as ``necktool export --to ncnn`` converts it).
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``,
+            ``openvino``, ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default:
+            ``model`` converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
     whose note quotes ORT's error.
@@ -321,7 +295,7 @@ def compare_onnx(
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
                           dynamic=dynamic, precision=precision, path=path, check_outputs=True,
-                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair,
+                          runtime=require_runtime(parse_runtime(runtime)), ncnn_pair=ncnn_pair,
                           features=features, measured_on=measured_on)
 
 
@@ -338,7 +312,7 @@ def run_comparison(
     path: str | None = None,
     check_outputs: bool = False,
     on_case: Callable[[str], None] | None = None,
-    runtime: RuntimeName = RuntimeName.ORT,
+    runtime: Runtime = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -346,11 +320,12 @@ def run_comparison(
     """:func:`compare_onnx` with ``options`` already checked by a plan (tolerances
     resolved, the provider's full name, tolerances naming outputs the file has) and
     ``runtime`` known to be installed: nothing is checked again unless ``check_outputs``."""
-    runner = make_runner(runtime, source, model, spec, options.provider, ncnn_pair)
+    runner = open_runner(runtime, source, model, spec, options.provider, ncnn_pair)
     provider = runner.provider if isinstance(runner, OrtRunner) else runner.describe()
     n_in, n_out = len(runner.input_names), len(runner.output_names)
     if n_in != spec.num_inputs or n_out != spec.num_levels:
-        raise InputError(f"{_name(source)} has {n_in} input(s) and {n_out} output(s); the neck "
+        raise InputError(f"{source_name(source)} has {n_in} input(s) and {n_out} output(s); "
+                         f"the neck "
                          f"has {spec.num_inputs} inputs ({', '.join(spec.input_names)}) and "
                          f"{spec.num_levels} outputs")
     out_names = runner.output_names
@@ -376,26 +351,12 @@ def run_comparison(
                               measured_on if features is not None else "")
 
 
-def make_runner(runtime: RuntimeName, source: ModelSource, model: nn.Module, spec: NeckSpec,
-                provider: str = "cpu", ncnn_pair: NcnnPair | None = None) -> Runner:
-    """The runner of ``runtime`` for an ONNX ``source`` (ncnn: for ``ncnn_pair``, else for
-    ``model`` converted by pnnx)."""
-    if runtime is RuntimeName.ORT:  # the provider's full name, checked by the plan
-        return OrtRunner(open_session(source, provider), provider)
-    if runtime in (RuntimeName.OPENVINO, RuntimeName.OPENVINO_BF16):
-        return OpenVinoRunner(source, hint="f32" if runtime is RuntimeName.OPENVINO else None)
-    if ncnn_pair is None:
-        from necktool.deploy.runtimes.pnnx import neck_to_ncnn
-
-        ncnn_pair = neck_to_ncnn(model, spec)
-    return NcnnRunner(ncnn_pair, spec.input_names, spec.output_names)
-
-
 def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
-                     runtimes: Sequence[RuntimeName], **kwargs: Any
+                     runtimes: Sequence[Runtime], **kwargs: Any
                      ) -> VerificationResult | RuntimesVerification:
     """:func:`run_comparison` in each of a plan's runtimes (checked there): one runtime's
-    result, or all of them as one (:class:`~necktool.deploy.runtimes.runners.RuntimesVerification`)."""
+    result, or all of them as one
+    (:class:`~necktool.deploy.runtimes.runners.RuntimesVerification`)."""
     results = tuple(run_comparison(source, model, spec, runtime=r, **kwargs)
                     for r in runtimes)
     return results[0] if len(results) == 1 else RuntimesVerification(results)
@@ -458,7 +419,7 @@ def _check_static_shapes(runner: Runner, inputs: Sequence[torch.Tensor],
         got = list(tensor.shape)
         if len(want) != len(got) or any(isinstance(w, int) and w != g
                                          for w, g in zip(want, got, strict=True)):
-            raise InputError(f"{_name(source)} expects input {name} of shape {want}, but the "
+            raise InputError(f"{source_name(source)} expects input {name} of shape {want}, but the "
                              f"neck at this size gives {got}; check --input-size, --batch and "
                              "the build flags")
 
@@ -474,7 +435,7 @@ def verify_onnx(
     batch: int | None = None,
     options: VerifyOptions | None = None,
     upsample: Upsample | str | None = None,
-    runtimes: Sequence[RuntimeName | str] = (RuntimeName.ORT,),
+    runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
     data: DataRequest | None = None,
     **overrides: Any,
 ) -> VerifyReport:

@@ -24,7 +24,7 @@ from necktool.analysis.plan import check_batch
 from necktool.artifact.serving import Served
 from necktool.deploy.comparison import VerificationResult
 from necktool.deploy.plan import ExportPlan, ExportSettings, StepClock
-from necktool.deploy.runtimes.runners import NcnnPair, RuntimeName, require_runtime
+from necktool.deploy.runtimes.runners import NcnnPair
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.errors import InputError
 from necktool.files import check_writable, write_file
@@ -32,6 +32,7 @@ from necktool.report import Block, size_text, table
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
+from necktool.spec.runtimes import Runtime, require_runtime
 from necktool.spec.weights import WeightSource, WeightsRequest
 
 NCNN_STEPS = ("build", "convert", "verify", "write")
@@ -191,13 +192,13 @@ def plan_ncnn(
     Raises:
         InputError: ncnn/pnnx not installed, bad destination, precision, batch or size.
     """
-    require_runtime(RuntimeName.NCNN)
+    require_runtime(Runtime.NCNN)
     chosen, _ = check_precision(precision, None)
     if chosen not in (Precision.FP32, Precision.FP16):
         raise InputError(f"--precision {chosen.value} is not available for ncnn; valid: fp32 "
                          "(default), fp16 (fp16 weights)")
     settings = ExportSettings.check(weights=weights, verify=verify, options=options,
-                                    precision=chosen, runtimes=(RuntimeName.NCNN,))
+                                    precision=chosen, runtimes=(Runtime.NCNN,))
     spec = resolve_spec(neck, **overrides)
     plan = ExportPlan.for_spec(spec, None, check_batch(batch), settings, check_output=False)
     param_dest, bin_dest = ncnn_paths(output, spec.label)
@@ -277,7 +278,7 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
         len(pair.param), len(pair.weights))
     if export.options is not None:
         verification = run_comparison(
-            str(param_dest), model, spec, runtime=RuntimeName.NCNN, ncnn_pair=pair,
+            str(param_dest), model, spec, runtime=Runtime.NCNN, ncnn_pair=pair,
             cases=export.cases, options=export.options, weights=source.describe(),
             dynamic=True, precision=export.precision, path=str(param_dest))
         result = dataclasses.replace(result, verification=verification)

@@ -21,21 +21,21 @@ Traps, measured with the current wheels, each handled here by default:
   x86 CPUs with the instructions); verification sets them off, so the fp32 file is checked
   in fp32. pnnx stores fp16 weights by default; necktool asks for fp32 (``fp16=0``).
 
-Not supported, and why: :data:`UNSUPPORTED`.
+Not supported, and why: :data:`necktool.spec.runtimes.UNSUPPORTED`. Each runtime's runner
+is one row of :data:`RUNNERS`; :func:`open_runner` is the one way to get one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import importlib.metadata
 import importlib.util
 import os
 import pathlib
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool import quiet
@@ -43,89 +43,10 @@ from necktool.deploy.comparison import VerificationResult, _db
 from necktool.errors import ExportError, InputError, first_line
 from necktool.report import Block, Note, Table, num, table
 from necktool.spec.precision import Precision
+from necktool.spec.runtimes import Runtime
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-class RuntimeName(enum.StrEnum):
-    """What runs an exported neck in ``verify``/``export`` (``--runtime``)."""
-
-    ORT = "ort"
-    OPENVINO = "openvino"
-    OPENVINO_BF16 = "openvino:bf16"  # OpenVINO's default inference precision hint
-    NCNN = "ncnn"
-
-    @property
-    def label(self) -> str:
-        return RUNTIME_LABELS[self]
-
-
-RUNTIME_LABELS = {
-    RuntimeName.ORT: "ONNX Runtime",
-    RuntimeName.OPENVINO: "OpenVINO (f32 hint)",
-    RuntimeName.OPENVINO_BF16: "OpenVINO (default hint)",
-    RuntimeName.NCNN: "ncnn",
-}
-#: The pip extra that installs each runtime, and the modules it must provide.
-EXTRAS: dict[RuntimeName, tuple[str, tuple[str, ...]]] = {
-    RuntimeName.OPENVINO: ("openvino", ("openvino",)),
-    RuntimeName.OPENVINO_BF16: ("openvino", ("openvino",)),
-    RuntimeName.NCNN: ("ncnn", ("ncnn", "pnnx")),
-}
-#: Runtimes asked for by users that necktool does not support, with the reason.
-UNSUPPORTED = {
-    "mnn": "MNN is not supported: its converter pip-installs a telemetry package at run time, "
-           "which downgraded protobuf and broke 'import onnx' in the same environment",
-    "litert": "LiteRT (TFLite) is not supported: converting needs onnx2tf and TensorFlow (a "
-              "2.6 GB environment), serves fixed input sizes only, and onnx2tf overwrote its "
-              "input .onnx in place",
-}
-UNSUPPORTED["tflite"] = UNSUPPORTED["litert"]
-VALID = ", ".join(r.value for r in RuntimeName)
-
-
-def parse_runtime(text: str) -> RuntimeName:
-    """One runtime name (``ort``, ``onnxruntime``, ``openvino``, ``openvino:bf16``, ``ncnn``).
-
-    Raises:
-        InputError: unknown, or named in :data:`UNSUPPORTED` (with the reason).
-    """
-    word = text.strip().lower()
-    if word == "onnxruntime":
-        return RuntimeName.ORT
-    if word in UNSUPPORTED:
-        raise InputError(f"--runtime {word}: {UNSUPPORTED[word]}; supported: {VALID}")
-    try:
-        return RuntimeName(word)
-    except ValueError:
-        raise InputError(f"unknown runtime {text.strip()[:40]!r}; valid: {VALID}") from None
-
-
-def parse_runtimes(text: str | Sequence[str]) -> list[RuntimeName]:
-    """``ort,openvino,ncnn`` (or several such texts): distinct runtimes, in the order given."""
-    texts = [text] if isinstance(text, str) else list(text)
-    words = [w for t in texts for w in str(t).split(",")]
-    if not words or not all(w.strip() for w in words):
-        raise InputError(f"--runtime takes a comma-separated list of {VALID}")
-    return list(dict.fromkeys(parse_runtime(w) for w in words))
-
-
-def require_runtime(runtime: RuntimeName | str) -> RuntimeName:
-    """The runtime, once its packages are known to be installed (nothing imported).
-
-    Raises:
-        InputError: a package is missing; the message names the extra that installs it.
-    """
-    name = parse_runtime(runtime) if not isinstance(runtime, RuntimeName) else runtime
-    if name in EXTRAS:
-        extra, modules = EXTRAS[name]
-        missing = [m for m in modules if importlib.util.find_spec(m) is None]
-        if missing:
-            raise InputError(f"--runtime {name.value} needs the Python package(s) "
-                             f"{', '.join(missing)}, which are not installed: "
-                             f"pip install 'necktool[{extra}]'")
-    return name
 
 
 def _version(package: str) -> str:
@@ -141,7 +62,7 @@ class Runner:
     ``input_shapes`` (per input, ints for fixed dimensions; empty when the runtime does not
     say), ``run`` and ``describe``."""
 
-    runtime: RuntimeName = RuntimeName.ORT
+    runtime: Runtime = Runtime.ORT
     version: str = ""
     input_names: list[str]
     output_names: list[str]
@@ -195,7 +116,7 @@ class OpenVinoRunner(Runner):
                  threads: int | None = None) -> None:
         import openvino as ov
 
-        self.runtime = RuntimeName.OPENVINO if hint == "f32" else RuntimeName.OPENVINO_BF16
+        self.runtime = Runtime.OPENVINO if hint == "f32" else Runtime.OPENVINO_BF16
         self.hint = hint
         config: dict[str, Any] = {}
         if hint is not None:
@@ -322,7 +243,7 @@ class NcnnRunner(Runner):
     ncnn has no batch dimension: a batch runs sample by sample, the outputs stacked.
     """
 
-    runtime = RuntimeName.NCNN
+    runtime = Runtime.NCNN
 
     def __init__(self, pair: NcnnPair, input_names: Sequence[str], output_names: Sequence[str],
                  *, threads: int | None = None) -> None:
@@ -444,7 +365,7 @@ class RuntimesVerification:
                                  f"{out.max_abs:.1e}", _db(out.sqnr_db), verdict))
                 sections.append(len(rows) - 1)
         described = "\n".join(f"{r.runtime}: " + (f"ONNX Runtime ({r.provider})" if
-                                                  r.runtime == RuntimeName.ORT else r.provider)
+                                                  r.runtime == Runtime.ORT else r.provider)
                               for r in self.results)
         return table(
             f"Runtimes vs PyTorch: {self.results[0].neck}",
@@ -459,3 +380,88 @@ class RuntimesVerification:
         if not self.passed:
             out.append(Note(self.summary(), "fail"))
         return out
+
+
+# -- the runners, one row each ---------------------------------------------------------
+ModelSource = str | pathlib.Path | bytes  # a file, or a serialized model still in memory
+
+
+def source_name(source: ModelSource) -> str:
+    return "the exported model" if isinstance(source, bytes) else repr(str(source))
+
+
+def open_session(source: ModelSource, provider: str) -> Any:
+    """An ONNX Runtime session on ``provider`` only, with ORT's own logging off.
+
+    ORT prints its errors on the C++ side's stderr even at severity 3; every error here is
+    caught and reported (a load failure as an ``InputError``, a failed run as a failed
+    case), so its own logging is fatal-only."""
+    ort = quiet.onnxruntime()
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    model = source if isinstance(source, bytes) else str(source)
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=[provider])
+    except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
+        raise InputError(f"ONNX Runtime cannot load {source_name(source)}: "
+                         f"{first_line(exc, typed=False)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerRequest:
+    """What any runner may need: the ONNX ``source``, the neck's ``spec`` (its tensor names)
+    and PyTorch ``model`` (ncnn converts the module), the ORT ``provider``, intra-op
+    ``threads`` (``None``: the runtime's choice) and an already converted ``ncnn_pair``."""
+
+    source: ModelSource
+    spec: Any
+    model: Any = None
+    provider: str = "cpu"
+    threads: int | None = None
+    ncnn_pair: NcnnPair | None = None
+
+
+def _ort_runner(req: RunnerRequest) -> Runner:
+    return OrtRunner(open_session(req.source, req.provider), req.provider)
+
+
+def _openvino_runner(hint: str | None) -> Callable[[RunnerRequest], Runner]:
+    def make(req: RunnerRequest) -> Runner:
+        return OpenVinoRunner(req.source, hint=hint, threads=req.threads)
+    return make
+
+
+def _ncnn_runner(req: RunnerRequest) -> Runner:
+    pair = req.ncnn_pair
+    if pair is None:  # the module converted by pnnx, as export --to ncnn converts it
+        from necktool.deploy.runtimes.pnnx import neck_to_ncnn
+
+        pair = neck_to_ncnn(req.model, req.spec)
+    return NcnnRunner(pair, req.spec.input_names, req.spec.output_names, threads=req.threads)
+
+
+#: Each runtime that runs exported files, and how its runner is made.
+RUNNERS: dict[Runtime, Callable[[RunnerRequest], Runner]] = {
+    Runtime.ORT: _ort_runner,
+    Runtime.OPENVINO: _openvino_runner("f32"),
+    Runtime.OPENVINO_BF16: _openvino_runner(None),
+    Runtime.NCNN: _ncnn_runner,
+}
+
+
+def open_runner(runtime: Runtime, source: ModelSource, model: Any, spec: Any,
+                provider: str = "cpu", ncnn_pair: NcnnPair | None = None, *,
+                threads: int | None = None) -> Runner:
+    """The runner of ``runtime`` for an ONNX ``source`` (ncnn: for ``ncnn_pair``, else for
+    ``model`` converted by pnnx).
+
+    Raises:
+        InputError: ``runtime`` has no row in :data:`RUNNERS` (never another's runner).
+    """
+    make = RUNNERS.get(runtime)
+    if make is None:
+        raise InputError(f"runtime {runtime.value!r} has no runner in "
+                         f"necktool.deploy.runtimes.runners.RUNNERS; runners: "
+                         f"{', '.join(r.value for r in RUNNERS)}")
+    return make(RunnerRequest(source, spec, model, provider, threads, ncnn_pair))
