@@ -3,9 +3,9 @@
 For each runtime the two are measured in the same process, interleaved run by run (plain,
 profiled, plain, ...) so that load on a shared machine falls on both alike, each call
 timed from outside with ``perf_counter``: PyTorch eager without and with the stage hooks
-(:func:`necktool.bench.stages.stage_hooks`, on a copy of the module), ONNX
+(:func:`necktool.latency.stages.stage_hooks`, on a copy of the module), ONNX
 Runtime on two sessions set up alike, one with ``enable_profiling``
-(:func:`necktool.bench.stages.ort_session`).
+(:func:`necktool.latency.stages.ort_session`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _interleaved(plain: Callable[[], Any], profiled: Callable[[], Any],
 def _measure(name: str, runs: int) -> list[tuple[str, float, float]]:
     import torch
 
-    from necktool.bench.stages import ort_session, stage_hooks
     from necktool.deploy.export import export_model
+    from necktool.latency.stages import ort_session, stage_hooks
     from necktool.necks.build import build_neck, make_inputs
     from necktool.spec.registry import resolve_spec
 

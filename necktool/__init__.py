@@ -54,7 +54,7 @@ _LAZY = {
     "make_inputs": "necktool.necks.build",
     "profile": "necktool.analysis.profiling",
     "ProfilePlan": "necktool.analysis.plan",
-    "BenchPlan": "necktool.bench.plan",
+    "BenchPlan": "necktool.latency.plan",
     "ExportPlan": "necktool.deploy.plan",
     "VerifyPlan": "necktool.deploy.plan",
     "WeightsRequest": "necktool.spec.weights",
@@ -78,16 +78,14 @@ _LAZY = {
     "sweep": "necktool.analysis.sweep",
     "parse_sizes": "necktool.analysis.sweep",
     "SweepResult": "necktool.analysis.sweep",
-    "bench": "necktool.bench.latency",
-    "BenchResult": "necktool.bench.latency",
+    "bench": "necktool.latency.bench",
+    "BenchResult": "necktool.latency.bench",
 }
 
 if TYPE_CHECKING:
     from necktool.analysis.plan import ProfilePlan
     from necktool.analysis.profiling import ProfileResult, profile
     from necktool.analysis.sweep import SweepResult, parse_sizes, sweep
-    from necktool.bench.latency import BenchResult, bench
-    from necktool.bench.plan import BenchPlan
     from necktool.budgets import (
         BudgetConfig,
         CheckReport,
@@ -103,6 +101,8 @@ if TYPE_CHECKING:
     from necktool.deploy.tolerance import ErrorStat, Tolerance, VerifyOptions
     from necktool.deploy.verify import VerificationResult, VerifyReport, verify_onnx
     from necktool.detector.identify import InspectResult, inspect_file
+    from necktool.latency.bench import BenchResult, bench
+    from necktool.latency.plan import BenchPlan
     from necktool.necks.build import build_neck, make_inputs
     from necktool.spec.families import FAMILIES, Family, FamilyInfo, register_family
     from necktool.spec.fields import Activation, ExtraConvs, Norm

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from necktool import profile
-from necktool.bench.latency import BenchResult, Runtime, bench, percentile
 from necktool.cli import app
 from necktool.errors import InputError, SpecError
+from necktool.latency.bench import BenchResult, Runtime, bench, percentile
 
 runner = CliRunner()
 # A narrow PAFPN at a small size: every runtime path runs, in milliseconds.

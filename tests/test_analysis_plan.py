@@ -18,17 +18,17 @@ from _counting import count_calls
 
 import necktool
 import necktool.analysis.plan as plan_mod
-import necktool.bench.plan as bench_plan_mod
 import necktool.cli
 import necktool.cli.bench_cmd
 import necktool.cli.profile_cmd
 import necktool.cli.sweep_cmd
+import necktool.latency.plan as bench_plan_mod
 from necktool.analysis.plan import ProfilePlan
 from necktool.analysis.profiling import run_profile
 from necktool.analysis.sweep import run_sweep, sweep_plans
-from necktool.bench.latency import run_bench
-from necktool.bench.plan import BenchPlan
 from necktool.errors import InputError, SpecError
+from necktool.latency.bench import run_bench
+from necktool.latency.plan import BenchPlan
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import Precision
 from necktool.spec.runtimes import Runtime
@@ -218,7 +218,7 @@ def test_hashes_are_stable_across_processes() -> None:
     here = [ProfilePlan.build("scrfd_2.5g").content_hash(),
             BenchPlan.build("fpn", SIZE, repeat=3).content_hash()]
     code = ("from necktool.analysis.plan import ProfilePlan\n"
-            "from necktool.bench.plan import BenchPlan\n"
+            "from necktool.latency.plan import BenchPlan\n"
             "print(ProfilePlan.build('scrfd_2.5g').content_hash())\n"
             "print(BenchPlan.build('fpn', (64, 64), repeat=3).content_hash())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from necktool.bench.latency import BenchResult, bench
-from necktool.bench.stages import (
+from necktool.cli import app
+from necktool.errors import InputError
+from necktool.latency.bench import BenchResult, bench
+from necktool.latency.stages import (
     REORDER,
     UNATTRIBUTED,
     StageRun,
@@ -21,8 +23,6 @@ from necktool.bench.stages import (
     stage_times,
     summarise,
 )
-from necktool.cli import app
-from necktool.errors import InputError
 from necktool.necks.build import build_neck, make_inputs
 from necktool.spec.registry import resolve_spec
 
@@ -162,7 +162,7 @@ def test_cli_json() -> None:
 
 
 def test_the_plan_knows_exactly_the_runtimes_that_have_a_stage_profiler() -> None:
-    from necktool.bench.stages import STAGE_PROFILERS
+    from necktool.latency.stages import STAGE_PROFILERS
     from necktool.spec.runtimes import Runtime
 
     assert tuple(STAGE_PROFILERS) == tuple(r.timing_name for r in Runtime if r.info.staged)

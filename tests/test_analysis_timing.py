@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from necktool.bench.timing import RuntimeTiming, percentile
+from necktool.latency.timing import RuntimeTiming, percentile
 from necktool.spec.runtimes import Runtime
 
 TIMES = st.lists(st.floats(0.001, 1e4), min_size=1, max_size=40)

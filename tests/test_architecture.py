@@ -22,12 +22,15 @@ TORCH_FREE = [
     "necktool", "necktool.version", "necktool.errors", "necktool.units", "necktool.report",
     "necktool.files", "necktool.quiet",
     "necktool.spec", "necktool.spec.fields", "necktool.spec.families", "necktool.spec.neck_spec",
-    "necktool.spec.registry",
+    "necktool.spec.registry", "necktool.spec.precision", "necktool.spec.graph_form",
+    "necktool.spec.weights", "necktool.spec.runtimes", "necktool.spec.resources",
+    "necktool.artifact", "necktool.artifact.serving", "necktool.artifact.stages",
+    "necktool.deploy.runtimes.ncnn_pair", "necktool.latency.plan", "necktool.user_cache",
     "necktool.deploy", "necktool.deploy.tolerance", "necktool.artifact.metadata",
     "necktool.deploy.plan", "necktool.budgets.export",
     "necktool.deploy.runtimes.runners",
     "necktool.deploy.data", "necktool.deploy.precision.loss", "necktool.cli.data_params",
-    "necktool.analysis", "necktool.bench.timing", "necktool.analysis.sweep",
+    "necktool.analysis", "necktool.latency.timing", "necktool.analysis.sweep",
     "necktool.analysis.plan",
     "necktool.budgets", "necktool.budgets.config", "necktool.budgets.baseline",
     "necktool.budgets.check", "necktool.budgets.cache", "necktool.budgets.schema",
@@ -72,7 +75,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 #: The layers, lowest first: a module may import its own layer and those before it, never
 #: one after it. "base" is the top-level modules (errors, units, files, report, ...); "entry"
 #: is the package's facade (``necktool/__init__.py``, the lazy public names) and ``__main__``.
-LAYERS = ("base", "spec", "necks", "analysis", "artifact", "detector", "deploy", "bench",
+LAYERS = ("base", "spec", "necks", "analysis", "artifact", "detector", "deploy", "latency",
           "budgets", "cli", "entry")
 
 
@@ -230,3 +233,34 @@ def test_the_top_of_the_package_holds_at_most_ten_modules_and_each_subpackage_sa
     for package in subpackages:
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc, f"{package.name}/__init__.py says nothing of its purpose"
+
+
+def test_the_wheel_ships_py_typed(tmp_path: Path) -> None:
+    """PEP 561: a non-editable install carries ``necktool/py.typed``, so users' type
+    checkers read necktool's annotations."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(PACKAGE.parent)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("necktool-*.whl")
+    assert "necktool/py.typed" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_the_public_names_are_the_lazy_table_and_the_typing_imports_agree() -> None:
+    """The lazy table is the one list of the torch-side public names: ``__all__`` is it plus
+    the eager imports (errors, version), and the ``if TYPE_CHECKING:`` imports, for type
+    checkers, name exactly its modules (ruff needs a literal ``__all__``, so it is checked
+    here rather than derived)."""
+    init = ast.parse((PACKAGE / "__init__.py").read_text())
+    eager = {a.asname or a.name for node in init.body if isinstance(node, ast.ImportFrom)
+             and (node.module or "").startswith("necktool.") for a in node.names}
+    typing_block = next(n for n in init.body if isinstance(n, ast.If)
+                        and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    typed = {a.name: node.module for node in typing_block.body
+             if isinstance(node, ast.ImportFrom) for a in node.names}
+    assert typed == necktool._LAZY
+    assert sorted(necktool.__all__) == sorted({*eager, *necktool._LAZY})
+    assert len(necktool.__all__) == len(set(necktool.__all__))
+    for name in necktool._LAZY:  # each entry really is where the table says
+        assert getattr(necktool, name) is getattr(importlib.import_module(typed[name]), name)

@@ -408,7 +408,7 @@ def test_export_calibrated_on_npz_verifies_on_the_held_out_files(tmp_path, spec,
 
 def test_bench_calibrates_its_static_file_on_features_of_its_size(spec, photos,
                                                                    backbone, data) -> None:
-    from necktool.bench.latency import bench
+    from necktool.latency.bench import bench
 
     pre = D.DataRequest(images=photos, backbone=backbone,
                         image_size=SIZE).preprocess(spec.family)

@@ -115,10 +115,10 @@ def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
             assert out["failed_elements"] == 0 and out["nonfinite_ort"] == 0
     meta = read_metadata(path)
     assert meta is not None and meta.neck == name and meta.dynamic
-    assert meta.precision == "fp32" and meta.serves.images == "any"
+    assert meta.precision == "fp32" and meta.served_shapes.images == "any"
     # Exactly which sizes the file serves: levels free for the FPN families, tied to one
     # image's ceil(H/stride) sizes by PAFPN's bottom-up path.
-    assert meta.serves.levels == SERVED_LEVELS[spec.family]
+    assert meta.served_shapes.levels == SERVED_LEVELS[spec.family]
     assert "every image H x W from 32x32 up" in meta.serves_text()
     assert meta.spec.to_dict() == spec.to_dict()
     assert meta.flops == data["flops"] > 0

@@ -23,7 +23,8 @@ pytest.importorskip("pnnx")
 
 from necktool.artifact.serving import default_cases
 from necktool.deploy.runtimes.ncnn_export import export_ncnn, ncnn_paths
-from necktool.deploy.runtimes.runners import NcnnPair, NcnnRunner
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair
+from necktool.deploy.runtimes.runners import NcnnRunner
 from necktool.deploy.tolerance import VerifyOptions
 from necktool.necks.build import make_inputs
 from necktool.necks.weights import seeded_model
@@ -206,7 +207,7 @@ def test_cli_fp16_pair_leaks_no_pnnx_chatter(tmp_path: pathlib.Path, model: nn.M
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--to", "ncnn", "--static"], "--static apply to ONNX files"),
-    (["--to", "ncnn", "--opset", "18"], "--opset apply to ONNX files"),
+    (["--to", "ncnn", "--opset", "19"], "--opset apply to ONNX files"),
     (["--to", "ncnn", "--precision", "int8"], "not available for ncnn"),
     (["--to", "ncnn", "--runtime", "openvino"], "--runtime apply to ONNX files"),
     (["--to", "tflite"], "--to"),

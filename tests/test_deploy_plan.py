@@ -46,6 +46,20 @@ def counting(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...] = CHECKS,
     return count_calls(monkeypatch, module, names, calls)
 
 
+class _NoCoercion:
+    """Stands in for the Precision enum during a run: coercing a value again fails."""
+
+    def __new__(cls, *args: Any) -> Any:
+        raise AssertionError("a plan's run coerced a precision again")
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - class attributes below
+        raise AttributeError(name)
+
+
+for _member in Precision:  # Precision.FP32 and friends still read as themselves
+    setattr(_NoCoercion, _member.name, _member)
+
+
 def forbid_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every check (and resolving a spec, and checking its size) fail: a run that
     re-validates anything breaks."""
@@ -55,7 +69,10 @@ def forbid_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CHECKS:
         monkeypatch.setattr(plan_mod, name, refuse)
     monkeypatch.setattr(NeckSpec, "check_size", refuse)
-    monkeypatch.setattr(necktool.deploy.tolerance, "check_precision", refuse)
+    import necktool.deploy.precision.convert as convert_mod
+
+    for module in (convert_mod, plan_mod):  # the run converts without checking again
+        monkeypatch.setattr(module, "Precision", _NoCoercion)
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +180,14 @@ def test_build_refuses_a_bad_request(tmp_path: pathlib.Path, changes: dict[str, 
 def test_steps_follow_precision_and_verification(tmp_path: pathlib.Path) -> None:
     int8 = ExportPlan.build("fpn", tmp_path / "x.onnx", precision="int8", verify=False)
     assert int8.steps == ("build", "count", "export", "check", "convert", "write")
-    assert int8.calibration == 8 and int8.cases == ()
+    assert int8.request.calibration == 8 and int8.cases == ()
     fp16 = ExportPlan.build("fpn", tmp_path / "x.onnx", precision="fp16")
     assert fp16.steps == STEPS
     # The cases: the export size, and two odd sizes for a file serving every size.
     assert [c.title for c in fp16.cases] == ["640x640 b1", "321x347 b1", "349x327 b2"]
-    assert fp16.options is not None and fp16.options.provider == "CPUExecutionProvider"
-    assert fp16.options.atol.default == 1e-2  # fp16's default, resolved once
+    assert fp16.request.options is not None
+    assert fp16.request.options.provider == "CPUExecutionProvider"
+    assert fp16.request.options.atol.default == 1e-2  # fp16's default, resolved once
 
 
 # -- the content hash --------------------------------------------------------------------------
@@ -252,8 +270,8 @@ def test_config_plan_checks_the_shared_settings_once(tmp_path: pathlib.Path,
         'max-gflops = 1\n[[budget]]\nneck = "pafpn"\ninput-size = "64x64"\nmax-gflops = 1\n')
     config: BudgetConfig = load_config(tmp_path / "necktool.toml", tmp_path)
     calls = counting(monkeypatch)
-    settings = plan_mod.ExportSettings.check(precision="fp16")
-    plan = plan_config(config, tmp_path, settings)
+    request = plan_mod.ExportRequest(precision=Precision.FP16)
+    plan = plan_config(config, tmp_path, request)
     assert calls["check_precision"] == calls["resolve_provider"] == calls["check_opset"] == 1
     assert calls["check_traced_size"] == 3  # per entry: it depends on the neck
     # fp16 files are named NAME.fp16.onnx, so they never replace the fp32 ones
@@ -278,8 +296,8 @@ def test_verify_plan_runs_without_validating_and_hashes_the_file(
     seen: list[str] = []
     report = run_verify(plan, on_case=seen.append)
     assert report and len(seen) == plan.steps == 3
-    assert report.served == plan.served and "every image H x W" in report.serves
-    assert report.to_dict()["serves"] == report.serves  # the sentence, from the Served
+    assert report.served == plan.served and "every image H x W" in report.serves_text
+    assert report.to_dict()["serves"] == report.serves_text  # the sentence, from the Served
     assert report.verification.path == str(path)  # no patched-in path
 
 
@@ -293,3 +311,84 @@ def test_verify_failure_is_exit_1(exported: dict[str, Any],
     code, stdout, stderr = invoke("verify", str(exported["path"]), "--trials", "1")
     assert code == 1 and "FAIL" in stdout
     assert stderr.strip().splitlines()[-1].startswith("necktool: error: verification of ")
+
+
+# -- the library refuses exactly what the CLI refuses --------------------------------------------
+def _features(spec: NeckSpec, directory: pathlib.Path) -> pathlib.Path:
+    """One real-layout .npz feature set for ``spec`` at 64x64 (what --calibration-data takes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {name: rng.standard_normal((1, c, 64 // s, 64 // s)).astype(np.float32)
+              for name, c, s in zip(spec.input_names, spec.in_channels, spec.input_strides,
+                                    strict=True)}
+    np.savez(directory / "f.npz", **arrays)
+    return directory / "f.npz"
+
+
+def _library_refusals(tmp: pathlib.Path) -> list[tuple[list[str], Callable[[], Any]]]:
+    """Each CLI refusal of ``export`` beside the library call that asks the same thing."""
+    from necktool.budgets.export import export_config
+    from necktool.deploy.data import load_data
+    from necktool.deploy.export import export_onnx
+    from necktool.deploy.precision.reduce import Reduction
+    from necktool.deploy.runtimes.ncnn_export import export_ncnn
+    from necktool.spec.precision import CalibrationMethod
+    from necktool.spec.registry import resolve_spec
+
+    spec = resolve_spec("pafpn", input_size=SIZE)
+    npz = _features(spec, tmp)
+    data = load_data(spec, calibration_data=npz, holdout=0)
+    config = load_config(tmp / "necktool.toml", tmp)
+    neck = ["pafpn", "--input-size", "64x64"]
+    return [
+        ([*neck, "--precision", "int8", "--calibration", "2", "--calibration-data", str(npz),
+          "--holdout", "0"],
+         lambda: export_onnx("pafpn", input_size=SIZE, precision="int8", calibration=2,
+                             reduction=Reduction(data))),
+        ([*neck, "--to", "ncnn", "--static"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, dynamic=False)),
+        ([*neck, "--to", "ncnn", "--opset", "20"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, opset=20)),
+        ([*neck, "--to", "ncnn", "--upsample", "scale2"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, upsample="scale2")),
+        ([*neck, "--to", "ncnn", "--runtime", "ort"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, runtimes=["ort"])),
+        ([*neck, "--to", "ncnn", "--precision", "int8"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, precision="int8")),
+        ([*neck, "--to", "ncnn", "--precision", "fp16", "--stages"],
+         lambda: export_ncnn("pafpn", input_size=SIZE, precision="fp16",
+                             reduction=Reduction(stages=True))),
+        ([*neck, "--keep-fp32", "top-down"],
+         lambda: export_onnx("pafpn", input_size=SIZE, reduction=Reduction(
+             keep_fp32=("top-down",)))),
+        ([*neck, "--precision", "fp16", "--calibration-method", "entropy"],
+         lambda: export_onnx("pafpn", input_size=SIZE, precision="fp16",
+                             reduction=Reduction(method=CalibrationMethod.ENTROPY))),
+        (["--runtime", "openvino"], lambda: export_config(config, tmp, runtimes=["openvino"])),
+        (["--out-channels", "8", "--batch", "2"],
+         lambda: export_config(config, tmp, out_channels=8, batch=2)),
+        (["--prefix", "fpn."], lambda: export_config(config, tmp, prefix="fpn.")),
+        (["--to", "ncnn"], lambda: export_config(config, tmp, to="ncnn")),
+        ([*neck, "--calibration", "3"], lambda: export_onnx("pafpn", input_size=SIZE,
+                                                            calibration=3)),
+    ]
+
+
+def test_every_cli_refusal_of_export_is_the_librarys(tmp_path: pathlib.Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI builds the one request and the plans; each refusal comes from there, so a
+    library caller gets the same one-line error for the same request (exit 2 <-> raise)."""
+    (tmp_path / "necktool.toml").write_text(
+        '[[budget]]\nneck = "pafpn"\ninput-size = "64x64"\nmax-gflops = 1\n')
+    monkeypatch.chdir(tmp_path)
+    cases = _library_refusals(tmp_path)
+    assert len(cases) >= 13
+    for args, call in cases:
+        code, stdout, stderr = invoke("export", *args)
+        assert code == 2 and stdout == "", (args, code, stderr)
+        cli = stderr.strip().splitlines()[-1].removeprefix("necktool: error: ")
+        with pytest.raises(InputError) as raised:
+            call()
+        assert str(raised.value) == cli, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz", "necktool.toml"]

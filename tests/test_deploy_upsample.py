@@ -196,8 +196,8 @@ def test_the_report_and_metadata_say_the_form_and_what_it_serves(
     assert meta_size is not None and meta_scale2 is not None
     assert meta_size.upsample is Upsample.SIZE and meta_scale2.upsample is Upsample.SCALE2
     # The crop ties RetinaFace's otherwise free levels to one image.
-    assert meta_size.serves.levels is LevelRelation.INDEPENDENT
-    assert meta_scale2.serves.levels is LevelRelation.ONE_IMAGE
+    assert meta_size.served_shapes.levels is LevelRelation.INDEPENDENT
+    assert meta_scale2.served_shapes.levels is LevelRelation.ONE_IMAGE
     assert "scale2 upsample" in scale2["serves"] and "free dimensions" in size.to_dict()[
         "serves"]
     # Same numbers of work: FLOPs (the size form's), params and conv MACs.

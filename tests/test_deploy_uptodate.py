@@ -20,7 +20,7 @@ import necktool.budgets.export as project_mod
 from necktool.budgets.config import load_config
 from necktool.budgets.export import up_to_date
 from necktool.cli import app
-from necktool.deploy.plan import ExportPlan, ExportSettings
+from necktool.deploy.plan import ExportPlan, ExportRequest
 from necktool.spec.graph_form import DEFAULT_OPSET
 from necktool.spec.precision import DEFAULT_CALIBRATION, Precision
 from necktool.spec.weights import WeightsRequest
@@ -69,8 +69,8 @@ def entry(root: Path) -> Any:
 def plan_for(root: Path, seed: int = 0, **settings: Any) -> ExportPlan:
     """The plan ``export --onnx`` makes for the project's one entry."""
     budget = entry(root)
-    checked = ExportSettings.check(weights=WeightsRequest(seed=seed), verify=False, **settings)
-    return ExportPlan.for_spec(budget.spec, root / FILE, budget.batch, checked,
+    request = ExportRequest(weights=WeightsRequest(seed=seed), verify=False, **settings)
+    return ExportPlan.for_spec(budget.spec, root / FILE, request, batch=budget.batch,
                                check_output=False)
 
 

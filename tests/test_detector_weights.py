@@ -193,8 +193,8 @@ def test_profile_and_bench_take_the_neck_and_weights_from_a_detector() -> None:
 
 def test_bench_loads_the_detector_weights_into_the_timed_model(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import necktool.bench.latency as bench_mod
-    from necktool.bench.plan import BenchPlan
+    import necktool.latency.bench as bench_mod
+    from necktool.latency.plan import BenchPlan
     from necktool.spec.weights import WeightsRequest
 
     det = suite().files["scrfd_dedup"]

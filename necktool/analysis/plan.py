@@ -4,7 +4,7 @@ A plan is built at the border (the CLI, or a library call such as
 :func:`necktool.profile`) from what the user asked for; building it does every
 validation (the neck resolves, the batch and sizes are in range, the memory fits, the
 timing counts and runtimes make sense), once. Running it
-(:func:`necktool.analysis.profiling.run_profile`, :func:`necktool.bench.latency.run_bench`)
+(:func:`necktool.analysis.profiling.run_profile`, :func:`necktool.latency.bench.run_bench`)
 trusts it and never checks again.
 
 A plan is frozen and has a stable :meth:`~ProfilePlan.content_hash`: the SHA-256 of a

@@ -76,15 +76,16 @@ class ExportMetadata:
     upsample: Upsample = Upsample.SIZE  # absent in older files: size, the only form then
 
     @property
-    def serves(self) -> Served:
+    def served_shapes(self) -> Served:
+        """What the file serves (its record, or what an older necktool's file served)."""
         return self.served if self.served is not None else Served.legacy(self.dynamic)
 
     def dims_note(self) -> str:
-        return self.serves.dims_note(self.spec, self.input_size, self.batch)
+        return self.served_shapes.dims_note(self.spec, self.input_size, self.batch)
 
     def serves_text(self) -> str:
         """Exactly which inputs the file serves, in one sentence."""
-        return self.serves.describe(self.spec, self.input_size, self.batch)
+        return self.served_shapes.describe(self.spec, self.input_size, self.batch)
 
     def upsample_text(self) -> str:
         """How the file writes nearest upsampling, in one phrase."""
@@ -104,7 +105,7 @@ class ExportMetadata:
             f"{META}batch": str(self.batch),
             f"{META}dynamic": json.dumps(self.dynamic),
             f"{META}dims": self.dims_note(),
-            f"{META}serves": json.dumps(self.serves.to_json(), sort_keys=True),
+            f"{META}serves": json.dumps(self.served_shapes.to_json(), sort_keys=True),
             f"{META}serves_note": self.serves_text(),
             f"{META}precision": self.precision.value,
             **({f"{META}calibration": str(self.calibration)}

@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from necktool.artifact.metadata import DamagedMetadata, ExportMetadata
 from necktool.artifact.serving import Images
 from necktool.budgets.config import Budget, BudgetConfig
-from necktool.deploy.plan import ExportPlan, ExportSettings, onnx_file_name
-from necktool.deploy.tolerance import VerifyOptions
+from necktool.deploy.plan import ExportPlan, ExportRequest, ExportTo, onnx_file_name
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.files import check_writable, file_sha256
 from necktool.report import Block, Note, num, size_text, table
-from necktool.spec.graph_form import DEFAULT_OPSET, Upsample
 from necktool.spec.neck_spec import neck_header
 from necktool.spec.precision import Precision
-from necktool.spec.weights import WeightsRequest
+from necktool.spec.runtimes import Runtime
 from necktool.version import __version__
 
 if TYPE_CHECKING:  # the exporter imports torch: only once an entry must be exported
@@ -63,7 +61,7 @@ class UpToDate:
         return {**neck_header(m.spec, m.input_size, m.batch), "path": str(self.path),
                 "written": False, "up_to_date": True, "bytes": self.nbytes,
                 "opset": m.opset, "dynamic": m.dynamic, "precision": m.precision.value,
-                "serves": m.serves.to_json(), "necktool_version": m.version,
+                "serves": m.served_shapes.to_json(), "necktool_version": m.version,
                 "weights": m.weights.to_dict(), "verification": None}
 
 
@@ -132,7 +130,7 @@ class ConfigExport:
         for e in self.entries:
             m = e.metadata
             served = {Images.STATIC: "static", Images.ANY: "any HxW",
-                      Images.MULTIPLES: "multiples"}[m.serves.images]
+                      Images.MULTIPLES: "multiples"}[m.served_shapes.images]
             if e.result is None:
                 assert e.kept is not None
                 path, nbytes, max_abs, verdict = e.kept.path, e.kept.nbytes, "-", "up to date"
@@ -180,19 +178,23 @@ def _file_name(config: BudgetConfig, entry: Budget, precision: Precision) -> str
 
 
 def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
-                settings: ExportSettings, *, force: bool = False) -> ConfigPlan:
-    """Check the export of every budget entry of ``config`` with ``settings`` (checked
+                request: ExportRequest, *, force: bool = False,
+                flags: Mapping[str, Any] | None = None) -> ConfigPlan:
+    """Check the export of every budget entry of ``config`` with ``request`` (checked
     once, for all of them); nothing is built. An entry whose existing file is up to date
-    (:func:`up_to_date`) is planned as kept, unless ``force``.
+    (:func:`up_to_date`) is planned as kept, unless ``force``. Each entry brings its own
+    neck, input size and batch, so a request that describes one neck (a batch, a weights
+    file, calibration data, verification in other runtimes, another format) is refused.
 
     Raises:
         InputError: the directory is not one, or neither it nor its parent exists (a
             missing directory whose parent exists is created), a destination cannot be
-            written, an entry's request is invalid.
+            written, an entry's request is invalid, the request describes one neck.
         ConfigError: an entry's name cannot be a file name.
     """
+    check_config_request(request, flags or {})
     folder = pathlib.Path.cwd() if directory is None else pathlib.Path(directory)
-    names = [_file_name(config, entry, settings.precision) for entry in config.budgets]
+    names = [_file_name(config, entry, request.precision) for entry in config.budgets]
     if not folder.is_dir():
         if folder.exists() or not folder.absolute().parent.is_dir():
             state = "is not a directory" if folder.exists() else \
@@ -210,7 +212,7 @@ def plan_config(config: BudgetConfig, directory: str | pathlib.Path | None,
         where = f"{config.display_path}: {entry.key_path} ({entry.name})"
         dest = folder / name
         try:
-            plan = ExportPlan.for_spec(entry.spec, dest, entry.batch, settings,
+            plan = ExportPlan.for_spec(entry.spec, dest, request, batch=entry.batch,
                                        check_output=False)
         except NecktoolError as exc:
             _prefix(exc, where)
@@ -250,45 +252,56 @@ class ConfigPlan:
         return sum(len(e.plan.steps) for e in self.todo)
 
 
-def export_config(
-    config: BudgetConfig,
-    directory: str | pathlib.Path | None = None,
-    *,
-    dynamic: bool = True,
-    opset: int | None = None,
-    seed: int = 0,
-    verify: bool = True,
-    options: VerifyOptions | None = None,
-    precision: Precision | str = Precision.FP32,
-    calibration: int | None = None,
-    on_step: Callable[[str], None] | None = None,
-    upsample: Upsample | str = Upsample.SIZE,
-    force: bool = False,
-) -> ConfigExport:
+def check_config_request(request: ExportRequest, flags: Mapping[str, Any]) -> None:
+    """What an export of every budget entry refuses: the options that describe one neck
+    (``flags`` are the neck's build flags given).
+
+    Raises:
+        InputError: naming the options given, and what to do instead.
+    """
+    given = [f"--{k.replace('_', '-')}" for k in flags]
+    given += [flag for flag, on in (
+        ("--batch", request.batch is not None), ("--weights", request.weights.path is not None),
+        ("--prefix", request.weights.prefix is not None)) if on]
+    if given:
+        verb = "describes" if len(given) == 1 else "describe"
+        raise InputError(f"{', '.join(given)} {verb} one neck; with no NECK every budget "
+                         "entry is exported with its own settings from the config (name a "
+                         "NECK to use them)")
+    if request.reduction is not None and not request.reduction.plain:
+        raise InputError("the data and reduced-precision flags describe one neck; name a NECK")
+    if request.to is not ExportTo.ONNX:
+        raise InputError(f"--to {request.to.value} needs a NECK (or --weights FILE holding one)")
+    if request.runtimes != (Runtime.ORT,):
+        raise InputError("--runtime verifies one neck's file; with no NECK (every budget "
+                         "entry) leave it out, or name a NECK")
+
+
+def export_config(config: BudgetConfig, directory: str | pathlib.Path | None = None, *,
+                  on_step: Callable[[str], None] | None = None, force: bool = False,
+                  **keywords: Any) -> ConfigExport:
     """Export every budget entry of ``config`` to ``<entry name>.onnx`` in ``directory``.
 
     Args:
         config: From :func:`necktool.budgets.config.load_config`.
         directory: Where the files go; default the current directory. Must exist.
-        dynamic, opset, seed, verify, options, precision, calibration, upsample: As for
-            :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own spec,
-            input size and batch come from the config).
         on_step: Called with ``"<entry>: <step>"`` as each step of each export finishes.
         force: Export every entry, even one whose file is up to date.
+        **keywords: The export request's fields (``dynamic``, ``opset``, ``seed``,
+            ``verify``, ``options``, ``precision``, ``calibration``, ``upsample``), as for
+            :func:`necktool.deploy.export.export_onnx`, for every entry (each entry's own
+            spec, input size and batch come from the config).
 
     Raises:
         InputError: the directory is missing or not a directory, a destination cannot be
-            written, a request is invalid (nothing exported).
+            written, a request is invalid or describes one neck (nothing exported).
         ConfigError: an entry's name cannot be a file name (nothing exported), or an
             entry's export failed for another reason than verification.
     """
     # What applies to every entry is checked once and reported without an entry's place.
-    settings = ExportSettings.check(dynamic=dynamic,
-                                    opset=DEFAULT_OPSET if opset is None else opset,
-                                    weights=WeightsRequest(seed=seed), verify=verify,
-                                    options=options, precision=precision,
-                                    calibration=calibration, upsample=upsample)
-    return run_config(plan_config(config, directory, settings, force=force), on_step=on_step)
+    request, flags = ExportRequest.of(keywords)
+    return run_config(plan_config(config, directory, request, force=force, flags=flags),
+                      on_step=on_step)
 
 
 def run_config(plan: ConfigPlan, *, on_step: Callable[[str], None] | None = None
@@ -334,7 +347,8 @@ def up_to_date(plan: ExportPlan) -> UpToDate | None:
         return None
     if meta is None:
         return None
-    request = plan.weights
+    req = plan.request
+    request = req.weights
     found = {"version": meta.version, "spec": meta.spec.to_dict(),
              "input_size": tuple(meta.input_size), "batch": meta.batch,
              "dynamic": meta.dynamic, "opset": meta.opset, "precision": meta.precision,
@@ -343,9 +357,9 @@ def up_to_date(plan: ExportPlan) -> UpToDate | None:
                          else meta.weights.seed)}
     wanted = {"version": __version__, "spec": plan.spec.to_dict(),
               "input_size": tuple(plan.spec.input_size), "batch": plan.batch,
-              "dynamic": plan.dynamic, "opset": plan.opset, "precision": plan.precision,
-              "calibration": plan.calibration if plan.precision is Precision.INT8 else None,
-              "upsample": plan.upsample,
+              "dynamic": req.dynamic, "opset": req.opset, "precision": req.precision,
+              "calibration": req.calibration if req.precision is Precision.INT8 else None,
+              "upsample": req.upsample,
               "weights": (file_sha256(request.path) if request.path is not None
                           else (request.seed or 0))}
     if found != wanted:

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necktool.bench.timing import DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, parse_bench_runtimes
 from necktool.cli.data_params import DataOpt
 from necktool.cli.params import (
     BuildFlagsOpt,
@@ -19,10 +18,11 @@ from necktool.cli.params import (
 )
 from necktool.cli.render import load_heavy, progress
 from necktool.errors import InputError
+from necktool.latency.timing import DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS, parse_bench_runtimes
 from necktool.spec.fields import IntKind
 
 if TYPE_CHECKING:
-    from necktool.bench.latency import BenchResult
+    from necktool.latency.bench import BenchResult
 
 TIMING = "Timing"
 _runs = typer_parser(IntKind(high=MAX_RUNS).from_text)
@@ -79,7 +79,7 @@ def bench_command(
     to the file. With --calibration-data or --images/--backbone, int8 is calibrated on the
     data's calibration part (features at the benchmark size: --image-size).
     """
-    from necktool.bench.plan import BenchPlan
+    from necktool.latency.plan import BenchPlan
     from necktool.spec.neck_spec import NeckSpec
 
     chosen: str | NeckSpec
@@ -104,7 +104,7 @@ def bench_command(
                            stages=stages, weights=weights, seed=weights.seed or 0,
                            data=loaded, **counts, **overrides)
     load_heavy()
-    from necktool.bench.latency import run_bench
+    from necktool.latency.bench import run_bench
 
     with progress(plan.steps, "timing") as advance:
         return run_bench(plan, on_run=advance)

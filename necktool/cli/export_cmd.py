@@ -3,8 +3,6 @@ the project's budget config."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import pathlib
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,28 +24,21 @@ from necktool.cli.params import (
     typer_parser,
 )
 from necktool.cli.render import load_heavy, progress
+from necktool.deploy.plan import ExportTo
 from necktool.errors import InputError
 from necktool.spec.fields import ChoiceKind, IntKind
 from necktool.spec.graph_form import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Upsample
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import CalibrationMethod
 from necktool.spec.registry import resolve_spec
-from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:
     from necktool.budgets.export import ConfigExport
     from necktool.deploy.export import ExportResult
-    from necktool.deploy.plan import ExportSettings
+    from necktool.deploy.plan import ExportRequest
     from necktool.deploy.runtimes.ncnn_export import NcnnExportResult
 
 EXPORT = "Export"
-
-
-class ExportTo(enum.StrEnum):
-    """``--to``: necktool.deploy.export.ExportFormat's values (that module imports torch)."""
-
-    ONNX = "onnx"
-    NCNN = "ncnn"
 
 
 ExportNeckArg = Annotated[str | None, typer.Argument(
@@ -135,107 +126,64 @@ def export_command(
     project's config, each to <entry name>.onnx. --to ncnn writes the ncnn .param/.bin
     pair instead; --runtime ort,openvino,ncnn verifies the ONNX file in each runtime.
     """
-    from necktool.deploy.plan import ExportPlan, ExportSettings
+    from necktool.deploy.plan import ExportPlan, ExportRequest
 
-    if calibration is not None and data.given:
-        raise InputError("--calibration counts seeded batches; with --calibration-data or "
-                         "--images every calibration set is used: leave it out")
-    if neck is None and weights.path is None and (data.given or reduce != type(reduce)()):
+    reduced = data.given or reduce != type(reduce)()
+    one_neck = neck is not None or weights.path is not None
+    if not one_neck and reduced:  # the data need a neck to be read for
         raise InputError("the data and reduced-precision flags describe one neck; name a NECK")
-    if to is ExportTo.NCNN:
-        if data.given or reduce != type(reduce)():
-            raise InputError("the data and reduced-precision flags apply to ONNX files; "
-                             "--to ncnn writes fp32 or fp16 weights: leave them out")
-        return _export_ncnn(neck, output, static, opset, precision, calibration, config,
-                            verify, runtime, upsample, flags=flags, weights=weights,
-                            options=options)
-    # What applies to any neck (precision, calibration, opset, provider): checked once.
-    given = {k: v for k, v in (("opset", opset), ("precision", precision),
-                               ("upsample", upsample), ("runtimes", runtime)) if v is not None}
-    settings = ExportSettings.check(dynamic=not static, weights=weights, verify=verify,
-                                    options=options, calibration=calibration, **given)
-    if neck is None and weights.path is None:
-        if runtime:
-            raise InputError("--runtime verifies one neck's file; with no NECK (every budget "
-                             "entry) leave it out, or name a NECK")
-        return _export_config(config, output, settings, flags=flags, force=force)
-    if config is not None:
+    if one_neck and config is not None:
         raise InputError("--config names the budget config whose entries are exported when "
                          "no NECK is given; with a NECK (or --weights), leave it out")
-    chosen: str | NeckSpec
-    chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
+    chosen: str | NeckSpec | None = neck
+    if neck is None and weights.path is not None:
+        chosen, weights = neck_in_weights(weights)
     # A bad name or flag: exit 2 before torch loads (unless --weights needed it to say
     # which neck it holds).
-    spec = resolve_spec(chosen, **flags.overrides())
+    spec = resolve_spec(chosen, **flags.overrides()) if chosen is not None else None
     reduction = None
-    if data.given or reduce != type(reduce)():  # the user's data: read and checked here
+    if spec is not None and reduced:  # the user's data: read and checked here
         from necktool.deploy.precision.reduce import Reduction
 
         reduction = Reduction(data.load(spec), reduce.method or CalibrationMethod.MINMAX,
                               keep_fp32=reduce.keep_fp32, stages=reduce.stages,
                               min_sqnr=reduce.min_sqnr)
-    plan = ExportPlan.for_spec(spec, output, flags.batch,
-                               dataclasses.replace(settings, weights=weights),
-                               reduction=reduction)
+    # Every option, and every rule between options: the one request, checked once.
+    given: dict[str, Any] = {k: v for k, v in (
+        ("to", to), ("opset", opset), ("precision", precision), ("upsample", upsample),
+        ("runtimes", runtime), ("calibration", calibration), ("reduction", reduction),
+        ("batch", flags.given("batch"))) if v is not None}
+    request = ExportRequest(dynamic=not static, weights=weights, verify=verify,
+                            options=options, **given)
+    if spec is None:
+        return _export_config(config, output, request, flags=flags, force=force)
     load_heavy()
+    if request.to is ExportTo.NCNN:
+        from necktool.deploy.runtimes.ncnn_export import plan_for_spec, run_ncnn
+
+        ncnn = plan_for_spec(spec, output, request)
+        with progress(len(ncnn.steps), "export") as advance:
+            return run_ncnn(ncnn, on_step=advance)  # a failed verification is falsy: exit 1
+    plan = ExportPlan.for_spec(spec, output, request)
     from necktool.deploy.export import run_export
 
     with progress(len(plan.steps), "export") as advance:
         return run_export(plan, on_step=advance)  # a failed verification is falsy: exit 1
 
 
-def _export_ncnn(neck: str | None, output: pathlib.Path | None, static: bool, opset: int | None,
-                 precision: Any, calibration: int | None, config: pathlib.Path | None,
-                 verify: bool, runtime: list[Any] | None, upsample: Any, *, flags: Any,
-                 weights: WeightsRequest, options: Any) -> NcnnExportResult:
-    """``--to ncnn``: one neck's pair (see :mod:`necktool.deploy.runtimes.ncnn_export`)."""
-    given = [flag for flag, on in (("--static", static), ("--opset", opset is not None),
-                                   ("--calibration", calibration is not None),
-                                   ("--config", config is not None),
-                                   ("--upsample", upsample is not None)) if on]
-    if runtime and [r.value for r in runtime] != ["ncnn"]:
-        given.append("--runtime")
-    if given:
-        raise InputError(f"{', '.join(given)} apply to ONNX files; --to ncnn writes an ncnn "
-                         "pair (every size, verified in ncnn): leave them out")
-    if neck is None and weights.path is None:
-        raise InputError("--to ncnn needs a NECK (or --weights FILE holding one)")
-    chosen: str | NeckSpec
-    chosen, weights = (neck, weights) if neck is not None else neck_in_weights(weights)
-    from necktool.deploy.runtimes.ncnn_export import plan_ncnn
-
-    plan = plan_ncnn(chosen, output, batch=flags.batch, weights=weights, verify=verify,
-                     options=options, precision=precision or "fp32", **flags.overrides())
-    load_heavy()
-    from necktool.deploy.runtimes.ncnn_export import run_ncnn
-
-    with progress(len(plan.steps), "export") as advance:
-        return run_ncnn(plan, on_step=advance)  # a failed verification is falsy: exit 1
-
-
 def _export_config(config: pathlib.Path | None, output: pathlib.Path | None,
-                   settings: ExportSettings, *, flags: Any, force: bool = False
+                   request: ExportRequest, *, flags: Any, force: bool = False
                    ) -> ConfigExport:
     """Every budget entry of the project's config (see :mod:`necktool.budgets.export`)."""
     from necktool.budgets.config import ConfigNotFound, load_config
 
-    given = [f"--{k.replace('_', '-')}" for k in flags.overrides()]
-    given += ["--batch"] if flags.given("batch") is not None else []
-    given += [f for f, v in (("--weights", settings.weights.path),
-                             ("--prefix", settings.weights.prefix)) if v is not None]
-    if given:
-        verb = "describes" if len(given) == 1 else "describe"
-        raise InputError(f"{', '.join(given)} {verb} one neck; with no NECK every budget "
-                         "entry is exported with its own settings from the config (name a "
-                         "NECK to use them)")
     try:
         cfg = load_config(config, pathlib.Path.cwd())
     except ConfigNotFound:
         raise InputError(NO_NECK) from None
     from necktool.budgets.export import plan_config, run_config
 
-    plan = plan_config(cfg, output, dataclasses.replace(
-        settings, weights=WeightsRequest(seed=settings.weights.seed or 0)), force=force)
+    plan = plan_config(cfg, output, request, force=force, flags=flags.overrides())
     if not plan.todo:  # every file is up to date: answered from their metadata, no torch
         return run_config(plan)
     load_heavy()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -45,7 +45,6 @@ from necktool.deploy.precision.convert import CALIBRATION_SEED, REDUCE_RANGE
 from necktool.deploy.precision.loss import PrecisionReport, check_stages
 from necktool.deploy.precision.reduce import Reduction, reduce_precision
 from necktool.deploy.runtimes.runners import RuntimesVerification
-from necktool.deploy.tolerance import VerifyOptions
 from necktool.deploy.verify import VerificationResult, compare_runtimes, reference_threads
 from necktool.errors import ExportError, InputError, SpecError, first_line, interrupted
 from necktool.files import write_file
@@ -53,11 +52,9 @@ from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.quiet import quiet
 from necktool.report import Block, size_text, table
-from necktool.spec.graph_form import DEFAULT_OPSET, Upsample
+from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
-from necktool.spec.runtimes import Runtime
-from necktool.spec.weights import WeightsRequest
 from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
 
@@ -104,7 +101,7 @@ class ExportResult:
 
     @property
     def served(self) -> Served:
-        return self.metadata.serves
+        return self.metadata.served_shapes
 
     @property
     def conv_macs_onnx(self) -> int:
@@ -215,7 +212,7 @@ def precision_text(m: ExportMetadata, reduced: PrecisionReport | None = None) ->
             on = (f"{len(reduced.data.calibration)} real feature set(s) "
                   f"({reduced.data.source})")
         else:
-            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+            shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.served_shapes)
             at = ", ".join(f"{size_text(s)} b{b}" for s, b in shapes)
             on = f"{m.calibration} seeded batch(es) ({at})"
         return (f"int8: ONNX Runtime static quantization, QDQ, int8 {weights}weights (7-bit "
@@ -239,7 +236,7 @@ def _calibration(m: ExportMetadata, reduced: PrecisionReport | None = None
     if reduced is not None and reduced.data is not None:
         return {"batches": len(reduced.data.calibration), "data": reduced.data.to_dict(),
                 **common}
-    shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.serves)
+    shapes = calibration_shapes(m.spec, m.input_size, m.batch, m.served_shapes)
     return {"batches": m.calibration,
             "shapes": [{"input_size": list(s), "batch": b} for s, b in shapes],
             "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + m.calibration - 1],
@@ -354,34 +351,19 @@ def export_model(model: nn.Module, spec: NeckSpec, inputs: list[torch.Tensor], *
 
 
 # -- the export ------------------------------------------------------------------------
-def export_onnx(
-    neck: str | NeckSpec,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    batch: int = 1,
-    dynamic: bool = True,
-    opset: int = DEFAULT_OPSET,
-    seed: int | None = None,
-    weights: str | os.PathLike[str] | WeightsRequest | None = None,
-    prefix: str | None = None,
-    verify: bool = True,
-    options: VerifyOptions | None = None,
-    precision: Precision | str = Precision.FP32,
-    calibration: int | None = None,
-    on_step: Callable[[str], None] | None = None,
-    upsample: Upsample | str = Upsample.SIZE,
-    runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
-    reduction: Reduction | None = None,
-    **overrides: Any,
-) -> ExportResult:
+def export_onnx(neck: str | NeckSpec, output: str | os.PathLike[str] | None = None, *,
+                on_step: Callable[[str], None] | None = None, **keywords: Any) -> ExportResult:
     """Export a neck to ONNX, check and verify it, and only then write ``output``.
 
     Builds an :class:`~necktool.deploy.plan.ExportPlan` (every check) and runs it
-    (:func:`run_export`).
+    (:func:`run_export`). The keywords are the fields of the one export request,
+    :class:`~necktool.deploy.plan.ExportRequest` (below), and the neck's build flags.
 
     Args:
         neck: A preset name, an import path or a :class:`NeckSpec`.
         output: Destination file; default ``<neck>.onnx`` in the current directory.
+        on_step: Called with each step's name as it finishes (for a progress bar; the
+            steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
         batch: Batch size traced (and fixed, for a static export).
         dynamic: Dynamic batch, height and width (every image size from the coarsest
             stride up; see :mod:`necktool.artifact.serving`); ``False`` fixes the export size.
@@ -399,8 +381,6 @@ def export_onnx(
             outputs) or ``int8`` (ONNX Runtime static QDQ quantization).
         calibration: int8 only: seeded calibration batches (default
             :data:`~necktool.deploy.tolerance.DEFAULT_CALIBRATION`).
-        on_step: Called with each step's name as it finishes (for a progress bar; the
-            steps are the plan's :attr:`~necktool.deploy.plan.ExportPlan.steps`).
         upsample: How the file writes nearest upsampling: ``size`` (a Resize to the finer
             level's size, PyTorch's form) or ``scale2`` (a constant x2 Resize and a crop,
             which converters that freeze a size-computed Resize keep). The numbers, the
@@ -411,7 +391,7 @@ def export_onnx(
         reduction: fp16/int8: calibration data and method, stages kept in fp32, per-stage
             SQNR, an SQNR floor (see :mod:`necktool.deploy.precision.reduce`); with data,
             verification runs on its held-out feature sets.
-        **overrides: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
+        **flags: Spec fields (``input_size=(640, 480)``, ``norm="bn"``...).
 
     Returns:
         The result; the file is at ``result.path``. When ONNX Runtime disagrees with
@@ -429,14 +409,7 @@ def export_onnx(
         >>> result.verification.passed, result.inputs[0].shape
         (True, ('batch', 48, 'H_div8', 'W_div8'))
     """
-    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
-        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
-    plan = ExportPlan.build(neck, output, batch=batch, dynamic=dynamic, opset=opset,
-                            weights=request, verify=verify, options=options,
-                            precision=precision, calibration=calibration,
-                            upsample=upsample, runtimes=runtimes, reduction=reduction,
-                            **overrides)
-    return run_export(plan, on_step=on_step)
+    return run_export(ExportPlan.build(neck, output, **keywords), on_step=on_step)
 
 
 def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
@@ -455,12 +428,12 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     done = StepClock(on_step)
     seconds = done.seconds
 
-    spec, batch, precision = plan.spec, plan.batch, plan.precision
-    reduction = plan.reduction
-    model, source = make_model(spec, plan.weights)
-    if plan.upsample is not Upsample.SIZE \
+    spec, batch, req = plan.spec, plan.batch, plan.request
+    precision, reduction = req.precision, req.reduction
+    model, source = make_model(spec, plan.request.weights)
+    if plan.request.upsample is not Upsample.SIZE \
             and not any(isinstance(m, UpsampleAdd) for m in model.modules()):
-        raise InputError(f"--upsample {plan.upsample.value} rewrites necktool's UpsampleAdd "
+        raise InputError(f"--upsample {req.upsample.value} rewrites necktool's UpsampleAdd "
                          f"modules, and {spec.label} has none (it upsamples in its own code); "
                          f"leave --upsample at {Upsample.SIZE.value}")
     if reduction is not None and reduction.keep_fp32:  # a bad stage name: before the work
@@ -476,23 +449,23 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
     # After counting: the neck's FLOPs are the size form's whatever the file writes (fvcore
     # would count a scale2 upsample's uncropped 2x output). Verification then compares the
     # file with the module in the form it was exported in.
-    set_upsample(model, plan.upsample)
+    set_upsample(model, plan.request.upsample)
     inputs = input_tensors(spec, spec.input_size, batch, seed=0)
-    proto = export_model(model, spec, inputs, dynamic=plan.dynamic, opset=plan.opset,
+    proto = export_model(model, spec, inputs, dynamic=req.dynamic, opset=req.opset,
                          served=served)
     done("export")
 
     input_shapes = {n: list(t.shape) for n, t in zip(spec.input_names, inputs, strict=True)}
     cross_check = counted.cross_check.with_onnx(conv_macs(proto, input_shapes))
-    calibration = plan.calibration
+    calibration = plan.request.calibration
     if calibration and reduction is not None and reduction.data is not None:
         calibration = len(reduction.data.calibration)  # what the metadata records
     meta = ExportMetadata(
         version=__version__, neck=spec.label, spec=spec, input_size=spec.input_size,
-        batch=batch, dynamic=plan.dynamic, opset=plan.opset, flops=counted.flops,
+        batch=batch, dynamic=plan.request.dynamic, opset=plan.request.opset, flops=counted.flops,
         params=counted.params, conv_macs=int(cross_check.onnx_conv_macs or 0),
         weights=source, exporter=exporter_name(), precision=precision, served=served,
-        calibration=calibration, upsample=plan.upsample)
+        calibration=calibration, upsample=plan.request.upsample)
     _stamp(proto, meta)
     _check_model(proto)
     if not cross_check.agree:
@@ -515,10 +488,10 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
                           tensor_infos(proto.graph.output), cross_check, None, False,
                           seconds, nbytes=len(data), plan=plan, reduced=reduced)
 
-    if plan.options is not None:
+    if plan.request.options is not None:
         verification = compare_runtimes(
-            data, model, spec, runtimes=plan.runtimes, cases=plan.cases, options=plan.options,
-            weights=source.describe(), dynamic=plan.dynamic, precision=precision,
+            data, model, spec, runtimes=req.runtimes, cases=plan.cases, options=req.options,
+            weights=source.describe(), dynamic=plan.request.dynamic, precision=precision,
             path=str(plan.output), features=_verification_data(reduction),
             measured_on=reduction.data.describe() if reduction and reduction.data else "")
         result = dataclasses.replace(result, verification=verification)

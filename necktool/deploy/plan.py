@@ -1,7 +1,8 @@
 """What an export will do, checked once at the border (torch-free).
 
-:meth:`ExportPlan.build` turns a request (a neck, a destination, batch, opset, precision,
-calibration, a weights request, verification options) into a frozen plan, doing every
+:meth:`ExportPlan.build` turns a neck, a destination and an :class:`ExportRequest` (batch,
+opset, precision, calibration, a weights request, verification options, ...) into a frozen
+plan, doing every
 check an export needs before any work: the neck resolves, the batch, opset, precision
 and calibration are in range, the traced size suits what the file will serve, the memory
 fits, the tolerances name outputs the neck has, the ONNX Runtime provider exists and the
@@ -15,15 +16,17 @@ precision, calibration, the weights' seed or file SHA-256, the verification opti
 what the file serves), not the destination path and not necktool's version (a cache adds
 the versions it depends on).
 
-A new export option is one field of :class:`ExportSettings` (or of :class:`ExportPlan` when
-it depends on the neck) plus the line of :meth:`ExportSettings.check` that checks it and
-its entry in :meth:`~ExportSettings.to_dict`; the CLI passes the flag to the library call,
-and the run reads it from the plan.
+A new export option is one field of :class:`ExportRequest` (with its default), the line of
+its ``__post_init__`` that checks it and its entry in :meth:`~ExportRequest.to_dict`; the
+CLI passes the flag into the request, library keywords reach it through
+:meth:`ExportRequest.of`, and the run reads it from ``plan.request``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
 import os
 import pathlib
 import time
@@ -52,7 +55,7 @@ from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.precision import Precision, check_precision
 from necktool.spec.registry import resolve_spec
 from necktool.spec.resources import export_bytes, forward_bytes, require
-from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
+from necktool.spec.runtimes import Runtime, parse_runtime, parse_runtimes, require_runtime
 from necktool.spec.weights import WeightsRequest
 
 if TYPE_CHECKING:  # reduce imports onnxruntime's quantization tools: only when used
@@ -151,53 +154,131 @@ def check_traced_size(spec: NeckSpec, served: Served) -> None:
             f", or --static for {h}x{w} only")
 
 
-@dataclasses.dataclass(frozen=True)
-class ExportSettings:
-    """What an export request says about every neck it exports, checked once (one neck,
-    or every entry of a budget config). Make it with :meth:`check`.
+class ExportTo(enum.StrEnum):
+    """The format an export writes (``--to``)."""
+
+    ONNX = "onnx"
+    NCNN = "ncnn"  # the .param/.bin pair pnnx converts from the module
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportRequest:
+    """Everything an export is asked for besides the neck: the one request that flags,
+    budget-config settings and library keywords all become (:meth:`of`). Strings become
+    enums here, defaults are written here, and every rule between options is checked here,
+    once, when it is made; a request that exists is valid. What depends on the neck is
+    checked by :meth:`ExportPlan.for_spec`.
 
     Attributes:
+        to: The format (``onnx``; ``ncnn``: the pair, fp32 or fp16 weights, every size,
+            verified in ncnn).
+        batch: Batch traced (and fixed, for a static file); ``None``: 1, or each budget
+            entry's own.
         dynamic: Dynamic batch, height and width.
         opset: ONNX opset.
         precision: The file's arithmetic.
-        calibration: int8 calibration batches (``None`` otherwise).
+        calibration: int8 calibration batches (``None``: the default at int8, else none).
         weights: Where the weights come from.
-        options: Verification options, tolerances resolved for ``precision`` and the
-            provider's full name; ``None``: no verification.
-        upsample: How the file writes nearest upsampling (``size`` or ``scale2``).
+        verify: Verify before writing.
+        options: Verification options; once made, tolerances resolved for ``precision``
+            and the provider's full name (``None`` without verification).
+        upsample: How the file writes nearest upsampling.
         runtimes: Where verification runs the file (each installed), in order.
+        reduction: fp16/int8 beyond the conversion: the user's calibration data, the
+            method, stages kept in fp32, per-stage SQNR, an SQNR floor.
     """
 
+    to: ExportTo = ExportTo.ONNX
+    batch: int | None = None
     dynamic: bool = True
     opset: int = DEFAULT_OPSET
     precision: Precision = Precision.FP32
     calibration: int | None = None
     weights: WeightsRequest = dataclasses.field(default_factory=WeightsRequest)
+    verify: bool = True
     options: VerifyOptions | None = None
     upsample: Upsample = Upsample.SIZE
-    runtimes: tuple[Runtime, ...] = (Runtime.ORT,)
+    runtimes: tuple[Runtime, ...] = ()
+    reduction: Reduction | None = None
+
+    def __post_init__(self) -> None:
+        put = functools.partial(object.__setattr__, self)
+        try:
+            put("to", ExportTo(self.to))
+        except ValueError:
+            raise InputError(f"export format {str(self.to)[:40]!r} is not one of "
+                             f"{', '.join(ExportTo)}") from None
+        if self.batch is not None:
+            put("batch", check_batch(self.batch))
+        if isinstance(self.weights, (str, os.PathLike)):
+            put("weights", WeightsRequest(path=pathlib.Path(self.weights)))
+        if self.reduction is not None and self.reduction.data is not None \
+                and self.calibration is not None:
+            raise InputError("--calibration counts seeded batches; with --calibration-data or "
+                             "--images every calibration set is used: leave it out")
+        put("upsample", check_upsample(self.upsample))
+        put("opset", check_opset(self.opset))
+        if self.to is ExportTo.NCNN:
+            self._check_ncnn()
+        precision, calibration = check_precision(self.precision, self.calibration)
+        put("precision", precision)
+        put("calibration", calibration)
+        runtimes = parse_runtimes(list(self.runtimes)) if self.runtimes else [Runtime.ORT]
+        put("runtimes", tuple(require_runtime(r) for r in runtimes) if self.verify
+            else (Runtime.ORT,))
+        if self.reduction is not None:
+            self.reduction.check(precision)
+        put("options", checked_options(self.options or VerifyOptions(), precision)
+            if self.verify else None)
+
+    def _check_ncnn(self) -> None:
+        """An ncnn pair serves every size, in fp32 or fp16 weights: the ONNX-only options
+        are refused, naming each."""
+        require_runtime(Runtime.NCNN)
+        given = [flag for flag, on in (
+            ("--static", not self.dynamic), ("--opset", self.opset != DEFAULT_OPSET),
+            ("--calibration", self.calibration is not None),
+            ("--upsample", self.upsample is not Upsample.SIZE),
+            ("--runtime", bool(self.runtimes) and parse_runtimes(list(self.runtimes))
+             != [Runtime.NCNN])) if on]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to ONNX files; --to ncnn writes an ncnn "
+                             "pair (every size, verified in ncnn): leave them out")
+        if self.reduction is not None and not self.reduction.plain:
+            raise InputError("the data and reduced-precision flags apply to ONNX files; "
+                             "--to ncnn writes fp32 or fp16 weights: leave them out")
+        chosen, _ = check_precision(self.precision, None)
+        if chosen not in (Precision.FP32, Precision.FP16):
+            raise InputError(f"--precision {chosen.value} is not available for ncnn; valid: "
+                             "fp32 (default), fp16 (fp16 weights)")
+        object.__setattr__(self, "runtimes", (Runtime.NCNN,))
 
     @classmethod
-    def check(cls, *, dynamic: bool = True, opset: int = DEFAULT_OPSET,
-              weights: WeightsRequest = WeightsRequest(), verify: bool = True,
-              options: VerifyOptions | None = None, precision: Precision | str = Precision.FP32,
-              calibration: int | None = None, upsample: Upsample | str = Upsample.SIZE,
-              runtimes: Sequence[Runtime | str] = (Runtime.ORT,)) -> ExportSettings:
-        """Raises ``InputError`` for a bad precision, calibration, opset, provider,
-        upsample form or runtime (one not installed names its extra)."""
-        precision, calibration = check_precision(precision, calibration)
-        check_opset(opset)
-        form = check_upsample(upsample)
-        chosen = tuple(dict.fromkeys(require_runtime(parse_runtime(r)) for r in runtimes)) \
-            if verify else ()
-        checked = checked_options(options or VerifyOptions(), precision) if verify else None
-        return cls(bool(dynamic), opset, precision, calibration, weights, checked, form,
-                   chosen or (Runtime.ORT,))
+    def of(cls, keywords: dict[str, Any]) -> tuple[ExportRequest, dict[str, Any]]:
+        """Split library keywords into the request (its fields, plus ``seed`` and
+        ``prefix``, which go into ``weights``; ``weights`` may be a file's path) and the
+        rest: the neck's build flags.
+
+        Example:
+            >>> request, flags = ExportRequest.of({"precision": "fp16", "out_channels": 32})
+            >>> request.precision.value, flags
+            ('fp16', {'out_channels': 32})
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in keywords.items() if k in names}
+        flags = {k: v for k, v in keywords.items() if k not in names | {"seed", "prefix"}}
+        weights = fields.get("weights")
+        if not isinstance(weights, WeightsRequest):
+            path = None if weights is None else pathlib.Path(weights)
+            fields["weights"] = WeightsRequest(seed=keywords.get("seed"), path=path,
+                                               prefix=keywords.get("prefix"))
+        return cls(**fields), flags
 
     def to_dict(self) -> dict[str, Any]:
         return {"dynamic": self.dynamic, "opset": self.opset,
                 "precision": self.precision.value, "calibration": self.calibration,
-                "weights": self.weights.to_dict(), "upsample": self.upsample.value,
+                "weights": self.weights.to_dict(),
+                "upsample": self.upsample.value,
                 "runtimes": [r.value for r in self.runtimes],
                 "verification": None if self.options is None else self.options.to_dict()}
 
@@ -205,89 +286,67 @@ class ExportSettings:
 @dataclasses.dataclass(frozen=True)
 class ExportPlan:
     """One export, checked (see the module docstring). Make it with :meth:`build` (or
-    :meth:`for_spec`, with settings checked once for several necks).
+    :meth:`for_spec`, with a request checked once for several necks).
 
     Attributes:
         spec: The resolved neck; its ``input_size`` is the traced size.
         output: The destination (checked writable).
         batch: Batch traced (and fixed, for a static file).
-        settings: Dynamic, opset, precision, calibration, weights, verification options.
+        request: What was asked: format, dynamic, opset, precision, calibration, weights,
+            verification, upsample form, runtimes, reduction.
         served: What the file serves. For a custom neck exported dynamically this is
             provisional until its module has run at an odd size (``probe``).
         probe: Run the (custom) module at an odd size to learn what the file serves.
-        reduction: fp16/int8 beyond the conversion itself: the user's calibration data,
-            the method, stages kept in fp32, per-stage SQNR, an SQNR floor
-            (:class:`~necktool.deploy.precision.reduce.Reduction`, checked against the precision).
     """
 
     spec: NeckSpec
     output: pathlib.Path
     batch: int
-    settings: ExportSettings
+    request: ExportRequest
     served: Served
     probe: bool = False
-    reduction: Reduction | None = None
 
     @classmethod
-    def build(
-        cls,
-        neck: str | NeckSpec,
-        output: str | os.PathLike[str] | None = None,
-        *,
-        batch: int = 1,
-        dynamic: bool = True,
-        opset: int = DEFAULT_OPSET,
-        weights: WeightsRequest = WeightsRequest(),
-        verify: bool = True,
-        options: VerifyOptions | None = None,
-        precision: Precision | str = Precision.FP32,
-        calibration: int | None = None,
-        upsample: Upsample | str = Upsample.SIZE,
-        runtimes: Sequence[Runtime | str] = (Runtime.ORT,),
-        reduction: Reduction | None = None,
-        **overrides: Any,
-    ) -> ExportPlan:
-        """Check everything about an export of ``neck`` (see :func:`necktool.export_onnx`
-        for the arguments).
+    def build(cls, neck: str | NeckSpec, output: str | os.PathLike[str] | None = None,
+              **keywords: Any) -> ExportPlan:
+        """Check everything about an export of ``neck``: ``keywords`` are the request's
+        (:meth:`ExportRequest.of`; see :func:`necktool.export_onnx`) and the neck's build
+        flags.
 
         Raises:
             UnknownNeckError, SpecError: the neck or a build flag is bad, or the export
                 needs more memory than allowed.
             InputError: bad batch, opset, traced size, precision, calibration,
-                tolerances, provider or destination.
+                tolerances, provider, runtime or destination, or options that contradict
+                each other.
         """
-        spec = resolve_spec(neck, **overrides)
-        batch = check_batch(batch)
-        settings = ExportSettings.check(dynamic=dynamic, opset=opset, weights=weights,
-                                        verify=verify, options=options, precision=precision,
-                                        calibration=calibration, upsample=upsample,
-                                        runtimes=runtimes)
-        return cls.for_spec(spec, output, batch, settings, reduction=reduction)
+        request, flags = ExportRequest.of(keywords)
+        return cls.for_spec(resolve_spec(neck, **flags), output, request)
 
     @classmethod
-    def for_spec(cls, spec: NeckSpec, output: str | os.PathLike[str] | None, batch: int,
-                 settings: ExportSettings, *, check_output: bool = True,
-                 reduction: Reduction | None = None) -> ExportPlan:
+    def for_spec(cls, spec: NeckSpec, output: str | os.PathLike[str] | None,
+                 request: ExportRequest, *, batch: int | None = None,
+                 check_output: bool = True) -> ExportPlan:
         """The checks that depend on the neck: the traced size against what the file
         serves, the memory, the tolerances' output names, the destination (default
         ``<neck>.onnx``; ``check_output=False`` leaves it to the caller). ``spec``,
-        ``batch`` and ``settings`` are already checked."""
-        served = tied_by_upsample(planned_served(spec, settings.dynamic), settings.upsample)
+        ``request`` and ``batch`` (a budget entry's own; else the request's) are already
+        checked."""
+        batch = batch or request.batch or 1
+        served = tied_by_upsample(planned_served(spec, request.dynamic), request.upsample)
         check_traced_size(spec, served)
-        if reduction is not None:
-            reduction.check(settings.precision)
         need = export_bytes(spec, spec.input_size, batch)
-        if settings.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
-            need += settings.calibration * forward_bytes(spec, spec.input_size, batch)
+        if request.calibration:  # ONNX Runtime's calibrator keeps every batch's activations
+            need += request.calibration * forward_bytes(spec, spec.input_size, batch)
         require(need, f"exporting {spec.label} at {size_text(spec.input_size)}, batch {batch},")
-        if settings.options is not None:
-            settings.options.check_outputs(spec.output_names)
+        if request.options is not None:
+            request.options.check_outputs(spec.output_names)
         dest = pathlib.Path(output if output is not None
-                            else onnx_file_name(spec.label, settings.precision))
+                            else onnx_file_name(spec.label, request.precision))
         if check_output:
             dest = check_writable(dest, "the ONNX file")
-        return cls(spec, dest, batch, settings, served,
-                   probe=settings.dynamic and spec.info.levels is None, reduction=reduction)
+        return cls(spec, dest, batch, request, served,
+                   probe=request.dynamic and spec.info.levels is None)
 
     def with_served(self, served: Served) -> ExportPlan:
         """The plan once a custom module has shown what its file serves (the traced size
@@ -297,67 +356,31 @@ class ExportPlan:
             InputError: the file would serve multiples of the coarsest stride and the
                 traced size is none.
         """
-        served = tied_by_upsample(served, self.upsample)
+        served = tied_by_upsample(served, self.request.upsample)
         check_traced_size(self.spec, served)
         return dataclasses.replace(self, served=served, probe=False)
 
     @property
-    def dynamic(self) -> bool:
-        return self.settings.dynamic
-
-    @property
-    def opset(self) -> int:
-        return self.settings.opset
-
-    @property
-    def precision(self) -> Precision:
-        return self.settings.precision
-
-    @property
-    def calibration(self) -> int | None:
-        return self.settings.calibration
-
-    @property
-    def weights(self) -> WeightsRequest:
-        return self.settings.weights
-
-    @property
-    def upsample(self) -> Upsample:
-        return self.settings.upsample
-
-    @property
-    def runtimes(self) -> tuple[Runtime, ...]:
-        return self.settings.runtimes
-
-    @property
-    def options(self) -> VerifyOptions | None:
-        return self.settings.options
-
-    @property
-    def verify(self) -> bool:
-        return self.settings.options is not None
-
-    @property
     def cases(self) -> tuple[Case, ...]:
         """Where verification compares the file (none without verification)."""
-        if not self.verify:
+        if not self.request.verify:
             return ()
         return tuple(default_cases(self.spec, self.spec.input_size, self.batch, self.served))
 
     @property
     def steps(self) -> tuple[str, ...]:
         """The steps the run reports through ``on_step``: a progress bar's total."""
-        skip = set() if self.verify else {"verify"}
-        if self.precision is Precision.FP32:
+        skip = set() if self.request.verify else {"verify"}
+        if self.request.precision is Precision.FP32:
             skip.add("convert")
         return tuple(s for s in STEPS if s not in skip)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that decide the file and its verification (not the destination)."""
         return {"spec": self.spec.to_dict(), "name": self.spec.label, "batch": self.batch,
-                **self.settings.to_dict(), "serves": self.served.to_json(),
-                "probe": self.probe,
-                "reduction": None if self.reduction is None else self.reduction.describe()}
+                **self.request.to_dict(), "serves": self.served.to_json(),
+                "probe": self.probe, "reduction": None if self.request.reduction is None
+                else self.request.reduction.describe()}
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of :meth:`to_dict` as canonical JSON: the key of a cached export.
@@ -461,8 +484,8 @@ class VerifyPlan:
         graph = describe(proto)
         if batch is None:
             batch = meta.batch if meta is not None and neck is None else 1
-        served = meta.serves if meta is not None and meta.serves.dynamic == graph.dynamic \
-            else Served.legacy(graph.dynamic)
+        served = meta.served_shapes if meta is not None \
+            and meta.served_shapes.dynamic == graph.dynamic else Served.legacy(graph.dynamic)
         # The metadata's precision; the graph's for a file without it or converted later.
         in_graph = graph_precision(proto)
         precision = meta.precision if meta is not None and in_graph is Precision.FP32 \

@@ -231,9 +231,8 @@ class VerifyOptions:
         self.atol.check_outputs(outputs, "atol")
         self.rtol.check_outputs(outputs, "rtol")
 
-    def resolved(self, precision: Precision | str) -> VerifyOptions:
+    def resolved(self, precision: Precision) -> VerifyOptions:
         """These options with ``precision``'s default tolerances wherever none was given."""
-        precision = Precision(precision)
         atol, rtol = PRECISION_DEFAULTS[precision]
         scaled = self.atol_scaled or (FP32_SCALED and precision is Precision.FP32
                                       and not self.atol.given)

@@ -48,9 +48,9 @@ from necktool.deploy.data import Data, DataRequest, FeatureSet, image_side
 from necktool.deploy.model import make_model
 from necktool.deploy.plan import VerifyPlan, checked_options
 from necktool.deploy.precision.loss import PrecisionReport
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair
 from necktool.deploy.runtimes.runners import (
     ModelSource,
-    NcnnPair,
     OrtRunner,
     Runner,
     RuntimesVerification,
@@ -91,7 +91,7 @@ class VerifyReport:
     data: Data | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
-    def serves(self) -> str:
+    def serves_text(self) -> str:
         """Which inputs the file serves, in one sentence."""
         if self.served is None:
             return ""
@@ -128,7 +128,7 @@ class VerifyReport:
             "opset": self.graph.opset,
             "dynamic": self.graph.dynamic,
             "precision": self.precision.value,
-            "serves": self.serves,
+            "serves": self.serves_text,
             "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
             "outputs": [t.to_dict() for t in self.graph.outputs],
@@ -138,9 +138,9 @@ class VerifyReport:
 
     def blocks(self) -> list[Block]:
         out: list[Block] = [self.verification.table()]
-        if self.serves:
+        if self.serves_text:
             out.append(Note(f"{self.path} ({self.precision.value}, upsample "
-                            f"{self.upsample.value}) serves {self.serves}"))
+                            f"{self.upsample.value}) serves {self.serves_text}"))
         if self.precision is Precision.INT8 and not self.verification.measured_on:
             out.append(Note("this int8 file was verified on synthetic normal inputs; "
                             "backbone features are non-negative, skewed and heavy-tailed, so "

@@ -11,7 +11,8 @@ from necktool.errors import CustomNeckError
 from necktool.report import size_text
 from necktool.spec.neck_spec import NeckSpec
 from necktool.spec.registry import resolve_spec
-from necktool.spec.resources import FLOAT32, forward_bytes, param_bound, require
+from necktool.spec.resources import forward_bytes, param_bound, require
+from necktool.units import FP32_BYTES
 
 
 def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.Module:
@@ -30,7 +31,7 @@ def build_neck(neck: str | NeckSpec, *, seed: int = 0, **overrides: Any) -> nn.M
     """
     spec = neck if isinstance(neck, NeckSpec) and not overrides \
         else resolve_spec(neck, **overrides)  # a spec is already valid
-    require(FLOAT32 * param_bound(spec), f"building {spec.label}")
+    require(FP32_BYTES * param_bound(spec), f"building {spec.label}")
     builder = spec.info.load_builder()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from necktool.errors import InputError, SpecError
+from necktool.units import FP32_BYTES
 
 if TYPE_CHECKING:
     from necktool.spec.neck_spec import NeckSpec
 
 ENV = "NECKTOOL_MAX_MEMORY"
-FLOAT32 = 4
+
 ACTIVATIONS_PER_LEVEL = 12  # tensors the forward makes per output level (PAFPN: ~11)
 EXPORTER_BYTES = 1 << 30  # torch.export and the ONNX optimizer's own working set
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
@@ -39,7 +40,7 @@ def human(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
-def parse_size(text: str, what: str = ENV) -> int | None:
+def parse_memory_size(text: str, what: str = ENV) -> int | None:
     """``64G``, ``512M``, ``1.5T``, ``100000000`` -> bytes; ``none`` -> ``None`` (no limit)."""
     raw = text.strip()
     if raw.lower() in ("none", "unlimited", "0"):
@@ -81,7 +82,7 @@ def set_limit(text: str | None) -> None:
     ``$NECKTOOL_MAX_MEMORY``."""
     global _override
     if text is not None:
-        parse_size(text, "--max-memory")
+        parse_memory_size(text, "--max-memory")
     _override = text
 
 
@@ -89,7 +90,8 @@ def limit() -> tuple[int | None, str]:
     """The limit in bytes (``None``: none) and where it comes from, for messages."""
     configured = _override if _override is not None else os.environ.get(ENV)
     if configured is not None:
-        return parse_size(configured), f"the limit {configured.strip()} ({ENV} or --max-memory)"
+        return parse_memory_size(configured), \
+            f"the limit {configured.strip()} ({ENV} or --max-memory)"
     free = available()
     return free, "this machine has " + (human(free) if free is not None else "?") + " available"
 
@@ -107,13 +109,13 @@ def forward_bytes(spec: NeckSpec, input_size: Sequence[int], batch: int) -> int:
     inputs = sum(batch * c * h * w for c, (h, w) in
                  zip(spec.in_channels, spec.input_sizes(size), strict=True))
     outputs = sum(batch * spec.out_channels * h * w for h, w in spec.level_sizes(size))
-    return FLOAT32 * (param_bound(spec) + inputs + ACTIVATIONS_PER_LEVEL * outputs)
+    return FP32_BYTES * (param_bound(spec) + inputs + ACTIVATIONS_PER_LEVEL * outputs)
 
 
 def export_bytes(spec: NeckSpec, input_size: Sequence[int], batch: int) -> int:
     """An export: the forward, the exporter's working set and a few copies of the weights."""
     return forward_bytes(spec, input_size, batch) + EXPORTER_BYTES \
-        + 4 * FLOAT32 * param_bound(spec)
+        + 4 * FP32_BYTES * param_bound(spec)
 
 
 def require(nbytes: int, what: str) -> None:

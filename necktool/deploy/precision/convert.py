@@ -39,7 +39,6 @@ from necktool.spec.precision import (
     DEFAULT_CALIBRATION,
     CalibrationMethod,
     Precision,
-    check_precision,
 )
 
 if TYPE_CHECKING:
@@ -66,21 +65,21 @@ Feeds = dict[str, Any]  # input name -> float32 array: one calibration batch
 PER_CHANNEL = True
 
 
-def convert(proto: onnx.ModelProto, precision: Precision | str, *, spec: NeckSpec,
+def convert(proto: onnx.ModelProto, precision: Precision, *, spec: NeckSpec,
             shapes: Sequence[Shape], calibration: int = DEFAULT_CALIBRATION,
             feeds: Sequence[Feeds] | None = None,
-            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            method: CalibrationMethod = CalibrationMethod.MINMAX,
             per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
             ) -> onnx.ModelProto:
     """``proto`` (fp32, left unchanged) at ``precision``; fp32 returns it as it is.
     ``shapes`` and ``calibration``: the int8 calibration batches (see :func:`to_int8`);
     ``feeds``: real calibration inputs instead; ``keep_fp32``: node names left in fp32.
 
+    ``precision``, ``calibration`` and ``method`` come from a checked plan.
+
     Raises:
-        InputError: ``calibration`` is not 1 to ``MAX_CALIBRATION`` batches (int8).
         ExportError: the converter failed or made a graph that does not load.
     """
-    precision = Precision(precision)
     if precision is Precision.FP32:
         return proto
     if precision is Precision.FP16:
@@ -127,7 +126,7 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
             calibration: int = DEFAULT_CALIBRATION, *, feeds: Sequence[Feeds] | None = None,
-            method: CalibrationMethod | str = CalibrationMethod.MINMAX,
+            method: CalibrationMethod = CalibrationMethod.MINMAX,
             per_channel: bool = PER_CHANNEL, keep_fp32: Sequence[str] = ()
             ) -> onnx.ModelProto:
     """ONNX Runtime static QDQ quantization, calibrated on ``feeds`` (real inputs) or on
@@ -142,11 +141,9 @@ def to_int8(proto: onnx.ModelProto, spec: NeckSpec, shapes: Sequence[Shape],
     """
     import onnx
 
-    method = CalibrationMethod(method)
     if method is CalibrationMethod.AUTO:
         raise ExportError("calibration method 'auto' is chosen by necktool.deploy.precision.loss; "
                           "to_int8 takes minmax, percentile or entropy")
-    calibration = check_precision(Precision.INT8, calibration)[1] or DEFAULT_CALIBRATION
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     unshare_initializers(copy)

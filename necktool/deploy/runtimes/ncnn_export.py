@@ -20,20 +20,17 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from necktool.analysis.plan import check_batch
 from necktool.artifact.serving import Served
 from necktool.deploy.comparison import VerificationResult
-from necktool.deploy.plan import ExportPlan, ExportSettings, StepClock
-from necktool.deploy.runtimes.runners import NcnnPair
-from necktool.deploy.tolerance import VerifyOptions
-from necktool.errors import InputError
+from necktool.deploy.plan import ExportPlan, ExportRequest, ExportTo, StepClock
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair
 from necktool.files import check_writable, write_file
 from necktool.report import Block, size_text, table
 from necktool.spec.neck_spec import NeckSpec, neck_header
-from necktool.spec.precision import Precision, check_precision
+from necktool.spec.precision import Precision
 from necktool.spec.registry import resolve_spec
-from necktool.spec.runtimes import Runtime, require_runtime
-from necktool.spec.weights import WeightSource, WeightsRequest
+from necktool.spec.runtimes import Runtime
+from necktool.spec.weights import WeightSource
 
 NCNN_STEPS = ("build", "convert", "verify", "write")
 
@@ -69,7 +66,7 @@ class Blob:
         return f"{self.blob} ({self.name}, {'x'.join(map(str, self.shape))} at export size)"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class NcnnExportResult:
     """An ncnn export: the pair, its blobs, the verification in ncnn."""
 
@@ -173,65 +170,46 @@ class NcnnPlan:
 
     @property
     def steps(self) -> tuple[str, ...]:
-        return ncnn_steps(self.export.verify)
+        return ncnn_steps(self.export.request.verify)
 
 
-def plan_ncnn(
-    neck: str | NeckSpec,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    batch: int = 1,
-    weights: WeightsRequest = WeightsRequest(),
-    verify: bool = True,
-    options: VerifyOptions | None = None,
-    precision: Precision | str = Precision.FP32,
-    **overrides: Any,
-) -> NcnnPlan:
-    """Every check of an ncnn export, before any work (see :func:`export_ncnn`).
+def plan_ncnn(neck: str | NeckSpec, output: str | os.PathLike[str] | None = None,
+              **keywords: Any) -> NcnnPlan:
+    """Every check of an ncnn export, before any work (see :func:`export_ncnn`): the
+    keywords become one :class:`~necktool.deploy.plan.ExportRequest` with ``to=ncnn``, which
+    refuses what only an ONNX file has (a static size, an opset, int8, ...).
 
     Raises:
         InputError: ncnn/pnnx not installed, bad destination, precision, batch or size.
     """
-    require_runtime(Runtime.NCNN)
-    chosen, _ = check_precision(precision, None)
-    if chosen not in (Precision.FP32, Precision.FP16):
-        raise InputError(f"--precision {chosen.value} is not available for ncnn; valid: fp32 "
-                         "(default), fp16 (fp16 weights)")
-    settings = ExportSettings.check(weights=weights, verify=verify, options=options,
-                                    precision=chosen, runtimes=(Runtime.NCNN,))
-    spec = resolve_spec(neck, **overrides)
-    plan = ExportPlan.for_spec(spec, None, check_batch(batch), settings, check_output=False)
+    request, flags = ExportRequest.of({**keywords, "to": ExportTo.NCNN})
+    return plan_for_spec(resolve_spec(neck, **flags), output, request)
+
+
+def plan_for_spec(spec: NeckSpec, output: str | os.PathLike[str] | None,
+                  request: ExportRequest) -> NcnnPlan:
+    """The checks of an ncnn export that depend on the neck (``request``, made with
+    ``to=ncnn``, is checked): the sizes, the memory, the pair's destinations."""
+    plan = ExportPlan.for_spec(spec, None, request, check_output=False)
     param_dest, bin_dest = ncnn_paths(output, spec.label)
     return NcnnPlan(plan, check_writable(param_dest, "the ncnn .param file"),
                     check_writable(bin_dest, "the ncnn .bin file"))
 
 
-def export_ncnn(
-    neck: str | NeckSpec,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    batch: int = 1,
-    seed: int | None = None,
-    weights: str | os.PathLike[str] | WeightsRequest | None = None,
-    prefix: str | None = None,
-    verify: bool = True,
-    options: VerifyOptions | None = None,
-    precision: Precision | str = Precision.FP32,
-    on_step: Callable[[str], None] | None = None,
-    **overrides: Any,
-) -> NcnnExportResult:
+def export_ncnn(neck: str | NeckSpec, output: str | os.PathLike[str] | None = None, *,
+                on_step: Callable[[str], None] | None = None, **keywords: Any
+                ) -> NcnnExportResult:
     """Convert a neck to an ncnn ``.param``/``.bin`` pair, verify it in ncnn, then write it.
 
     Args:
         neck: A preset name, an import path or a :class:`NeckSpec`.
         output: ``X.param`` (or ``X.bin``, or ``X``): the pair ``X.param`` + ``X.bin``;
             default ``<neck>.ncnn.param`` + ``.bin`` (see :func:`ncnn_paths`).
-        batch: Batch of the export-size verification case (the pair has no batch).
-        verify: Compare ncnn with PyTorch at the export's cases before writing.
-        options: Tolerances and trials (``precision``'s defaults where none given).
-        precision: ``fp32`` (default) or ``fp16`` weights.
         on_step: Called with each step's name (:func:`ncnn_steps`).
-        seed, weights, prefix, **overrides: As for :func:`necktool.export_onnx`.
+        **keywords: The export request's fields and the neck's build flags, as for
+            :func:`necktool.export_onnx`: ``batch`` (of the export-size verification case;
+            the pair has none), ``verify``, ``options``, ``precision`` (``fp32`` or
+            ``fp16`` weights), ``seed``, ``weights``, ``prefix``.
 
     Returns:
         The result; falsy, with nothing written, when ncnn disagrees with PyTorch.
@@ -240,11 +218,7 @@ def export_ncnn(
         InputError: ncnn/pnnx not installed, bad destination, precision or size.
         ExportError: pnnx failed (nothing written).
     """
-    request = weights if isinstance(weights, WeightsRequest) else WeightsRequest(
-        seed=seed, path=None if weights is None else pathlib.Path(weights), prefix=prefix)
-    plan = plan_ncnn(neck, output, batch=batch, weights=request, verify=verify,
-                     options=options, precision=precision, **overrides)
-    return run_ncnn(plan, on_step=on_step)
+    return run_ncnn(plan_ncnn(neck, output, **keywords), on_step=on_step)
 
 
 def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
@@ -263,24 +237,25 @@ def run_ncnn(plan: NcnnPlan, *, on_step: Callable[[str], None] | None = None
 
     export, param_dest, bin_dest = plan.export, plan.param_path, plan.bin_path
     spec = export.spec
-    model, source = make_model(spec, export.weights)
+    model, source = make_model(spec, export.request.weights)
     if export.probe:  # a custom neck: can it run at every size?
         export = export.with_served(served_by(spec, model))
     done("build")
-    pair = neck_to_ncnn(model, spec, fp16=export.precision is Precision.FP16)
+    pair = neck_to_ncnn(model, spec, fp16=export.request.precision is Precision.FP16)
     done("convert")
     ins, outs = _blobs(pair, spec)
     result = NcnnExportResult(
-        spec, param_dest, bin_dest, export.batch, export.precision, ins, outs, export.served,
-        source,
-        f"pnnx {getattr(pnnx, '__version__', '?')} from the PyTorch module (pnnx.export, "
-        f"traced at {size_text(spec.input_size)} and a second size)", None, False, seconds,
-        len(pair.param), len(pair.weights))
-    if export.options is not None:
+        spec=spec, param_path=param_dest, bin_path=bin_dest, batch=export.batch,
+        precision=export.request.precision, inputs=ins, outputs=outs, served=export.served,
+        weights=source, converter=f"pnnx {getattr(pnnx, '__version__', '?')} from the PyTorch "
+        f"module (pnnx.export, traced at {size_text(spec.input_size)} and a second size)",
+        verification=None, written=False, seconds=seconds, param_bytes=len(pair.param),
+        bin_bytes=len(pair.weights))
+    if export.request.options is not None:
         verification = run_comparison(
             str(param_dest), model, spec, runtime=Runtime.NCNN, ncnn_pair=pair,
-            cases=export.cases, options=export.options, weights=source.describe(),
-            dynamic=True, precision=export.precision, path=str(param_dest))
+            cases=export.cases, options=export.request.options, weights=source.describe(),
+            dynamic=True, precision=export.request.precision, path=str(param_dest))
         result = dataclasses.replace(result, verification=verification)
         done("verify")
         if not verification.passed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from necktool.deploy.runtimes.runners import NcnnPair, pnnx_convert
+from necktool.deploy.runtimes.ncnn_pair import NcnnPair, pnnx_convert
 from necktool.necks.build import make_inputs
 from necktool.spec.neck_spec import NeckSpec
 

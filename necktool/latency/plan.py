@@ -7,13 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from necktool.analysis.plan import check_batch, content_hash
-from necktool.bench.timing import (
-    ALL_RUNTIMES,
-    DEFAULT_REPEAT,
-    DEFAULT_WARMUP,
-    MAX_RUNS,
-)
 from necktool.errors import InputError
+from necktool.latency.timing import ALL_RUNTIMES, DEFAULT_REPEAT, DEFAULT_WARMUP, MAX_RUNS
 from necktool.report import size_text
 from necktool.spec.fields import is_int
 from necktool.spec.neck_spec import NeckSpec
@@ -55,7 +50,7 @@ def check_bench_data(data: Data, spec: NeckSpec, batch: int,
 
 @dataclasses.dataclass(frozen=True)
 class BenchPlan:
-    """A latency measurement (see :func:`necktool.bench`), checked.
+    """A latency measurement (see :func:`necktool.latency`), checked.
 
     Attributes:
         spec: The resolved neck (its ``input_size`` is the timed size).
@@ -94,7 +89,7 @@ class BenchPlan:
               calibration: int | None = None, stages: bool = False,
               weights: WeightsRequest = WeightsRequest(), data: Data | None = None,
               **overrides: Any) -> BenchPlan:
-        """Every check of :func:`necktool.bench`'s arguments, in its order.
+        """Every check of :func:`necktool.latency`'s arguments, in its order.
 
         Raises:
             InputError: a count, the thread number, a precision or the runtime list is

@@ -43,15 +43,6 @@ from torch import nn
 
 from necktool import quiet
 from necktool.analysis.profiling import analyze
-from necktool.bench.plan import BenchPlan
-from necktool.bench.stages import RuntimeStages, StageRun, stage_times
-from necktool.bench.timing import (
-    ALL_RUNTIMES,
-    DEFAULT_REPEAT,
-    DEFAULT_WARMUP,
-    RuntimeTiming,
-    percentile,
-)
 from necktool.deploy.comparison import sqnr_db
 from necktool.deploy.data import Data
 from necktool.deploy.export import export_model
@@ -59,6 +50,15 @@ from necktool.deploy.model import make_model
 from necktool.deploy.precision.convert import convert
 from necktool.deploy.runtimes.runners import Runner, open_runner
 from necktool.errors import ExportError
+from necktool.latency.plan import BenchPlan
+from necktool.latency.stages import RuntimeStages, StageRun, stage_times
+from necktool.latency.timing import (
+    ALL_RUNTIMES,
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    RuntimeTiming,
+    percentile,
+)
 from necktool.necks.build import build_neck, input_tensors
 from necktool.report import Block, Column, num, size_text, table
 from necktool.spec.graph_form import DEFAULT_OPSET
@@ -309,7 +309,7 @@ def bench(
         on_run: Called with the runtime's name after each timed run (for a progress bar
             of the plan's :attr:`~necktool.analysis.plan.BenchPlan.steps`).
         stages: Also profile ``repeat`` more runs per runtime (fp32) and report the median
-            time of every stage x level (:mod:`necktool.bench.stages`).
+            time of every stage x level (:mod:`necktool.latency.stages`).
         data: int8: calibrate on these feature sets' calibration part instead; the files
             are static, so every set must have this size's levels.
         **overrides: Spec fields to change; ``None`` values are ignored.
