@@ -14,7 +14,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # a library's colours (the exporter, torc
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes, documented in the README."""
+    """Process exit codes, documented in docs/reference/exit-codes.md."""
 
     OK = 0
     CHECK_FAILED = 1  # a verification, a budget or a cross-check did not pass

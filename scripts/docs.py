@@ -3,7 +3,7 @@
     python scripts/docs.py --check     # CI: exit 1 when a page is out of date or an example fails
     python scripts/docs.py --write     # regenerate the sample outputs in place
 
-What is run, per page (README.md, docs/*.md), in a scratch directory of its own, in page
+What is run, per page (README.md, docs/**/*.md), in a scratch directory of its own, in page
 order (so a page can build a file in one example and use it in the next):
 
 * ``<!-- docs: CMD -->`` followed by a fenced block: CMD runs under bash and the block is
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 WIDTH = 88
 TIMEOUT = 600
 

@@ -1,5 +1,5 @@
 """Measure the verification errors of every preset at every precision (the figures behind
-the default tolerances that README.md and docs/export.md quote).
+the default tolerances that docs/explanation/verification.md quotes).
 
     python scripts/precision_table.py                 # every preset, fp32/fp16/int8
     python scripts/precision_table.py scrfd_2.5g mmdet_fpn --precision int8

@@ -176,10 +176,10 @@ def test_no_module_over_600_lines() -> None:
     assert max(sizes.values()) <= 600, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
 
 
-def test_every_error_type_the_readme_names_is_importable() -> None:
-    readme = (PACKAGE.parent / "README.md").read_text()
+def test_every_error_type_the_docs_name_is_importable() -> None:
+    page = (PACKAGE.parent / "docs" / "reference" / "exit-codes.md").read_text()
     names = {n for n in dir(necktool.errors) if n.endswith(("Error", "Failed"))}
-    named = {n for n in names if f"`{n}`" in readme}
+    named = {n for n in names if f"`{n}`" in page}
     assert {"WeightsError", "CustomNeckError", "VerificationFailed", "ExportError"} <= named
     for name in named:
         assert issubclass(getattr(necktool, name), necktool.NecktoolError), name

@@ -68,7 +68,7 @@ def test_the_example_configs_validate() -> None:
     VALIDATOR.validate(example)
     # Every TOML block of the README and docs that the loader accepts passes the schema.
     checked = 0
-    for doc in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+    for doc in (REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))):
         for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S):
             try:
                 data = tomllib.loads(block)

@@ -95,3 +95,49 @@ def test_a_continued_bash_line_is_one_command(docs) -> None:  # type: ignore[no-
     (example,) = docs.examples("page.md", lines)
     assert example.command.split() == ["necktool", "sweep", "scrfd_2.5g", "--sizes", "320"]
     assert example.exit_code == 2 and example.line == 2
+
+
+def test_the_readme_is_a_front_door() -> None:
+    """The README says what necktool is and links on; the manual lives in docs/."""
+    assert len((ROOT / "README.md").read_bytes()) <= 10 * 1024
+
+
+@pytest.fixture(scope="module")
+def hooks():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("necktool_docs_hooks",
+                                                  ROOT / "scripts" / "docs_hooks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cli_reference_is_generated_from_every_command_and_option(hooks) -> None:  # type: ignore[no-untyped-def]
+    """The page the build writes names every command and every one of its options, from
+    the very app ``necktool`` runs; literal brackets survive as text."""
+    from necktool.cli import COMMANDS, load_command
+
+    page = hooks.cli_reference()
+    for name in COMMANDS:
+        assert f"## `necktool {name}`" in page, name
+        for param in load_command(name).params:
+            for opt in param.opts if param.param_type_name == "option" else ():
+                assert opt in page, (name, opt)
+    assert "necktool[ncnn]" in page and "rtol\\*|torch|" in page
+
+
+def test_the_config_reference_is_generated_from_the_schema(hooks) -> None:  # type: ignore[no-untyped-def]
+    from necktool.budgets.schema import config_schema
+
+    schema = config_schema()
+    page = hooks.config_reference()
+    keys = {*schema["properties"], *schema["definitions"]["entry"]["properties"],
+            *schema["definitions"]["level"]["properties"]}
+    for key in keys:
+        assert f"| {key} |" in page, key
+    assert "levels.&lt;P3...>" in page and "<P3" not in page
+
+
+def test_each_generated_page_has_its_marker(hooks) -> None:  # type: ignore[no-untyped-def]
+    for page in hooks.GENERATED:
+        assert hooks.MARKER in (ROOT / "docs" / page).read_text(), page

@@ -86,7 +86,7 @@ class LevelProfile:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryProfile:
-    """fp32 bytes of one forward (see the README's memory section).
+    """fp32 bytes of one forward (docs/how-to/profile.md, "Memory").
 
     Attributes:
         param_bytes: 4 x parameters.

@@ -1,6 +1,6 @@
 """The ``necktool`` command line: a thin Typer layer over the library.
 
-This is the one place that turns outcomes into exit codes (see the README):
+This is the one place that turns outcomes into exit codes (docs/reference/exit-codes.md):
 0 success; 1 a result that failed (verification, budgets) or a check that could not
 pass; 2 bad usage or input; 70 a bug in necktool; 130 interrupted.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -139,6 +140,39 @@ class _Command(TyperCommand):
                 for p in super().collect_usage_pieces(ctx)]
 
 
+def readable_help(text: str | None) -> str | None:
+    """Help text as the terminal should get it: each paragraph one line, for rich to wrap
+    at the terminal's width, and rich's markup escaped, so that ``necktool[ncnn]`` and
+    ``[tool.necktool]`` print as written.
+
+    Docstrings and help strings are wrapped in the source at its width; passed on as they
+    are, rich would wrap them again and leave one-word lines (Typer keeps single line
+    breaks after the first paragraph). A paragraph Click marks ``\\b`` keeps its breaks.
+
+    Example:
+        >>> readable_help("Needs pip install\\n'necktool[ncnn]'.\\n\\nSecond paragraph.")
+        "Needs pip install 'necktool\\\\[ncnn]'.\\n\\nSecond paragraph."
+    """
+    if text is None:
+        return None
+    from rich.markup import escape
+
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(escape(p if p.startswith("\b") else " ".join(p.split()))
+                       for p in paragraphs)
+
+
+def _readable(command: Any) -> Any:
+    """``command`` with its own help and every parameter's through :func:`readable_help`:
+    the one place help text is made ready for the terminal."""
+    command.help = readable_help(command.help)
+    command.short_help = readable_help(command.short_help)
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = readable_help(param.help)
+    return command
+
+
 def load_command(name: str) -> Any:
     """The Typer-built command ``name``, its option groups expanded."""
     from necktool.cli.params import expand
@@ -149,7 +183,7 @@ def load_command(name: str) -> Any:
         expand(getattr(importlib.import_module(module), attr)))
     command = typer.main.get_command(single)
     command.name = name
-    return command
+    return _readable(command)
 
 
 def _silence_stdout() -> None:
@@ -179,6 +213,7 @@ class _Group(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _readable(self)
         self._loaded: dict[str, Any] = {}
         self._listing = False
 
@@ -198,13 +233,11 @@ class _Group(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         if self._listing and cmd_name not in self._loaded:
-            from rich.markup import escape  # "[tool.necktool]" is text, not a style tag
-
-            line = escape(COMMANDS[cmd_name][1])
+            line = readable_help(COMMANDS[cmd_name][1])
             return TyperCommand(cmd_name, help=line, short_help=line)
         if cmd_name not in self._loaded:
             command = load_command(cmd_name)
-            command.short_help = COMMANDS[cmd_name][1]
+            command.short_help = readable_help(COMMANDS[cmd_name][1])
             self._loaded[cmd_name] = command
         return self._loaded[cmd_name]
 

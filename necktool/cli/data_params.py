@@ -59,8 +59,9 @@ class DataGroup(OptionGroup):
             _option(f"{prefix}backbone", Annotated[Any, typer.Option(
                 "--backbone", metavar="FILE.onnx", rich_help_panel=DATA_PANEL,
                 show_default=False, parser=PATH,
-                help="A backbone ONNX whose outputs are the neck's input levels; run in "
-                "ONNX Runtime on --images.")]),
+                help="A backbone ONNX whose outputs are the neck's input levels, or a whole "
+                "detector ONNX, cut at the inputs of the neck found in its graph; run in ONNX "
+                "Runtime on --images.")]),
             _option(f"{prefix}mean", Annotated[Any, typer.Option(
                 "--mean", metavar="R,G,B", rich_help_panel=DATA_PANEL, show_default=False,
                 parser=typer_parser(parse_triple),

@@ -50,8 +50,9 @@ MAX_TOLERANCE = 1e6
 
 #: Default ``(atol, rtol)`` per precision, against the fp32 PyTorch module. Measured on
 #: every preset at its default size and verification's two odd sizes (seeded weights with
-#: randomised norms, 3 trials per case; ``python scripts/precision_table.py``; README's
-#: "Precision" table): the largest max abs error was 3.0e-5 (fp32), 6.1e-3 (fp16) and 2.6
+#: randomised norms, 3 trials per case; ``python scripts/precision_table.py``;
+#: docs/explanation/verification.md): the largest max abs error was 3.0e-5 (fp32), 6.1e-3
+#: (fp16) and 2.6
 #: (int8, insightface_scrfd_500m, whose norm-free outputs have an RMS of 3.1 against 0.8
 #: for the seed tiers), the largest smallest-passing atol at these rtols 1.0e-5, 4.5e-3
 #: and 1.17. The defaults leave a margin of about 1.7x (int8) to 10x (fp32) over that,

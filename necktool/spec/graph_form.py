@@ -12,7 +12,7 @@ class Upsample(enum.StrEnum):
     """How an export writes the necks' nearest upsampling (``--upsample``).
 
     Both give the same numbers wherever level ``k`` is ``ceil(H / s_k)``; they differ in
-    what a converter sees (README, "Upsampling that converters keep").
+    what a converter sees (docs/how-to/export.md, "Upsampling that converters keep").
     """
 
     SIZE = "size"  # Resize to the finer level's size, computed from its Shape (PyTorch's form)

@@ -60,8 +60,8 @@ REDUCE_RANGE = True
 Shape = tuple[tuple[int, int], int]  # ((H, W), batch) of calibration inputs
 Feeds = dict[str, Any]  # input name -> float32 array: one calibration batch
 
-#: int8 weights per output channel. Measured (scripts/calibration_table.py): see README's
-#: "Real data through reduced precision".
+#: int8 weights per output channel. Measured (scripts/calibration_table.py): see
+#: docs/how-to/real-data.md, "Measured".
 PER_CHANNEL = True
 
 
