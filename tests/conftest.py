@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -18,12 +20,18 @@ def _no_terminal_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LINES", raising=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """XDG_CACHE_HOME, for the whole session, in a folder of its own, never the user's
+    ~/.cache: the check cache's MAC key lives there, so entries one test writes stay
+    trusted in the next (tests that drop NECKTOOL_CACHE_DIR fall back to it)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
                ) -> None:
-    """Every test gets an empty user cache of its own (export templates, counts), never
-    the user's ~/.cache: NECKTOOL_CACHE_DIR, and XDG_CACHE_HOME behind it for a test that
-    unsets the first. Child processes inherit both. A test that wants a cache shared
-    between its exports sets NECKTOOL_CACHE_DIR itself."""
+    """Every test gets an empty necktool cache of its own (export templates, counts, a
+    key): NECKTOOL_CACHE_DIR, which child processes inherit. A test that wants a cache
+    shared between its exports sets NECKTOOL_CACHE_DIR itself."""
     monkeypatch.setenv("NECKTOOL_CACHE_DIR", str(tmp_path_factory.mktemp("necktool_cache")))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))

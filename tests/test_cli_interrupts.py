@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from necktool.cli import app
 
-NECK = ["scrfd_0.5g", "--input-size", "64", "--trials", "1"]
+# --no-cache: the export template cache writes its own file first; these tests watch the
+# destination's write alone.
+NECK = ["scrfd_0.5g", "--input-size", "64", "--trials", "1", "--no-cache"]
 INTERRUPTED = "necktool: interrupted\n"
 
 

@@ -128,7 +128,7 @@ def test_a_file_with_more_outputs_and_no_neck_is_refused(spec, backbone) -> None
 
     model = onnx.load(str(backbone))
     model.graph.output.append(onnx.helper.make_tensor_value_info("score", 1, None))
-    with pytest.raises(InputError, match="no neck found"):
+    with pytest.raises(InputError, match="holds no neck and has 4 output"):
         D.neck_input_names(model, spec)
 
 

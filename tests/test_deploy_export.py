@@ -474,7 +474,9 @@ def test_no_permission_fails_before_work(tmp_path: pathlib.Path,
 
     # chmod does not bind root (the usual CI user), so deny the write probe itself.
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    monkeypatch.setattr(necktool.deploy.export, "analyze", no_work)
+    import necktool.analysis.profiling
+
+    monkeypatch.setattr(necktool.analysis.profiling, "analyze", no_work)
     code, stdout, stderr = invoke("export", "fpn", "-o", str(locked / "a.onnx"))
     assert code == 2 and stdout == ""
     assert "a.onnx: cannot write the ONNX file: permission denied" in stderr

@@ -79,9 +79,14 @@ def test_mmdetection_checkpoint_through_export_and_verify(tmp_path: pathlib.Path
         want = trained(feats)
     for got, ref in zip(run_onnx(out, spec, feats), want, strict=True):
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=1e-4)
-    # verify rebuilds it from the recorded file and hash
+    # verify never opens the weights file the metadata names on its own: it asks for it,
+    # then rebuilds the neck from it (the recorded hash must match)
     code, stdout, stderr = invoke("verify", str(out), "--trials", "1")
-    assert code == 0, stderr and "PASS" in stdout
+    assert code == 2 and "--weights" in stderr and stdout == ""
+    code, stdout, stderr = invoke("verify", str(out), "--trials", "1", "--weights", str(ckpt),
+                                  "--prefix", "neck.")
+    assert code == 0, stderr
+    assert "PASS" in stdout
     # Without --prefix: the hint names neck. (the keys there fit)
     code, _, stderr = invoke("export", "insightface_scrfd_2.5g", "--weights", str(ckpt),
                              "-o", str(tmp_path / "x.onnx"))

@@ -178,7 +178,7 @@ def check_neck_file(session: Any, neck_file: str, found: DetectorNeck, where: st
     spec = found.spec
     ins, outs = _dims(session.get_inputs()), _dims(session.get_outputs())
     want_in = list(spec.in_channels)
-    want_out = [spec.out_channels] * len(found.outputs)
+    want_out = list(spec.level_channels)
     fits = len(ins) == len(want_in) and len(outs) == len(want_out) and all(
         c is None or c == w for c, w in zip([*ins, *outs], [*want_in, *want_out], strict=True))
     if not fits:

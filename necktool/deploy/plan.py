@@ -423,7 +423,7 @@ def check_graph_fits(file: pathlib.Path, graph: GraphInfo, spec: NeckSpec,
     ins, outs = _channels(graph.inputs), _channels(graph.outputs)
     if spec.factory is not None:  # a custom neck's outputs are its own business
         return
-    want_in, want_out = list(spec.in_channels), [spec.out_channels] * spec.num_levels
+    want_in, want_out = list(spec.in_channels), list(spec.level_channels)
     if len(ins) == len(want_in) and len(outs) == len(want_out) and all(
             c is None or c == w for c, w in zip([*ins, *outs], [*want_in, *want_out],
                                                 strict=True)):
