@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import random
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,6 +81,19 @@ class Outcome:
         return "Traceback" in self.stderr or "Traceback" in self.stdout
 
 
+
+def mark_zip_member(path: pathlib.Path, *, flags: int = 0, method: int | None = None) -> None:
+    """Rewrite a one-member zip's local and central headers in place: ``flags`` (bit 0:
+    encrypted) and the compression ``method``, which zipfile then cannot read."""
+    data = bytearray(path.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.index(signature)
+        if flags:
+            struct.pack_into("<H", data, at + flag_at, flags)
+        if method is not None:
+            struct.pack_into("<H", data, at + method_at, method)
+    path.write_bytes(bytes(data))
+
 def verdict(outcome: Outcome) -> str | None:
     """``None`` when the invocation behaved; else what was wrong with it."""
     if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
@@ -124,7 +138,6 @@ class Files:
         compression zipfile cannot read, a pickled object, a header claiming more than the
         file holds, other channels, other sizes, 1x1 levels, an integer array, NaN."""
         import io
-        import struct
         import zipfile
 
         import numpy as np
@@ -150,14 +163,7 @@ class Files:
                     buffer = io.BytesIO()
                     np.save(buffer, array)
                     archive.writestr(f"{key}.npy", buffer.getvalue())
-            data = bytearray(path.read_bytes())
-            for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
-                at = data.index(signature)
-                if flags:
-                    struct.pack_into("<H", data, at + flag_at, flags)
-                if method is not None:
-                    struct.pack_into("<H", data, at + method_at, method)
-            path.write_bytes(bytes(data))
+            mark_zip_member(path, flags=flags, method=method)
             return str(path)
 
         nan = levels()

@@ -5,7 +5,6 @@ issue, each of which was an internal error (exit 70) or noise on stderr."""
 from __future__ import annotations
 
 import pathlib
-import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 import torch
 from _cli import run
 from detectors import SIZE, Detector, export_torchscript, save, spec_of
+from fuzzing import mark_zip_member
 
 from necktool.deploy.data import default_preprocess, features_from_images, load_npz, read_image
 from necktool.deploy.export import export_onnx
@@ -107,14 +107,7 @@ def _odd_member(path: pathlib.Path, *, flags: int = 0, method: int | None = None
         buffer = __import__("io").BytesIO()
         np.save(buffer, np.ones((1, 72, 8, 8), np.float32))
         archive.writestr("c3.npy", buffer.getvalue())
-    data = bytearray(path.read_bytes())
-    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
-        at = data.index(signature)
-        if flags:
-            struct.pack_into("<H", data, at + flag_at, flags)
-        if method is not None:
-            struct.pack_into("<H", data, at + method_at, method)
-    path.write_bytes(bytes(data))
+    mark_zip_member(path, flags=flags, method=method)
     return path
 
 
