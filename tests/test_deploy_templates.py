@@ -403,6 +403,11 @@ def test_a_read_only_cache_as_another_user_exports_cold_without_a_word(
     python = _interpreter_for_anyone()
     if python is None:
         pytest.skip("no Python interpreter other users can run")
+    site = sysconfig.get_paths()["purelib"]
+    repo = pathlib.Path(templates.__file__).resolve().parents[2]
+    for needed in (pathlib.Path(site), repo):
+        if not all(d.stat().st_mode & 0o005 == 0o005 for d in (needed, *needed.parents)):
+            pytest.skip(f"{needed} is closed to other users")
     nobody = pwd.getpwnam("nobody")
     base = pathlib.Path(tempfile.mkdtemp())  # pytest's own tmp_path is root's alone (0700)
     request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
@@ -417,10 +422,9 @@ def test_a_read_only_cache_as_another_user_exports_cold_without_a_word(
         os.setgid(nobody.pw_gid)
         os.setuid(nobody.pw_uid)
 
-    repo = pathlib.Path(templates.__file__).resolve().parents[2]
     env = {**os.environ, "NECKTOOL_CACHE_DIR": str(cache), "HOME": str(out),
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo), sysconfig.get_paths()["purelib"]])}
+           "PYTHONPATH": os.pathsep.join([str(repo), site])}
     proc = subprocess.run(
         [python, "-m", "necktool", "export", GN, "--input-size", "64", "-o",
          str(out / "n.onnx"), "--json"], env=env, capture_output=True, text=True,
