@@ -374,12 +374,16 @@ def test_two_exports_writing_one_template_at_once(tmp_path: pathlib.Path) -> Non
     assert json.loads(out)["template"]["reused"] is True
 
 
+def _open_to_others(path: pathlib.Path, bits: int = 0o001) -> bool:
+    """``path`` has ``bits`` for other users, and every directory above it lets them pass."""
+    return path.stat().st_mode & bits == bits and all(d.stat().st_mode & 0o001
+                                                      for d in path.parents)
+
+
 def _runnable_by_anyone(path: str) -> bool:
-    """``path`` exists, and it and every directory above it are open to other users."""
+    """``path`` is a file that other users can run."""
     p = pathlib.Path(path)
-    if not p.is_file() or not p.stat().st_mode & 0o001:
-        return False
-    return all(d.stat().st_mode & 0o001 for d in p.parents)
+    return p.is_file() and _open_to_others(p)
 
 
 def _interpreter_for_anyone() -> str | None:
@@ -406,7 +410,7 @@ def test_a_read_only_cache_as_another_user_exports_cold_without_a_word(
     site = sysconfig.get_paths()["purelib"]
     repo = pathlib.Path(templates.__file__).resolve().parents[2]
     for needed in (pathlib.Path(site), repo):
-        if not all(d.stat().st_mode & 0o005 == 0o005 for d in (needed, *needed.parents)):
+        if not _open_to_others(needed, 0o005):  # a folder to list and enter
             pytest.skip(f"{needed} is closed to other users")
     nobody = pwd.getpwnam("nobody")
     base = pathlib.Path(tempfile.mkdtemp())  # pytest's own tmp_path is root's alone (0700)
