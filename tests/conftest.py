@@ -46,3 +46,21 @@ def marked(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
     """A working directory, ``$HOME`` and ``$TMPDIR`` whose paths hold the privacy marker
     (tests/_privacy.py): a file written from there must not name any of them."""
     yield from marked_folder(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def _templates_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("shared_templates")
+
+
+@pytest.fixture
+def shared_templates(_own_cache: None, _templates_of_the_session: pathlib.Path) -> None:
+    """Export templates shared by every test that asks for them (per xdist worker): the
+    test's own cache, but its ``templates`` folder is the session's. For tests whose
+    subject is not the exporter (config export, checkpoints, precision): a structure
+    exported before is made from its template, a file byte for byte the cold export's
+    (test_deploy_templates.py), so only the dynamo exporter's seconds are saved."""
+    cache = pathlib.Path(os.environ["NECKTOOL_CACHE_DIR"])
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "templates").symlink_to(_templates_of_the_session, target_is_directory=True)
+

@@ -14,6 +14,10 @@ from necktool.artifact.metadata import read_metadata
 from necktool.budgets.config import load_config
 from necktool.budgets.export import export_config
 
+#: The entries' graphs come from the session's templates after their first export: the
+#: subject here is the config's entries, not the exporter.
+pytestmark = pytest.mark.usefixtures("shared_templates")
+
 CONFIG = """
 input-size = "64x96"
 

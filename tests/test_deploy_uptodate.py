@@ -24,6 +24,10 @@ from necktool.spec.graph_form import DEFAULT_OPSET
 from necktool.spec.precision import DEFAULT_CALIBRATION, Precision
 from necktool.spec.weights import WeightsRequest
 
+#: Graphs of structures exported before come from the session's export templates (files
+#: byte for byte the cold export's): the exporter is not what these tests are about.
+pytestmark = pytest.mark.usefixtures("shared_templates")
+
 UPSAMPLE_KEY = "necktool.upsample"
 
 REPO = Path(__file__).resolve().parents[1]

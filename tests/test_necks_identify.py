@@ -30,6 +30,10 @@ from necktool.errors import WeightsError
 from necktool.necks.weights import read_checkpoint, seeded_model
 from necktool.spec.registry import PRESETS, get_spec, resolve_spec
 
+#: Graphs of structures exported before come from the session's export templates (files
+#: byte for byte the cold export's): the exporter is not what these tests are about.
+pytestmark = pytest.mark.usefixtures("shared_templates")
+
 SIZE = "64x96"  # multiples of 32; small enough for quick exports
 
 
