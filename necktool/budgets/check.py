@@ -173,14 +173,6 @@ class EntryResult:
         """Every check of this entry: limits first, then baseline growth."""
         return [*self.limits, *self.growth]
 
-    @property
-    def flops(self) -> int:
-        return self.profile.flops
-
-    @property
-    def params(self) -> int:
-        return self.profile.params
-
     def counts(self) -> dict[str, int]:
         """Whole-neck counts by metric base name."""
         return {m.base: m.total(self.profile) for m in METRICS}

@@ -101,16 +101,8 @@ class VerifyReport:
     def passed(self) -> bool:
         return self.verification.passed
 
-    @property
-    def precision(self) -> Precision:
-        return self.verification.precision
-
     def __bool__(self) -> bool:
         return self.passed
-
-    @property
-    def max_abs(self) -> float:
-        return self.verification.max_abs
 
     def summary(self) -> str:
         return self.verification.summary()
@@ -139,7 +131,7 @@ class VerifyReport:
             "path": self.path,
             "opset": self.graph.opset,
             "dynamic": self.graph.dynamic,
-            "precision": self.precision.value,
+            "precision": self.verification.precision.value,
             "serves": self.serves_text,
             "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
@@ -154,9 +146,9 @@ class VerifyReport:
         if (instead := self.stand_in()) is not None:
             out.append(Note(instead, "warn"))
         if self.serves_text:
-            out.append(Note(f"{self.path} ({self.precision.value}, upsample "
+            out.append(Note(f"{self.path} ({self.verification.precision.value}, upsample "
                             f"{self.upsample.value}) serves {self.serves_text}"))
-        if self.precision is Precision.INT8 and not self.verification.measured_on:
+        if self.verification.precision is Precision.INT8 and not self.verification.measured_on:
             out.append(Note("this int8 file was verified on synthetic normal inputs; "
                             "backbone features are non-negative, skewed and heavy-tailed, so "
                             "verify it on real features (--calibration-data, or --images "
