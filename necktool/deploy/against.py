@@ -27,7 +27,7 @@ from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.detector.weights import detector_state_dict
 from necktool.errors import InputError, first_line
-from necktool.report import Block, Note, num, table
+from necktool.report import Block, Note, Verdict, num, table
 from necktool.spec.precision import Precision
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ MAX_IMAGES = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class AgainstReport:
+class AgainstReport(Verdict):
     """Per level and per runtime (``pytorch``, ``onnx``): the neck vs the detector's own."""
 
     detector: str
@@ -51,9 +51,6 @@ class AgainstReport:
     @property
     def passed(self) -> bool:
         return all(c.passed for _, _, c in self.rows)
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     @property
     def failed_levels(self) -> list[str]:

@@ -53,7 +53,7 @@ from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.quiet import no_torch_cache, quiet
-from necktool.report import Block, size_text, table
+from necktool.report import Block, Verdict, size_text, table
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
@@ -62,7 +62,7 @@ from necktool.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Verdict):
     """An export: the file, what it holds, the conv cross-check and the verification."""
 
     path: pathlib.Path
@@ -84,9 +84,6 @@ class ExportResult:
     def passed(self) -> bool:
         return (self.verification is None or self.verification.passed) \
             and (self.reduced is None or self.reduced.passed)
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     def failure(self) -> str | None:
         if self.passed:

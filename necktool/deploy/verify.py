@@ -61,7 +61,7 @@ from necktool.deploy.tolerance import ErrorStat, VerifyOptions
 from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.report import Block, Note
+from necktool.report import Block, Note, Verdict
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
@@ -75,7 +75,7 @@ __all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "
 
 
 @dataclasses.dataclass(frozen=True)
-class VerifyReport:
+class VerifyReport(Verdict):
     """``verify_onnx``'s result: the file, the neck it was checked against, the comparison."""
 
     path: str
@@ -100,9 +100,6 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return self.verification.passed
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     def summary(self) -> str:
         return self.verification.summary()
