@@ -155,7 +155,7 @@ def _import_matplotlib() -> Any:
 
 
 # -- result --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepPoint:
     """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level,
     memory (the profile's ``memory`` figures, fp32 bytes) and activation bytes per level.
@@ -413,8 +413,10 @@ def run_sweep(plans: Sequence[ProfilePlan], *,
             level_bytes = {lv.name: lv.activation_bytes for lv in r.levels}
             if r.unattributed_activation_bytes:
                 level_bytes["unattributed"] = r.unattributed_activation_bytes
-            points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops,
-                                     r.memory.to_dict(), level_bytes, r.cross_check.to_dict()))
+            points.append(SweepPoint(input_size=r.input_size, flops=r.flops, params=r.params,
+                                     level_flops=level_flops, memory=r.memory.to_dict(),
+                                     level_activation_bytes=level_bytes,
+                                     cross_check=r.cross_check.to_dict()))
         results.append(NeckSweep(plan.spec.label, plan.spec, tuple(points)))
     sizes = plans[0].sizes if plans else ()
     return SweepResult(sizes, plans[0].batch if plans else 1, tuple(results))

@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGES = 64
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AgainstReport(Verdict):
     """Per level and per runtime (``pytorch``, ``onnx``): the neck vs the detector's own."""
 
@@ -259,7 +259,9 @@ def verify_against(detector: str | os.PathLike[str], *, neck_file: str | os.Path
                 key = (runtime, i)
                 merged[key] = merged[key].merge(c) if key in merged else c
     rows = tuple((r, found.outputs[i], c) for (r, i), c in merged.items())
-    return AgainstReport(str(detector), str(neck_file) if neck_file else None, found,
-                         tuple(str(p) for p in sorted(pathlib.Path(images).iterdir())
-                               if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_IMAGES]
-                         if images is not None else (), size, rows)
+    return AgainstReport(detector=str(detector), neck_file=str(neck_file) if neck_file else None,
+                         found=found,
+                         images=tuple(str(p) for p in sorted(pathlib.Path(images).iterdir())
+                                      if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_IMAGES]
+                         if images is not None else (),
+                         size=size, rows=rows)

@@ -27,7 +27,7 @@ def sqnr_db(signal: float, noise: float) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OutputComparison(Verdict):
     """ONNX Runtime vs PyTorch for one output level over a case's trials."""
 
@@ -134,7 +134,7 @@ class CaseComparison:
         }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VerificationResult(Verdict):
     """The whole comparison; true when every output of every case passed."""
 

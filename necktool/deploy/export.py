@@ -61,7 +61,7 @@ from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportResult(Verdict):
     """An export: the file, what it holds, the conv cross-check and the verification."""
 
@@ -463,10 +463,11 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         _check_model(proto, f"the {precision.value} graph")
         done("convert")
     data = proto.SerializeToString()
-    result = ExportResult(plan.output, meta, tensor_infos(proto.graph.input),
-                          tensor_infos(proto.graph.output), cross_check, None, False,
-                          seconds, nbytes=len(data), plan=plan, reduced=reduced,
-                          template=template, counts_cached=counted.cached)
+    result = ExportResult(path=plan.output, metadata=meta, inputs=tensor_infos(proto.graph.input),
+                          outputs=tensor_infos(proto.graph.output), cross_check=cross_check,
+                          verification=None, written=False, seconds=seconds, nbytes=len(data),
+                          plan=plan, reduced=reduced, template=template,
+                          counts_cached=counted.cached)
 
     if plan.request.options is not None:
         verification = compare_runtimes(

@@ -74,7 +74,7 @@ __all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "
            "default_cases"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VerifyReport(Verdict):
     """``verify_onnx``'s result: the file, the neck it was checked against, the comparison."""
 
@@ -190,8 +190,10 @@ def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
                 error_stat: ErrorStat, why: str, who: str = "ONNX Runtime") -> OutputComparison:
     shape = tuple(int(d) for d in torch_out.shape)
     n = int(np.prod(shape))
-    return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                            n, n, 0, 0, error_stat, note=f"{who} failed: {why}")
+    return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=math.inf,
+                            mean_abs=math.inf, max_rel=math.inf, min_atol=math.inf,
+                            failed_elements=n, elements=n, nonfinite_ort=0, nonfinite_torch=0,
+                            error_stat=error_stat, note=f"{who} failed: {why}")
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
@@ -204,8 +206,10 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         rms = math.sqrt(_dot(torch_out.ravel(), torch_out.ravel()) / torch_out.size)
         atol = atol * max(1.0, rms) if math.isfinite(rms) else atol
     if tuple(ort_out.shape) != shape:
-        return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                                int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
+        return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=math.inf,
+                                mean_abs=math.inf, max_rel=math.inf, min_atol=math.inf,
+                                failed_elements=int(np.prod(shape)), elements=int(np.prod(shape)),
+                                nonfinite_ort=0, nonfinite_torch=0, error_stat=error_stat,
                                 note=f"shape {tuple(ort_out.shape)} != torch {shape}")
     # float32 elementwise (each output is float32; float64 ones stay float64), float64 sums;
     # few temporaries and no BLAS: on a busy machine fresh large arrays cost milliseconds
@@ -238,9 +242,11 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         min_atol = math.inf
         both = np.isfinite(got) & np.isfinite(ref)
         g, r, e = got[both], ref[both], err[both]
-    return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
-                            int(diff.size) - ok, int(diff.size), nonfinite_ort,
-                            nonfinite_torch, error_stat, signal=_dot(r, r), noise=_dot(e, e),
+    return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=max_abs,
+                            mean_abs=mean_abs, max_rel=max_rel, min_atol=min_atol,
+                            failed_elements=int(diff.size) - ok, elements=int(diff.size),
+                            nonfinite_ort=nonfinite_ort, nonfinite_torch=nonfinite_torch,
+                            error_stat=error_stat, signal=_dot(r, r), noise=_dot(e, e),
                             dot=_dot(g, r), energy=_dot(g, g))
 
 
@@ -350,9 +356,10 @@ def run_comparison(
                     on_case(case.title)
     if path is None:
         path = "" if isinstance(source, bytes) else str(source)
-    return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results), precision, runner.runtime.value,
-                              measured_on if features is not None else "")
+    return VerificationResult(path=path, neck=spec.label, options=options, provider=provider,
+                              dynamic=dynamic, weights=weights, cases=tuple(results),
+                              precision=precision, runtime=runner.runtime.value,
+                              measured_on=measured_on if features is not None else "")
 
 
 def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
@@ -509,6 +516,6 @@ def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
         precision=plan.precision, path=str(plan.path), on_case=on_case,
         features=loaded.verification if loaded is not None else None,
         measured_on=loaded.describe() if loaded is not None else "")
-    return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
-                        served=plan.served, upsample=plan.upsample, source=source,
-                        data=loaded)
+    return VerifyReport(path=str(plan.path), spec=plan.spec, batch=plan.batch, graph=plan.graph,
+                        verification=verification, served=plan.served, upsample=plan.upsample,
+                        source=source, data=loaded)

@@ -93,7 +93,7 @@ def detector_parts(graph: Graph, neck: DetectorNeck) -> dict[str, set[int]]:
     return {"backbone": backbone, "neck": neck_ids, "head": head}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DetectorInspect:
     """The neck of a detector file: what it is, where it sits, what it costs."""
 
@@ -227,10 +227,12 @@ def inspect_model(model: onnx.ModelProto, path: str,
     base = neck.presets[0] if neck.presets else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     command = reproduce_command(neck.spec, base, with_size=True)
-    return DetectorInspect(path, neck, neck.spec.input_size, graph.image_size is not None, opset,
-                           parts["neck"] if neck.merge is not None else
-                           conv_costs(graph, size, names), conv_costs(graph, size), command,
-                           parts, input_size is not None)
+    return DetectorInspect(path=path, neck=neck, size=neck.spec.input_size,
+                           static=graph.image_size is not None, opset=opset,
+                           neck_costs=parts["neck"] if neck.merge is not None else
+                           conv_costs(graph, size, names),
+                           graph_costs=conv_costs(graph, size), command=command, parts=parts,
+                           given_size=input_size is not None)
 
 
 def inspect_detector(path: str | os.PathLike[str],

@@ -63,7 +63,8 @@ def add_stages(report: VerifyReport) -> VerifyReport:
         synthetic_feeds(spec, shapes)
     reference = Reference(fp32, feeds, model.part_of)  # type: ignore[arg-type]
     measured_on = data.describe() if data else f"{SYNTHETIC} ({len(feeds)} seeded batches)"
-    reduced = PrecisionReport(report.verification.precision, measured_on, None, None, (),
-                              reference.output_sqnr(proto),
+    reduced = PrecisionReport(precision=report.verification.precision, measured_on=measured_on,
+                              method=None, per_channel=None, keep_fp32=(),
+                              outputs=reference.output_sqnr(proto),
                               stages=tuple(reference.stage_sqnr(proto)), data=data)
     return dataclasses.replace(report, reduced=reduced)
