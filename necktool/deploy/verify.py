@@ -65,7 +65,7 @@ from necktool.report import Block, Note, Verdict
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
-from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
+from necktool.spec.runtimes import Runtime, require_runtime
 from necktool.spec.weights import WeightSource, WeightsRequest
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
@@ -270,9 +270,9 @@ def compare_onnx(
     options: VerifyOptions,
     weights: str = "",
     dynamic: bool = False,
-    precision: Precision | str = Precision.FP32,
+    precision: Precision = Precision.FP32,
     path: str | None = None,
-    runtime: Runtime | str = Runtime.ORT,
+    runtime: Runtime = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -290,8 +290,8 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
-        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``,
-            ``openvino``, ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default:
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``Runtime.ORT``,
+            ``OPENVINO``, ``OPENVINO_BF16``, or ``NCNN``, which runs ``ncnn_pair`` (default:
             ``model`` converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
@@ -301,11 +301,10 @@ def compare_onnx(
         InputError: the provider is missing, the file does not load or does not have the
             neck's inputs and outputs, or a tolerance names an output it does not have.
     """
-    precision = Precision(precision)
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
                           dynamic=dynamic, precision=precision, path=path, check_outputs=True,
-                          runtime=require_runtime(parse_runtime(runtime)), ncnn_pair=ncnn_pair,
+                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair,
                           features=features, measured_on=measured_on)
 
 

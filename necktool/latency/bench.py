@@ -87,9 +87,8 @@ class BenchResult:
     stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
     calibrated_on: str = ""  # int8 on the user's data: which (empty: seeded batches)
 
-    def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
-        wanted = Runtime(runtime)
-        return next((t for t in self.timings if t.runtime is wanted), None)
+    def timing(self, runtime: Runtime) -> RuntimeTiming | None:
+        return next((t for t in self.timings if t.runtime is runtime), None)
 
     @property
     def ort_speedup(self) -> float | None:
@@ -323,7 +322,7 @@ def bench(
 
     Example:
         >>> r = bench("scrfd_2.5g", (320, 320), warmup=2, repeat=5)
-        >>> r.timing("onnxruntime").median_ms > 0
+        >>> r.timing(Runtime.ORT).median_ms > 0
         True
     """
     plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
