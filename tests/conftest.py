@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
+from collections.abc import Iterator
 
 import pytest
 import torch
+from _privacy import marked_folder
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +38,11 @@ def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     key): NECKTOOL_CACHE_DIR, which child processes inherit. A test that wants a cache
     shared between its exports sets NECKTOOL_CACHE_DIR itself."""
     monkeypatch.setenv("NECKTOOL_CACHE_DIR", str(tmp_path_factory.mktemp("necktool_cache")))
+
+
+@pytest.fixture
+def marked(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+           ) -> Iterator[pathlib.Path]:
+    """A working directory, ``$HOME`` and ``$TMPDIR`` whose paths hold the privacy marker
+    (tests/_privacy.py): a file written from there must not name any of them."""
+    yield from marked_folder(tmp_path, monkeypatch)

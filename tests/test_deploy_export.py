@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _privacy import leaks, written
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -88,11 +89,13 @@ def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
-        name: str, tmp_path: pathlib.Path) -> None:
+        name: str, marked: pathlib.Path) -> None:
     """One export per preset (the dynamo exporter is the suite's biggest cost), checked
-    for everything: names, dims, counts, verification and metadata. retinaface_r50's
-    840x840 is no multiple of 32: it used to need --static."""
-    path = tmp_path / f"{name}.onnx"
+    for everything: names, dims, counts, verification, metadata, and that it names nothing
+    of the machine (made from a folder, ``$HOME`` and ``$TMPDIR`` holding a marker; see
+    tests/_privacy.py). retinaface_r50's 840x840 is no multiple of 32: it used to need
+    --static."""
+    path = marked / "work" / f"{name}.onnx"
     code, stdout, stderr = invoke("export", name, "--onnx", "-o", str(path), "--trials", "1",
                                   "--json")
     assert code == 0, stderr
@@ -140,6 +143,7 @@ def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
     assert meta.flops == data["flops"] > 0
     assert meta.params == data["params"] == sum(p.numel() for p in
                                                 seeded_model(spec).parameters())
+    assert written(marked) == [path] and leaks([path]) == []
 
 
 @pytest.mark.parametrize("name", ["retinaface_mnet", "mmdet_fpn"])
