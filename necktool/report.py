@@ -88,6 +88,29 @@ class Result(Protocol):
     def blocks(self) -> list[Block]: ...
 
 
+class Verdict:
+    """A result that can fail: falsy exactly when it failed, so the CLI maps it to exit 1
+    in one place. A subclass says what ``passed`` means."""
+
+    @property
+    def passed(self) -> bool:
+        raise NotImplementedError
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+class Passes(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+
+def all_passed(parts: Sequence[Passes]) -> bool:
+    """At least one part, and every part passed: a comparison of nothing verified nothing,
+    so it fails."""
+    return bool(parts) and all(p.passed for p in parts)
+
+
 def table(title: str | None, headers: Sequence[str | Column], rows: Sequence[Sequence[str]],
           **options: Any) -> Table:
     """Shorthand: plain header strings are text columns; pass :class:`Column` for numbers."""

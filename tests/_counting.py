@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -24,3 +25,21 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, names: Iterable[st
 
         monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+Bars = list[tuple[int, list[str]]]
+
+
+def record_progress(monkeypatch: pytest.MonkeyPatch, module: Any) -> Bars:
+    """Replace ``module.progress`` (the CLI's progress bar) with a recorder: each bar opened
+    is appended as ``(total, [advanced step, ...])``, filled in as the command runs."""
+    bars: Bars = []
+
+    @contextlib.contextmanager
+    def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
+        bar: tuple[int, list[str]] = (total, [])
+        bars.append(bar)
+        yield bar[1].append
+
+    monkeypatch.setattr(module, "progress", progress)
+    return bars

@@ -4,17 +4,17 @@ that any deciding field changes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from _cli import run as invoke
-from _counting import count_calls
+from _cli import run_without
+from _counting import count_calls, record_progress
 
 import necktool
 import necktool.analysis.plan as plan_mod
@@ -69,21 +69,6 @@ def refuse_checks(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(bench_plan_mod, name, refuse)
 
 
-@contextlib.contextmanager
-def recorded_progress(monkeypatch: pytest.MonkeyPatch, module: Any
-                      ) -> Iterator[list[tuple[int, list[str]]]]:
-    bars: list[tuple[int, list[str]]] = []
-
-    @contextlib.contextmanager
-    def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
-        bar: tuple[int, list[str]] = (total, [])
-        bars.append(bar)
-        yield bar[1].append
-
-    monkeypatch.setattr(module, "progress", progress)
-    yield bars
-
-
 # -- profile -----------------------------------------------------------------------------------
 def test_profile_resolves_once_checks_once_and_the_run_checks_nothing(
         size_checks: Counter[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,9 +92,9 @@ def test_the_public_profile_is_build_then_run(size_checks: Counter[str]) -> None
 
 def test_cli_profile_bar_counts_the_plans_traces(monkeypatch: pytest.MonkeyPatch,
                                                  size_checks: Counter[str]) -> None:
-    with recorded_progress(monkeypatch, necktool.cli.profile_cmd) as bars:
-        code, _, stderr = invoke("profile", "fpn", "pafpn", "--input-size", "64x64",
-                                 "--json")
+    bars = record_progress(monkeypatch, necktool.cli.profile_cmd)
+    code, _, stderr = invoke("profile", "fpn", "pafpn", "--input-size", "64x64",
+                             "--json")
     assert code == 0, stderr
     assert bars == [(2, ["fpn", "pafpn"])]
     assert size_checks["resolve_spec"] == 2 and size_checks["check_size"] == 2
@@ -145,8 +130,8 @@ def test_sweep_plans_check_each_size_once_and_the_bar_total_is_every_trace(
 
 
 def test_cli_sweep_bar_total_comes_from_the_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    with recorded_progress(monkeypatch, necktool.cli.sweep_cmd) as bars:
-        code, _, stderr = invoke("sweep", "fpn", "--sizes", "64,96", "--json")
+    bars = record_progress(monkeypatch, necktool.cli.sweep_cmd)
+    code, _, stderr = invoke("sweep", "fpn", "--sizes", "64,96", "--json")
     assert code == 0, stderr
     [(total, points)] = bars
     assert total == len(points) == 2
@@ -196,20 +181,15 @@ def test_bench_run_checks_nothing_and_runs_what_the_plan_counted(
 
 
 def test_cli_bench_bar_total_comes_from_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    with recorded_progress(monkeypatch, necktool.cli.bench_cmd) as bars:
-        code, _, stderr = invoke("bench", "fpn", "--input-size", "64x64", "--runtime",
-                                 "torch", "--warmup", "1", "--repeat", "2", "--json")
+    bars = record_progress(monkeypatch, necktool.cli.bench_cmd)
+    code, _, stderr = invoke("bench", "fpn", "--input-size", "64x64", "--runtime",
+                             "torch", "--warmup", "1", "--repeat", "2", "--json")
     assert code == 0, stderr
     assert bars == [(2, ["torch", "torch"])]
 
 
 def test_cli_bench_errors_are_exit_2_before_torch() -> None:
-    code = ("import sys\nfrom necktool.cli import app\ntry:\n"
-            "    app(['bench', 'fpn', '--precision', 'fp16', '--calibration', '2'])\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
-    assert proc.stdout.split() == ["2", "False"]
+    proc = run_without(["bench", "fpn", "--precision", "fp16", "--calibration", "2"], code=2)
     assert "add int8 to --precision" in proc.stderr
 
 

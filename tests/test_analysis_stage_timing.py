@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from necktool.cli import app
 from necktool.errors import InputError
-from necktool.latency.bench import BenchResult, bench
+from necktool.latency.bench import BenchResult, Runtime, bench
 from necktool.latency.stages import (
     REORDER,
     UNATTRIBUTED,
@@ -44,7 +44,7 @@ def test_every_stage_of_the_neck_has_a_row_on_both_runtimes(staged: BenchResult)
         assert runtime.rows[-1].stage == UNATTRIBUTED
         assert sum(r.share for r in runtime.rows) == pytest.approx(1.0)
         assert runtime.sum_s == pytest.approx(sum(r.median_s for r in runtime.rows))
-        assert runtime.plain_s == staged.timing(runtime.runtime).median_ms / 1e3
+        assert runtime.plain_s == staged.timing(Runtime(runtime.runtime)).median_ms / 1e3
 
 
 def test_ort_kernel_time_is_at_least_90_percent_attributed(staged: BenchResult) -> None:
@@ -84,7 +84,8 @@ def test_eager_times_land_on_the_stage_that_spends_them() -> None:
     spec = resolve_spec("pafpn", in_channels=(4, 4, 4), out_channels=4, input_size=(64, 64))
     model = build_neck(spec)
     model.td_convs[1] = nn.Sequential(Sleep(0.02), model.td_convs[1])
-    run = StageRun(model, spec, make_inputs(spec, spec.input_size, 1, seed=0), None, 1, 1, 3)
+    run = StageRun(model=model, spec=spec, inputs=make_inputs(spec, spec.input_size, 1, seed=0),
+                   onnx=None, threads=1, warmup=1, runs=3)
     result = stage_times("torch", run)
     slow = {(r.stage, r.level): r for r in result.rows}[("top-down", 1)]
     assert 0.02 <= slow.median_s < 0.2
@@ -144,7 +145,8 @@ def test_profile_events_group_by_run_and_leave_the_unplaced_visible() -> None:
 
 def test_a_runtime_without_a_profiler_is_a_clear_error() -> None:
     spec = resolve_spec("pafpn", input_size=(64, 64))
-    run = StageRun(build_neck(spec), spec, [], None, 1, 1, 1)
+    run = StageRun(model=build_neck(spec), spec=spec, inputs=[], onnx=None, threads=1, warmup=1,
+                   runs=1)
     with pytest.raises(InputError, match="available: torch, onnxruntime"):
         stage_times("tensorrt", run)
 

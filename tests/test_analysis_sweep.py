@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
+from _cli import run_without
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -229,9 +229,6 @@ def test_metric_without_plot_and_an_unknown_metric_are_exit_2(tmp_path: pathlib.
     code, out, err = run("sweep", "scrfd_2.5g", "--sizes", "64", "--metric", "bytes",
                          "--plot", str(tmp_path / "x.png"))
     assert code == 2 and out == "" and 'expected one of "flops", "params", "memory"' in err
-    result = sweep(["scrfd_2.5g"], [(64, 64)])
-    with pytest.raises(InputError, match="choose one of flops, params, memory"):
-        result.plot(tmp_path / "x.png", "bytes")
 
 
 def test_cli_table_shows_the_peak_in_mib() -> None:
@@ -286,9 +283,4 @@ def test_missing_matplotlib_is_a_clear_exit_2(tmp_path: pathlib.Path,
 
 
 def test_sweep_help_does_not_import_torch_or_matplotlib() -> None:
-    code = ("import sys\nfrom necktool.cli import app\n"
-            "try:\n    app(['sweep', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
+    run_without(["sweep", "--help"], heavy=("torch", "matplotlib"))

@@ -50,7 +50,8 @@ def test_percentile_by_hand() -> None:
 
 
 def test_gflops_per_second_at_the_median() -> None:
-    timing = RuntimeTiming(Runtime.TORCH, "test", warmup=0, threads=1, times_ms=(4.0, 1.0, 2.0))
+    timing = RuntimeTiming(runtime=Runtime.TORCH, version="test", warmup=0, threads=1,
+                           times_ms=(4.0, 1.0, 2.0))
     assert (timing.median_ms, timing.min_ms, timing.max_ms) == (2.0, 1.0, 4.0)
     # 6e9 flops in 2 ms = 3e12 flops/s = 3000 GFLOP/s
     assert timing.gflops_per_s(6 * 10**9) == pytest.approx(3000.0)

@@ -294,7 +294,7 @@ def test_entries_resolving_to_the_same_neck_are_profiled_once(
     config = load_config(None, tmp_path)
     report = check_budgets(config)
     assert report and len(calls) == 1
-    assert report.entries[0].flops == report.entries[1].flops
+    assert report.entries[0].profile.flops == report.entries[1].profile.flops
 
 
 # -- discovery ------------------------------------------------------------------------

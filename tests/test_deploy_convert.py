@@ -176,7 +176,7 @@ def test_int8_of_a_static_export_calibrates_at_its_size(tmp_path: pathlib.Path) 
     result = export_onnx(NECK, tmp_path / "s.onnx", dynamic=False, input_size=(64, 64),
                          batch=2, precision="int8", calibration=3,
                          options=VerifyOptions(trials=1))
-    assert result and result.precision == "int8"
+    assert result and result.metadata.precision == "int8"
     calib = result.to_dict()["calibration"]
     assert calib["batches"] == 3 and calib["shapes"] == [{"input_size": [64, 64], "batch": 2}]
 

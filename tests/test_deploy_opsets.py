@@ -45,11 +45,12 @@ def test_every_opset_exports_counts_and_verifies_a_groupnorm_neck(
         opset: int, tmp_path: pathlib.Path) -> None:
     """Static (one case: cheap); the dynamic file at the reported opset is the next test."""
     result = _export(tmp_path, opset, dynamic=False)
-    assert result.written and result.passed and result.opset == opset
+    assert result.written and result.passed and result.metadata.opset == opset
     model = onnx.load(str(result.path))
     assert next(o.version for o in model.opset_import if o.domain == "") == opset
     hand = sum(pafpn_conv_macs([8, 16, 32], 8, *SIZE))
-    assert result.conv_macs_onnx == result.conv_macs_fvcore == hand == 88_576
+    assert result.cross_check.onnx_conv_macs == result.cross_check.fvcore_conv_macs == hand \
+        == 88_576
     # One GroupNorm per conv: 3 laterals, 3 top-down, 2 bottom-up, 3 output convs.
     ops = _norm_ops(result.path)
     if opset >= 21:
@@ -64,8 +65,8 @@ def test_opset_21_dynamic_export_verifies_at_odd_sizes(tmp_path: pathlib.Path) -
     """The reported failure: 'export scrfd_2.5g --opset 21' (dynamic) stopped in the conv
     count. Now it counts and verifies at the export size and two odd sizes, one in batch 2."""
     result = _export(tmp_path, 21, dynamic=True)
-    assert result.passed and result.dynamic
-    assert result.conv_macs_match and result.conv_macs_onnx == 88_576
+    assert result.passed and result.metadata.dynamic
+    assert result.cross_check.agree and result.cross_check.onnx_conv_macs == 88_576
     assert result.verification is not None
     cases = [(c.case.input_size, c.case.batch) for c in result.verification.cases]
     assert cases == [((61, 47), 1), ((65, 91), 1), ((93, 71), 2)]

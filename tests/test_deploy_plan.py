@@ -5,7 +5,6 @@ a failed verification is a falsy result (exit 1), never an exception."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
 import pathlib
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from _cli import run as invoke
-from _counting import count_calls
+from _counting import count_calls, record_progress
 
 import necktool
 import necktool.cli
@@ -82,15 +81,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     mp = pytest.MonkeyPatch()
     calls = counting(mp)
     counting(mp, ("resolve_spec",), necktool.cli.export_cmd, calls)
-    bars: list[tuple[int, list[str]]] = []
-
-    @contextlib.contextmanager
-    def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
-        bar: tuple[int, list[str]] = (total, [])
-        bars.append(bar)
-        yield bar[1].append
-
-    mp.setattr(necktool.cli.export_cmd, "progress", progress)
+    bars = record_progress(mp, necktool.cli.export_cmd)
     real_run = necktool.deploy.export.run_export
     ran: list[ExportPlan] = []
 

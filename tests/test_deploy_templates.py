@@ -106,7 +106,7 @@ def test_new_weights_reuse_the_graph_and_make_the_cold_exports_file(
     assert warm.plan is not None
     assert [c.case for c in warm.verification.cases] == \
         [c.case for c in cold.verification.cases] == \
-        default_cases(warm.spec, SIZE, 1, warm.served)
+        default_cases(warm.metadata.spec, SIZE, 1, warm.metadata.served_shapes)
     assert warm.verification.options == cold.verification.options
     assert warm.verification.max_abs == cold.verification.max_abs
     # The same file: graph, weights and metadata.

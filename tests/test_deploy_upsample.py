@@ -106,7 +106,7 @@ def test_set_upsample_reaches_every_fusion_and_leaves_weights_alone() -> None:
     for family, fusions in (("fpn", 2), ("pafpn", 2), ("mmdet_fpn", 2)):
         model = seeded_model(resolve_spec(family, **NECK))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        assert set_upsample(model, "scale2") == fusions
+        assert set_upsample(model, Upsample.SCALE2) == fusions
         assert {m.form for m in model.modules() if isinstance(m, UpsampleAdd)} == {
             Upsample.SCALE2}
         after = model.state_dict()
@@ -234,7 +234,7 @@ def test_verify_rebuilds_the_files_form(files: dict[str, Any],
     folder: pathlib.Path = files["folder"]
     rebuilt: list[tuple[str, int]] = []
 
-    def spy(model: torch.nn.Module, form: Upsample | str) -> int:
+    def spy(model: torch.nn.Module, form: Upsample) -> int:
         count = set_upsample(model, form)
         rebuilt.append((str(form), count))
         return count

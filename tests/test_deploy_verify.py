@@ -79,7 +79,7 @@ def test_verify_passes_with_statistics(exported: pathlib.Path) -> None:
             assert o["nonfinite_ort"] == 0 and o["failed_elements"] == 0
             assert o["sqnr_db"] > 100 and o["cosine"] > 0.999999
     result = verify_onnx(exported, options=VerifyOptions(trials=1))
-    assert result and result.max_abs < 1e-4
+    assert result and result.verification.max_abs < 1e-4
 
 
 def test_verify_tables(exported: pathlib.Path) -> None:

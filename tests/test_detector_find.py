@@ -131,7 +131,8 @@ def test_neck_macs_and_params_are_counted_by_hand() -> None:
 
 def test_a_dynamic_detector_is_costed_at_the_stated_default_size() -> None:
     result = inspect_detector(suite().files["scrfd_dynamic"])
-    assert result is not None and not result.static and result.size == DEFAULT_SIZE
+    assert result is not None and not result.static \
+        and result.neck.spec.input_size == DEFAULT_SIZE
     assert "figures are at 640x640" in " ".join(result.neck.notes)
     # the same neck at 640x640 is 25x the 128x128 count (every level scales by 5x5)
     assert result.neck_costs.macs == 25 * 1_241_088

@@ -59,7 +59,7 @@ from necktool.units import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LevelProfile:
     """One output level: where it is, what it outputs, and what it costs."""
 
@@ -481,8 +481,9 @@ def analyze(model: nn.Module, spec: NeckSpec, input_size: tuple[int, int],
     receptive = receptive_fields(model, spec)
     fields = receptive.levels or (None,) * spec.num_levels
     levels = tuple(
-        LevelProfile(name, stride, tuple(out.shape), level_flops[i], level_params[i],
-                     figures.level_bytes[i], fields[i])
+        LevelProfile(name=name, stride=stride, shape=tuple(out.shape), flops=level_flops[i],
+                     params=level_params[i], activation_bytes=figures.level_bytes[i],
+                     receptive_field=fields[i])
         for i, (name, stride, out) in enumerate(zip(spec.level_names, spec.strides, outputs,
                                                     strict=True))
     )

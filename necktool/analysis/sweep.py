@@ -155,7 +155,7 @@ def _import_matplotlib() -> Any:
 
 
 # -- result --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepPoint:
     """One neck at one input size: FLOPs (fvcore units), parameters, FLOPs per level,
     memory (the profile's ``memory`` figures, fp32 bytes) and activation bytes per level.
@@ -284,18 +284,18 @@ class SweepResult:
                   if self.plot_path is not None else [])]
 
     def plotted(self, path: str | os.PathLike[str],
-                metric: PlotMetric | str = PlotMetric.FLOPS) -> SweepResult:
+                metric: PlotMetric = PlotMetric.FLOPS) -> SweepResult:
         """:meth:`plot`, and this result saying where the figure went (the report and
         JSON name the file)."""
         dest = self.plot(path, metric)
         return dataclasses.replace(self, plot_path=str(dest),
-                                   plot_metric=PlotMetric(metric).value)
+                                   plot_metric=metric.value)
 
     def plot(self, path: str | os.PathLike[str],
-             metric: PlotMetric | str = PlotMetric.FLOPS) -> pathlib.Path:
+             metric: PlotMetric = PlotMetric.FLOPS) -> pathlib.Path:
         """Draw ``metric`` against input size, one line per neck, to a ``.png`` or ``.svg``.
 
-        ``metric``: ``flops`` (GFLOPs, the default), ``params`` (Mparams) or ``memory``
+        ``metric``: ``PlotMetric.FLOPS`` (GFLOPs, the default), ``PARAMS`` (Mparams) or ``MEMORY``
         (the peak activation memory in MiB = 2^20 bytes).
 
         The file is written to a temporary file beside ``path`` and moved into place, so
@@ -305,11 +305,7 @@ class SweepResult:
         Raises:
             InputError: bad suffix or unwritable path, or matplotlib is not installed.
         """
-        try:
-            y_label, title, value = PLOTS[PlotMetric(metric)]
-        except ValueError:
-            raise InputError(f"cannot plot {metric!r}; choose one of "
-                             f"{', '.join(m.value for m in PlotMetric)}") from None
+        y_label, title, value = PLOTS[metric]
         dest = check_plot_path(path)
         mpl_figure = _import_matplotlib()
         fig = mpl_figure.Figure(figsize=(7, 4.5), layout="constrained")
@@ -413,8 +409,10 @@ def run_sweep(plans: Sequence[ProfilePlan], *,
             level_bytes = {lv.name: lv.activation_bytes for lv in r.levels}
             if r.unattributed_activation_bytes:
                 level_bytes["unattributed"] = r.unattributed_activation_bytes
-            points.append(SweepPoint(r.input_size, r.flops, r.params, level_flops,
-                                     r.memory.to_dict(), level_bytes, r.cross_check.to_dict()))
+            points.append(SweepPoint(input_size=r.input_size, flops=r.flops, params=r.params,
+                                     level_flops=level_flops, memory=r.memory.to_dict(),
+                                     level_activation_bytes=level_bytes,
+                                     cross_check=r.cross_check.to_dict()))
         results.append(NeckSweep(plan.spec.label, plan.spec, tuple(points)))
     sizes = plans[0].sizes if plans else ()
     return SweepResult(sizes, plans[0].batch if plans else 1, tuple(results))

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from necktool.artifact.serving import Served
 from necktool.errors import ExportError, InputError, NecktoolError
@@ -152,19 +153,9 @@ class ExportMetadata:
             if served.dynamic != dynamic:
                 raise reader.damaged("serves", f"says {served.images.value} for a "
                                      f"{'dynamic' if dynamic else 'static'} file")
-        precision_text = reader.text("precision", default=Precision.FP32.value)
-        try:
-            precision = Precision(precision_text)
-        except ValueError:
-            raise reader.damaged("precision", f"{precision_text[:40]!r} is not one of "
-                                 f"{', '.join(Precision)}") from None
+        precision = reader.choice("precision", Precision, default=Precision.FP32)
         calibration = reader.integer("calibration", 1, MAX_CALIBRATION, default=0) or None
-        upsample_text = reader.text("upsample", default=Upsample.SIZE.value)
-        try:
-            upsample = Upsample(upsample_text)
-        except ValueError:
-            raise reader.damaged("upsample", f"{upsample_text[:40]!r} is not one of "
-                                 f"{', '.join(Upsample)}") from None
+        upsample = reader.choice("upsample", Upsample, default=Upsample.SIZE)
         return cls(
             version=reader.text("version"),
             neck=neck,
@@ -183,6 +174,9 @@ class ExportMetadata:
             calibration=calibration,
             upsample=upsample,
         )
+
+
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
 
 class _Props:
@@ -224,6 +218,15 @@ class _Props:
         if not low <= value <= high:
             raise self.damaged(key, f"{value} is outside {low} to {high}")
         return value
+
+    def choice(self, key: str, kind: type[_Choice], default: _Choice) -> _Choice:
+        """One of ``kind``'s values; ``default`` where the key is absent (older files)."""
+        text = self.text(key, default=default.value)
+        try:
+            return kind(text)
+        except ValueError:
+            raise self.damaged(key, f"{text[:40]!r} is not one of "
+                               f"{', '.join(kind)}") from None
 
     def size(self, key: str) -> tuple[int, int]:
         text = self.text(key)

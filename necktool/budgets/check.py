@@ -33,7 +33,7 @@ from necktool.budgets.config import (
     parse_percent,
 )
 from necktool.errors import ConfigError, InputError, NecktoolError
-from necktool.report import Block, Column, Heading, Note, num, size_text, table
+from necktool.report import Block, Column, Heading, Note, Verdict, num, size_text, table
 from necktool.units import CROSS_CHECK, MEMORY_SCALE_NOTE, SCALE_NOTE, UNIT, UNIT_NOTE
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class BaselineCheck:
 
 
 @dataclasses.dataclass(frozen=True)
-class EntryResult:
+class EntryResult(Verdict):
     """One budget entry: its profile, its limit checks and its baseline checks.
 
     ``in_baseline`` is ``None`` when no baseline was given, ``False`` for an entry the
@@ -165,21 +165,10 @@ class EntryResult:
         a counting bug, so no figure of this entry can be trusted)."""
         return all(c.passed for c in self.checks) and self.profile.cross_check.agree
 
-    def __bool__(self) -> bool:
-        return self.passed
-
     @property
     def checks(self) -> list[LimitCheck | BaselineCheck]:
         """Every check of this entry: limits first, then baseline growth."""
         return [*self.limits, *self.growth]
-
-    @property
-    def flops(self) -> int:
-        return self.profile.flops
-
-    @property
-    def params(self) -> int:
-        return self.profile.params
 
     def counts(self) -> dict[str, int]:
         """Whole-neck counts by metric base name."""
@@ -261,7 +250,7 @@ class EntryResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckReport:
+class CheckReport(Verdict):
     """The outcome of :func:`check_budgets`: true when every entry passed.
 
     Attributes:
@@ -312,9 +301,6 @@ class CheckReport:
 
     def _strict_hints(self) -> bool:
         return self.strict and self.hints is not None and len(self.hints) > 0
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     @property
     def summary(self) -> str:

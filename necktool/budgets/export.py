@@ -36,7 +36,7 @@ from necktool.budgets.config import Budget, BudgetConfig
 from necktool.deploy.plan import ExportPlan, ExportRequest, ExportTo, onnx_file_name
 from necktool.errors import ConfigError, InputError, NecktoolError
 from necktool.files import check_writable, file_sha256
-from necktool.report import Block, Note, num, size_text, table
+from necktool.report import Block, Note, Verdict, num, size_text, table
 from necktool.spec.neck_spec import neck_header
 from necktool.spec.precision import Precision
 from necktool.spec.runtimes import Runtime
@@ -99,7 +99,7 @@ class EntryExport:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConfigExport:
+class ConfigExport(Verdict):
     """Every entry of a config exported; falsy when any entry's verification failed."""
 
     config: str  # the config file as messages show it
@@ -109,9 +109,6 @@ class ConfigExport:
     @property
     def passed(self) -> bool:
         return all(e.passed for e in self.entries)
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     def failure(self) -> str | None:
         bad = [e for e in self.entries if not e.passed]

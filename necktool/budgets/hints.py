@@ -69,7 +69,7 @@ def suggested_limit(count: int, scale: int, margin_pct: float = MARGIN_PCT) -> f
     return limit
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TighterLimit:
     """One limit with more headroom than the threshold, and the limit suggested instead."""
 
@@ -156,8 +156,9 @@ def budget_hints(report: CheckedReport, threshold_pct: float = THRESHOLD_PCT,
             if suggested >= check.limit:
                 continue
             key = metric.key if check.level is None else f"levels.{check.level}.{metric.key}"
-            tighter.append(TighterLimit(entry.budget.name, key, metric.name, check.level,
-                                        check.limit, check.count, suggested))
+            tighter.append(TighterLimit(entry=entry.budget.name, key=key, metric=metric.name,
+                                        level=check.level, limit=check.limit, count=check.count,
+                                        suggested=suggested))
     return Hints(threshold_pct, margin_pct, tuple(tighter), tuple(report.dropped))
 
 

@@ -27,7 +27,7 @@ from necktool.detector.loading import load_detector
 from necktool.detector.neck import DEFAULT_SIZE, DetectorNeck, find_in_graph
 from necktool.detector.weights import detector_state_dict
 from necktool.errors import InputError, first_line
-from necktool.report import Block, Note, num, table
+from necktool.report import Block, Note, Verdict, num, table
 from necktool.spec.precision import Precision
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_IMAGES = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class AgainstReport:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgainstReport(Verdict):
     """Per level and per runtime (``pytorch``, ``onnx``): the neck vs the detector's own."""
 
     detector: str
@@ -51,9 +51,6 @@ class AgainstReport:
     @property
     def passed(self) -> bool:
         return all(c.passed for _, _, c in self.rows)
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     @property
     def failed_levels(self) -> list[str]:
@@ -262,7 +259,9 @@ def verify_against(detector: str | os.PathLike[str], *, neck_file: str | os.Path
                 key = (runtime, i)
                 merged[key] = merged[key].merge(c) if key in merged else c
     rows = tuple((r, found.outputs[i], c) for (r, i), c in merged.items())
-    return AgainstReport(str(detector), str(neck_file) if neck_file else None, found,
-                         tuple(str(p) for p in sorted(pathlib.Path(images).iterdir())
-                               if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_IMAGES]
-                         if images is not None else (), size, rows)
+    return AgainstReport(detector=str(detector), neck_file=str(neck_file) if neck_file else None,
+                         found=found,
+                         images=tuple(str(p) for p in sorted(pathlib.Path(images).iterdir())
+                                      if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_IMAGES]
+                         if images is not None else (),
+                         size=size, rows=rows)

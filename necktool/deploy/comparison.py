@@ -15,7 +15,7 @@ from typing import Any
 
 from necktool.artifact.serving import Case
 from necktool.deploy.tolerance import ErrorStat, VerifyOptions
-from necktool.report import Block, Table, num, table
+from necktool.report import Block, Table, Verdict, all_passed, num, table
 from necktool.spec.precision import Precision
 
 
@@ -27,8 +27,8 @@ def sqnr_db(signal: float, noise: float) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-@dataclasses.dataclass(frozen=True)
-class OutputComparison:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputComparison(Verdict):
     """ONNX Runtime vs PyTorch for one output level over a case's trials."""
 
     name: str
@@ -67,9 +67,6 @@ class OutputComparison:
             else self.min_atol <= self.atol
         return within and self.nonfinite_ort == 0 and self.nonfinite_torch == 0 \
             and not self.note
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     def merge(self, other: OutputComparison) -> OutputComparison:
         """Aggregate two trials of the same output."""
@@ -124,7 +121,7 @@ class CaseComparison:
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
+        return all_passed(self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,8 +134,8 @@ class CaseComparison:
         }
 
 
-@dataclasses.dataclass(frozen=True)
-class VerificationResult:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerificationResult(Verdict):
     """The whole comparison; true when every output of every case passed."""
 
     path: str
@@ -156,10 +153,7 @@ class VerificationResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
-
-    def __bool__(self) -> bool:
-        return self.passed
+        return all_passed(self.cases)
 
     @property
     def checks(self) -> list[tuple[Case, OutputComparison]]:

@@ -53,7 +53,7 @@ from necktool.files import write_file
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import UpsampleAdd, set_upsample
 from necktool.quiet import no_torch_cache, quiet
-from necktool.report import Block, size_text, table
+from necktool.report import Block, Verdict, size_text, table
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import DEFAULT_CALIBRATION, CalibrationMethod, Precision
@@ -61,8 +61,8 @@ from necktool.units import CROSS_CHECK, UNIT_SHORT
 from necktool.version import __version__
 
 
-@dataclasses.dataclass(frozen=True)
-class ExportResult:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportResult(Verdict):
     """An export: the file, what it holds, the conv cross-check and the verification."""
 
     path: pathlib.Path
@@ -81,49 +81,9 @@ class ExportResult:
     counts_cached: bool = False  # FLOPs, params, conv counts from a result cache
 
     @property
-    def precision(self) -> Precision:
-        return self.metadata.precision
-
-    @property
     def passed(self) -> bool:
         return (self.verification is None or self.verification.passed) \
             and (self.reduced is None or self.reduced.passed)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def spec(self) -> NeckSpec:
-        return self.metadata.spec
-
-    @property
-    def opset(self) -> int:
-        return self.metadata.opset
-
-    @property
-    def dynamic(self) -> bool:
-        return self.metadata.dynamic
-
-    @property
-    def served(self) -> Served:
-        return self.metadata.served_shapes
-
-    @property
-    def conv_macs_onnx(self) -> int:
-        return int(self.cross_check.onnx_conv_macs or 0)
-
-    @property
-    def conv_macs_fvcore(self) -> int:
-        return self.cross_check.fvcore_conv_macs
-
-    @property
-    def conv_macs_flop_counter(self) -> int:
-        return self.cross_check.flop_counter_conv_macs
-
-    @property
-    def conv_macs_match(self) -> bool:
-        """The three conv counts are equal (an export whose counts differ is refused)."""
-        return self.cross_check.agree
 
     def failure(self) -> str | None:
         if self.passed:
@@ -137,7 +97,7 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON-ready dict (``verification`` is ``null`` when skipped)."""
-        m = self.metadata
+        m, c = self.metadata, self.cross_check
         return {
             **neck_header(m.spec, m.input_size, m.batch),
             "format": "onnx",
@@ -155,9 +115,9 @@ class ExportResult:
             "weights": m.weights.to_dict(),
             "flops": m.flops,
             "params": m.params,
-            "conv_macs": {"fvcore": self.conv_macs_fvcore,
-                          "flop_counter": self.conv_macs_flop_counter,
-                          "onnx": self.conv_macs_onnx, "match": self.conv_macs_match},
+            "conv_macs": {"fvcore": c.fvcore_conv_macs,
+                          "flop_counter": c.flop_counter_conv_macs,
+                          "onnx": int(c.onnx_conv_macs or 0), "match": c.agree},
             "exporter": m.exporter,
             "template": self.template.to_dict(),
             "counts_from_cache": self.counts_cached,
@@ -175,7 +135,8 @@ class ExportResult:
         state = "written" if self.written else "NOT written"
         shape = (f"dynamic: {m.dims_note()}; traced at {size}" if m.dynamic
                  else f"static {size}, batch {m.batch}")
-        match = "equal" if self.conv_macs_match else "DIFFER"
+        c = self.cross_check
+        match = "equal" if c.agree else "DIFFER"
         rows = [
             ("exporter", f"{m.exporter}, opset {m.opset}"),
             ("graph", self.template.describe()),
@@ -186,9 +147,9 @@ class ExportResult:
             ("inputs", "\n".join(map(str, self.inputs))),
             ("outputs", "\n".join(map(str, self.outputs))),
             ("FLOPs", f"{m.flops:,} at {size}, batch {m.batch} ({UNIT_SHORT})"),
-            ("conv MACs", f"{self.conv_macs_fvcore:,} (fvcore) / "
-                          f"{self.conv_macs_flop_counter:,} ({CROSS_CHECK}) / "
-                          f"{self.conv_macs_onnx:,} (ONNX graph): {match}"
+            ("conv MACs", f"{c.fvcore_conv_macs:,} (fvcore) / "
+                          f"{c.flop_counter_conv_macs:,} ({CROSS_CHECK}) / "
+                          f"{c.onnx_conv_macs or 0:,} (ONNX graph): {match}"
                           + ("; the first two from the result cache" if self.counts_cached
                              else "")),
             ("params", f"{m.params:,}"),
@@ -502,10 +463,11 @@ def run_export(plan: ExportPlan, *, on_step: Callable[[str], None] | None = None
         _check_model(proto, f"the {precision.value} graph")
         done("convert")
     data = proto.SerializeToString()
-    result = ExportResult(plan.output, meta, tensor_infos(proto.graph.input),
-                          tensor_infos(proto.graph.output), cross_check, None, False,
-                          seconds, nbytes=len(data), plan=plan, reduced=reduced,
-                          template=template, counts_cached=counted.cached)
+    result = ExportResult(path=plan.output, metadata=meta, inputs=tensor_infos(proto.graph.input),
+                          outputs=tensor_infos(proto.graph.output), cross_check=cross_check,
+                          verification=None, written=False, seconds=seconds, nbytes=len(data),
+                          plan=plan, reduced=reduced, template=template,
+                          counts_cached=counted.cached)
 
     if plan.request.options is not None:
         verification = compare_runtimes(

@@ -61,11 +61,11 @@ from necktool.deploy.tolerance import ErrorStat, VerifyOptions
 from necktool.errors import InputError
 from necktool.necks.build import input_tensors
 from necktool.necks.layers import set_upsample
-from necktool.report import Block, Note
+from necktool.report import Block, Note, Verdict
 from necktool.spec.graph_form import Upsample
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
-from necktool.spec.runtimes import Runtime, parse_runtime, require_runtime
+from necktool.spec.runtimes import Runtime, require_runtime
 from necktool.spec.weights import WeightSource, WeightsRequest
 
 INPUT_SEED = 1234  # base seed of the verification inputs (trial t of case c: +100c+t)
@@ -74,8 +74,8 @@ __all__ = ["Case", "CaseComparison", "OutputComparison", "VerificationResult", "
            "default_cases"]
 
 
-@dataclasses.dataclass(frozen=True)
-class VerifyReport:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerifyReport(Verdict):
     """``verify_onnx``'s result: the file, the neck it was checked against, the comparison."""
 
     path: str
@@ -100,17 +100,6 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return self.verification.passed
-
-    @property
-    def precision(self) -> Precision:
-        return self.verification.precision
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def max_abs(self) -> float:
-        return self.verification.max_abs
 
     def summary(self) -> str:
         return self.verification.summary()
@@ -139,7 +128,7 @@ class VerifyReport:
             "path": self.path,
             "opset": self.graph.opset,
             "dynamic": self.graph.dynamic,
-            "precision": self.precision.value,
+            "precision": self.verification.precision.value,
             "serves": self.serves_text,
             "upsample": self.upsample.value,
             "inputs": [t.to_dict() for t in self.graph.inputs],
@@ -154,9 +143,9 @@ class VerifyReport:
         if (instead := self.stand_in()) is not None:
             out.append(Note(instead, "warn"))
         if self.serves_text:
-            out.append(Note(f"{self.path} ({self.precision.value}, upsample "
+            out.append(Note(f"{self.path} ({self.verification.precision.value}, upsample "
                             f"{self.upsample.value}) serves {self.serves_text}"))
-        if self.precision is Precision.INT8 and not self.verification.measured_on:
+        if self.verification.precision is Precision.INT8 and not self.verification.measured_on:
             out.append(Note("this int8 file was verified on synthetic normal inputs; "
                             "backbone features are non-negative, skewed and heavy-tailed, so "
                             "verify it on real features (--calibration-data, or --images "
@@ -201,8 +190,10 @@ def _failed_run(name: str, torch_out: np.ndarray, atol: float, rtol: float,
                 error_stat: ErrorStat, why: str, who: str = "ONNX Runtime") -> OutputComparison:
     shape = tuple(int(d) for d in torch_out.shape)
     n = int(np.prod(shape))
-    return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                            n, n, 0, 0, error_stat, note=f"{who} failed: {why}")
+    return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=math.inf,
+                            mean_abs=math.inf, max_rel=math.inf, min_atol=math.inf,
+                            failed_elements=n, elements=n, nonfinite_ort=0, nonfinite_torch=0,
+                            error_stat=error_stat, note=f"{who} failed: {why}")
 
 
 def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: float,
@@ -215,8 +206,10 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         rms = math.sqrt(_dot(torch_out.ravel(), torch_out.ravel()) / torch_out.size)
         atol = atol * max(1.0, rms) if math.isfinite(rms) else atol
     if tuple(ort_out.shape) != shape:
-        return OutputComparison(name, shape, atol, rtol, math.inf, math.inf, math.inf, math.inf,
-                                int(np.prod(shape)), int(np.prod(shape)), 0, 0, error_stat,
+        return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=math.inf,
+                                mean_abs=math.inf, max_rel=math.inf, min_atol=math.inf,
+                                failed_elements=int(np.prod(shape)), elements=int(np.prod(shape)),
+                                nonfinite_ort=0, nonfinite_torch=0, error_stat=error_stat,
                                 note=f"shape {tuple(ort_out.shape)} != torch {shape}")
     # float32 elementwise (each output is float32; float64 ones stay float64), float64 sums;
     # few temporaries and no BLAS: on a busy machine fresh large arrays cost milliseconds
@@ -249,9 +242,11 @@ def compare_arrays(name: str, ort_out: np.ndarray, torch_out: np.ndarray, atol: 
         min_atol = math.inf
         both = np.isfinite(got) & np.isfinite(ref)
         g, r, e = got[both], ref[both], err[both]
-    return OutputComparison(name, shape, atol, rtol, max_abs, mean_abs, max_rel, min_atol,
-                            int(diff.size) - ok, int(diff.size), nonfinite_ort,
-                            nonfinite_torch, error_stat, signal=_dot(r, r), noise=_dot(e, e),
+    return OutputComparison(name=name, shape=shape, atol=atol, rtol=rtol, max_abs=max_abs,
+                            mean_abs=mean_abs, max_rel=max_rel, min_atol=min_atol,
+                            failed_elements=int(diff.size) - ok, elements=int(diff.size),
+                            nonfinite_ort=nonfinite_ort, nonfinite_torch=nonfinite_torch,
+                            error_stat=error_stat, signal=_dot(r, r), noise=_dot(e, e),
                             dot=_dot(g, r), energy=_dot(g, g))
 
 
@@ -275,9 +270,9 @@ def compare_onnx(
     options: VerifyOptions,
     weights: str = "",
     dynamic: bool = False,
-    precision: Precision | str = Precision.FP32,
+    precision: Precision = Precision.FP32,
     path: str | None = None,
-    runtime: Runtime | str = Runtime.ORT,
+    runtime: Runtime = Runtime.ORT,
     ncnn_pair: NcnnPair | None = None,
     features: Sequence[FeatureSet] | None = None,
     measured_on: str = "",
@@ -295,8 +290,8 @@ def compare_onnx(
             not given are ``precision``'s defaults.
         precision: The file's precision (its default tolerances; reported).
         path: The file the result names (default: ``source`` when it is a file, else "").
-        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``ort``,
-            ``openvino``, ``openvino:bf16``, or ``ncnn``, which runs ``ncnn_pair`` (default:
+        runtime: What runs the file (:mod:`necktool.deploy.runtimes.runners`): ``Runtime.ORT``,
+            ``OPENVINO``, ``OPENVINO_BF16``, or ``NCNN``, which runs ``ncnn_pair`` (default:
             ``model`` converted by pnnx, as ``necktool export --to ncnn`` converts it).
 
     A run that ONNX Runtime refuses (a size the file does not serve) is a failed case
@@ -306,11 +301,10 @@ def compare_onnx(
         InputError: the provider is missing, the file does not load or does not have the
             neck's inputs and outputs, or a tolerance names an output it does not have.
     """
-    precision = Precision(precision)
     options = checked_options(options, precision)
     return run_comparison(source, model, spec, cases=cases, options=options, weights=weights,
                           dynamic=dynamic, precision=precision, path=path, check_outputs=True,
-                          runtime=require_runtime(parse_runtime(runtime)), ncnn_pair=ncnn_pair,
+                          runtime=require_runtime(runtime), ncnn_pair=ncnn_pair,
                           features=features, measured_on=measured_on)
 
 
@@ -361,9 +355,10 @@ def run_comparison(
                     on_case(case.title)
     if path is None:
         path = "" if isinstance(source, bytes) else str(source)
-    return VerificationResult(path, spec.label, options, provider, dynamic, weights,
-                              tuple(results), precision, runner.runtime.value,
-                              measured_on if features is not None else "")
+    return VerificationResult(path=path, neck=spec.label, options=options, provider=provider,
+                              dynamic=dynamic, weights=weights, cases=tuple(results),
+                              precision=precision, runtime=runner.runtime.value,
+                              measured_on=measured_on if features is not None else "")
 
 
 def compare_runtimes(source: ModelSource, model: nn.Module, spec: NeckSpec, *,
@@ -520,6 +515,6 @@ def run_verify(plan: VerifyPlan, *, on_case: Callable[[str], None] | None = None
         precision=plan.precision, path=str(plan.path), on_case=on_case,
         features=loaded.verification if loaded is not None else None,
         measured_on=loaded.describe() if loaded is not None else "")
-    return VerifyReport(str(plan.path), plan.spec, plan.batch, plan.graph, verification,
-                        served=plan.served, upsample=plan.upsample, source=source,
-                        data=loaded)
+    return VerifyReport(path=str(plan.path), spec=plan.spec, batch=plan.batch, graph=plan.graph,
+                        verification=verification, served=plan.served, upsample=plan.upsample,
+                        source=source, data=loaded)

@@ -39,7 +39,7 @@ ONNX_SUFFIX = ".onnx"
 _GROUPS_SHOWN = 8
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FoundNeck:
     """A neck found in a state dict: where it sits, its spec and the presets it matches."""
 
@@ -138,8 +138,8 @@ def _candidate(info: FamilyInfo, prefix: str, sub: Shapes) -> FoundNeck | str:
     why = layout_difference(expected, sub)
     if why is not None:
         return f"{where}: {info.name}-like keys, but {why}"
-    return FoundNeck(prefix, spec, matching_presets(spec, sub), inferred.notes,
-                     len(_essential(sub)))
+    return FoundNeck(prefix=prefix, spec=spec, presets=matching_presets(spec, sub),
+                     notes=inferred.notes, tensors=len(_essential(sub)))
 
 
 def find_necks(shapes: Shapes, prefix: str | None = None) -> tuple[list[FoundNeck], list[str]]:
@@ -238,7 +238,8 @@ def _identify_detector(path: str | pathlib.Path, prefix: str | None) -> FoundNec
     presets = found.presets
     spec = PRESETS[presets[0]].spec.replace(input_size=found.spec.input_size) if presets \
         else found.spec
-    return FoundNeck("", spec, presets, found.notes, len(found.convs))
+    return FoundNeck(prefix="", spec=spec, presets=presets, notes=found.notes,
+                     tensors=len(found.convs))
 
 
 # -- the command's result --------------------------------------------------------------

@@ -93,13 +93,12 @@ def detector_parts(graph: Graph, neck: DetectorNeck) -> dict[str, set[int]]:
     return {"backbone": backbone, "neck": neck_ids, "head": head}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DetectorInspect:
     """The neck of a detector file: what it is, where it sits, what it costs."""
 
     path: str
-    neck: DetectorNeck
-    size: tuple[int, int]
+    neck: DetectorNeck  # its spec holds the size the figures are at
     static: bool
     opset: int | None
     neck_costs: Costs
@@ -133,7 +132,7 @@ class DetectorInspect:
             "inputs": list(n.inputs),
             "outputs": list(n.outputs),
             "opset": self.opset,
-            "input_size": list(self.size),
+            "input_size": list(self.neck.spec.input_size),
             "static": self.static,
             "unit": "conv multiply-adds (MACs); " + UNIT_SHORT,
             "neck": self.neck_costs.to_dict(),
@@ -160,7 +159,7 @@ class DetectorInspect:
         nc, gc = self.neck_costs, self.graph_costs
         how = "--input-size" if self.given_size else "static" if self.static else \
             "dynamic input: default"
-        size = f"{size_text(self.size)} ({how})"
+        size = f"{size_text(self.neck.spec.input_size)} ({how})"
         rows = [
             ("family", f"{spec.family}: {spec.info.description}"),
             ("in_channels", ",".join(map(str, spec.in_channels))),
@@ -227,10 +226,11 @@ def inspect_model(model: onnx.ModelProto, path: str,
     base = neck.presets[0] if neck.presets else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     command = reproduce_command(neck.spec, base, with_size=True)
-    return DetectorInspect(path, neck, neck.spec.input_size, graph.image_size is not None, opset,
-                           parts["neck"] if neck.merge is not None else
-                           conv_costs(graph, size, names), conv_costs(graph, size), command,
-                           parts, input_size is not None)
+    return DetectorInspect(path=path, neck=neck, static=graph.image_size is not None, opset=opset,
+                           neck_costs=parts["neck"] if neck.merge is not None else
+                           conv_costs(graph, size, names),
+                           graph_costs=conv_costs(graph, size), command=command, parts=parts,
+                           given_size=input_size is not None)
 
 
 def inspect_detector(path: str | os.PathLike[str],

@@ -70,7 +70,7 @@ from necktool.units import UNIT_SHORT
 __all__ = ["ALL_RUNTIMES", "BenchPlan", "BenchResult", "Runtime", "RuntimeTiming", "bench",
            "percentile", "run_bench"]
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BenchResult:
     """Latency of one neck at one size and batch, per runtime."""
 
@@ -87,9 +87,8 @@ class BenchResult:
     stages: tuple[RuntimeStages, ...] = ()  # --stages: per runtime, stage x level medians
     calibrated_on: str = ""  # int8 on the user's data: which (empty: seeded batches)
 
-    def timing(self, runtime: Runtime | str) -> RuntimeTiming | None:
-        wanted = Runtime(runtime)
-        return next((t for t in self.timings if t.runtime is wanted), None)
+    def timing(self, runtime: Runtime) -> RuntimeTiming | None:
+        return next((t for t in self.timings if t.runtime is runtime), None)
 
     @property
     def ort_speedup(self) -> float | None:
@@ -202,7 +201,8 @@ def _bench_torch(model: nn.Module, inputs: list[torch.Tensor], threads: int, war
             times = _time_calls(lambda: model(inputs), warmup, repeat, on_run, "torch")
     finally:
         torch.set_num_threads(previous)
-    return RuntimeTiming(Runtime.TORCH, torch.__version__, warmup, threads, times)
+    return RuntimeTiming(runtime=Runtime.TORCH, version=torch.__version__, warmup=warmup,
+                         threads=threads, times_ms=times)
 
 
 def _session(data: bytes, threads: int) -> Any:
@@ -225,7 +225,8 @@ def _bench_ort(session: Any, inputs: list[torch.Tensor], threads: int, warmup: i
                                                      strict=True)}
     times = _time_calls(lambda: session.run(None, feeds), warmup, repeat, on_run,
                         "onnxruntime")
-    return RuntimeTiming(Runtime.ORT, ort.__version__, warmup, threads, times)
+    return RuntimeTiming(runtime=Runtime.ORT, version=ort.__version__, warmup=warmup,
+                         threads=threads, times_ms=times)
 
 
 def _errors(session: Any, model: nn.Module, *batches: list[torch.Tensor]
@@ -266,8 +267,8 @@ def _bench_runner(runtime: Runtime, runner: Runner, model: nn.Module,
         raise ExportError(f"{runner.runtime.label} failed to run the neck: {got}")
     max_abs, sqnr = _errors_of(model, [(got, inputs)])
     times = _time_calls(lambda: runner.run(arrays), warmup, repeat, on_run, runtime.timing_name)
-    return RuntimeTiming(runtime, runner.version, warmup, threads, times,
-                         max_abs=max_abs, sqnr_db=sqnr)
+    return RuntimeTiming(runtime=runtime, version=runner.version, warmup=warmup, threads=threads,
+                         times_ms=times, max_abs=max_abs, sqnr_db=sqnr)
 
 
 def bench(
@@ -321,7 +322,7 @@ def bench(
 
     Example:
         >>> r = bench("scrfd_2.5g", (320, 320), warmup=2, repeat=5)
-        >>> r.timing("onnxruntime").median_ms > 0
+        >>> r.timing(Runtime.ORT).median_ms > 0
         True
     """
     plan = BenchPlan.build(neck, input_size, batch, warmup=warmup, repeat=repeat,
@@ -388,13 +389,16 @@ def run_bench(plan: BenchPlan, *, on_run: Callable[[str], None] | None = None
         for runtime in plan.runtimes:
             plain = next((t.median_ms / 1e3 for t in timings if t.runtime is runtime
                           and t.precision == Precision.FP32.value), None)
-            run = StageRun(model, spec, inputs, data, threads, plan.warmup, plan.repeat, plain,
+            run = StageRun(model=model, spec=spec, inputs=inputs, onnx=data, threads=threads,
+                           warmup=plan.warmup, runs=plan.repeat, plain_s=plain,
                            on_run=functools.partial(step, f"{runtime.timing_name} stages"))
             profiled.append(stage_times(runtime.timing_name, run))
-    return BenchResult(spec.label, spec, size, batch, counted.flops, counted.params, threads,
-                       tuple(timings), plan.precisions, plan.calibration, tuple(profiled),
-                       plan.data.describe() if plan.data is not None and plan.calibration
-                       else "")
+    return BenchResult(neck=spec.label, spec=spec, input_size=size, batch=batch,
+                       flops=counted.flops, params=counted.params, threads=threads,
+                       timings=tuple(timings), precisions=plan.precisions,
+                       calibration=plan.calibration, stages=tuple(profiled),
+                       calibrated_on=plan.data.describe()
+                       if plan.data is not None and plan.calibration else "")
 
 
 def _error_inputs(data: Data | None, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:

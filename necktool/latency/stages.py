@@ -67,7 +67,7 @@ class StageTime:
                 "runtime": runtime, "median_s": self.median_s, "share": round(self.share, 5)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RuntimeStages:
     """A runtime's profiled runs, summarised per stage and level.
 
@@ -153,11 +153,12 @@ def summarise(runtime: str, per_run: list[dict[Cell, float]], whole: list[float]
     rows = tuple(StageTime(stage, level, median, median / total if total else 0.0)
                  for (stage, level), median in zip(cells, medians, strict=True))
     run_sum = statistics.median(sum(run.values()) for run in per_run)
-    return RuntimeStages(runtime, rows, len(per_run), total, run_sum, statistics.median(whole),
-                         plain_s, method)
+    return RuntimeStages(runtime=runtime, rows=rows, runs=len(per_run), sum_s=total,
+                         run_sum_s=run_sum, profiled_s=statistics.median(whole), plain_s=plain_s,
+                         method=method)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StageRun:
     """What a stage profiler gets: the module and its inputs, the fp32 ONNX export
     (serialised) when one was made, and how to run."""

@@ -26,7 +26,7 @@ def parse_bench_runtimes(text: str) -> list[Runtime]:
     return parse_runtimes(text, torch=True)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RuntimeTiming:
     """The timed runs of one runtime (milliseconds per call) and their summary."""
 

@@ -90,9 +90,9 @@ class UpsampleAdd(nn.Module):
       size up to a bound, in PyTorch and in ONNX Runtime).
     """
 
-    def __init__(self, form: Upsample | str = Upsample.SIZE) -> None:
+    def __init__(self, form: Upsample = Upsample.SIZE) -> None:
         super().__init__()
-        self.form = Upsample(form)
+        self.form = form
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         return fine + upsample_like(coarse, fine, self.form)
@@ -117,10 +117,9 @@ class Concat(nn.Module):
         return torch.cat([a, b], 1)
 
 
-def set_upsample(model: nn.Module, form: Upsample | str) -> int:
+def set_upsample(model: nn.Module, form: Upsample) -> int:
     """Write every :class:`UpsampleAdd` of ``model`` in ``form``; returns how many there are
     (a custom neck that upsamples in its own code has none)."""
-    form = Upsample(form)
     found = [m for m in model.modules() if isinstance(m, UpsampleAdd)]
     for module in found:
         module.form = form

@@ -44,7 +44,7 @@ def add_stages(report: VerifyReport) -> VerifyReport:
     """``report`` with the per-stage SQNR of its file against a fresh fp32 export of the
     neck it was compared with (see :func:`verify_stages`)."""
     path = report.path
-    if report.precision is Precision.FP32:
+    if report.verification.precision is Precision.FP32:
         raise InputError(f"--stages compares an fp16 or int8 file's stages with fp32; "
                          f"{str(path)!r} is fp32")
     assert report.source is not None and report.served is not None
@@ -63,7 +63,8 @@ def add_stages(report: VerifyReport) -> VerifyReport:
         synthetic_feeds(spec, shapes)
     reference = Reference(fp32, feeds, model.part_of)  # type: ignore[arg-type]
     measured_on = data.describe() if data else f"{SYNTHETIC} ({len(feeds)} seeded batches)"
-    reduced = PrecisionReport(report.precision, measured_on, None, None, (),
-                              reference.output_sqnr(proto),
+    reduced = PrecisionReport(precision=report.verification.precision, measured_on=measured_on,
+                              method=None, per_channel=None, keep_fp32=(),
+                              outputs=reference.output_sqnr(proto),
                               stages=tuple(reference.stage_sqnr(proto)), data=data)
     return dataclasses.replace(report, reduced=reduced)

@@ -265,7 +265,7 @@ def suggest_keep_fp32(reference: Reference, stages: Sequence[str], min_sqnr: flo
     return Suggestion(min_sqnr, None, math.nan, tuple(tried))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PrecisionReport:
     """What a reduced-precision conversion was measured on and how much it lost."""
 

@@ -149,9 +149,10 @@ def reduce_precision(proto: onnx.ModelProto, precision: Precision, *, spec: Neck
             lambda keep: make(chosen, stage_nodes(proto, part_of, keep)))
     measured_on = data.describe() if data is not None else \
         f"{SYNTHETIC} ({len(measure)} seeded batches)"
-    report = PrecisionReport(
-        precision, measured_on, method, how.per_channel if int8 else None, how.keep_fp32,
-        outputs, methods, tuple(reference.stage_sqnr(converted)) if how.stages else (),
-        how.min_sqnr, suggestion, note=SYNTHETIC_NOTE if int8 and data is None else "",
-        data=data)
+    report = PrecisionReport(precision=precision, measured_on=measured_on, method=method,
+                             per_channel=how.per_channel if int8 else None, keep_fp32=how.keep_fp32,
+                             outputs=outputs, methods=methods,
+                             stages=tuple(reference.stage_sqnr(converted)) if how.stages else (),
+                             min_sqnr=how.min_sqnr, suggestion=suggestion,
+                             note=SYNTHETIC_NOTE if int8 and data is None else "", data=data)
     return converted, report

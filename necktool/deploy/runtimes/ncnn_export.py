@@ -25,7 +25,7 @@ from necktool.deploy.comparison import VerificationResult
 from necktool.deploy.plan import ExportPlan, ExportRequest, ExportTo, StepClock
 from necktool.deploy.runtimes.ncnn_pair import NcnnPair
 from necktool.files import check_writable, write_file
-from necktool.report import Block, size_text, table
+from necktool.report import Block, Verdict, size_text, table
 from necktool.spec.neck_spec import NeckSpec, neck_header
 from necktool.spec.precision import Precision
 from necktool.spec.registry import resolve_spec
@@ -67,7 +67,7 @@ class Blob:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NcnnExportResult:
+class NcnnExportResult(Verdict):
     """An ncnn export: the pair, its blobs, the verification in ncnn."""
 
     spec: NeckSpec
@@ -89,9 +89,6 @@ class NcnnExportResult:
     @property
     def passed(self) -> bool:
         return self.verification is None or self.verification.passed
-
-    def __bool__(self) -> bool:
-        return self.passed
 
     @property
     def path(self) -> pathlib.Path:

@@ -39,7 +39,7 @@ from necktool import quiet
 from necktool.deploy.comparison import VerificationResult, _db
 from necktool.deploy.runtimes.ncnn_pair import NcnnPair
 from necktool.errors import InputError, first_line
-from necktool.report import Block, Note, Table, num, table
+from necktool.report import Block, Note, Table, Verdict, all_passed, num, table
 from necktool.spec.precision import Precision
 from necktool.spec.runtimes import Runtime
 
@@ -252,7 +252,7 @@ class NcnnRunner(Runner):
 
 # -- several runtimes, one result -------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class RuntimesVerification:
+class RuntimesVerification(Verdict):
     """One verification per runtime, shown as one table: runtime x case x output level.
     True when every runtime passed."""
 
@@ -260,10 +260,7 @@ class RuntimesVerification:
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
-
-    def __bool__(self) -> bool:
-        return self.passed
+        return all_passed(self.results)
 
     @property
     def path(self) -> str:
