@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from _analytic import CONV_MACS, PARAMS, activation_bytes, level_sizes
+from _presets import every_preset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity
@@ -123,7 +124,7 @@ def _configs(name: str) -> list[tuple[tuple[int, int], int]]:
     return [(default, 1), *(((161, 97), b) for b in (1, 2, 3, 4))]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", every_preset())
 def test_every_preset_against_the_hand_count_and_the_allocator(name: str) -> None:
     spec = PRESETS[name].spec
     model = build_neck(spec)

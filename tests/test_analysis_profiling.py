@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _analytic import CONV_MACS, PARAMS, level_sizes, mmdet_level_flops, mmdet_params
+from _presets import every_preset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,7 +19,7 @@ def _analytic(spec: NeckSpec, h: int, w: int, batch: int = 1) -> tuple[list[int]
     return CONV_MACS[spec.family](spec, h, w, batch), PARAMS[spec.family](spec)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", every_preset())
 def test_preset_counts_match_formula_and_flopcountermode(name: str) -> None:
     result = profile(name)
     spec = result.spec
@@ -214,27 +215,27 @@ def test_any_mmdet_spec_counts_match_formula(family: str, cin: list[int], out: i
     assert r.unattributed_flops == 0 and r.unsupported_ops == {}
 
 
-def test_fvcore_handles_equal_fvcore_defaults_for_every_preset() -> None:
+@pytest.mark.parametrize("name", every_preset())
+def test_fvcore_handles_equal_fvcore_defaults_for_every_preset(name: str) -> None:
     import warnings
 
     import torch
 
     from necktool import PRESETS, build_neck, make_inputs, profile
 
+    preset = PRESETS[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
-        for name, preset in PRESETS.items():
-            size = (96, 128)
-            ours = profile(name, input_size=size).operators
-            model = build_neck(preset.spec)
-            plain = FlopCountAnalysis(model, (tuple(make_inputs(preset.spec, size,
-                                                                seed=None)),))
-            plain.unsupported_ops_warnings(False)
-            plain.uncalled_modules_warnings(False)
-            plain.tracer_warnings("none")
-            # fvcore's own table, untouched: everything but the adds necktool counts on top.
-            # necktool traces under torch.no_grad() (for the memory figures); this plain
-            # trace runs with grad on, so the counts are also the same either way.
-            assert torch.is_grad_enabled()
-            assert {k: v for k, v in ours.items() if k != "add"} == dict(plain.by_operator())
+        size = (96, 128)
+        ours = profile(name, input_size=size).operators
+        model = build_neck(preset.spec)
+        plain = FlopCountAnalysis(model, (tuple(make_inputs(preset.spec, size, seed=None)),))
+        plain.unsupported_ops_warnings(False)
+        plain.uncalled_modules_warnings(False)
+        plain.tracer_warnings("none")
+        # fvcore's own table, untouched: everything but the adds necktool counts on top.
+        # necktool traces under torch.no_grad() (for the memory figures); this plain
+        # trace runs with grad on, so the counts are also the same either way.
+        assert torch.is_grad_enabled()
+        assert {k: v for k, v in ours.items() if k != "add"} == dict(plain.by_operator())

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _presets import every_preset
 from _privacy import leaks, written
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
@@ -87,7 +88,7 @@ def test_each_familys_registered_levels_hold_in_pytorch(family: str) -> None:
     assert FAMILIES[family].levels == SERVED_LEVELS[family]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", every_preset())
 def test_every_preset_exports_and_verifies_at_its_default_size_with_no_flags(
         name: str, marked: pathlib.Path) -> None:
     """One export per preset (the dynamo exporter is the suite's biggest cost), checked

@@ -7,13 +7,13 @@ from collections import OrderedDict
 import pytest
 import torch
 from _analytic import CONV_MACS, PARAMS, REFERENCE
+from _presets import every_preset
 from hypothesis import given
 from hypothesis import strategies as st
 
 from necktool import FAMILIES, InputError, NeckSpec, build_neck, make_inputs
 from necktool.necks.weights import randomize_norms
 from necktool.spec.neck_spec import seed_gn_groups
-from necktool.spec.registry import PRESETS
 
 CASES = [
     # family, in_channels, out, norm, act, slope, size
@@ -110,7 +110,7 @@ def test_seed_group_rule_is_largest_divisor_up_to_16(out: int) -> None:
     assert g == max(d for d in range(1, min(16, out) + 1) if out % d == 0)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", every_preset())
 def test_every_preset_builds_and_runs(name: str) -> None:
     neck = build_neck(name)
     spec = neck.spec
@@ -231,3 +231,14 @@ def test_num_outs_below_the_inputs_is_a_spec_error() -> None:
         build_neck("mmdet_fpn", num_outs=2)
     with pytest.raises(SpecError, match=r"--num-outs does not apply to scrfd_2\.5g"):
         build_neck("scrfd_2.5g", num_outs=4)
+
+
+def test_presets_cover_every_family() -> None:
+    """The README's test command runs one preset per family of the every-preset tests: a
+    family that lands with presets must name one in tests/_presets.py."""
+    from _presets import REPRESENTATIVES
+
+    from necktool.spec.registry import PRESETS
+
+    with_presets = {p.spec.family for p in PRESETS.values()}
+    assert sorted(PRESETS[n].spec.family for n in REPRESENTATIVES) == sorted(with_presets)

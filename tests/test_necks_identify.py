@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _presets import every_preset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -28,7 +29,7 @@ from necktool.deploy.runtimes.runners import open_session
 from necktool.detector.identify import find_necks, identify_checkpoint, layout_of
 from necktool.errors import WeightsError
 from necktool.necks.weights import read_checkpoint, seeded_model
-from necktool.spec.registry import PRESETS, get_spec, resolve_spec
+from necktool.spec.registry import get_spec, resolve_spec
 
 #: Graphs of structures exported before come from the session's export templates (files
 #: byte for byte the cold export's): the exporter is not what these tests are about.
@@ -206,7 +207,7 @@ def _command_spec(command: str) -> NeckSpec:
     return resolve_spec(words[2], **overrides)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", every_preset())
 def test_inspect_recognises_every_preset(name: str, tmp_path: pathlib.Path) -> None:
     spec = get_spec(name)
     layout = {"fpn": "retinaface", "pafpn": "bare"}.get(spec.family, "mmdet")
