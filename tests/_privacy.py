@@ -1,6 +1,7 @@
 """What ships stays private: the words of this machine that no written file may carry, and
 the check that finds them (used by the privacy tests and by every preset's export test,
-which exports from a folder, ``$HOME`` and ``$TMPDIR`` named with :data:`MARKER`)."""
+which export from a folder, ``$HOME`` and ``$TMPDIR`` named with :data:`MARKER`: the
+``marked`` fixture in conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,12 @@ import getpass
 import pathlib
 import socket
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import onnx
-import pytest
 
 import necktool as package
 
 MARKER = "Mk7qPrivate"
-
-
-def marked_folder(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-                  ) -> Iterator[pathlib.Path]:
-    """A working directory, ``$HOME`` and ``$TMPDIR`` whose paths hold :data:`MARKER`
-    (the body of the ``marked`` fixture in conftest.py)."""
-    root = tmp_path / f"home_of_{MARKER}"
-    for sub in ("work", "home", "tmp"):
-        (root / sub).mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(root / "home"))
-    monkeypatch.setenv("TMPDIR", str(root / "tmp"))
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    monkeypatch.chdir(root / "work")
-    yield root
 
 
 def machine_words() -> list[str]:

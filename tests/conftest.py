@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator
+import tempfile
 
 import pytest
 import torch
-from _privacy import marked_folder
+from _privacy import MARKER
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +41,18 @@ def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture
-def marked(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-           ) -> Iterator[pathlib.Path]:
-    """A working directory, ``$HOME`` and ``$TMPDIR`` whose paths hold the privacy marker
-    (tests/_privacy.py): a file written from there must not name any of them."""
-    yield from marked_folder(tmp_path, monkeypatch)
+def marked(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A folder holding the working directory (``work``), ``$HOME`` (``home``) and
+    ``$TMPDIR`` (``tmp``), its path holding the privacy marker (tests/_privacy.py): a file
+    written from there must not name any of them."""
+    root = tmp_path / f"home_of_{MARKER}"
+    for sub in ("work", "home", "tmp"):
+        (root / sub).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(root / "home"))
+    monkeypatch.setenv("TMPDIR", str(root / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.chdir(root / "work")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +63,9 @@ def _templates_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> pathl
 @pytest.fixture
 def shared_templates(_own_cache: None, _templates_of_the_session: pathlib.Path) -> None:
     """Export templates shared by every test that asks for them (per xdist worker): the
-    test's own cache, but its ``templates`` folder is the session's. For tests whose
-    subject is not the exporter (config export, checkpoints, precision): a structure
+    test's own cache, but its ``templates`` folder is the session's. For the tests that
+    export one structure again and again and whose subject is not the exporter (the config
+    export, up-to-date files, identify; a wider use found few hits): a structure
     exported before is made from its template, a file byte for byte the cold export's
     (test_deploy_templates.py), so only the dynamo exporter's seconds are saved."""
     cache = pathlib.Path(os.environ["NECKTOOL_CACHE_DIR"])

@@ -7,13 +7,14 @@ from collections import OrderedDict
 import pytest
 import torch
 from _analytic import CONV_MACS, PARAMS, REFERENCE
-from _presets import every_preset
+from _presets import REPRESENTATIVES, every_preset
 from hypothesis import given
 from hypothesis import strategies as st
 
 from necktool import FAMILIES, InputError, NeckSpec, build_neck, make_inputs
 from necktool.necks.weights import randomize_norms
 from necktool.spec.neck_spec import seed_gn_groups
+from necktool.spec.registry import PRESETS
 
 CASES = [
     # family, in_channels, out, norm, act, slope, size
@@ -236,9 +237,5 @@ def test_num_outs_below_the_inputs_is_a_spec_error() -> None:
 def test_presets_cover_every_family() -> None:
     """The README's test command runs one preset per family of the every-preset tests: a
     family that lands with presets must name one in tests/_presets.py."""
-    from _presets import REPRESENTATIVES
-
-    from necktool.spec.registry import PRESETS
-
     with_presets = {p.spec.family for p in PRESETS.values()}
     assert sorted(PRESETS[n].spec.family for n in REPRESENTATIVES) == sorted(with_presets)
